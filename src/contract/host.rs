@@ -1,0 +1,124 @@
+//! Host tensors in, host tensors out: the level at which every backend is compared.
+
+use super::dtype::{DType, HostTensor};
+use super::error::Result;
+use super::problem::{Args, BufferArg, Problem, TensorArg, Validated, validate};
+use super::shape::{Layout, Layouts};
+use super::stats::{HeadStats, Stat};
+use super::variant::Params;
+
+/// The inputs of one call on the host: Q, K, V (any dtype, any valid layout) and the variant's
+/// parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostInputs {
+    /// Q `[B, Nq, Hq, d]` as laid out by `layouts.q`.
+    pub q: HostTensor,
+    /// K `[B, Nk, Hkv, d]` as laid out by `layouts.k`.
+    pub k: HostTensor,
+    /// V `[B, Nk, Hkv, d]` as laid out by `layouts.v`.
+    pub v: HostTensor,
+    /// Layouts of Q, K, V; `layouts.o` is where the output would go on a device and is ignored
+    /// by host-level calls, which return O dense.
+    pub layouts: Layouts,
+    /// The variant's learned tensors.
+    pub params: Params<HostTensor>,
+}
+
+impl HostInputs {
+    /// Dense `[B, N, H, d]` inputs with no parameters.
+    pub fn dense(problem: &Problem, q: HostTensor, k: HostTensor, v: HostTensor) -> HostInputs {
+        HostInputs {
+            q,
+            k,
+            v,
+            layouts: Layouts::contiguous(&problem.shape),
+            params: Params::none(),
+        }
+    }
+
+    /// With parameters.
+    pub fn with_params(mut self, params: Params<HostTensor>) -> HostInputs {
+        self.params = params;
+        self
+    }
+
+    /// Validates `problem` against these inputs and a dense host output of the right size.
+    ///
+    /// # Errors
+    /// Every refusal of [`validate`].
+    pub fn validate(&self, problem: &Problem) -> Result<Validated> {
+        let s = &problem.shape;
+        let tensor = |t: &HostTensor, layout: Layout| TensorArg {
+            dtype: t.dtype(),
+            len: t.len(),
+            layout,
+        };
+        let f32_buffer = |len| BufferArg {
+            dtype: DType::F32,
+            len,
+        };
+        let o_layout = Layout::contiguous(s.q_len, s.q_heads, s.head_dim);
+        let args = Args {
+            q: tensor(&self.q, self.layouts.q),
+            k: tensor(&self.k, self.layouts.k),
+            v: tensor(&self.v, self.layouts.v),
+            o: TensorArg {
+                dtype: problem.dtype,
+                len: s.batch * s.q_len * s.q_heads * s.head_dim,
+                layout: o_layout,
+            },
+            lse: f32_buffer(s.lse_len()),
+            stats: problem
+                .stats
+                .heads()
+                .then(|| f32_buffer(s.heads_total() * Stat::COUNT)),
+            key_mass: problem.stats.keys().then(|| f32_buffer(s.key_mass_len())),
+            params: self.params.map(|t| BufferArg {
+                dtype: t.dtype(),
+                len: t.len(),
+            }),
+        };
+        validate(problem, &args)
+    }
+}
+
+/// The outputs of one call on the host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostOutputs {
+    /// O, dense `[B, Nq, Hq, d]`, in the problem's dtype.
+    pub o: HostTensor,
+    /// LSE `[B, Hq, Nq]` (natural log).
+    pub lse: Vec<f32>,
+    /// Statistics `[B, Hq, Stat::COUNT]` when the level asks for them.
+    pub stats: Option<Vec<f32>>,
+    /// Key mass `[B, Hq, Nk]` when the level is `HeadsAndKeys`.
+    pub key_mass: Option<Vec<f32>>,
+}
+
+impl HostOutputs {
+    /// The statistics record of (batch `b`, query head `h`), when statistics were computed.
+    pub fn head_stats(&self, problem: &Problem, b: usize, h: usize) -> Option<HeadStats> {
+        let start = (b * problem.shape.q_heads + h) * Stat::COUNT;
+        let record = self.stats.as_ref()?.get(start..start + Stat::COUNT)?;
+        let mut r = [0.0; Stat::COUNT];
+        r.copy_from_slice(record);
+        Some(HeadStats::from_record(&r))
+    }
+}
+
+/// A backend seen from the host: validated host inputs in, host outputs out.
+///
+/// Every backend implements this so that one test harness can hold each of them to the
+/// reference. Engines use each backend's device-level entry points instead.
+pub trait Backend {
+    /// A name saying which backend and device this is (`"wgsl (llvmpipe)"`).
+    fn name(&self) -> String;
+
+    /// Runs one forward pass.
+    ///
+    /// # Errors
+    /// Every refusal of [`validate`](crate::validate), [`Error::Unsupported`](crate::Error)
+    /// for a valid problem the device cannot run, and [`Error::Backend`](crate::Error) for
+    /// failures of the device.
+    fn forward(&self, problem: &Problem, inputs: &HostInputs) -> Result<HostOutputs>;
+}

@@ -1,0 +1,23 @@
+//! The contract every backend implements (DESIGN.md): element types, shapes and layouts,
+//! variants and their parameters, statistics, the errors, and the one validation function.
+
+mod dtype;
+mod error;
+mod host;
+mod problem;
+mod shape;
+mod stats;
+mod variant;
+
+pub use dtype::{DType, Element, HostTensor};
+pub use error::{Error, Result};
+pub use host::{Backend, HostInputs, HostOutputs};
+pub use problem::{Args, BufferArg, Mask, Problem, TensorArg, Validated, validate};
+pub use shape::{
+    Dim, HEAD_DIM_MULTIPLE, Layout, Layouts, MAX_HEAD_DIM, Shape, Strides, TensorName,
+};
+pub use stats::{
+    ACTIVATION_OUTLIER_RATIO, ChannelSource, HeadStats, KEY_OUTLIER_FRACTION, OutlierChannel,
+    OutlierKey, Outliers, Stat, StatsLevel, find_outliers,
+};
+pub use variant::{Gate, GateGranularity, Params, Variant};

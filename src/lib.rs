@@ -1,0 +1,20 @@
+//! Fused attention kernels for plain softmax and the outlier-free attention forms of
+//! "Systematic Outliers in Large Language Models" (An et al., ICLR 2025), with per-head outlier
+//! statistics computed inside the same pass.
+//!
+//! The crate is layered:
+//! - [`contract`](crate::contract): shapes, layouts, dtypes, variants, statistics, errors and
+//!   the one [`validate`] function every backend calls before a kernel runs;
+//! - [`reference`]: the f64 CPU reference that defines the mathematics, and the parity rule's
+//!   same-precision baseline;
+//! - [`parity`]: the rule every backend is held to;
+//! - [`cases`]: deterministic problem and input generators shared by tests, benches and tools;
+//! - one module per GPU backend, behind its cargo feature, depending on the contract only.
+#![warn(missing_docs)]
+
+pub mod cases;
+mod contract;
+pub mod parity;
+pub mod reference;
+
+pub use contract::*;

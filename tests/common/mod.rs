@@ -1,0 +1,243 @@
+//! What every test of this crate shares: proptest settings, strategies for random problems,
+//! and the harness that holds a backend to the reference under the parity rule (in the manner
+//! of ggml's test-backend-ops: one sweep, every backend).
+#![allow(dead_code)]
+
+use outlier_attn::cases::{self, InputSpec};
+use outlier_attn::parity::{self, ParityReport};
+use outlier_attn::reference;
+use outlier_attn::{
+    Backend, DType, Gate, GateGranularity, HostInputs, Mask, Problem, Shape, StatsLevel, Variant,
+};
+use proptest::prelude::*;
+use proptest::test_runner::{TestCaseError, TestRunner};
+
+/// Cases per property unless PROPTEST_CASES says otherwise.
+pub const DEFAULT_CASES: u32 = 64;
+
+/// The variable that turns a skipped backend into a failure: a comma-separated list of backend
+/// names (`wgsl`, `cuda`, `nvrtc`) that must be present. CI sets it for what it provides.
+pub const REQUIRE_ENV: &str = "OUTLIER_ATTN_REQUIRE";
+
+/// Proptest settings: PROPTEST_CASES and PROPTEST_RNG_SEED from the environment are honoured
+/// (`ProptestConfig::with_cases` would ignore the former).
+pub fn config() -> ProptestConfig {
+    let env_cases = std::env::var("PROPTEST_CASES").is_ok();
+    let base = ProptestConfig::default();
+    ProptestConfig {
+        cases: if env_cases { base.cases } else { DEFAULT_CASES },
+        max_global_rejects: 100_000,
+        ..base
+    }
+}
+
+/// Whether CI requires backend `name` to be present.
+pub fn required(name: &str) -> bool {
+    std::env::var(REQUIRE_ENV)
+        .map(|v| v.split(',').any(|n| n.trim() == name))
+        .unwrap_or(false)
+}
+
+/// Reports a missing backend: a failure if CI requires it, a skip message otherwise.
+pub fn skip_or_fail(name: &str, why: &str) {
+    if required(name) {
+        panic!("backend {name} is required ({REQUIRE_ENV}) but not available: {why}");
+    }
+    eprintln!("skipped: backend {name} is not available here: {why}");
+}
+
+/// The sizes a strategy may draw.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// dtypes to draw from.
+    pub dtypes: Vec<DType>,
+    /// Largest Nq and Nk.
+    pub max_len: usize,
+    /// Largest head dim (a multiple of 8).
+    pub max_head_dim: usize,
+    /// Largest batch.
+    pub max_batch: usize,
+    /// Largest Hkv.
+    pub max_kv_heads: usize,
+    /// Largest Hq / Hkv.
+    pub max_group: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            dtypes: DType::ALL.to_vec(),
+            max_len: 24,
+            max_head_dim: 64,
+            max_batch: 2,
+            max_kv_heads: 2,
+            max_group: 3,
+        }
+    }
+}
+
+/// Any variant, with its scalar settings drawn in their valid ranges.
+pub fn arb_variant() -> impl Strategy<Value = Variant> {
+    let gate = prop_oneof![Just(Gate::TwoSigmoid), Just(Gate::Sigmoid), Just(Gate::Identity)];
+    let granularity = prop_oneof![Just(GateGranularity::PerHead), Just(GateGranularity::PerChannel)];
+    prop_oneof![
+        Just(Variant::Softmax),
+        Just(Variant::ValueBias),
+        Just(Variant::ContextBias),
+        Just(Variant::KvSink),
+        (gate, granularity).prop_map(|(gate, granularity)| Variant::ContextScale { gate, granularity }),
+        prop_oneof![Just(None), (-6.0f32..3.0).prop_map(Some)].prop_map(|bias| Variant::Sigmoid { bias }),
+        Just(Variant::LogitSink),
+        Just(Variant::Softmax1),
+        (1.0f32..1.2, -0.2f32..=0.0).prop_map(|(zeta, gamma)| Variant::ClippedSoftmax { zeta, gamma }),
+    ]
+}
+
+/// A length in 1..=max, with 1 drawn often (decode, single key).
+fn arb_len(max: usize) -> impl Strategy<Value = usize> {
+    prop_oneof![1 => Just(1usize), 4 => 1..=max]
+}
+
+/// A shape within `limits`.
+pub fn arb_shape(limits: &Limits) -> impl Strategy<Value = Shape> {
+    (
+        1..=limits.max_batch,
+        1..=limits.max_kv_heads,
+        1..=limits.max_group,
+        arb_len(limits.max_len),
+        arb_len(limits.max_len),
+        1..=limits.max_head_dim / 8,
+    )
+        .prop_map(|(b, hkv, group, nq, nk, d8)| Shape::new(b, hkv * group, hkv, nq, nk, d8 * 8))
+}
+
+/// A whole problem within `limits`: shape, dtype, variant, mask, scale, softcap, statistics.
+pub fn arb_problem(limits: &Limits) -> impl Strategy<Value = Problem> {
+    (
+        arb_shape(limits),
+        proptest::sample::select(limits.dtypes.clone()),
+        arb_variant(),
+        prop_oneof![Just(Mask::None), Just(Mask::Causal)],
+        prop_oneof![3 => Just(None), 1 => (0.05f32..1.0).prop_map(Some)],
+        prop_oneof![3 => Just(None), 1 => (2.0f32..50.0).prop_map(Some)],
+        prop_oneof![Just(StatsLevel::Off), Just(StatsLevel::Heads), Just(StatsLevel::HeadsAndKeys)],
+    )
+        .prop_map(|(shape, dtype, variant, mask, scale, softcap, stats)| Problem {
+            shape,
+            dtype,
+            variant,
+            mask,
+            scale,
+            softcap,
+            stats,
+        })
+}
+
+/// One parity case: a problem, how its inputs are drawn, and whether they are views into
+/// larger buffers.
+#[derive(Clone, Debug)]
+pub struct Case {
+    /// The problem.
+    pub problem: Problem,
+    /// The input draw.
+    pub spec: InputSpec,
+    /// Inputs as views into padded, NaN-filled buffers.
+    pub views: bool,
+}
+
+impl Case {
+    /// The inputs of this case.
+    pub fn inputs(&self) -> HostInputs {
+        let dense = cases::random_inputs(&self.problem, &self.spec);
+        if self.views {
+            cases::as_views(&self.problem, &dense, self.spec.seed ^ 0x71E5)
+        } else {
+            dense
+        }
+    }
+}
+
+/// A parity case within `limits`; a quarter of them with massive activations, a quarter as views.
+pub fn arb_case(limits: &Limits) -> impl Strategy<Value = Case> {
+    (arb_problem(limits), any::<u64>(), 0..4u8, 0..4u8).prop_map(|(problem, seed, m, v)| Case {
+        problem,
+        spec: InputSpec {
+            seed,
+            massive: m == 0,
+            ..InputSpec::default()
+        },
+        views: v == 0,
+    })
+}
+
+/// Holds `backend` to the reference on one case: an invalid case is rejected, a failing one
+/// fails with its label and the whole report.
+pub fn check_case(backend: &dyn Backend, case: &Case) -> Result<ParityReport, TestCaseError> {
+    let inputs = case.inputs();
+    let report = parity::check_backend(backend, &case.problem, &inputs).map_err(|e| {
+        TestCaseError::fail(format!("{}: {e}", cases::label(&case.problem)))
+    })?;
+    if report.invalid() {
+        return Err(TestCaseError::reject("baseline not finite where the reference is"));
+    }
+    if !report.passed() {
+        return Err(TestCaseError::fail(format!(
+            "{} on {} (seed {}, massive {}, views {}):\n{report}",
+            backend.name(),
+            cases::label(&case.problem),
+            case.spec.seed,
+            case.spec.massive,
+            case.views
+        )));
+    }
+    Ok(report)
+}
+
+/// The parity sweep: random cases within `limits`, each held to the reference.
+pub fn parity_sweep(backend: &dyn Backend, limits: &Limits) {
+    let mut runner = TestRunner::new(config());
+    let result = runner.run(&arb_case(limits), |case| check_case(backend, &case).map(|_| ()));
+    if let Err(e) = result {
+        panic!("{}: parity sweep failed: {e}", backend.name());
+    }
+}
+
+/// Runs `backend` twice on the same case and requires bit-identical outputs.
+pub fn assert_deterministic(backend: &dyn Backend, case: &Case) {
+    let inputs = case.inputs();
+    let a = backend.forward(&case.problem, &inputs).expect("first run");
+    let b = backend.forward(&case.problem, &inputs).expect("second run");
+    let bits = |x: &outlier_attn::HostOutputs| {
+        let f = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        (
+            x.o.as_bytes().to_vec(),
+            f(&x.lse),
+            x.stats.as_deref().map(f),
+            x.key_mass.as_deref().map(f),
+        )
+    };
+    assert!(bits(&a) == bits(&b), "{}: two runs of {} differ", backend.name(), cases::label(&case.problem));
+}
+
+/// Runs one case on dense inputs and again on views into larger buffers; both must pass and
+/// agree with the reference.
+pub fn assert_views_match(backend: &dyn Backend, problem: &Problem, seed: u64) {
+    for views in [false, true] {
+        let case = Case {
+            problem: *problem,
+            spec: InputSpec {
+                seed,
+                ..InputSpec::default()
+            },
+            views,
+        };
+        if let Err(e) = check_case(backend, &case) {
+            panic!("views = {views}: {e}");
+        }
+    }
+}
+
+/// The reference output of a case, for identities between problems.
+pub fn exact(problem: &Problem, inputs: &HostInputs) -> reference::ExactOutputs {
+    reference::forward(problem, inputs).expect("reference accepts a valid problem")
+}
