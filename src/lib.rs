@@ -14,7 +14,11 @@
 
 pub mod cases;
 mod contract;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod parity;
 pub mod reference;
+#[cfg(feature = "wgpu")]
+pub mod wgsl;
 
 pub use contract::*;

@@ -1,0 +1,1 @@
+//! The WGSL backend, run through wgpu (feature `wgpu`). Not written yet.
