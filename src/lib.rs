@@ -12,6 +12,7 @@
 //! - one module per GPU backend, behind its cargo feature, depending on the contract only.
 #![warn(missing_docs)]
 
+mod backends;
 pub mod cases;
 mod contract;
 #[cfg(feature = "cuda")]
@@ -21,4 +22,5 @@ pub mod reference;
 #[cfg(feature = "wgpu")]
 pub mod wgsl;
 
+pub use backends::{Discovery, discover};
 pub use contract::*;

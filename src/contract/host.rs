@@ -114,6 +114,12 @@ pub trait Backend {
     /// A name saying which backend and device this is (`"wgsl (llvmpipe)"`).
     fn name(&self) -> String;
 
+    /// Lines that explain the choice: device or adapter, its features, and which kernel path
+    /// each one selects. Defaults to the name alone.
+    fn describe(&self) -> Vec<String> {
+        vec![self.name()]
+    }
+
     /// Runs one forward pass.
     ///
     /// # Errors
