@@ -15,6 +15,12 @@ impl Rng {
         Rng(seed)
     }
 
+    /// Independent stream `k` of a seed, so that adding draws to one part of a case does not
+    /// change the others.
+    pub fn stream(seed: u64, k: u64) -> Rng {
+        Rng(seed ^ k.wrapping_mul(0xD1B5_4A32_D192_ED03))
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -75,7 +81,7 @@ pub fn random_inputs(problem: &Problem, spec: &InputSpec) -> HostInputs {
     let mut v = draw(s.batch * s.kv_len * s.kv_heads * d, -1.0, 1.0);
 
     if spec.massive {
-        let mut rng = Rng::new(spec.seed ^ 0x5EED_0F_0071_1E25);
+        let mut rng = Rng::stream(spec.seed, 1);
         let channel = rng.below(d);
         for b in 0..s.batch {
             for g in 0..s.kv_heads {
@@ -96,7 +102,7 @@ pub fn random_inputs(problem: &Problem, spec: &InputSpec) -> HostInputs {
         }
     }
 
-    let mut rng = Rng::new(spec.seed ^ 0xA11_5EED);
+    let mut rng = Rng::stream(spec.seed, 2);
     let mut param = |dtype: DType, n: usize, lo: f64, hi: f64| -> HostTensor {
         HostTensor::from_f64(
             dtype,
@@ -141,7 +147,7 @@ pub fn random_inputs(problem: &Problem, spec: &InputSpec) -> HostInputs {
 /// that a kernel reading past its view fails parity.
 pub fn as_views(problem: &Problem, inputs: &HostInputs, seed: u64) -> HostInputs {
     let s = &problem.shape;
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::stream(seed, 3);
     let mut relayout = |t: &HostTensor, from: &Layout, dims: [usize; 4]| -> (HostTensor, Layout) {
         let [nb, nn, nh, d] = dims;
         let pad_c = 8 * rng.below(3) as u64;

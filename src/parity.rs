@@ -172,43 +172,61 @@ pub fn compare_values(
         return check;
     }
     let (mut r_max, mut err_sq, mut ref_sq) = (0.0f64, 0.0f64, 0.0f64);
+    let mut worst = None;
+    let mismatch = |check: &mut Check, verdict: Verdict, i: usize, what: String| {
+        // The first failure is the one reported; an invalid baseline never hides a failure.
+        if check.verdict == Verdict::Pass
+            || (verdict == Verdict::Fail && check.verdict != Verdict::Fail)
+        {
+            check.verdict = verdict;
+            check.worst = Some(i);
+            check.detail = Some(what);
+        }
+    };
     for (i, ((&x, &r), &b)) in actual.iter().zip(reference).zip(baseline).enumerate() {
         if !r.is_finite() {
             // NaN must meet NaN, and an infinity the same infinity.
             let same = if r.is_nan() { x.is_nan() } else { x == r };
-            if !same && check.verdict != Verdict::Fail {
-                check.verdict = Verdict::Fail;
-                check.worst = Some(i);
-                check.detail = Some(format!("element {i} is {x}, reference {r}"));
+            if !same {
+                mismatch(
+                    &mut check,
+                    Verdict::Fail,
+                    i,
+                    format!("element {i} is {x}, reference {r}"),
+                );
             }
             continue;
         }
         if !x.is_finite() {
-            if check.verdict != Verdict::Fail {
-                check.verdict = Verdict::Fail;
-                check.worst = Some(i);
-                check.detail = Some(format!("element {i} is {x}, reference {r}"));
-            }
+            mismatch(
+                &mut check,
+                Verdict::Fail,
+                i,
+                format!("element {i} is {x}, reference {r}"),
+            );
             continue;
         }
         if !b.is_finite() {
-            if check.verdict == Verdict::Pass {
-                check.verdict = Verdict::Invalid;
-                check.detail = Some(format!("baseline element {i} is {b}, reference {r}"));
-            }
+            mismatch(
+                &mut check,
+                Verdict::Invalid,
+                i,
+                format!("baseline element {i} is {b}, reference {r}"),
+            );
             continue;
         }
         r_max = r_max.max(r.abs());
         let err = (x - r).abs();
-        if err > check.max_err || check.worst.is_none() {
-            check.max_err = check.max_err.max(err);
-            if check.verdict != Verdict::Fail {
-                check.worst = Some(i);
-            }
+        if worst.is_none() || err > check.max_err {
+            check.max_err = err;
+            worst = Some(i);
         }
         check.baseline_err = check.baseline_err.max((b - r).abs());
         err_sq += err * err;
         ref_sq += r * r;
+    }
+    if check.verdict == Verdict::Pass {
+        check.worst = worst;
     }
     check.bound = 2.0 * check.baseline_err + floor(dtype) * r_max.max(1.0);
     check.nmse = if ref_sq > 0.0 {
@@ -218,7 +236,8 @@ pub fn compare_values(
     } else {
         0.0
     };
-    if check.verdict == Verdict::Pass && check.max_err > check.bound {
+    // An error beyond the bound fails even where some other element made the case invalid.
+    if check.verdict != Verdict::Fail && check.max_err > check.bound {
         check.verdict = Verdict::Fail;
         check.detail = Some(format!(
             "max error {:.3e} at element {} exceeds the bound {:.3e}",
