@@ -2,19 +2,54 @@
 //! "Systematic Outliers in Large Language Models" (An et al., ICLR 2025), with per-head outlier
 //! statistics computed inside the same pass.
 //!
-//! The crate is layered:
-//! - [`contract`](crate::contract): shapes, layouts, dtypes, variants, statistics, errors and
-//!   the one [`validate`] function every backend calls before a kernel runs;
-//! - [`reference`]: the f64 CPU reference that defines the mathematics, and the parity rule's
-//!   same-precision baseline;
+//! # Layers
+//! - [`contract`]: shapes, layouts, dtypes, variants, statistics, errors and the one
+//!   [`validate`] function every backend calls before a kernel runs (all re-exported here);
+//! - [`mod@reference`]: the f64 CPU reference that defines the mathematics, and the parity
+//!   rule's same-precision baseline;
 //! - [`parity`]: the rule every backend is held to;
-//! - [`cases`]: deterministic problem and input generators shared by tests, benches and tools;
-//! - one module per GPU backend, behind its cargo feature, depending on the contract only.
+//! - [`cases`]: deterministic inputs shared by tests, benches and tools;
+//! - one module per GPU backend, behind its cargo feature, depending on the contract only;
+//!   [`discover`] finds the ones present.
+//!
+//! # Variants
+//! With s_ij = σ·q_i·k_j (softcapped if asked), p_ij = softmax_j(s_ij) over the visible keys
+//! and A_i = Σ_j p_ij v_j:
+//!
+//! | variant | letter | o_i |
+//! | --- | --- | --- |
+//! | [`Variant::Softmax`] | (a) | A_i |
+//! | [`Variant::ValueBias`] | (b) | A_i + v′ |
+//! | [`Variant::ContextBias`] | (c) | A_i + (1 − S_i)·v′, 1 − S_i = e^{s′}/(e^{s′} + Σ_j e^{s_ij}) |
+//! | [`Variant::KvSink`] | (d) | (e^{s′} v′ + Σ_j e^{s_ij} v_j)/(e^{s′} + Σ_j e^{s_ij}) |
+//! | [`Variant::ContextScale`] | (e) | gate(z_i) ⊙ A_i |
+//! | [`Variant::Sigmoid`] | (f) | Σ_j sigmoid(s_ij + β) v_j |
+//! | [`Variant::LogitSink`] | (g) | Σ_j e^{s_ij} v_j/(e^{θ} + Σ_j e^{s_ij}) |
+//! | [`Variant::Softmax1`] | (h) | Σ_j e^{s_ij} v_j/(1 + Σ_j e^{s_ij}) |
+//! | [`Variant::ClippedSoftmax`] | (i) | Σ_j clip((ζ − γ)·p_ij + γ, 0, 1) v_j |
+//!
+//! # Decisions where DESIGN.md left room
+//! - σ and the default β are f32 arguments: 1/√d and −ln Nk are rounded to f32 before use, in
+//!   the reference as in the kernels.
+//! - Statistics describe the distribution each variant applies to its keys. For `ContextBias`
+//!   that is the plain softmax p_ij (its sink only adds a bias): `sink_mass` reports 1 − S_i as
+//!   DESIGN.md asks, but the sink is no outcome of the distribution, so `mean_entropy`,
+//!   `key_mass` and `row_mass_mean` (= 1) see the keys alone, and Σ_j key_mass equals the
+//!   number of rows.
+//! - `Sigmoid`: the LSE is ln Σ_j sigmoid(s_ij + β) computed in the log domain
+//!   (logsumexp of log-sigmoid), as is the distribution the statistics use; a direct f32 sum
+//!   underflows once every score is below about −87, which massive activations make common.
+//! - `ClippedSoftmax`: a row whose clipped weights are all 0 has an all-zero distribution
+//!   (it contributes 0 to `first_key_mass`, `key_mass` and the entropy, and still counts as a row).
+//! - `gate_min/mean/max` run over the rows counted by the statistics (those that see a key).
+//! - LSE is always written; a statistics or key-mass buffer given for a level that does not
+//!   write it is refused ([`Error::UnexpectedOutput`]) rather than silently left alone. An
+//!   output layout whose strides make elements alias is refused ([`Error::OverlappingOutput`]).
 #![warn(missing_docs)]
 
 mod backends;
 pub mod cases;
-mod contract;
+pub mod contract;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod parity;
