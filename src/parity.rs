@@ -184,26 +184,14 @@ pub fn compare_values(
         }
     };
     for (i, ((&x, &r), &b)) in actual.iter().zip(reference).zip(baseline).enumerate() {
-        if !r.is_finite() {
-            // NaN must meet NaN, and an infinity the same infinity.
-            let same = if r.is_nan() { x.is_nan() } else { x == r };
-            if !same {
-                mismatch(
-                    &mut check,
-                    Verdict::Fail,
-                    i,
-                    format!("element {i} is {x}, reference {r}"),
-                );
+        // NaN must meet NaN, an infinity the same infinity, and a finite value a finite one.
+        let both_finite = r.is_finite() && x.is_finite();
+        let same_non_finite = if r.is_nan() { x.is_nan() } else { x == r };
+        if !both_finite {
+            if !same_non_finite {
+                let what = format!("element {i} is {x}, reference {r}");
+                mismatch(&mut check, Verdict::Fail, i, what);
             }
-            continue;
-        }
-        if !x.is_finite() {
-            mismatch(
-                &mut check,
-                Verdict::Fail,
-                i,
-                format!("element {i} is {x}, reference {r}"),
-            );
             continue;
         }
         if !b.is_finite() {

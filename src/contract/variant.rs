@@ -15,26 +15,6 @@ pub enum Gate {
     Identity,
 }
 
-impl Gate {
-    /// γ for one value of z, in f64.
-    pub fn apply(self, z: f64) -> f64 {
-        match self {
-            Gate::TwoSigmoid => 2.0 / (1.0 + (-z).exp()),
-            Gate::Sigmoid => 1.0 / (1.0 + (-z).exp()),
-            Gate::Identity => z,
-        }
-    }
-
-    /// γ for one value of z in f32 arithmetic, as a kernel computes it.
-    pub fn apply_f32(self, z: f32) -> f32 {
-        match self {
-            Gate::TwoSigmoid => 2.0 / (1.0 + (-z).exp()),
-            Gate::Sigmoid => 1.0 / (1.0 + (-z).exp()),
-            Gate::Identity => z,
-        }
-    }
-}
-
 /// Whether [`Variant::ContextScale`] has one factor per token and head or one per channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GateGranularity {
