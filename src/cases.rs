@@ -75,7 +75,7 @@ pub fn random_inputs(problem: &Problem, spec: &InputSpec) -> HostInputs {
     let mut v = draw(s.batch * s.kv_len * s.kv_heads * d, -1.0, 1.0);
 
     if spec.massive {
-        let mut rng = Rng::new(spec.seed ^ 0x5EED_0F_0071_1E25);
+        let mut rng = Rng::new(spec.seed ^ 0x005E_ED0F_0071_1E25);
         let channel = rng.below(d);
         for b in 0..s.batch {
             for g in 0..s.kv_heads {
