@@ -47,7 +47,9 @@ fn inspect_finds_the_cls_sink_and_draws_the_heatmap() {
     // The paper's rule flags [CLS] in every layer.
     for layer in 0..6 {
         assert!(
-            stdout.contains(&format!("layer {layer}: keys: b0 key 0 [CLS]")),
+            stdout.contains(&format!(
+                "layer {layer}\n  outlier keys:     b0 key 0 [CLS]"
+            )),
             "{stdout}"
         );
     }

@@ -11,7 +11,7 @@ use outlier_attn::{
     StatsLevel, find_outliers,
 };
 
-use crate::common::{self, CliError, CliResult, MaskArg, num};
+use crate::common::{self, CliError, CliResult, MaskArg};
 use crate::svg::{self, Heatmap};
 
 /// The statistic shown in the table and the heatmap.
@@ -282,37 +282,43 @@ fn print_outliers(dump: &ModelDump, results: &[LayerResult]) {
                 )
             })
             .collect();
+        let none = |v: Vec<String>| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        let heads = r.heads();
+        let d = s.head_dim;
+        println!("layer {}", r.index);
+        println!("  outlier keys:     {}", none(keys));
+        println!("  outlier channels: {}", none(channels));
         println!(
-            "layer {}: keys: {}; channels: {}; largest |q|: {}; largest |k|: {}",
-            r.index,
-            if keys.is_empty() {
-                "none".to_string()
-            } else {
-                keys.join(", ")
-            },
-            if channels.is_empty() {
-                "none".to_string()
-            } else {
-                channels.join(", ")
-            },
-            largest(&r.heads(), s.q_heads, |h| (
+            "  largest |q|:      {}",
+            largest(&heads, s.q_heads, d, |h| (
                 h.q_absmax,
                 h.q_absmean,
                 h.q_argmax_channel
-            )),
-            largest(&r.heads(), s.q_heads, |h| (
+            ))
+        );
+        println!(
+            "  largest |k|:      {}",
+            largest(&heads, s.q_heads, d, |h| (
                 h.k_absmax,
                 h.k_absmean,
                 h.k_argmax_channel
-            )),
+            ))
         );
     }
 }
 
-/// The (batch, head) whose max |x| stands highest above its mean, with its channel.
+/// The (batch, head) whose max |x| stands highest above its mean, with its channel within the
+/// head and in the model's hidden dimension (head · d + channel).
 fn largest(
     heads: &[HeadStats],
     q_heads: usize,
+    head_dim: usize,
     of: impl Fn(&HeadStats) -> (f32, f32, u32),
 ) -> String {
     heads
@@ -327,11 +333,12 @@ fn largest(
         })
         .map_or_else(String::new, |(i, h)| {
             let (max, mean, ch) = of(h);
+            let head = i % q_heads.max(1);
             format!(
-                "h{} ch {ch} ({} = {}x mean)",
-                i % q_heads.max(1),
-                num(max as f64),
-                num(max as f64 / mean as f64)
+                "head {head} channel {ch} (hidden {}): {:.2}, {:.1}x the head's mean |x|",
+                head * head_dim + ch as usize,
+                max,
+                max as f64 / mean as f64
             )
         })
 }
