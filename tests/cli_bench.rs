@@ -41,6 +41,8 @@ fn bench_times_every_case_and_writes_json_and_a_plot() {
     for r in results {
         assert!(r["median_ms"].as_f64().unwrap() > 0.0);
         assert!(r["tflops"].as_f64().unwrap() > 0.0);
+        // The reference has no device timer.
+        assert_eq!(r["clock"], "host");
         // Plain Softmax is the base of the overheads; every other case has one.
         let plain = r["variant"] == "Softmax" && r["stats"] == "Off";
         assert_eq!(r["overhead_vs_softmax"].is_null(), plain, "{r}");

@@ -1,9 +1,9 @@
 //! `outlier-attn bench`: forward time, TFLOP/s and bandwidth of every backend present, and the
 //! overhead of each variant and statistics level over plain Softmax.
 //!
-//! Timing is host wall-clock time around [`Backend::forward`], which includes uploads and
-//! read-back: the `Backend` trait exposes no device timer. The criterion benches of each GPU
-//! backend use device-side timers where the backend has them.
+//! Timing is device-side where the backend has a device timer ([`Backend::device_times`]),
+//! and otherwise host wall-clock time around [`Backend::forward`], uploads and read-back
+//! included; every row says which.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -68,8 +68,27 @@ pub struct BenchArgs {
     pub plot: Option<PathBuf>,
 }
 
+/// Where a time was measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Clock {
+    /// The device's timer around the kernels.
+    Device,
+    /// Host wall time around `Backend::forward`.
+    Host,
+}
+
+impl Clock {
+    fn name(self) -> &'static str {
+        match self {
+            Clock::Device => "device",
+            Clock::Host => "host",
+        }
+    }
+}
+
 struct Measurement {
     backend: String,
+    clock: Clock,
     label: String,
     variant: &'static str,
     stats: StatsLevel,
@@ -101,7 +120,11 @@ fn bytes_moved(problem: &Problem) -> f64 {
     (2 * q + kv + 4 * f32s) as f64
 }
 
-fn time(backend: &dyn Backend, problem: &Problem, args: &BenchArgs) -> CliResult<Duration> {
+fn time(
+    backend: &dyn Backend,
+    problem: &Problem,
+    args: &BenchArgs,
+) -> CliResult<(Duration, Clock)> {
     let inputs = cases::random_inputs(problem, &InputSpec::default());
     let fail = |e: outlier_attn::Error| {
         CliError::Failed(format!(
@@ -110,18 +133,28 @@ fn time(backend: &dyn Backend, problem: &Problem, args: &BenchArgs) -> CliResult
             cases::label(problem)
         ))
     };
-    for _ in 0..args.warmup {
-        backend.forward(problem, &inputs).map_err(fail)?;
-    }
-    let mut times = Vec::with_capacity(args.reps.max(1));
-    for _ in 0..args.reps.max(1) {
-        let start = Instant::now();
-        let out = backend.forward(problem, &inputs).map_err(fail)?;
-        times.push(start.elapsed());
-        std::hint::black_box(out);
-    }
+    let reps = args.reps.max(1);
+    let (mut times, clock) = match backend
+        .device_times(problem, &inputs, args.warmup, reps)
+        .map_err(fail)?
+    {
+        Some(times) if !times.is_empty() => (times, Clock::Device),
+        _ => {
+            for _ in 0..args.warmup {
+                backend.forward(problem, &inputs).map_err(fail)?;
+            }
+            let mut times = Vec::with_capacity(reps);
+            for _ in 0..reps {
+                let start = Instant::now();
+                let out = backend.forward(problem, &inputs).map_err(fail)?;
+                times.push(start.elapsed());
+                std::hint::black_box(out);
+            }
+            (times, Clock::Host)
+        }
+    };
     times.sort();
-    Ok(times[times.len() / 2])
+    Ok((times[times.len() / 2], clock))
 }
 
 /// Times every benchmark problem on every selected backend.
@@ -150,7 +183,7 @@ pub fn bench(args: &BenchArgs) -> CliResult {
                     common::short_name(backend),
                     cases::label(&problem)
                 ));
-                let median = time(backend, &problem, args)?;
+                let (median, clock) = time(backend, &problem, args)?;
                 slowest = slowest.max(median);
                 let plain = problem.variant == outlier_attn::Variant::Softmax
                     && problem.stats == StatsLevel::Off;
@@ -160,6 +193,7 @@ pub fn bench(args: &BenchArgs) -> CliResult {
                 let secs = median.as_secs_f64();
                 rows.push(Measurement {
                     backend: backend.name(),
+                    clock,
                     label: cases::label(&problem),
                     variant: problem.variant.name(),
                     stats: problem.stats,
@@ -188,21 +222,23 @@ pub fn bench(args: &BenchArgs) -> CliResult {
     bar.finish_and_clear();
 
     println!(
-        "median host wall time of Backend::forward over {} runs after {} warm-up (uploads and read-back included)",
+        "median of {} runs after {} warm-up; clock: device (the backend's timer around the kernels) \
+         or host (wall time of Backend::forward, uploads and read-back included)",
         args.reps.max(1),
         args.warmup
     );
     let label_w = rows.iter().map(|r| r.label.len()).max().unwrap_or(4);
     let backend_w = rows.iter().map(|r| r.backend.len()).max().unwrap_or(7);
     println!(
-        "{:<backend_w$}  {:<label_w$}  {:>10} {:>10} {:>9}  vs Softmax",
-        "backend", "case", "ms", "TFLOP/s", "GB/s"
+        "{:<backend_w$}  {:<label_w$}  {:<6} {:>10} {:>10} {:>9}  vs Softmax",
+        "backend", "case", "clock", "ms", "TFLOP/s", "GB/s"
     );
     for r in &rows {
         println!(
-            "{:<backend_w$}  {:<label_w$}  {:>10.3} {:>10} {:>9}  {}",
+            "{:<backend_w$}  {:<label_w$}  {:<6} {:>10.3} {:>10} {:>9}  {}",
             r.backend,
             r.label,
+            r.clock.name(),
             r.median.as_secs_f64() * 1e3,
             num(r.tflops),
             num(r.gbps),
@@ -213,12 +249,13 @@ pub fn bench(args: &BenchArgs) -> CliResult {
 
     if let Some(path) = &args.json {
         let value = json!({
-            "timing": "median host wall time of Backend::forward, uploads and read-back included",
+            "timing": "median; clock device: the backend's timer around the kernels; clock host: wall time of Backend::forward, uploads and read-back included",
             "warmup": args.warmup,
             "reps": args.reps.max(1),
             "dtype": dtype.name(),
             "results": rows.iter().map(|r| json!({
                 "backend": r.backend,
+                "clock": r.clock.name(),
                 "case": r.label,
                 "variant": r.variant,
                 "stats": r.stats.name(),
