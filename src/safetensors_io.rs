@@ -191,14 +191,24 @@ pub struct Call {
 /// A [`FileError`] for a malformed file, a missing tensor, a dtype other than f32/f16/bf16, or
 /// dims that disagree; [`FileError::Contract`] for what the contract refuses.
 pub fn read_call(bytes: &[u8], variant: Variant) -> FileResult<Call> {
+    read_call_at(bytes, "", variant)
+}
+
+/// As [`read_call`], with every tensor name preceded by `prefix`: `layers.3.` replays layer 3
+/// of a model dump. Only tensors under the prefix are listed in [`Call::ignored`].
+///
+/// # Errors
+/// As [`read_call`].
+pub fn read_call_at(bytes: &[u8], prefix: &str, variant: Variant) -> FileResult<Call> {
     let st = parse(bytes)?;
-    let (shape, [q, k, v]) = read_qkv(&st, "")?;
+    let (shape, [q, k, v]) = read_qkv(&st, prefix)?;
     let dtype = q.dtype();
     let mut variant = variant;
     let mut params = Params::none();
     let (hq, d) = (shape.q_heads, shape.head_dim);
     for &name in variant.params() {
-        let key = name.as_str();
+        let full = format!("{prefix}{}", name.as_str());
+        let key = full.as_str();
         let hint = format!(" (the {} variant needs it)", variant.name());
         let (dims, data) = tensor(&st, key, &hint)?;
         let data = match name {
@@ -247,7 +257,10 @@ pub fn read_call(bytes: &[u8], variant: Variant) -> FileResult<Call> {
     let mut ignored: Vec<String> = st
         .names()
         .into_iter()
-        .filter(|n| !used.contains(n))
+        .filter(|n| {
+            n.strip_prefix(prefix)
+                .is_some_and(|rest| !used.contains(&rest))
+        })
         .map(str::to_string)
         .collect();
     ignored.sort();

@@ -464,3 +464,24 @@ fn an_unknown_backend_or_an_unwritable_output() {
         "/nonexistent/dir/out.safetensors",
     );
 }
+
+#[test]
+fn one_layer_of_a_model_dump_replays_with_a_prefix() {
+    let fixture = outlier_attn::safetensors_io::MINILM_FIXTURE;
+    let out = tool(&["run", fixture, "--prefix", "layers.3.", "--stats", "heads"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("Softmax/f32/none/b2h12g12/q12k12/d32/Heads"),
+        "{stdout}"
+    );
+    // layers.3.o and layers.3.probs are not read; other layers are not mentioned.
+    assert!(
+        stderr.contains("`layers.3.o`") && stderr.contains("`layers.3.probs`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("layers.2."), "{stderr}");
+
+    let out = tool(&["run", fixture, "--prefix", "layers.9."]);
+    assert_malformed(&out, "tensor `layers.9.q` is missing");
+}

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::Args;
-use outlier_attn::safetensors_io::{self, read_call};
+use outlier_attn::safetensors_io::{self, read_call_at};
 use outlier_attn::{Problem, cases, parity, reference};
 
 use crate::common::{self, CliError, CliResult, ProblemArgs};
@@ -15,6 +15,9 @@ pub struct RunArgs {
     /// A safetensors file with `q`, `k`, `v` ([B, N, H, d]; f32, f16 or bf16) and the
     /// variant's parameters (`k_sink`, `v_sink`, `v_bias`, `sink_logits`, `gate`).
     pub input: PathBuf,
+    /// Read `{prefix}q`, `{prefix}k`, … instead: `layers.3.` replays layer 3 of a model dump.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
     /// Where to write `o`, `lse`, `stats` and `key_mass` (safetensors).
     #[arg(long, short)]
     pub out: Option<PathBuf>,
@@ -31,7 +34,8 @@ pub fn run(args: &RunArgs) -> CliResult {
     let backend = common::select_one(&discovery, args.backend.as_ref())?;
     let path = &args.input;
     let bytes = safetensors_io::read_file(path).map_err(|e| CliError::file(path, e))?;
-    let call = read_call(&bytes, args.problem.variant()).map_err(|e| CliError::file(path, e))?;
+    let call = read_call_at(&bytes, &args.prefix, args.problem.variant())
+        .map_err(|e| CliError::file(path, e))?;
     for name in &call.ignored {
         eprintln!(
             "note: tensor `{name}` is not read by the {} variant",
