@@ -96,7 +96,12 @@ impl LayerResult {
         (0..s.q_heads)
             .map(|h| {
                 (0..s.batch)
-                    .map(|b| stat.of(&heads[b * s.q_heads + h]))
+                    // A record a backend did not return reads as NaN, never as a panic.
+                    .map(|b| {
+                        heads
+                            .get(b * s.q_heads + h)
+                            .map_or(f64::NAN, |r| stat.of(r))
+                    })
                     .sum::<f64>()
                     / s.batch as f64
             })
@@ -230,8 +235,9 @@ fn print_top_keys(dump: &ModelDump, results: &[LayerResult], q_heads: usize) {
                     let name = dump
                         .token(b, j)
                         .map_or_else(|| format!("#{j}"), str::to_string);
-                    *by_token.entry(name).or_default() +=
-                        km[(b * s.q_heads + h) * s.kv_len + j] as f64;
+                    *by_token.entry(name).or_default() += km
+                        .get((b * s.q_heads + h) * s.kv_len + j)
+                        .map_or(f64::NAN, |&m| m as f64);
                 }
             }
             let rows = (s.batch * s.q_len) as f64;
