@@ -60,7 +60,8 @@ fn inspect_finds_the_cls_sink_and_draws_the_heatmap() {
 }
 
 #[test]
-fn inspect_shows_any_statistic() {
+fn inspect_shows_any_statistic_and_writes_json() {
+    let json = temp("inspect.json");
     let out = tool(&[
         "inspect",
         MINILM_FIXTURE,
@@ -68,9 +69,23 @@ fn inspect_shows_any_statistic() {
         "q-ratio",
         "--backend",
         "reference",
+        "--json",
+        json.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stdout).contains("q_absmax / q_absmean"));
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    std::fs::remove_file(&json).ok();
+    let layers = value["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 6);
+    for layer in layers {
+        assert_eq!(layer["heads"].as_array().unwrap().len(), 2 * 12);
+        assert_eq!(layer["key_mass"].as_array().unwrap().len(), 2 * 12 * 12);
+        let keys = layer["outlier_keys"].as_array().unwrap();
+        assert!(keys.iter().any(|k| k["token"] == "[CLS]"), "{keys:?}");
+    }
+    assert_eq!(value["tokens"][1][1], "paris");
 }
 
 fn write(

@@ -8,8 +8,9 @@ use clap::{Args, ValueEnum};
 use outlier_attn::safetensors_io::{Layer, ModelDump};
 use outlier_attn::{
     ACTIVATION_OUTLIER_RATIO, ChannelSource, HeadStats, HostOutputs, KEY_OUTLIER_FRACTION, Problem,
-    StatsLevel, find_outliers,
+    Stat, StatsLevel, find_outliers,
 };
+use serde_json::json;
 
 use crate::common::{self, CliError, CliResult, MaskArg};
 use crate::svg::{self, Heatmap};
@@ -67,6 +68,9 @@ pub struct InspectArgs {
     /// The statistic of the layer x head table and the heatmap (mean over the batch).
     #[arg(long, value_enum, default_value = "first-key-mass")]
     pub stat: ShownStat,
+    /// Write every layer's statistics records, key mass and outliers as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
     /// Write a layers x heads heatmap of the statistic as SVG.
     #[arg(long)]
     pub heatmap: Option<PathBuf>,
@@ -169,6 +173,9 @@ pub fn inspect(args: &InspectArgs) -> CliResult {
     print_top_keys(&dump, &results, q_heads);
     print_outliers(&dump, &results);
 
+    if let Some(out) = &args.json {
+        common::write_json(out, &to_json(&dump, &results))?;
+    }
     if let Some(out) = &args.heatmap {
         let svg = svg::heatmap(&Heatmap {
             title: format!("{model}: {} per head", args.stat.title()),
@@ -347,4 +354,45 @@ fn largest(
                 max as f64 / mean as f64
             )
         })
+}
+
+fn to_json(dump: &ModelDump, results: &[LayerResult]) -> serde_json::Value {
+    let layers: Vec<serde_json::Value> = results
+        .iter()
+        .map(|r| {
+            let s = &r.problem.shape;
+            let stats = r.outputs.stats.as_deref().unwrap_or_default();
+            let found = find_outliers(s, stats, r.outputs.key_mass.as_deref());
+            let heads: Vec<serde_json::Value> = stats
+                .chunks_exact(Stat::COUNT)
+                .enumerate()
+                .map(|(i, record)| {
+                    let mut head = serde_json::Map::new();
+                    head.insert("batch".into(), json!(i / s.q_heads.max(1)));
+                    head.insert("head".into(), json!(i % s.q_heads.max(1)));
+                    for stat in Stat::ALL {
+                        head.insert(stat.name().into(), json!(record[stat.index()]));
+                    }
+                    serde_json::Value::Object(head)
+                })
+                .collect();
+            json!({
+                "layer": r.index,
+                "shape": {"batch": s.batch, "q_heads": s.q_heads, "kv_heads": s.kv_heads,
+                          "q_len": s.q_len, "kv_len": s.kv_len, "head_dim": s.head_dim},
+                "heads": heads,
+                "key_mass": r.outputs.key_mass,
+                "outlier_keys": found.keys.iter().map(|k| json!({
+                    "batch": k.batch, "key": k.key, "mean_mass": k.mean_mass,
+                    "token": dump.token(k.batch, k.key),
+                })).collect::<Vec<_>>(),
+                "outlier_channels": found.channels.iter().map(|c| json!({
+                    "batch": c.batch, "head": c.head,
+                    "source": if c.source == ChannelSource::Q { "q" } else { "k" },
+                    "channel": c.channel, "ratio": c.ratio,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({ "tokens": dump.tokens, "layers": layers })
 }

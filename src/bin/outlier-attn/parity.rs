@@ -27,6 +27,9 @@ pub struct ParityArgs {
     /// Also run every case with Q/K/V as views into larger NaN-padded buffers.
     #[arg(long)]
     pub views: bool,
+    /// Added to every case's input seed: another draw of the same problems.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Write every case and check as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -137,7 +140,7 @@ pub fn parity(args: &ParityArgs) -> CliResult {
     } else {
         Coverage::Quick
     };
-    let cases: Vec<ParityCase> = suites::parity_cases(coverage)
+    let mut cases: Vec<ParityCase> = suites::parity_cases(coverage)
         .into_iter()
         .filter(|c| {
             args.filter
@@ -155,6 +158,9 @@ pub fn parity(args: &ParityArgs) -> CliResult {
     let total = cases.len() * backends.len() * layouts.len();
     let bar = common::progress(total, "parity");
     let mut rows = Vec::with_capacity(total);
+    for case in &mut cases {
+        case.spec.seed = case.spec.seed.wrapping_add(args.seed);
+    }
     for case in &cases {
         let label = cases::label(&case.problem);
         let dense = cases::random_inputs(&case.problem, &case.spec);
