@@ -9,6 +9,9 @@
 //!   rule's same-precision baseline;
 //! - [`parity`]: the rule every backend is held to;
 //! - [`cases`]: deterministic inputs shared by tests, benches and tools;
+//! - [`suites`]: the named problem sets of the `outlier-attn` tool's sweeps and the benches;
+//! - `safetensors_io` (feature `safetensors`): attention inputs and model dumps read from
+//!   safetensors files, outputs written to them;
 //! - one module per GPU backend, behind its cargo feature, depending on the contract only;
 //!   [`discover`] finds the ones present.
 //!
@@ -54,6 +57,9 @@ pub mod contract;
 pub mod cuda;
 pub mod parity;
 pub mod reference;
+#[cfg(feature = "safetensors")]
+pub mod safetensors_io;
+pub mod suites;
 #[cfg(feature = "wgpu")]
 pub mod wgsl;
 

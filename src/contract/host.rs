@@ -127,4 +127,22 @@ pub trait Backend {
     /// for a valid problem the device cannot run, and [`Error::Backend`](crate::Error) for
     /// failures of the device.
     fn forward(&self, problem: &Problem, inputs: &HostInputs) -> Result<HostOutputs>;
+
+    /// Device-side times of `reps` forward passes of `problem` after `warmup` untimed ones,
+    /// one per pass, measured with the device's own timer (CUDA events, WebGPU timestamp
+    /// queries) around the kernels only. `Ok(None)`, the default, means the backend has no
+    /// device timer; tools then time [`forward`](Backend::forward) on the host.
+    ///
+    /// # Errors
+    /// As [`forward`](Backend::forward).
+    fn device_times(
+        &self,
+        problem: &Problem,
+        inputs: &HostInputs,
+        warmup: usize,
+        reps: usize,
+    ) -> Result<Option<Vec<std::time::Duration>>> {
+        let _ = (problem, inputs, warmup, reps);
+        Ok(None)
+    }
 }

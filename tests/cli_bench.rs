@@ -1,0 +1,63 @@
+//! `outlier-attn bench`: the table, the JSON and the plot, at lengths the reference runs fast.
+
+use std::process::Command;
+
+#[test]
+fn bench_times_every_case_and_writes_json_and_a_plot() {
+    let dir = std::env::temp_dir();
+    let json = dir.join(format!("outlier-attn-bench-{}.json", std::process::id()));
+    let plot = dir.join(format!("outlier-attn-bench-{}.svg", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_outlier-attn"))
+        .args([
+            "bench",
+            "--backend",
+            "reference",
+            "--lens",
+            "8,16",
+            "--warmup",
+            "0",
+            "--reps",
+            "1",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .arg("--plot")
+        .arg(&plot)
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("TFLOP/s"), "{stdout}");
+
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let results = value["results"].as_array().unwrap();
+    let per_len = outlier_attn::suites::bench_problems(8, outlier_attn::DType::F16).len();
+    assert_eq!(results.len(), 2 * per_len);
+    for r in results {
+        assert!(r["median_ms"].as_f64().unwrap() > 0.0);
+        assert!(r["tflops"].as_f64().unwrap() > 0.0);
+        // The reference has no device timer.
+        assert_eq!(r["clock"], "host");
+        // Plain Softmax is the base of the overheads; every other case has one.
+        let plain = r["variant"] == "Softmax" && r["stats"] == "Off";
+        assert_eq!(r["overhead_vs_softmax"].is_null(), plain, "{r}");
+    }
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 9, "one line per variant");
+    std::fs::remove_file(&json).ok();
+    std::fs::remove_file(&plot).ok();
+}
+
+#[test]
+fn bench_refuses_a_zero_length() {
+    let out = Command::new(env!("CARGO_BIN_EXE_outlier-attn"))
+        .args(["bench", "--lens", "0"])
+        .output()
+        .expect("the binary runs");
+    assert_eq!(out.status.code(), Some(2));
+}
