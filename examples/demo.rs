@@ -1,7 +1,11 @@
-//! The paper's mechanism in a small problem: token 0's key carries a massive channel and its
-//! value is near zero, so the heads whose queries read that channel park their attention on it
-//! (an attention sink). The demo runs every variant on the best backend present and prints, per
-//! head, the statistics that show where the weight went.
+//! Attention sinks, found by the statistics the kernels compute.
+//!
+//! 1. A real model: the Q/K/V of all-MiniLM-L6-v2 (the fixture in tests/fixtures, dumped from
+//!    PyTorch) run through the best backend present; per layer, how much weight each head puts
+//!    on the first token, and which keys the paper's rule flags as attention outliers.
+//! 2. The paper's mechanism in a small problem: token 0's key carries a massive channel and its
+//!    value is near zero, so the heads whose queries read that channel park their attention on
+//!    it. Every variant runs on it, and a per-head table shows where the weight went.
 //!
 //! Run with `cargo run --release --example demo` (add `--features wgpu` or `--features cuda`
 //! to use a GPU backend where one is present).
@@ -37,13 +41,17 @@ fn main() -> Result<(), outlier_attn::Error> {
         println!("  (not used: {name}: {why})");
     }
 
+    #[cfg(feature = "safetensors")]
+    real_model(backend)?;
+
     let shape = Shape::new(1, HEADS, HEADS, TOKENS, TOKENS, HEAD_DIM);
     let base = Problem::new(shape, DType::F16)
         .with_mask(Mask::Causal)
         .with_stats(StatsLevel::HeadsAndKeys);
     let inputs = sink_inputs(&base);
+    println!("\n== A planted sink, every variant ==");
     println!(
-        "\n{TOKENS} tokens, {HEADS} heads of dim {HEAD_DIM}, f16, causal. Token 0's key has {MASSIVE_KEY} on channel \
+        "{TOKENS} tokens, {HEADS} heads of dim {HEAD_DIM}, f16, causal. Token 0's key has {MASSIVE_KEY} on channel \
          {MASSIVE_CHANNEL} and its value is ~0; heads 0-{} read that channel.",
         SINK_HEADS - 1
     );
@@ -93,6 +101,64 @@ fn main() -> Result<(), outlier_attn::Error> {
             } else {
                 keys.join(", ")
             }
+        );
+    }
+    Ok(())
+}
+
+/// Softmax attention of each layer of all-MiniLM-L6-v2, as PyTorch fed it.
+#[cfg(feature = "safetensors")]
+fn real_model(backend: &dyn outlier_attn::Backend) -> Result<(), outlier_attn::Error> {
+    use outlier_attn::safetensors_io::{MINILM_FIXTURE, ModelDump};
+
+    let dump = match ModelDump::open(MINILM_FIXTURE) {
+        Ok(dump) => dump,
+        Err(e) => {
+            println!("\n(real model skipped: {e})");
+            return Ok(());
+        }
+    };
+    let first = &dump.layers[0].shape;
+    println!(
+        "\n== all-MiniLM-L6-v2: {} layers, {} heads of dim {}, {} sentences of {} tokens ==",
+        dump.layers.len(),
+        first.q_heads,
+        first.head_dim,
+        first.batch,
+        first.q_len
+    );
+    println!("first_key_mass per head (the weight on [CLS]), and the keys the paper's rule flags:");
+    for layer in &dump.layers {
+        let problem = Problem::new(layer.shape, layer.dtype).with_stats(StatsLevel::HeadsAndKeys);
+        let out = backend.forward(&problem, &layer.inputs)?;
+        let per_head: Vec<String> = (0..layer.shape.q_heads)
+            .map(|h| {
+                let mean = (0..layer.shape.batch)
+                    .filter_map(|b| out.head_stats(&problem, b, h))
+                    .map(|s| s.first_key_mass)
+                    .sum::<f32>()
+                    / layer.shape.batch as f32;
+                format!("{mean:.2}")
+            })
+            .collect();
+        let outliers = find_outliers(
+            &layer.shape,
+            out.stats.as_deref().unwrap_or(&[]),
+            out.key_mass.as_deref(),
+        );
+        let keys: Vec<String> = outliers
+            .keys
+            .iter()
+            .map(|k| {
+                let token = dump.token(k.batch, k.key).unwrap_or("?");
+                format!("{token} ({:.1}/{})", k.mean_mass, layer.shape.q_len)
+            })
+            .collect();
+        println!(
+            "  layer {}: {}  outliers: {}",
+            layer.index,
+            per_head.join(" "),
+            keys.join(", ")
         );
     }
     Ok(())
