@@ -55,6 +55,22 @@ pub struct Check {
     pub detail: Option<String>,
 }
 
+impl Check {
+    /// A check of `output` that has found nothing wrong yet.
+    fn passing(output: &str) -> Check {
+        Check {
+            output: output.to_string(),
+            max_err: 0.0,
+            baseline_err: 0.0,
+            bound: 0.0,
+            nmse: 0.0,
+            verdict: Verdict::Pass,
+            worst: None,
+            detail: None,
+        }
+    }
+}
+
 /// Every check of one case.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParityReport {
@@ -151,16 +167,7 @@ pub fn compare_values(
     reference: &[f64],
     baseline: &[f64],
 ) -> Check {
-    let mut check = Check {
-        output: output.to_string(),
-        max_err: 0.0,
-        baseline_err: 0.0,
-        bound: 0.0,
-        nmse: 0.0,
-        verdict: Verdict::Pass,
-        worst: None,
-        detail: None,
-    };
+    let mut check = Check::passing(output);
     if actual.len() != reference.len() || baseline.len() != reference.len() {
         check.verdict = Verdict::Fail;
         check.detail = Some(format!(
@@ -354,16 +361,7 @@ fn compare_argmax(
     margins: impl Iterator<Item = f64>,
     bound: f64,
 ) -> Check {
-    let mut check = Check {
-        output: format!("stats.{}", st.name()),
-        max_err: 0.0,
-        baseline_err: 0.0,
-        bound: 0.0,
-        nmse: 0.0,
-        verdict: Verdict::Pass,
-        worst: None,
-        detail: None,
-    };
+    let mut check = Check::passing(&format!("stats.{}", st.name()));
     let mut mismatches = 0usize;
     for (i, ((&x, &r), margin)) in actual.iter().zip(reference).zip(margins).enumerate() {
         if margin > bound && x != r {

@@ -1,30 +1,14 @@
 //! `outlier-attn inspect` on the all-MiniLM-L6-v2 fixture, and its refusals.
 
+mod cli_common;
+use cli_common::{temp, text, tool};
+
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
 use outlier_attn::HostTensor;
 use outlier_attn::safetensors_io::MINILM_FIXTURE;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
-
-fn tool(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_outlier-attn"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn temp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "outlier-attn-inspect-{}-{name}",
-        std::process::id()
-    ))
-}
 
 #[test]
 fn inspect_finds_the_cls_sink_and_draws_the_heatmap() {

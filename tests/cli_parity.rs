@@ -1,22 +1,7 @@
 //! `outlier-attn info` and `outlier-attn parity`: the table, the JSON, the exit status.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
-
-fn tool(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_outlier-attn"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn temp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("outlier-attn-{}-{name}", std::process::id()))
-}
+mod cli_common;
+use cli_common::{temp, text, tool};
 
 #[test]
 fn info_lists_the_reference_and_the_missing_backends() {

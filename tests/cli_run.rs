@@ -1,28 +1,16 @@
 //! `outlier-attn run`: a replay that works, and one test per malformed input, each a clear
 //! message and exit status 2, never a panic.
 
+mod cli_common;
+use cli_common::{temp, text, tool};
+
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use outlier_attn::cases::{InputSpec, random_inputs};
 use outlier_attn::{DType, HostTensor, Problem, Shape, Stat, Variant};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
-
-fn tool(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_outlier-attn"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn temp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("outlier-attn-run-{}-{name}", std::process::id()))
-}
 
 /// A tensor of the file: name, dtype, dims, raw bytes.
 struct T(&'static str, Dtype, Vec<usize>, Vec<u8>);
