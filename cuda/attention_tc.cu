@@ -56,6 +56,7 @@ static_assert((kRowStride * 2 / 16) % 2 == 1, "row stride must be an odd number 
 // an sm_86/sm_89 block may have). The statistics scratch reuses Q's rows at the end.
 constexpr int kSmemBytes = (kBlockM * kRowStride + 4 * kTileElems) * 2;
 static_assert(kWarps * kPartialCount * 4 <= kBlockM * kRowStride * 2, "scratch fits in Q's rows");
+static_assert(kSmemBytes <= 99 * 1024, "fits every sm_8x/sm_9x block (src/cuda/kernels.rs mirrors it)");
 
 DEVICE unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
 

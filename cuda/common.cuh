@@ -101,6 +101,7 @@ struct AttnParams {
     float scale, softcap, sigmoid_bias, clip_zeta, clip_gamma;
     int stats_on;    // 1: Heads or HeadsAndKeys (uniform branches, not a specialisation)
 };
+static_assert(sizeof(AttnParams) == 312, "KernelParams in src/cuda/params.rs mirrors this");
 
 // Statistics record, in Stat::ALL order (src/contract/stats.rs).
 enum StatIndex : int {
