@@ -149,3 +149,49 @@ fn cuda_module_compile_time() {
         start.elapsed().as_secs_f64()
     );
 }
+
+/// Without a driver, a device or NVRTC, opening the backend is an error that names what is
+/// missing (never a panic); with them, it describes the device, its architecture and NVRTC.
+#[test]
+fn cuda_detection_explains_itself() {
+    match CudaBackend::new() {
+        Ok(b) => {
+            let lines = b.describe();
+            assert!(
+                lines.iter().any(|l| l.contains("compute capability")),
+                "{lines:?}"
+            );
+            assert!(lines.iter().any(|l| l.contains("NVRTC")), "{lines:?}");
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(
+                ["libcuda", "device", "libnvrtc"]
+                    .iter()
+                    .any(|w| msg.contains(w)),
+                "unexplained: {msg}"
+            );
+        }
+    }
+}
+
+/// Compiles (or loads from the disk cache) every specialisation this device runs, in parallel:
+/// the H200 script runs it first so that later steps never wait for NVRTC.
+#[test]
+fn cuda_prepare_every_specialization() {
+    let Some(b) = backend() else { return };
+    let attn = b.attention();
+    let start = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        for spec in outlier_attn::cuda::Specialization::ALL {
+            if spec.runs_on(attn.arch()) {
+                scope.spawn(move || attn.prepare(spec).unwrap_or_else(|e| panic!("{spec}: {e}")));
+            }
+        }
+    });
+    eprintln!(
+        "outlier-attn-compile every specialisation for {} in {:.1} s",
+        attn.arch(),
+        start.elapsed().as_secs_f64()
+    );
+}

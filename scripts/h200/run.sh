@@ -2,7 +2,8 @@
 # Runs on the GPU host (CUDA 13.0 driver and toolkit with compute-sanitizer, PyTorch; no Rust,
 # no network), from the directory build_pack.sh made. In order, each with a time limit so the
 # whole run stays under 8 minutes:
-#   1. module compile time: cold (empty disk cache), then warm (second process start);
+#   1. module compile time: cold (empty disk cache), every specialisation in parallel (so no
+#      later step waits for NVRTC), then warm (a second process start reads the disk cache);
 #   2. the CUDA parity proptests (OUTLIER_ATTN_REQUIRE=cuda: a missing GPU fails);
 #   3. compute-sanitizer memcheck and racecheck on the fixed cases (a small sweep);
 #   4. the benchmark, then PyTorch's scaled_dot_product_attention (flash) on the same shapes,
@@ -44,12 +45,13 @@ echo "nvrtc: ${nvrtc:-not found under $CUDA_HOME}"
 
 echo "== steps"
 step compile_cold 120 ./bin/cuda_parity --exact cuda_module_compile_time --nocapture
-step compile_warm 60 ./bin/cuda_parity --exact cuda_module_compile_time --nocapture
-PROPTEST_CASES=64 step parity 240 ./bin/cuda_parity --test-threads 1
-PROPTEST_CASES=4 step memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 1 ./bin/cuda_parity --exact cuda_fixed_cases
-PROPTEST_CASES=4 step racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 1 ./bin/cuda_parity --exact cuda_fixed_cases
+step compile_all 150 ./bin/cuda_parity --exact cuda_prepare_every_specialization --nocapture
+step compile_warm 30 ./bin/cuda_parity --exact cuda_module_compile_time --nocapture
+PROPTEST_CASES=64 step parity 200 ./bin/cuda_parity
+PROPTEST_CASES=4 step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 1 ./bin/cuda_parity --exact cuda_fixed_cases
+PROPTEST_CASES=4 step racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 1 ./bin/cuda_parity --exact cuda_fixed_cases
 OUTLIER_ATTN_BENCH_OUT="$RES/ours.jsonl" step bench 150 ./bin/cuda_bench --bench --warm-up-time 0.5 --measurement-time 1
-step compare 90 python3 compare.py "$RES/ours.jsonl"
+step compare 60 python3 compare.py "$RES/ours.jsonl"
 
 echo "== compile time"
 grep -h "outlier-attn-compile" "$RES"/compile_*.log || true
