@@ -75,8 +75,9 @@ fn every_specialization_compiles_without_spills_and_fits_shared_memory() {
         return;
     };
     let mut failures = Vec::new();
-    eprintln!(
-        "{:<8} {:<10} {:<16} {:>5} {:>6} {:>7} {:>8} {:>7}",
+    // The table goes to stderr and to a file CI can keep as an artifact.
+    let mut table = format!(
+        "{:<8} {:<10} {:<16} {:>5} {:>6} {:>7} {:>8} {:>7}\n",
         "arch", "spec", "kernel", "regs", "spill", "smem", "dyn smem", "nvrtc s"
     );
     for m in modules {
@@ -98,8 +99,8 @@ fn every_specialization_compiles_without_spills_and_fits_shared_memory() {
                 }
                 _ => 0,
             };
-            eprintln!(
-                "{:<8} {:<10} {:<16} {:>5} {:>6} {:>7} {:>8} {:>7.1}",
+            table.push_str(&format!(
+                "{:<8} {:<10} {:<16} {:>5} {:>6} {:>7} {:>8} {:>7.1}\n",
                 m.arch.to_string(),
                 m.spec.name(),
                 r.entry,
@@ -108,7 +109,7 @@ fn every_specialization_compiles_without_spills_and_fits_shared_memory() {
                 r.static_smem,
                 dynamic,
                 m.compile_seconds
-            );
+            ));
             let tuned = matches!(m.spec.path, KernelPath::TensorCore(t) if t.channels() <= 128);
             if forward && tuned && (r.spill_stores > 0 || r.spill_loads > 0) {
                 failures.push(format!(
@@ -131,6 +132,9 @@ fn every_specialization_compiles_without_spills_and_fits_shared_memory() {
             }
         }
     }
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-resources.txt");
+    let _ = std::fs::write(&path, &table);
+    eprintln!("{table}(written to {})", path.display());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
