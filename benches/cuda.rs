@@ -179,6 +179,12 @@ fn bench(c: &mut Criterion) {
     let ctx = match detect() {
         Ok(ctx) => ctx,
         Err(e) => {
+            let required = std::env::var("OUTLIER_ATTN_REQUIRE")
+                .is_ok_and(|v| v.split(',').any(|n| n.trim() == "cuda"));
+            assert!(
+                !required,
+                "backend cuda is required (OUTLIER_ATTN_REQUIRE): {e}"
+            );
             eprintln!("skipped: the CUDA benchmark needs a GPU: {e}");
             return;
         }

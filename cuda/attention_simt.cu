@@ -115,7 +115,8 @@ attention_simt(const AttnParams p) {
                     for (int u = 0; u < kMaxChannelsPerLane; ++u) acc[u] *= alpha;
                 }
             }
-            const float w = key_weight(st, p, l, j == 0, clip_pass, inv_l);
+            const float w = key_weight(st, p, l, clip_pass, inv_l);
+            if (p.stats_on && j == 0 && half == 0) st.add_key0(l, w, clip_pass);
             if (!with_v) continue;
             for (int jj = 0; jj < kBlockN; ++jj) {
                 const float wj = __shfl_sync(kFullMask, w, jj);

@@ -172,12 +172,15 @@ DEVICE void attend_tile(const AttnParams& p, Rows& rows, float (&acc_o)[kDTiles]
                 const int j = n0 + nt * 8 + 2 * t + e;
                 float x = score_of(s[nt][2 * r + e], p);
                 if (j >= rows.key_end[r]) x = neg_inf();
-                if (p.stats_on && !clip_pass) st.max_score = fmaxf(st.max_score, x);
+                // Sigmoid's logits are not its scores: the max must see x itself.
+                if (p.stats_on && !clip_pass && p.variant == kSigmoid) st.max_score = fmaxf(st.max_score, x);
                 x = logit_of(p, x);
                 s[nt][2 * r + e] = x;
                 tile_max = fmaxf(tile_max, x);
             }
         }
+        // Elsewhere the logits are the scores: one max per tile serves max_score.
+        if (p.stats_on && !clip_pass && p.variant != kSigmoid) st.max_score = fmaxf(st.max_score, tile_max);
         float inv_l = 0.f;
         if (clip_pass) {
             inv_l = st.l > 0.f ? 1.f / st.l : 0.f;
@@ -192,14 +195,13 @@ DEVICE void attend_tile(const AttnParams& p, Rows& rows, float (&acc_o)[kDTiles]
                 }
             }
         }
+        const float l0 = s[0][2 * r];  // key n0 + 2t; key 0 when n0 = 0 and t = 0
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const bool key0 = n0 + nt * 8 + 2 * t + e == 0;
-                s[nt][2 * r + e] = key_weight(st, p, s[nt][2 * r + e], key0, clip_pass, inv_l);
-            }
+            for (int e = 0; e < 2; ++e) s[nt][2 * r + e] = key_weight(st, p, s[nt][2 * r + e], clip_pass, inv_l);
         }
+        if (p.stats_on && n0 == 0 && t == 0) st.add_key0(l0, s[0][2 * r], clip_pass);
     }
     if (!with_v) return;
 

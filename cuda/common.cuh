@@ -212,14 +212,18 @@ struct OnlineRow {
     DEVICE float m_ref() const { return m == neg_inf() ? 0.f : m; }
 
     // Adds one key of logit x (−inf when masked); returns e^{x−m}.
-    DEVICE float add(float x, bool is_key0, bool stats) {
+    DEVICE float add(float x, bool stats) {
         float e = exp2f((x - m_ref()) * kLog2e);
         l += e;
-        if (stats) {
-            if (e > 0.f) t += e * (x - m_ref());
-            if (is_key0) e0 += e;
-        }
+        if (stats && e > 0.f) t += e * (x - m_ref());  // e = 0: skip 0·(−inf)
         return e;
+    }
+
+    // Key 0's share, once per row rather than a test per score: `l0` its logit, `w0_applied`
+    // the weight ClippedSoftmax's second pass gave it.
+    DEVICE void add_key0(float l0, float w0_applied, bool clip_pass) {
+        if (clip_pass) w0 += w0_applied;
+        else e0 += exp2f((l0 - m_ref()) * kLog2e);
     }
 };
 
@@ -317,20 +321,17 @@ __device__ __noinline__ float w_log_w(float w) { return w > 0.f ? w * logf(w) : 
 
 // The weight key j gets in O, after `rescale` has moved the row to this tile's max; `l` is
 // the key's logit (−inf when masked). Accumulates the row's sums on the way.
-DEVICE float key_weight(OnlineRow& st, const AttnParams& p, float l, bool is_key0, bool clip_pass, float inv_l) {
+DEVICE float key_weight(OnlineRow& st, const AttnParams& p, float l, bool clip_pass, float inv_l) {
     if (clip_pass) {
         // ClippedSoftmax, second pass: m and l are final, p = e^{x−m}/l is exact.
         if (l == neg_inf()) return 0.f;
         float prob = exp2f((l - st.m) * kLog2e) * inv_l;
         float w = fminf(fmaxf((p.clip_zeta - p.clip_gamma) * prob + p.clip_gamma, 0.f), 1.f);
         st.weight_sum += w;
-        if (p.stats_on) {
-            st.w_log_w += w_log_w(w);
-            if (is_key0) st.w0 += w;
-        }
+        if (p.stats_on) st.w_log_w += w_log_w(w);
         return w;
     }
-    float e = st.add(l, is_key0, p.stats_on);
+    float e = st.add(l, p.stats_on);
     if (p.variant == kSigmoid) {
         // l = ln sigmoid(s + β) <= 0: the applied weight needs no running max.
         float w = exp2f(l * kLog2e);

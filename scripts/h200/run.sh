@@ -21,6 +21,10 @@ mkdir -p "$RES" "$HERE/lib"
 # libnvrtc.so and keep its directory on the path for libnvrtc-builtins.
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 nvrtc=$(ls "$CUDA_HOME"/lib64/libnvrtc.so.* "$CUDA_HOME"/targets/*/lib/libnvrtc.so.* 2>/dev/null | grep -v builtins | head -1 || true)
+if [ -z "$nvrtc" ]; then  # else the NVRTC wheel PyTorch brought
+  site=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null || true)
+  nvrtc=$(ls "$site"/nvidia/cu13/lib/libnvrtc.so.* "$site"/nvidia/cuda_nvrtc/lib/libnvrtc.so.* 2>/dev/null | grep -v builtins | head -1 || true)
+fi
 if [ -n "$nvrtc" ]; then
   ln -sf "$nvrtc" "$HERE/lib/libnvrtc.so"
   export LD_LIBRARY_PATH="$HERE/lib:$(dirname "$nvrtc"):${LD_LIBRARY_PATH:-}"

@@ -15,6 +15,15 @@
 //!
 //! libcuda and libnvrtc are loaded at run time (cudarc's `dynamic-loading`), so the crate
 //! builds and its tests run where neither exists; their absence is an [`Error::Backend`].
+//!
+//! # CUDA versions
+//! cudarc is built against the CUDA 12.8 API and opens `libnvrtc.so.12` or `libnvrtc.so` by
+//! name (`LD_LIBRARY_PATH` applies); `libnvrtc.so.13` is used when linked as `libnvrtc.so`
+//! (scripts/h200/run.sh does this with the toolkit's own NVRTC). Verified here: NVRTC 12.9
+//! (PyPI `nvidia-cuda-nvrtc-cu12`) and 13.5 (`nvidia-cuda-nvrtc`). Modules are compiled to
+//! cubins (SASS) for the device's exact compute capability, never to PTX, so the driver's PTX
+//! JIT and its PTX ISA limit play no part; the driver needs only to support the device
+//! (CUDA 12 or 13 drivers). Without a GPU nothing here was executed: see BENCHMARKS.md.
 
 mod device;
 pub mod kernels;
