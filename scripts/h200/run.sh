@@ -43,6 +43,7 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...
   [ $rc -eq 0 ] || status=1
 }
 
+echo "== $(date -u '+%Y-%m-%d %H:%M UTC'), $HERE/run.sh"
 echo "== device"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 echo "nvrtc: ${nvrtc:-not found under $CUDA_HOME}"
@@ -61,6 +62,7 @@ echo "== compile time"
 grep -h "outlier-attn-compile" "$RES"/compile_*.log || true
 echo "== parity"
 grep -E "^test |test result" "$RES/parity.log" || tail -20 "$RES/parity.log"
+grep -A 25 "panicked" "$RES/parity.log" | head -80 || true
 echo "== sanitizers"
 grep -hE "ERROR SUMMARY|RACECHECK SUMMARY" "$RES/memcheck.log" "$RES/racecheck.log" || true
 echo "== benchmark"
