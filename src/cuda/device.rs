@@ -12,8 +12,8 @@ use cudarc::nvrtc::Ptx;
 use half::{bf16, f16};
 
 use super::kernels::{
-    self, Arch, FINALIZE_ENTRY, KEY_MASS_ENTRY, NvrtcVersion, PARTIAL_COUNT, STATS_THREADS,
-    Specialization,
+    self, Arch, CHANNEL_ENTRY, CHANNEL_RECORD, FINALIZE_ENTRY, KEY_MASS_ENTRY, NvrtcVersion,
+    PARTIAL_COUNT, SCAN_ROWS, STATS_THREADS, Specialization,
 };
 use super::params::{KernelParams, TensorLayout};
 use super::{BACKEND, backend_error};
@@ -101,6 +101,7 @@ impl Workspace {
 /// The functions of one loaded module.
 struct Kernels {
     forward: CudaFunction,
+    channel: CudaFunction,
     finalize: CudaFunction,
     key_mass: CudaFunction,
     _module: Arc<CudaModule>,
@@ -199,6 +200,7 @@ impl CudaAttention {
         }
         let kernels = Arc::new(Kernels {
             forward,
+            channel: function(CHANNEL_ENTRY)?,
             finalize: function(FINALIZE_ENTRY)?,
             key_mass: function(KEY_MASS_ENTRY)?,
             _module: module,
@@ -244,11 +246,18 @@ impl CudaAttention {
         let kernels = self.kernels(spec)?;
         let m_blocks = s.q_len.div_ceil(spec.block_m());
 
-        // Workspace: partial records, then the row weights of ClippedSoftmax.
+        // Workspace: the forward kernel's partial records, the row weights of ClippedSoftmax,
+        // then the channel scan's chunk records (stats.cu lays them out the same way).
         let stats_on = problem.stats.heads();
         let partials_len = heads * m_blocks * PARTIAL_COUNT;
         let rows_len = heads * s.q_len;
-        let needed = if stats_on { partials_len + rows_len } else { 0 };
+        let scan_chunks = s.q_len.max(s.kv_len).div_ceil(SCAN_ROWS);
+        let chunks_len = heads * scan_chunks * CHANNEL_RECORD;
+        let needed = if stats_on {
+            partials_len + rows_len + chunks_len
+        } else {
+            0
+        };
         if needed > 0 && workspace.buffer.as_ref().is_none_or(|b| b.len() < needed) {
             workspace.buffer = None;
             workspace.buffer = Some(
@@ -346,6 +355,12 @@ impl CudaAttention {
             spec.forward_smem_bytes(s.head_dim),
         )?;
         if stats_on {
+            launch(
+                &kernels.channel,
+                (to_u32(scan_chunks)?, heads as u32),
+                STATS_THREADS,
+                0,
+            )?;
             launch(&kernels.finalize, (heads as u32, 1), STATS_THREADS, 0)?;
         }
         if problem.stats.keys() {

@@ -3,7 +3,7 @@
 //! A [`Specialization`] is what changes the shape of the code: the element type and, for the
 //! tensor-core path, the head-dim tile. Everything else (variant, mask, softcap, scale, gate,
 //! statistics level) is a kernel argument, so the whole space is nine modules per
-//! architecture ([`Specialization::ALL`]). Each module holds the forward kernel and the two
+//! architecture ([`Specialization::ALL`]). Each module holds the forward kernel and the three
 //! statistics kernels.
 
 use std::ffi::{CString, c_char, c_int};
@@ -19,7 +19,9 @@ const TC_SRC: &str = include_str!("../../cuda/attention_tc.cu");
 const SIMT_SRC: &str = include_str!("../../cuda/attention_simt.cu");
 const STATS_SRC: &str = include_str!("../../cuda/stats.cu");
 
-/// Entry point of the statistics kernel that combines the forward kernel's partial records.
+/// Entry point of the statistics kernel that scans Q/K/V channels, one chunk of rows per block.
+pub const CHANNEL_ENTRY: &str = "channel_partials";
+/// Entry point of the statistics kernel that combines the partial records into the record.
 pub const FINALIZE_ENTRY: &str = "finalize_stats";
 /// Entry point of the second pass that computes `key_mass`.
 pub const KEY_MASS_ENTRY: &str = "key_mass";
@@ -213,6 +215,10 @@ pub(crate) const PARTIAL_COUNT: usize = 10;
 pub(crate) const STATS_THREADS: u32 = 256;
 /// Keys per block of the key-mass kernel.
 pub(crate) const KEY_MASS_KEYS: usize = 32;
+/// Rows of each tensor per block of the channel scan (`kScanRows` in stats.cu).
+pub(crate) const SCAN_ROWS: usize = 128;
+/// Floats per tensor in one chunk record of the channel scan (`kChanRecord`), three tensors.
+pub(crate) const CHANNEL_RECORD: usize = 3 * 260;
 
 /// Dynamic shared memory of the key-mass kernel at head dim `d`, in bytes.
 pub fn key_mass_smem_bytes(head_dim: usize) -> usize {
