@@ -481,3 +481,56 @@ fn kernel_params(checked: &Validated, m_blocks: usize) -> KernelParams {
         ..KernelParams::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Shape;
+    use crate::cases::{InputSpec, random_inputs};
+
+    fn params_of(problem: &Problem) -> KernelParams {
+        let inputs = random_inputs(problem, &InputSpec::default());
+        let checked = inputs.validate(problem).expect("valid");
+        kernel_params(&checked, 3)
+    }
+
+    /// The codes must follow `VariantCode` and `GateCode` in cuda/common.cuh.
+    #[test]
+    fn variants_and_scalars_reach_the_kernel_arguments() {
+        let shape = Shape::new(2, 4, 2, 5, 7, 24);
+        let base = Problem::new(shape, DType::F16);
+        let codes: Vec<i32> = Variant::all_default()
+            .iter()
+            .map(|&v| params_of(&base.with_variant(v)).variant)
+            .collect();
+        assert_eq!(codes, (0..9).collect::<Vec<_>>());
+
+        let p = params_of(
+            &base
+                .with_variant(Variant::ContextScale {
+                    gate: Gate::Identity,
+                    granularity: GateGranularity::PerChannel,
+                })
+                .with_mask(Mask::Causal)
+                .with_softcap(30.0)
+                .with_stats(crate::StatsLevel::Heads),
+        );
+        assert_eq!((p.gate_kind, p.gate_per_channel), (2, 1));
+        assert_eq!((p.causal, p.has_softcap, p.softcap), (1, 1, 30.0));
+        assert_eq!((p.group, p.m_blocks, p.stats_on), (2, 3, 1));
+        assert_eq!(p.scale, 1.0 / 24f32.sqrt());
+
+        let p = params_of(&base.with_variant(Variant::ClippedSoftmax {
+            zeta: 1.1,
+            gamma: -0.05,
+        }));
+        assert_eq!((p.clip_zeta, p.clip_gamma), (1.1, -0.05));
+        let p = params_of(&base.with_variant(Variant::Sigmoid { bias: None }));
+        assert_eq!(p.sigmoid_bias, -(7f32).ln());
+        assert_eq!(
+            p.lk.seq,
+            (2 * 24) as u64,
+            "K strides come from its own layout"
+        );
+    }
+}
