@@ -250,9 +250,20 @@ attention_tc(const AttnParams p) {
     const int last_row = min(row0 + kBlockM, p.q_len) - 1;
     const int n_tiles = (key_end(p, last_row) + kBlockN - 1) / kBlockN;
 
+    // Q, and (single pass) the first K/V tile behind it, so that its latency hides under the
+    // Q fragment loads and the sink set-up.
+    const bool clipped = p.variant == kClippedSoftmax;
+    const bool kv0_in_flight = !clipped && n_tiles > 0;
     load_tile<kBlockM>(s_q, p.q, p.lq, b, h, row0, p.q_len, p);
     cp_async_commit();
-    cp_async_wait<0>();
+    if (kv0_in_flight) {
+        load_tile<kBlockN>(s_k, p.k, p.lk, b, g_kv, 0, p.kv_len, p);
+        load_tile<kBlockN>(s_v, p.v, p.lv, b, g_kv, 0, p.kv_len, p);
+        cp_async_commit();
+        cp_async_wait<1>();  // Q only
+    } else {
+        cp_async_wait<0>();
+    }
     __syncthreads();
 
     unsigned q_frag[kKSteps][4];
@@ -305,11 +316,10 @@ attention_tc(const AttnParams p) {
     }
 
     // ClippedSoftmax needs each row's L before any weight: a first pass over K alone.
-    const bool clipped = p.variant == kClippedSoftmax;
     for (int pass = clipped ? 0 : 1; pass < 2; ++pass) {
         const bool clip_pass = clipped && pass == 1;
         const bool with_v = pass == 1;
-        if (n_tiles > 0) {
+        if (n_tiles > 0 && !kv0_in_flight) {
             load_tile<kBlockN>(s_k, p.k, p.lk, b, g_kv, 0, p.kv_len, p);
             if (with_v) load_tile<kBlockN>(s_v, p.v, p.lv, b, g_kv, 0, p.kv_len, p);
             cp_async_commit();
