@@ -13,7 +13,10 @@ use std::time::Instant;
 use outlier_attn::DType;
 use outlier_attn::cuda::kernels::{self, Arch, CompiledModule, KernelPath, Specialization};
 
-/// Every specialisation for both targets, compiled once per test process (in parallel on the
+/// A GPU before sm_80.
+const SM75: Arch = Arch { major: 7, minor: 5 };
+
+/// Every specialisation for each target, compiled once per test process (in parallel on the
 /// available cores); `None` when NVRTC is missing.
 fn compiled() -> Option<&'static Vec<CompiledModule>> {
     static COMPILED: OnceLock<Option<Vec<CompiledModule>>> = OnceLock::new();
@@ -23,9 +26,12 @@ fn compiled() -> Option<&'static Vec<CompiledModule>> {
                 return None;
             }
             // Longest first (the big head-dim tiles), from a shared queue, to balance the threads.
-            let mut jobs: Vec<(Specialization, Arch)> = [Arch::SM80, Arch::SM90]
+            // sm_80 and sm_90 take every module; sm_75 stands for the GPUs before tensor-core
+            // mma.sync bf16, which run the SIMT modules.
+            let mut jobs: Vec<(Specialization, Arch)> = [SM75, Arch::SM80, Arch::SM90]
                 .into_iter()
                 .flat_map(|arch| Specialization::ALL.map(|s| (s, arch)))
+                .filter(|(s, arch)| s.runs_on(*arch))
                 .collect();
             jobs.sort_by_key(|(s, _)| match s.path {
                 KernelPath::TensorCore(t) => std::cmp::Reverse(t.channels()),
@@ -57,7 +63,7 @@ fn compiled() -> Option<&'static Vec<CompiledModule>> {
             });
             modules.sort_by_key(|m| (m.arch, m.spec.name()));
             eprintln!(
-                "compiled {} modules ({} specialisations x 2 targets) with NVRTC {} in {:.1} s on {threads} threads",
+                "compiled {} modules ({} specialisations for sm_80 and sm_90, the SIMT ones for sm_75) with NVRTC {} in {:.1} s on {threads} threads",
                 modules.len(),
                 Specialization::ALL.len(),
                 kernels::nvrtc_version().map_or("?".to_string(), |v| v.to_string()),
