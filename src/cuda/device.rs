@@ -78,9 +78,11 @@ pub struct DeviceArgs<'a, T> {
     pub params: DeviceParams<'a, T>,
 }
 
-/// Scratch memory reused from call to call: per-block partial statistics and the row weights
-/// of ClippedSoftmax. It grows when a call needs more and is never shrunk; one workspace
-/// serves one stream at a time (calls take it by `&mut`).
+/// Scratch memory reused from call to call, needed only with statistics: per-query-block
+/// partial records, the row weights of ClippedSoftmax and the Q/K/V channel-scan chunks
+/// (about 10·B·Hq·Nq/64 + B·Hq·Nq + 780·B·Hq·max(Nq, Nk)/128 floats). It grows when a call
+/// needs more and is never shrunk; one workspace serves one stream at a time (calls take it
+/// by `&mut`).
 #[derive(Default)]
 pub struct Workspace {
     buffer: Option<CudaSlice<f32>>,
@@ -227,7 +229,7 @@ impl CudaAttention {
         mut args: DeviceArgs<'_, T>,
         workspace: &mut Workspace,
     ) -> Result<()> {
-        let checked = validate(problem, &describe(problem, &args))?;
+        let checked = validate(problem, &describe(&args))?;
         let s = checked.shape();
         let spec = self.specialization(problem.dtype, s.head_dim);
         let heads = s.batch * s.q_heads;
@@ -386,7 +388,7 @@ impl CudaAttention {
 }
 
 /// The validation view of device buffers.
-fn describe<T: CudaElement>(problem: &Problem, args: &DeviceArgs<'_, T>) -> Args {
+fn describe<T: CudaElement>(args: &DeviceArgs<'_, T>) -> Args {
     let tensor = |len: usize, layout| TensorArg {
         dtype: T::DTYPE,
         len,
@@ -396,7 +398,6 @@ fn describe<T: CudaElement>(problem: &Problem, args: &DeviceArgs<'_, T>) -> Args
         dtype: DType::F32,
         len,
     };
-    let _ = problem;
     Args {
         q: tensor(args.q.len(), args.layouts.q),
         k: tensor(args.k.len(), args.layouts.k),
