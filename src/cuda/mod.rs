@@ -1,2 +1,240 @@
-//! The CUDA backend, compiled at run time by NVRTC and loaded through cudarc (feature `cuda`).
-//! Not written yet.
+//! The CUDA backend (feature `cuda`): hand-written flash-attention kernels (cuda/*.cu)
+//! compiled at run time by NVRTC for the device's own architecture, loaded through cudarc.
+//!
+//! Three layers, as in cudarc:
+//! - [`kernels`]: the sources, the specialisation space ([`Specialization::ALL`], nine modules
+//!   per architecture) and NVRTC compilation to cubins, cached on disk (keyed by source,
+//!   options and NVRTC version). Usable without a GPU: CI compiles every specialisation.
+//! - [`CudaAttention`]: the device-level API for engines. It takes the caller's stream and
+//!   `CudaView`/`CudaViewMut` buffers plus a reusable [`Workspace`], validates through
+//!   [`validate`](crate::validate), launches asynchronously and never synchronises the host.
+//! - [`CudaBackend`]: the host-level [`Backend`] used by tests and the demo.
+//!
+//! Paths: f16 and bf16 run on tensor cores (mma.sync m16n8k16, ldmatrix, cp.async) from
+//! sm_80; f32, and 16-bit inputs before sm_80, run on a SIMT kernel in true f32 arithmetic.
+//!
+//! libcuda and libnvrtc are loaded at run time (cudarc's `dynamic-loading`), so the crate
+//! builds and its tests run where neither exists; their absence is an [`Error::Backend`].
+//!
+//! # CUDA versions
+//! cudarc is built against the CUDA 12.8 API and opens `libnvrtc.so.12` or `libnvrtc.so` by
+//! name (`LD_LIBRARY_PATH` applies); `libnvrtc.so.13` is used when linked as `libnvrtc.so`
+//! (scripts/h200/run.sh does this with the toolkit's own NVRTC). Verified here: NVRTC 12.9
+//! (PyPI `nvidia-cuda-nvrtc-cu12`) and 13.5 (`nvidia-cuda-nvrtc`). Modules are compiled to
+//! cubins (SASS) for the device's exact compute capability, never to PTX, so the driver's PTX
+//! JIT and its PTX ISA limit play no part; the driver needs only to support the device
+//! (CUDA 12 or 13 drivers). Without a GPU nothing here was executed: see BENCHMARKS.md.
+
+mod device;
+pub mod kernels;
+mod params;
+
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+
+pub use device::{CudaAttention, CudaElement, DeviceArgs, DeviceParams, Workspace};
+pub use kernels::{
+    Arch, CompileError, CompiledModule, HeadDimTile, KernelPath, KernelResources, NvrtcVersion,
+    Specialization,
+};
+
+use crate::contract::{
+    Backend, DType, Error, HostInputs, HostOutputs, HostTensor, Layout, Layouts, Problem, Result,
+};
+use crate::parity;
+
+/// The backend's name in messages.
+pub(crate) const BACKEND: &str = "cuda";
+
+pub(crate) fn backend_error(message: String) -> Error {
+    Error::Backend {
+        backend: BACKEND.to_string(),
+        message,
+    }
+}
+
+/// Finds device 0, explaining what is missing: no libcuda, no device, no NVRTC.
+///
+/// # Errors
+/// [`Error::Backend`] naming the missing piece; never panics.
+pub fn detect() -> Result<Arc<CudaContext>> {
+    // SAFETY: only dlopens libcuda by name and reports whether it was found; every driver
+    // call below happens after this check (with no libcuda, cudarc panics on the first call).
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(backend_error(
+            "libcuda not found (no NVIDIA driver on this machine)".to_string(),
+        ));
+    }
+    let count = CudaContext::device_count()
+        .map_err(|e| backend_error(format!("the driver cannot count devices: {e}")))?;
+    if count < 1 {
+        return Err(backend_error(
+            "the driver reports no CUDA device".to_string(),
+        ));
+    }
+    if !kernels::nvrtc_present() {
+        return Err(backend_error(
+            kernels::CompileError::NvrtcMissing.to_string(),
+        ));
+    }
+    CudaContext::new(0).map_err(|e| backend_error(format!("cannot open device 0: {e}")))
+}
+
+/// The CUDA backend at host level: uploads, runs [`CudaAttention::forward`] on its own stream,
+/// downloads. Outputs start NaN-poisoned, so an element a kernel never writes fails parity.
+pub struct CudaBackend {
+    attention: CudaAttention,
+    stream: Arc<CudaStream>,
+    device_name: String,
+    workspace: Mutex<Workspace>,
+}
+
+impl CudaBackend {
+    /// Opens device 0.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when libcuda, a device or libnvrtc is missing.
+    pub fn new() -> Result<CudaBackend> {
+        let ctx = detect()?;
+        let device_name = ctx.name().unwrap_or_else(|_| "unknown device".to_string());
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| backend_error(format!("cannot create a stream: {e}")))?;
+        Ok(CudaBackend {
+            attention: CudaAttention::new(ctx)?,
+            stream,
+            device_name,
+            workspace: Mutex::new(Workspace::new()),
+        })
+    }
+
+    /// The device-level API underneath.
+    pub fn attention(&self) -> &CudaAttention {
+        &self.attention
+    }
+
+    /// The stream host-level calls run on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    fn run<T: CudaElement>(&self, problem: &Problem, inputs: &HostInputs) -> Result<HostOutputs>
+    where
+        HostTensor: From<Vec<T>>,
+    {
+        let stream = &self.stream;
+        let dev = |e: cudarc::driver::DriverError| backend_error(format!("{e}"));
+        let upload = |t: &HostTensor| -> Result<CudaSlice<T>> {
+            let host: Vec<T> = bytemuck::pod_collect_to_vec(t.as_bytes());
+            stream.clone_htod(&host).map_err(dev)
+        };
+        let upload_f32 = |t: &HostTensor| -> Result<CudaSlice<f32>> {
+            stream
+                .clone_htod(&t.to_f64_vec().iter().map(|&x| x as f32).collect::<Vec<_>>())
+                .map_err(dev)
+        };
+        let s = &problem.shape;
+        let q = upload(&inputs.q)?;
+        let k = upload(&inputs.k)?;
+        let v = upload(&inputs.v)?;
+        let poisoned = parity::poisoned_outputs(problem);
+        let mut o = upload(&poisoned.o)?;
+        let mut lse = stream.clone_htod(&poisoned.lse).map_err(dev)?;
+        let mut stats = poisoned
+            .stats
+            .as_ref()
+            .map(|x| stream.clone_htod(x))
+            .transpose()
+            .map_err(dev)?;
+        let mut key_mass = poisoned
+            .key_mass
+            .as_ref()
+            .map(|x| stream.clone_htod(x))
+            .transpose()
+            .map_err(dev)?;
+        let pr = &inputs.params;
+        let k_sink = pr.k_sink.as_ref().map(upload_f32).transpose()?;
+        let v_sink = pr.v_sink.as_ref().map(upload_f32).transpose()?;
+        let v_bias = pr.v_bias.as_ref().map(upload_f32).transpose()?;
+        let sink_logits = pr.sink_logits.as_ref().map(upload_f32).transpose()?;
+        let gate = pr.gate.as_ref().map(upload).transpose()?;
+        // Host-level O is dense; the inputs keep their layouts.
+        let layouts = Layouts {
+            o: Layout::contiguous(s.q_len, s.q_heads, s.head_dim),
+            ..inputs.layouts
+        };
+        let args = DeviceArgs {
+            q: q.as_view(),
+            k: k.as_view(),
+            v: v.as_view(),
+            o: o.as_view_mut(),
+            lse: lse.as_view_mut(),
+            stats: stats.as_mut().map(|x| x.as_view_mut()),
+            key_mass: key_mass.as_mut().map(|x| x.as_view_mut()),
+            layouts,
+            params: DeviceParams {
+                k_sink: k_sink.as_ref().map(|x| x.as_view()),
+                v_sink: v_sink.as_ref().map(|x| x.as_view()),
+                v_bias: v_bias.as_ref().map(|x| x.as_view()),
+                sink_logits: sink_logits.as_ref().map(|x| x.as_view()),
+                gate: gate.as_ref().map(|x| x.as_view()),
+            },
+        };
+        let mut workspace = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+        self.attention
+            .forward(stream, problem, args, &mut workspace)?;
+        let o_host: Vec<T> = stream.clone_dtoh(&o).map_err(dev)?;
+        let out = HostOutputs {
+            o: HostTensor::from(o_host),
+            lse: stream.clone_dtoh(&lse).map_err(dev)?,
+            stats: stats
+                .as_ref()
+                .map(|x| stream.clone_dtoh(x))
+                .transpose()
+                .map_err(dev)?,
+            key_mass: key_mass
+                .as_ref()
+                .map(|x| stream.clone_dtoh(x))
+                .transpose()
+                .map_err(dev)?,
+        };
+        stream.synchronize().map_err(dev)?;
+        Ok(out)
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> String {
+        format!("cuda ({})", self.device_name)
+    }
+
+    fn describe(&self) -> Vec<String> {
+        let arch = self.attention.arch();
+        let path = |dtype: DType| self.attention.specialization(dtype, 128).path;
+        vec![
+            self.name(),
+            format!("compute capability {}.{} ({arch})", arch.major, arch.minor),
+            format!("NVRTC {}", self.attention.nvrtc_version()),
+            format!(
+                "paths: f16 {:?}, bf16 {:?}, f32 {:?} (tile follows the head dim)",
+                path(DType::F16),
+                path(DType::Bf16),
+                path(DType::F32)
+            ),
+            match kernels::cache_dir() {
+                Some(dir) => format!("module cache: {}", dir.display()),
+                None => "module cache: memory only (no HOME)".to_string(),
+            },
+        ]
+    }
+
+    fn forward(&self, problem: &Problem, inputs: &HostInputs) -> Result<HostOutputs> {
+        inputs.validate(problem)?;
+        match problem.dtype {
+            DType::F32 => self.run::<f32>(problem, inputs),
+            DType::F16 => self.run::<half::f16>(problem, inputs),
+            DType::Bf16 => self.run::<half::bf16>(problem, inputs),
+        }
+    }
+}

@@ -1,0 +1,171 @@
+// SIMT flash attention: every dtype on every architecture, in true f32 arithmetic (no TF32),
+// so the f32 parity floor holds. It is the path for f32 inputs and for GPUs without the
+// sm_80 tensor-core instructions; the same online softmax and statistics as attention_tc.cu.
+//
+// One warp owns one query row; a block of kWarps rows shares K/V tiles of kBlockN keys,
+// converted to f32 in shared memory. Lane l scores key l % kBlockN over half of the channels
+// (l / kBlockN picks the half) and one shuffle adds the halves; for P·V, lane l owns channels
+// l, l + 32, ... of O.
+
+namespace simt {
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * kWarpSize;
+constexpr int kBlockN = kWarpSize / 2;             // keys per tile: two lanes per key
+constexpr int kMaxHeadDim = 256;
+constexpr int kMaxChannelsPerLane = kMaxHeadDim / kWarpSize;
+
+static_assert(kBlockN * 2 == kWarpSize, "two lanes score each key");
+
+// Shared memory for head dim d, in bytes: K and V tiles with rows padded to d + 1 floats (so
+// that the lanes reading one channel of 16 keys hit 16 banks), this block's Q rows, scratch.
+// The host computes the same sum (src/cuda/kernels.rs); at d = 256 it is under 48 KiB.
+DEVICE int tile_stride(int d) { return d + 1; }
+
+}  // namespace simt
+
+// grid: (ceil(Nq / simt::kWarps), B·Hq); block: simt::kThreads; dynamic shared memory:
+// (2·kBlockN·(d + 1) + kWarps·d + kWarps·kPartialCount) floats.
+extern "C" __global__ void __launch_bounds__(simt::kThreads)
+attention_simt(const AttnParams p) {
+    using namespace simt;
+    extern __shared__ __align__(16) float smem_f[];
+    const int d = p.head_dim;
+    const int stride = tile_stride(d);
+    float* s_k = smem_f;                            // [kBlockN][d + 1]
+    float* s_v = s_k + kBlockN * stride;            // [kBlockN][d + 1]
+    float* s_q = s_v + kBlockN * stride;            // [kWarps][d]
+    float* s_scratch = s_q + kWarps * d;            // [kWarps][kPartialCount]
+
+    const int bh = blockIdx.y;
+    const int b = bh / p.q_heads, h = bh % p.q_heads;
+    const int g_kv = h / p.group;
+    const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+    const int row0 = blockIdx.x * kWarps;
+    const int row = row0 + warp;
+    const bool row_valid = row < p.q_len;
+    const int kv = lane % kBlockN;       // the key this lane scores
+    const int half = lane / kBlockN;     // which half of the channels it sums
+    const int c_begin = half * (d / 2), c_end = c_begin + d / 2;
+
+    float* q_row = s_q + warp * d;
+    for (int c = lane; c < d; c += kWarpSize) {
+        q_row[c] = row_valid ? to_float(p.q[row_offset(p.lq, b, row, h) + c]) : 0.f;
+    }
+    __syncwarp();
+
+    const int last_row = min(row0 + kWarps, p.q_len) - 1;
+    const int n_tiles = (key_end(p, last_row) + kBlockN - 1) / kBlockN;
+    const int my_key_end = key_end(p, row);
+
+    OnlineRow st;
+    st.init();
+    float acc[kMaxChannelsPerLane];
+#pragma unroll
+    for (int u = 0; u < kMaxChannelsPerLane; ++u) acc[u] = 0.f;
+
+    float x_sink = 0.f;
+    if (has_sink(p.variant)) {
+        float dot = 0.f;
+        if (p.variant == kContextBias || p.variant == kKvSink) {
+            for (int c = lane; c < d; c += kWarpSize) dot += q_row[c] * p.k_sink[h * d + c];
+            dot = row_sum<kWarpSize>(dot);
+        }
+        x_sink = sink_logit(p, h, dot);
+        if (sink_in_denominator(p.variant)) st.init_sink(x_sink, lane == 0);
+        if (p.variant == kKvSink) {
+#pragma unroll
+            for (int u = 0; u < kMaxChannelsPerLane; ++u) {
+                const int c = lane + u * kWarpSize;
+                if (c < d) acc[u] = p.v_param[h * d + c];
+            }
+        }
+    }
+
+    const bool clipped = p.variant == kClippedSoftmax;
+    for (int pass = clipped ? 0 : 1; pass < 2; ++pass) {
+        const bool clip_pass = clipped && pass == 1;
+        const bool with_v = pass == 1;
+        for (int n = 0; n < n_tiles; ++n) {
+            const int n0 = n * kBlockN;
+            __syncthreads();  // everyone is done with the previous tile
+            for (int idx = threadIdx.x; idx < kBlockN * d; idx += kThreads) {
+                const int r = idx / d, c = idx % d;
+                const bool valid = n0 + r < p.kv_len;
+                s_k[r * stride + c] = valid ? to_float(p.k[row_offset(p.lk, b, n0 + r, g_kv) + c]) : 0.f;
+                if (with_v) s_v[r * stride + c] = valid ? to_float(p.v[row_offset(p.lv, b, n0 + r, g_kv) + c]) : 0.f;
+            }
+            __syncthreads();
+
+            float dot = 0.f;
+            for (int c = c_begin; c < c_end; ++c) dot += q_row[c] * s_k[kv * stride + c];
+            dot += __shfl_xor_sync(kFullMask, dot, kBlockN);
+            const int j = n0 + kv;
+            float x = j < my_key_end ? score_of(dot, p) : neg_inf();
+            if (p.stats_on && !clip_pass && half == 0) st.max_score = fmaxf(st.max_score, x);
+            // Lanes of the second half hold the same keys: they take no part in the sums.
+            float l = half == 0 ? logit_of(p, x) : neg_inf();
+            float inv_l = 0.f;
+            if (clip_pass) {
+                inv_l = st.l > 0.f ? 1.f / st.l : 0.f;
+            } else {
+                const float alpha = st.rescale(fmaxf(st.m, row_max<kWarpSize>(l)));
+                if (accumulates_softmax(p.variant) && with_v) {
+#pragma unroll
+                    for (int u = 0; u < kMaxChannelsPerLane; ++u) acc[u] *= alpha;
+                }
+            }
+            const float w = key_weight(st, p, l, clip_pass, inv_l);
+            if (p.stats_on && j == 0 && half == 0) st.add_key0(l, w, clip_pass);
+            if (!with_v) continue;
+            for (int jj = 0; jj < kBlockN; ++jj) {
+                const float wj = __shfl_sync(kFullMask, w, jj);
+#pragma unroll
+                for (int u = 0; u < kMaxChannelsPerLane; ++u) {
+                    const int c = lane + u * kWarpSize;
+                    if (c < d) acc[u] += wj * s_v[jj * stride + c];
+                }
+            }
+        }
+        if (clipped && pass == 0) reduce_row<kWarpSize>(st);
+    }
+
+    if (clipped) {
+        st.weight_sum = row_sum<kWarpSize>(st.weight_sum);
+        st.w_log_w = row_sum<kWarpSize>(st.w_log_w);
+        st.w0 = row_sum<kWarpSize>(st.w0);
+    } else {
+        reduce_row<kWarpSize>(st);
+    }
+
+    BlockStats bs;
+    bs.init();
+    if (row_valid) {
+        const RowResult res = finish_row(p, st, my_key_end > 0, x_sink);
+        if (lane == 0) {
+            p.lse[(u64)bh * p.q_len + row] = res.lse;
+            if (p.stats_on && clipped) p.row_weight_sum[(u64)bh * p.q_len + row] = st.weight_sum;
+        }
+        const bool scaled = p.variant == kContextScale;
+        const float gamma_head = scaled && !p.gate_per_channel ? gate_at(p, b, row, h, 0) : 1.f;
+        if (p.stats_on && res.counted && lane == 0) {
+            bs.add_row(res, st.max_score);
+            if (scaled && !p.gate_per_channel) bs.add_gate(gamma_head);
+        }
+        elem_t* o_row = p.o + row_offset(p.lo, b, row, h);
+#pragma unroll
+        for (int u = 0; u < kMaxChannelsPerLane; ++u) {
+            const int c = lane + u * kWarpSize;
+            if (c >= d) break;
+            float val = acc[u] * res.out_scale;
+            if (res.bias_scale != 0.f) val += res.bias_scale * p.v_param[h * d + c];
+            if (scaled) {
+                const float gamma = p.gate_per_channel ? gate_at(p, b, row, h, c) : gamma_head;
+                val *= gamma;
+                if (p.stats_on && p.gate_per_channel && res.counted) bs.add_gate(gamma);
+            }
+            o_row[c] = from_float(val);
+        }
+    }
+    if (p.stats_on) write_partials<kWarps>(p, bs, s_scratch, bh, blockIdx.x);
+}

@@ -1,0 +1,419 @@
+// outlier-attn CUDA backend: what every kernel shares.
+//
+// The host prepends the specialisation defines (ELEM_F32 | ELEM_F16 | ELEM_BF16 and, for the
+// tensor-core kernel, HEAD_DIM_TILE) and concatenates this file with the kernel files; no
+// CUDA header is included, so libnvrtc alone compiles it. Conversions go through PTX.
+//
+// Everything that costs nothing measurable at run time (variant, mask, softcap, scale, gate,
+// strides) is a field of AttnParams, not a define: the specialisation list stays small.
+
+typedef unsigned long long u64;
+
+#define DEVICE __device__ __forceinline__
+
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kWarpSize = 32;
+constexpr float kLog2e = 1.4426950408889634f;
+
+DEVICE float neg_inf() { return __uint_as_float(0xff800000u); }
+DEVICE float pos_inf() { return __uint_as_float(0x7f800000u); }
+DEVICE float quiet_nan() { return __uint_as_float(0x7fc00000u); }
+
+// ---------------------------------------------------------------------------------------------
+// Element type: the dtype of Q, K, V, O and the gate z. 16-bit types travel as raw bits.
+// ---------------------------------------------------------------------------------------------
+#if defined(ELEM_F32)
+typedef float elem_t;
+DEVICE float to_float(elem_t x) { return x; }
+DEVICE elem_t from_float(float x) { return x; }
+#elif defined(ELEM_F16)
+typedef unsigned short elem_t;
+DEVICE float to_float(elem_t x) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x));
+    return f;
+}
+DEVICE elem_t from_float(float x) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
+    return h;
+}
+#elif defined(ELEM_BF16)
+typedef unsigned short elem_t;
+DEVICE float to_float(elem_t x) { return __uint_as_float(((unsigned)x) << 16); }
+// Round to nearest even in integer arithmetic, so that GPUs without cvt.rn.bf16 run it too.
+DEVICE elem_t from_float(float x) {
+    unsigned u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (elem_t)0x7fc0u;  // NaN stays NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (elem_t)(u >> 16);
+}
+#else
+#error "define one of ELEM_F32, ELEM_F16, ELEM_BF16"
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// The kernel arguments. Mirrored field for field by `KernelParams` in src/cuda/params.rs, whose
+// test checks the size; keep the two in the same order.
+// ---------------------------------------------------------------------------------------------
+enum VariantCode : int {
+    kSoftmax = 0,
+    kValueBias = 1,
+    kContextBias = 2,
+    kKvSink = 3,
+    kContextScale = 4,
+    kSigmoid = 5,
+    kLogitSink = 6,
+    kSoftmax1 = 7,
+    kClippedSoftmax = 8,
+};
+
+enum GateCode : int { kGateTwoSigmoid = 0, kGateSigmoid = 1, kGateIdentity = 2 };
+
+struct TensorLayout {
+    u64 offset, batch, seq, head;  // elements; channels are contiguous
+};
+
+struct AttnParams {
+    const elem_t* q;
+    const elem_t* k;
+    const elem_t* v;
+    elem_t* o;
+    float* lse;                // [B, Hq, Nq]
+    const float* k_sink;       // [Hq, d] (ContextBias, KvSink)
+    const float* v_param;      // [Hq, d] v' of ContextBias/KvSink or the bias of ValueBias
+    const float* sink_logits;  // [Hq] (LogitSink)
+    const elem_t* gate;        // [B, Nq, Hq] or [B, Nq, Hq, d] (ContextScale)
+    float* stats;              // [B, Hq, kStatCount]
+    float* key_mass;           // [B, Hq, Nk]
+    float* partials;           // workspace [B, Hq, m_blocks, kPartialCount]
+    float* row_weight_sum;     // workspace [B, Hq, Nq]: W of ClippedSoftmax, for the key mass
+    TensorLayout lq, lk, lv, lo;
+    int batch, q_heads, kv_heads, q_len, kv_len, head_dim;
+    int group;       // Hq / Hkv
+    int variant;     // VariantCode
+    int causal;      // 1: bottom-right causal mask
+    int has_softcap;
+    int gate_kind;   // GateCode
+    int gate_per_channel;
+    int aligned;     // 1: every row of Q/K/V starts 16-byte aligned, so cp.async may be used
+    int m_blocks;    // query blocks per head in the forward kernel
+    float scale, softcap, sigmoid_bias, clip_zeta, clip_gamma;
+    int stats_on;    // 1: Heads or HeadsAndKeys (uniform branches, not a specialisation)
+};
+static_assert(sizeof(AttnParams) == 312, "KernelParams in src/cuda/params.rs mirrors this");
+
+// Statistics record, in Stat::ALL order (src/contract/stats.rs).
+enum StatIndex : int {
+    kFirstKeyMass = 0, kSinkMass, kMaxScore, kMeanEntropy,
+    kQAbsMax, kQAbsMean, kQArgmax, kKAbsMax, kKAbsMean, kKArgmax,
+    kVAbsMax, kVAbsMean, kV0NormRatio, kGateMin, kGateMean, kGateMax, kRowMassMean,
+    kStatCount
+};
+
+// What one query block of the forward kernel contributes to its head's record; combined in
+// block order by the finalize kernel, so that the statistics are deterministic.
+enum PartialIndex : int {
+    kPartRows = 0, kPartFirstKey, kPartSink, kPartEntropy, kPartRowMass, kPartMaxScore,
+    kPartGateMin, kPartGateMax, kPartGateSum, kPartGateCount,
+    kPartialCount
+};
+
+DEVICE bool has_sink(int variant) {
+    return variant == kContextBias || variant == kKvSink || variant == kLogitSink || variant == kSoftmax1;
+}
+// Whether the sink sits in the softmax denominator (ContextBias's does not).
+DEVICE bool sink_in_denominator(int variant) {
+    return variant == kKvSink || variant == kLogitSink || variant == kSoftmax1;
+}
+// Whether O accumulates the online-softmax probabilities (and so is rescaled as the max moves).
+// Sigmoid and the second pass of ClippedSoftmax apply weights that need no running max.
+DEVICE bool accumulates_softmax(int variant) { return variant != kSigmoid && variant != kClippedSoftmax; }
+
+DEVICE float sigmoidf(float z) { return 1.f / (1.f + expf(-z)); }
+// Out of line: it only serves Sigmoid, and inlined per score it triples the compile time.
+__device__ __noinline__ float log_sigmoidf(float z) { return z >= 0.f ? -log1pf(expf(-z)) : z - log1pf(expf(z)); }
+
+DEVICE float gate_factor(int kind, float z) {
+    return kind == kGateTwoSigmoid ? 2.f * sigmoidf(z) : (kind == kGateSigmoid ? sigmoidf(z) : z);
+}
+
+// c·tanh(s/c); out of line, so that the softcap costs no code size per score.
+__device__ __noinline__ float softcapped(float s, float c) { return c * tanhf(s / c); }
+
+// s = σ·(q·k), softcapped.
+DEVICE float score_of(float dot, const AttnParams& p) {
+    float s = dot * p.scale;
+    if (p.has_softcap) s = softcapped(s, p.softcap);
+    return s;
+}
+
+// The last key row i sees, plus one: Nk, or i + 1 + (Nk - Nq) under the bottom-right causal
+// mask (<= 0: the row sees no key).
+DEVICE int key_end(const AttnParams& p, int row) {
+    if (!p.causal) return p.kv_len;
+    long long end = (long long)row + 1 + p.kv_len - p.q_len;
+    return (int)(end < 0 ? 0 : (end > p.kv_len ? p.kv_len : end));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Online softmax of one query row, with the running sums the statistics need.
+//
+// The normaliser runs over "logits" x: the scores for the softmax family, log sigmoid(s + β)
+// for Sigmoid (whose LSE and statistics live in the log domain, see src/reference.rs). A thread
+// holds partial sums over the keys it sees; the running max m is kept equal across the threads
+// of a row, and `reduce` adds the partial sums at the end.
+//   l  = Σ e^{x−m}            (the sink's term included where it is in the denominator)
+//   t  = Σ e^{x−m}·(x−m)      entropy = ln l − t/l, without the cancellation of L − E[x]
+//   e0 = e^{x_0−m}            key 0, for first_key_mass
+//   es = e^{x_sink−m}         the sink's term, for sink_mass
+// ClippedSoftmax's second pass accumulates instead W = Σ w, Σ w ln w and w_0.
+// ---------------------------------------------------------------------------------------------
+struct OnlineRow {
+    float m;          // running max of x; −inf while nothing is seen
+    float l, t, e0, es;
+    float weight_sum;  // Σ applied weights: Sigmoid's row mass, ClippedSoftmax's W
+    float w_log_w, w0;
+    float max_score;   // max visible s (statistics)
+
+    DEVICE void init() {
+        m = neg_inf();
+        l = t = e0 = es = 0.f;
+        weight_sum = w_log_w = w0 = 0.f;
+        max_score = neg_inf();
+    }
+
+    // Starts the row at the sink, as one more key seen first: m = x_sink, its term 1.
+    // `owner` is the one thread of the row that holds the sink's share of the partial sums.
+    DEVICE void init_sink(float x_sink, bool owner) {
+        m = x_sink;
+        if (owner) { l = 1.f; es = 1.f; }
+    }
+
+    // Moves the running max to m_new (>= m) and returns the factor that rescales what was
+    // accumulated so far. A row with m_new = −inf has seen nothing: nothing moves.
+    DEVICE float rescale(float m_new) {
+        if (m_new == neg_inf()) return 1.f;
+        if (m == neg_inf()) {  // first visible key: the sums are still zero
+            m = m_new;
+            return 0.f;
+        }
+        float shift = m - m_new;
+        float alpha = exp2f(shift * kLog2e);
+        t = alpha * (t + shift * l);
+        l *= alpha;
+        e0 *= alpha;
+        es *= alpha;
+        m = m_new;
+        return alpha;
+    }
+
+    // The reference point for e^{x−m}: 0 when the row has seen nothing, so masked −inf gives 0.
+    DEVICE float m_ref() const { return m == neg_inf() ? 0.f : m; }
+
+    // Adds one key of logit x (−inf when masked); returns e^{x−m}.
+    DEVICE float add(float x, bool stats) {
+        float e = exp2f((x - m_ref()) * kLog2e);
+        l += e;
+        if (stats && e > 0.f) t += e * (x - m_ref());  // e = 0: skip 0·(−inf)
+        return e;
+    }
+
+    // Key 0's share, once per row rather than a test per score: `l0` its logit, `w0_applied`
+    // the weight ClippedSoftmax's second pass gave it.
+    DEVICE void add_key0(float l0, float w0_applied, bool clip_pass) {
+        if (clip_pass) w0 += w0_applied;
+        else e0 += exp2f((l0 - m_ref()) * kLog2e);
+    }
+};
+
+// Sum over the `lanes` threads sharing a row (a quad in the mma layout, a warp in SIMT):
+// a fixed butterfly, so the result is deterministic and the same in every lane.
+template <int lanes>
+DEVICE float row_sum(float x) {
+#pragma unroll
+    for (int off = 1; off < lanes; off <<= 1) x += __shfl_xor_sync(kFullMask, x, off);
+    return x;
+}
+template <int lanes>
+DEVICE float row_max(float x) {
+#pragma unroll
+    for (int off = 1; off < lanes; off <<= 1) x = fmaxf(x, __shfl_xor_sync(kFullMask, x, off));
+    return x;
+}
+template <int lanes>
+DEVICE float row_min(float x) {
+#pragma unroll
+    for (int off = 1; off < lanes; off <<= 1) x = fminf(x, __shfl_xor_sync(kFullMask, x, off));
+    return x;
+}
+
+template <int lanes>
+DEVICE void reduce_row(OnlineRow& r) {
+    r.l = row_sum<lanes>(r.l);
+    r.t = row_sum<lanes>(r.t);
+    r.e0 = row_sum<lanes>(r.e0);
+    r.es = row_sum<lanes>(r.es);
+    r.weight_sum = row_sum<lanes>(r.weight_sum);
+    r.w_log_w = row_sum<lanes>(r.w_log_w);
+    r.w0 = row_sum<lanes>(r.w0);
+    r.max_score = row_max<lanes>(r.max_score);
+}
+
+// The score of the sink for ContextBias/KvSink (s' = σ·q·k', softcapped), θ for LogitSink,
+// 0 for Softmax1. `dot` is q·k' where the variant has a sink key.
+DEVICE float sink_logit(const AttnParams& p, int h, float dot) {
+    switch (p.variant) {
+        case kContextBias:
+        case kKvSink: return score_of(dot, p);
+        case kLogitSink: return p.sink_logits[h];
+        default: return 0.f;
+    }
+}
+
+// What the end of a row needs to finish O and its statistics.
+struct RowResult {
+    float out_scale;     // O = acc · out_scale (+ bias) (· γ)
+    float bias_scale;    // times v' (ValueBias: 1, ContextBias: 1 − S, else 0)
+    float lse;
+    bool counted;        // the row enters the statistics
+    float first_key, sink_mass, entropy, row_mass;
+};
+
+// `r` is reduced; `sees_key`: the row sees at least one key; `x_sink` the sink's logit.
+DEVICE RowResult finish_row(const AttnParams& p, const OnlineRow& r, bool sees_key, float x_sink) {
+    RowResult out;
+    const int variant = p.variant;
+    out.lse = r.l > 0.f ? r.m + logf(r.l) : neg_inf();
+    out.counted = sees_key || has_sink(variant);
+    out.bias_scale = variant == kValueBias ? 1.f : 0.f;
+    out.out_scale = accumulates_softmax(variant) ? (r.l > 0.f ? 1.f / r.l : 0.f) : 1.f;
+    float inv_l = r.l > 0.f ? 1.f / r.l : 0.f;
+    out.first_key = r.e0 * inv_l;
+    out.sink_mass = r.es * inv_l;
+    out.entropy = r.l > 0.f ? logf(r.l) - r.t * inv_l : 0.f;
+    out.row_mass = (r.l - r.es) * inv_l;
+    if (variant == kContextBias) {
+        // 1 − S = e^{s'} / (e^{s'} + Σ e^s): the share the sink would take; 1 with no key.
+        float one_minus_s = 1.f;
+        if (r.l > 0.f) {
+            float mm = fmaxf(r.m, x_sink);
+            float e_sink = exp2f((x_sink - mm) * kLog2e);
+            one_minus_s = e_sink / (e_sink + r.l * exp2f((r.m - mm) * kLog2e));
+        }
+        out.bias_scale = one_minus_s;
+        out.sink_mass = one_minus_s;
+    } else if (variant == kSigmoid) {
+        out.row_mass = r.weight_sum;
+    } else if (variant == kClippedSoftmax) {
+        // The statistics describe w / W; all zeros when W = 0.
+        float W = r.weight_sum;
+        out.row_mass = W;
+        out.first_key = W > 0.f ? r.w0 / W : 0.f;
+        out.entropy = W > 0.f ? logf(W) - r.w_log_w / W : 0.f;
+        out.sink_mass = 0.f;
+    }
+    return out;
+}
+
+// w ln w (0 for w = 0); out of line, as it serves one variant only.
+__device__ __noinline__ float w_log_w(float w) { return w > 0.f ? w * logf(w) : 0.f; }
+
+// The weight key j gets in O, after `rescale` has moved the row to this tile's max; `l` is
+// the key's logit (−inf when masked). Accumulates the row's sums on the way.
+DEVICE float key_weight(OnlineRow& st, const AttnParams& p, float l, bool clip_pass, float inv_l) {
+    if (clip_pass) {
+        // ClippedSoftmax, second pass: m and l are final, p = e^{x−m}/l is exact.
+        if (l == neg_inf()) return 0.f;
+        float prob = exp2f((l - st.m) * kLog2e) * inv_l;
+        float w = fminf(fmaxf((p.clip_zeta - p.clip_gamma) * prob + p.clip_gamma, 0.f), 1.f);
+        st.weight_sum += w;
+        if (p.stats_on) st.w_log_w += w_log_w(w);
+        return w;
+    }
+    float e = st.add(l, p.stats_on);
+    if (p.variant == kSigmoid) {
+        // l = ln sigmoid(s + β) <= 0: the applied weight needs no running max.
+        float w = exp2f(l * kLog2e);
+        st.weight_sum += w;
+        return w;
+    }
+    return e;
+}
+
+// The logit the normaliser runs over for score x (−inf stays −inf).
+DEVICE float logit_of(const AttnParams& p, float x) {
+    return (p.variant == kSigmoid && x != neg_inf()) ? log_sigmoidf(x + p.sigmoid_bias) : x;
+}
+
+// Index of [b, n, h, 0] in a tensor, in 64 bits.
+DEVICE u64 row_offset(const TensorLayout& l, int b, long long n, int h) {
+    return l.offset + (u64)b * l.batch + (u64)n * l.seq + (u64)h * l.head;
+}
+
+// The applied gate factor γ of (row, channel); `c` is ignored per head.
+DEVICE float gate_at(const AttnParams& p, int b, int row, int h, int c) {
+    u64 token = ((u64)b * p.q_len + row) * p.q_heads + h;
+    u64 idx = p.gate_per_channel ? token * p.head_dim + c : token;
+    return gate_factor(p.gate_kind, to_float(p.gate[idx]));
+}
+
+// Block statistics: each thread adds its rows' contributions here, then `write_partials`
+// combines the warps in a fixed order.
+struct BlockStats {
+    float rows, first_key, sink, entropy, row_mass, max_score, gate_min, gate_max, gate_sum, gate_count;
+    DEVICE void init() {
+        rows = first_key = sink = entropy = row_mass = 0.f;
+        max_score = neg_inf();
+        gate_min = pos_inf();
+        gate_max = neg_inf();
+        gate_sum = gate_count = 0.f;
+    }
+    DEVICE void add_row(const RowResult& rr, float max_score_row) {
+        rows += 1.f;
+        first_key += rr.first_key;
+        sink += rr.sink_mass;
+        entropy += rr.entropy;
+        row_mass += rr.row_mass;
+        max_score = fmaxf(max_score, max_score_row);
+    }
+    DEVICE void add_gate(float g) {
+        gate_min = fminf(gate_min, g);
+        gate_max = fmaxf(gate_max, g);
+        gate_sum += g;
+        gate_count += 1.f;
+    }
+};
+
+// Reduces every thread's BlockStats and writes the block's partial record.
+// `scratch` holds kPartialCount floats per warp and may alias memory the block read before;
+// every thread of the block must call this.
+template <int kWarps>
+DEVICE void write_partials(const AttnParams& p, BlockStats s, float* scratch, int bh, int m_block) {
+    __syncthreads();
+    float v[kPartialCount] = {s.rows, s.first_key, s.sink, s.entropy, s.row_mass, s.max_score,
+                              s.gate_min, s.gate_max, s.gate_sum, s.gate_count};
+#pragma unroll
+    for (int f = 0; f < kPartialCount; ++f) {
+        if (f == kPartMaxScore || f == kPartGateMax) v[f] = row_max<kWarpSize>(v[f]);
+        else if (f == kPartGateMin) v[f] = row_min<kWarpSize>(v[f]);
+        else v[f] = row_sum<kWarpSize>(v[f]);
+    }
+    const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+    if (lane == 0) {
+#pragma unroll
+        for (int f = 0; f < kPartialCount; ++f) scratch[warp * kPartialCount + f] = v[f];
+    }
+    __syncthreads();
+    if (threadIdx.x < kPartialCount) {
+        const int f = threadIdx.x;
+        float acc = scratch[f];
+        for (int w = 1; w < kWarps; ++w) {
+            float x = scratch[w * kPartialCount + f];
+            if (f == kPartMaxScore || f == kPartGateMax) acc = fmaxf(acc, x);
+            else if (f == kPartGateMin) acc = fminf(acc, x);
+            else acc += x;
+        }
+        p.partials[((u64)bh * p.m_blocks + m_block) * kPartialCount + f] = acc;
+    }
+}

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Runs on the GPU host (CUDA 13.0 driver and toolkit with compute-sanitizer, PyTorch; no Rust,
+# no network), from the directory build_pack.sh made. In order, each with a time limit so the
+# whole run stays under 8 minutes:
+#   1. module compile time: cold (empty disk cache), every specialisation in parallel (so no
+#      later step waits for NVRTC), then warm (a second process start reads the disk cache);
+#   2. the CUDA parity proptests (OUTLIER_ATTN_REQUIRE=cuda: a missing GPU fails);
+#   3. compute-sanitizer memcheck and racecheck on the fixed cases (a small sweep);
+#   4. the benchmark, then PyTorch's scaled_dot_product_attention (flash) on the same shapes,
+#      and the table of TFLOP/s and ratios (compare.py).
+# Results go to ./results/; the exit status is nonzero if any step failed.
+set -uo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+cd "$HERE"
+RES="$HERE/results"
+rm -rf "$RES" "$HERE/cache"
+mkdir -p "$RES" "$HERE/lib"
+
+# NVRTC: cudarc (built for CUDA 12.x names) loads libnvrtc.so or libnvrtc.so.12. The toolkit's
+# own NVRTC matches the driver (a newer one makes code this driver may refuse); link it as
+# libnvrtc.so and keep its directory on the path for libnvrtc-builtins.
+CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+nvrtc=$(ls "$CUDA_HOME"/lib64/libnvrtc.so.* "$CUDA_HOME"/targets/*/lib/libnvrtc.so.* 2>/dev/null | grep -v builtins | head -1 || true)
+if [ -z "$nvrtc" ]; then  # else the NVRTC wheel PyTorch brought
+  site=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null || true)
+  nvrtc=$(ls "$site"/nvidia/cu13/lib/libnvrtc.so.* "$site"/nvidia/cuda_nvrtc/lib/libnvrtc.so.* 2>/dev/null | grep -v builtins | head -1 || true)
+fi
+if [ -n "$nvrtc" ]; then
+  ln -sf "$nvrtc" "$HERE/lib/libnvrtc.so"
+  export LD_LIBRARY_PATH="$HERE/lib:$(dirname "$nvrtc"):${LD_LIBRARY_PATH:-}"
+fi
+export PATH="$CUDA_HOME/bin:$PATH"
+export OUTLIER_ATTN_CACHE_DIR="$HERE/cache"
+export OUTLIER_ATTN_REQUIRE=cuda
+status=0
+step() {  # step NAME LIMIT_SECONDS COMMAND...
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" >"$RES/$name.log" 2>&1
+  local rc=$?
+  printf '%-22s rc=%-3s %4ss  (results/%s.log)\n' "$name" "$rc" "$((SECONDS - t0))" "$name"
+  [ $rc -eq 0 ] || status=1
+}
+
+echo "== $(date -u '+%Y-%m-%d %H:%M UTC'), $HERE/run.sh"
+echo "== device"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+echo "nvrtc: ${nvrtc:-not found under $CUDA_HOME}"
+
+echo "== steps"
+step compile_cold 120 ./bin/cuda_parity --exact cuda_module_compile_time --nocapture
+step compile_all 150 ./bin/cuda_parity --exact cuda_prepare_every_specialization --nocapture
+step compile_warm 30 ./bin/cuda_parity --exact cuda_module_compile_time --nocapture
+PROPTEST_CASES=64 step parity 200 ./bin/cuda_parity
+PROPTEST_CASES=4 step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 1 ./bin/cuda_parity --exact cuda_fixed_cases
+PROPTEST_CASES=4 step racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 1 ./bin/cuda_parity --exact cuda_fixed_cases
+OUTLIER_ATTN_BENCH_OUT="$RES/ours.jsonl" step bench 150 ./bin/cuda_bench --bench --warm-up-time 0.5 --measurement-time 1
+step compare 60 python3 compare.py "$RES/ours.jsonl"
+
+echo "== compile time"
+grep -h "outlier-attn-compile" "$RES"/compile_*.log || true
+echo "== parity"
+grep -E "^test |test result" "$RES/parity.log" || tail -20 "$RES/parity.log"
+grep -A 25 "panicked" "$RES/parity.log" | head -80 || true
+echo "== sanitizers"
+grep -hE "ERROR SUMMARY|RACECHECK SUMMARY" "$RES/memcheck.log" "$RES/racecheck.log" || true
+echo "== benchmark"
+cat "$RES/compare.log"
+exit $status

@@ -1,0 +1,197 @@
+//! The CUDA backend against the reference: the shared parity sweep (every variant, dtype,
+//! mask, statistics level, GQA, Nq = 1 / Nk = 1, massive activations, views), a sweep with
+//! lengths and head dims past one tile, determinism and views. Runs wherever a GPU is present;
+//! elsewhere it skips with a message, or fails when `OUTLIER_ATTN_REQUIRE` names `cuda`.
+#![cfg(feature = "cuda")]
+mod common;
+
+use std::sync::OnceLock;
+
+use outlier_attn::cuda::CudaBackend;
+use outlier_attn::{
+    Backend, DType, Gate, GateGranularity, Mask, Problem, Shape, StatsLevel, Variant,
+};
+use proptest::test_runner::TestRunner;
+
+/// The backend, opened once per test process; `None` (after the skip message) when absent.
+fn backend() -> Option<&'static CudaBackend> {
+    static BACKEND: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
+    match BACKEND.get_or_init(|| CudaBackend::new().map_err(|e| e.to_string())) {
+        Ok(b) => Some(b),
+        Err(why) => {
+            common::skip_or_fail("cuda", why);
+            None
+        }
+    }
+}
+
+#[test]
+fn cuda_passes_the_parity_sweep() {
+    let Some(b) = backend() else { return };
+    for line in b.describe() {
+        eprintln!("{line}");
+    }
+    common::parity_sweep(b, &common::Limits::default());
+}
+
+/// Lengths past the 64-row query block and the 64-key tile, head dims up to 256 (every tile,
+/// and dims that are not a multiple of 16), fewer cases as each is larger.
+#[test]
+fn cuda_passes_the_parity_sweep_past_one_tile() {
+    let Some(b) = backend() else { return };
+    let limits = common::Limits {
+        max_len: 160,
+        max_head_dim: 256,
+        max_batch: 1,
+        max_kv_heads: 2,
+        max_group: 2,
+        ..common::Limits::default()
+    };
+    common::parity_sweep(b, &limits);
+}
+
+#[test]
+fn cuda_is_deterministic_and_reads_views() {
+    let Some(b) = backend() else { return };
+    let limits = common::Limits {
+        max_len: 96,
+        max_head_dim: 128,
+        ..common::Limits::default()
+    };
+    let mut runner = TestRunner::new(proptest::test_runner::Config {
+        cases: common::config().cases.min(16),
+        ..common::config()
+    });
+    runner
+        .run(&common::arb_case(&limits), |case| {
+            common::assert_deterministic(b, &case);
+            common::assert_views_match(b, &case.problem, case.spec.seed);
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// Fixed cases the random sweep may draw rarely: causal with Nq > Nk (rows that see no key),
+/// decode (Nq = 1), a sink variant with statistics, both tuned head dims.
+#[test]
+fn cuda_fixed_cases() {
+    let Some(b) = backend() else { return };
+    let cases = [
+        (
+            Shape::new(1, 4, 2, 130, 70, 64),
+            DType::Bf16,
+            Variant::KvSink,
+            Mask::Causal,
+        ),
+        (
+            Shape::new(2, 2, 1, 1, 300, 128),
+            DType::F16,
+            Variant::Softmax,
+            Mask::None,
+        ),
+        (
+            Shape::new(1, 2, 2, 90, 90, 128),
+            DType::Bf16,
+            Variant::ContextScale {
+                gate: Gate::TwoSigmoid,
+                granularity: GateGranularity::PerChannel,
+            },
+            Mask::Causal,
+        ),
+        (
+            Shape::new(1, 3, 1, 65, 129, 72),
+            DType::F32,
+            Variant::ClippedSoftmax {
+                zeta: 1.1,
+                gamma: -0.1,
+            },
+            Mask::Causal,
+        ),
+        (
+            Shape::new(1, 2, 1, 200, 64, 256),
+            DType::F16,
+            Variant::LogitSink,
+            Mask::Causal,
+        ),
+    ];
+    for (i, (shape, dtype, variant, mask)) in cases.into_iter().enumerate() {
+        let problem = Problem::new(shape, dtype)
+            .with_variant(variant)
+            .with_mask(mask)
+            .with_stats(StatsLevel::HeadsAndKeys);
+        common::assert_views_match(b, &problem, 1000 + i as u64);
+    }
+}
+
+/// First use of one specialisation in this process: a cold NVRTC compile when the disk cache
+/// is empty, a cubin load when an earlier process left it there. Prints the time (the H200
+/// script runs it twice with one cache directory).
+#[test]
+fn cuda_module_compile_time() {
+    let Some(b) = backend() else { return };
+    use outlier_attn::cuda::{CudaAttention, kernels};
+    let attn = CudaAttention::new(b.attention().context().clone()).expect("nvrtc");
+    let spec = attn.specialization(DType::Bf16, 128);
+    let cached = kernels::cache_dir()
+        .map(|dir| kernels::cache_path(&dir, spec, attn.arch(), attn.nvrtc_version()).exists())
+        .unwrap_or(false);
+    let start = std::time::Instant::now();
+    attn.prepare(spec).expect("compile and load");
+    eprintln!(
+        "outlier-attn-compile spec={spec} arch={} nvrtc={} {} seconds={:.3}",
+        attn.arch(),
+        attn.nvrtc_version(),
+        if cached {
+            "warm (disk cache)"
+        } else {
+            "cold (nvrtc)"
+        },
+        start.elapsed().as_secs_f64()
+    );
+}
+
+/// Without a driver, a device or NVRTC, opening the backend is an error that names what is
+/// missing (never a panic); with them, it describes the device, its architecture and NVRTC.
+#[test]
+fn cuda_detection_explains_itself() {
+    match CudaBackend::new() {
+        Ok(b) => {
+            let lines = b.describe();
+            assert!(
+                lines.iter().any(|l| l.contains("compute capability")),
+                "{lines:?}"
+            );
+            assert!(lines.iter().any(|l| l.contains("NVRTC")), "{lines:?}");
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(
+                ["libcuda", "device", "libnvrtc"]
+                    .iter()
+                    .any(|w| msg.contains(w)),
+                "unexplained: {msg}"
+            );
+        }
+    }
+}
+
+/// Compiles (or loads from the disk cache) every specialisation this device runs, in parallel:
+/// the H200 script runs it first so that later steps never wait for NVRTC.
+#[test]
+fn cuda_prepare_every_specialization() {
+    let Some(b) = backend() else { return };
+    let attn = b.attention();
+    let start = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        for spec in outlier_attn::cuda::Specialization::ALL {
+            if spec.runs_on(attn.arch()) {
+                scope.spawn(move || attn.prepare(spec).unwrap_or_else(|e| panic!("{spec}: {e}")));
+            }
+        }
+    });
+    eprintln!(
+        "outlier-attn-compile every specialisation for {} in {:.1} s",
+        attn.arch(),
+        start.elapsed().as_secs_f64()
+    );
+}
