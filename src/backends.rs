@@ -25,19 +25,35 @@ impl Discovery {
 /// Looks for every backend this build has. Never panics: a missing driver, device or
 /// compiler is a line in [`Discovery::missing`].
 pub fn discover() -> Discovery {
-    let backends: Vec<Box<dyn Backend>> = vec![Box::new(Reference)];
+    let mut backends: Vec<Box<dyn Backend>> = Vec::new();
     let mut missing = Vec::new();
-    if !cfg!(feature = "cuda") {
-        missing.push((
-            "cuda".to_string(),
-            "not built (cargo feature `cuda`)".to_string(),
-        ));
-    }
-    if !cfg!(feature = "wgpu") {
-        missing.push((
-            "wgsl".to_string(),
-            "not built (cargo feature `wgpu`)".to_string(),
-        ));
-    }
+    let mut found = |name: &str, backend: Result<Box<dyn Backend>, String>| match backend {
+        Ok(b) => backends.push(b),
+        Err(why) => missing.push((name.to_string(), why)),
+    };
+
+    #[cfg(feature = "cuda")]
+    found(
+        "cuda",
+        crate::cuda::CudaBackend::new()
+            .map(|b| Box::new(b) as Box<dyn Backend>)
+            .map_err(reason),
+    );
+    #[cfg(not(feature = "cuda"))]
+    found("cuda", Err("not built (cargo feature `cuda`)".to_string()));
+
+    #[cfg(not(feature = "wgpu"))]
+    found("wgsl", Err("not built (cargo feature `wgpu`)".to_string()));
+
+    backends.push(Box::new(Reference));
     Discovery { backends, missing }
+}
+
+/// Why a backend is missing, without repeating its name.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn reason(e: crate::Error) -> String {
+    match e {
+        crate::Error::Backend { message, .. } => message,
+        other => other.to_string(),
+    }
 }
