@@ -63,6 +63,87 @@ fn gate_factor(z: f32) -> f32 {
     }
 }
 
+struct ArgMax {
+    value: f32,
+    channel: u32,
+}
+
+// The larger value; the lower channel on ties.
+fn better(a: ArgMax, b: ArgMax) -> ArgMax {
+    if b.value > a.value || (b.value == a.value && b.channel < a.channel) {
+        return b;
+    }
+    return a;
+}
+
+// One block's statistics before they reach the scratch buffer (see PART_* in common.wgsl).
+struct Partial {
+    counted: f32,
+    first: f32,
+    sink: f32,
+    max_score: f32,
+    entropy: f32,
+    row_mass: f32,
+    gate_min: f32,
+    gate_max: f32,
+    gate_sum: f32,
+    gate_count: f32,
+    q_best: ArgMax,
+    q_sum: f32,
+    k_best: ArgMax,
+    k_sum: f32,
+    v_max: f32,
+    v_sum: f32,
+    v_norm_sum: f32,
+    v0_norm: f32,
+}
+
+fn merge(a: Partial, b: Partial) -> Partial {
+    var r: Partial;
+    r.counted = a.counted + b.counted;
+    r.first = a.first + b.first;
+    r.sink = a.sink + b.sink;
+    r.max_score = max(a.max_score, b.max_score);
+    r.entropy = a.entropy + b.entropy;
+    r.row_mass = a.row_mass + b.row_mass;
+    r.gate_min = min(a.gate_min, b.gate_min);
+    r.gate_max = max(a.gate_max, b.gate_max);
+    r.gate_sum = a.gate_sum + b.gate_sum;
+    r.gate_count = a.gate_count + b.gate_count;
+    r.q_best = better(a.q_best, b.q_best);
+    r.q_sum = a.q_sum + b.q_sum;
+    r.k_best = better(a.k_best, b.k_best);
+    r.k_sum = a.k_sum + b.k_sum;
+    r.v_max = max(a.v_max, b.v_max);
+    r.v_sum = a.v_sum + b.v_sum;
+    r.v_norm_sum = a.v_norm_sum + b.v_norm_sum;
+    r.v0_norm = a.v0_norm + b.v0_norm;
+    return r;
+}
+
+fn store_partial(at: u32, x: Partial) {
+    scratch[at + PART_COUNTED] = x.counted;
+    scratch[at + PART_FIRST] = x.first;
+    scratch[at + PART_SINK] = x.sink;
+    scratch[at + PART_MAX_SCORE] = x.max_score;
+    scratch[at + PART_ENTROPY] = x.entropy;
+    scratch[at + PART_ROW_MASS] = x.row_mass;
+    scratch[at + PART_GATE_MIN] = x.gate_min;
+    scratch[at + PART_GATE_MAX] = x.gate_max;
+    scratch[at + PART_GATE_SUM] = x.gate_sum;
+    scratch[at + PART_GATE_COUNT] = x.gate_count;
+    scratch[at + PART_Q_MAX] = x.q_best.value;
+    scratch[at + PART_Q_ARGMAX] = f32(x.q_best.channel);
+    scratch[at + PART_Q_SUM] = x.q_sum;
+    scratch[at + PART_K_MAX] = x.k_best.value;
+    scratch[at + PART_K_ARGMAX] = f32(x.k_best.channel);
+    scratch[at + PART_K_SUM] = x.k_sum;
+    scratch[at + PART_V_MAX] = x.v_max;
+    scratch[at + PART_V_SUM] = x.v_sum;
+    scratch[at + PART_V_NORM_SUM] = x.v_norm_sum;
+    scratch[at + PART_V0_NORM] = x.v0_norm;
+}
+
 // Running statistics of K and V, kept by the last query block's invocations (one key row each).
 var<private> k_best: ArgMax;
 var<private> k_sum: f32;
@@ -400,47 +481,28 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
             q_sum = 0.0;
         }
 
-        let n_counted = reduce_sum(select(0.0, 1.0, counted));
-        let first_sum = reduce_sum(first);
-        let sink_sum = reduce_sum(sink_mass);
-        let block_max_score = reduce_max(max_score);
-        let entropy_sum = reduce_sum(entropy);
-        let row_mass_sum = reduce_sum(row_mass);
-        let block_gate_min = reduce_min(gate_min);
-        let block_gate_max = reduce_max(gate_max);
-        let gate_sum_all = reduce_sum(gate_sum);
-        let gate_count_all = reduce_sum(gate_count);
-        let q_all = reduce_argmax(q_best);
-        let q_sum_all = reduce_sum(q_sum);
-        let k_all = reduce_argmax(k_best);
-        let k_sum_all = reduce_sum(k_sum);
-        let v_max_all = reduce_max(v_max);
-        let v_sum_all = reduce_sum(v_sum);
-        let v_norm_all = reduce_sum(v_norm_sum);
-        let v0_all = reduce_sum(v0_norm);
-
+        var mine: Partial;
+        mine.counted = select(0.0, 1.0, counted);
+        mine.first = first;
+        mine.sink = sink_mass;
+        mine.max_score = max_score;
+        mine.entropy = entropy;
+        mine.row_mass = row_mass;
+        mine.gate_min = gate_min;
+        mine.gate_max = gate_max;
+        mine.gate_sum = gate_sum;
+        mine.gate_count = gate_count;
+        mine.q_best = q_best;
+        mine.q_sum = q_sum;
+        mine.k_best = k_best;
+        mine.k_sum = k_sum;
+        mine.v_max = v_max;
+        mine.v_sum = v_sum;
+        mine.v_norm_sum = v_norm_sum;
+        mine.v0_norm = v0_norm;
+        let block = reduce_partial(mine);
         if t == 0u {
-            let at = p.partials_offset + ((b * p.q_heads + h) * p.q_blocks + q_block) * PARTIAL_LEN;
-            scratch[at + PART_COUNTED] = n_counted;
-            scratch[at + PART_FIRST] = first_sum;
-            scratch[at + PART_SINK] = sink_sum;
-            scratch[at + PART_MAX_SCORE] = block_max_score;
-            scratch[at + PART_ENTROPY] = entropy_sum;
-            scratch[at + PART_ROW_MASS] = row_mass_sum;
-            scratch[at + PART_GATE_MIN] = block_gate_min;
-            scratch[at + PART_GATE_MAX] = block_gate_max;
-            scratch[at + PART_GATE_SUM] = gate_sum_all;
-            scratch[at + PART_GATE_COUNT] = gate_count_all;
-            scratch[at + PART_Q_MAX] = q_all.value;
-            scratch[at + PART_Q_ARGMAX] = f32(q_all.channel);
-            scratch[at + PART_Q_SUM] = q_sum_all;
-            scratch[at + PART_K_MAX] = k_all.value;
-            scratch[at + PART_K_ARGMAX] = f32(k_all.channel);
-            scratch[at + PART_K_SUM] = k_sum_all;
-            scratch[at + PART_V_MAX] = v_max_all;
-            scratch[at + PART_V_SUM] = v_sum_all;
-            scratch[at + PART_V_NORM_SUM] = v_norm_all;
-            scratch[at + PART_V0_NORM] = v0_all;
+            store_partial(p.partials_offset + ((b * p.q_heads + h) * p.q_blocks + q_block) * PARTIAL_LEN, block);
         }
     }
 }

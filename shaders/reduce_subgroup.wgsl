@@ -1,9 +1,10 @@
-// Workgroup-wide reductions with subgroup operations: one subgroup reduction, the subgroup
-// leaders' results in workgroup memory, then every invocation combines those few values in
-// subgroup order (two barriers, whatever the size). The subgroup size is read from the
-// hardware, never assumed (lavapipe has 8, GPUs 16 to 128); subgroups are numbered by
-// @builtin(subgroup_id), so no layout of invocations into subgroups is assumed either.
-// Every invocation of the workgroup must call these (uniform control flow).
+// The workgroup-wide reduction of the statistics partial record with subgroup operations:
+// each field reduced across the subgroup, the subgroup leaders' records in workgroup memory,
+// then every invocation merges those few records in subgroup order (two barriers, whatever
+// the size). The subgroup size is read from the hardware, never assumed (lavapipe has 8, GPUs
+// 16 to 128), and subgroups are numbered by @builtin(subgroup_id), so no mapping of
+// invocations to subgroups is assumed either. Every invocation must call it (uniform control
+// flow).
 
 struct Lane {
     @builtin(local_invocation_index) index: u32,
@@ -24,70 +25,41 @@ fn init_lane(lane: Lane) {
     subgroup_count = lane.subgroups;
 }
 
-var<workgroup> red_f32: array<f32, WORKGROUP_SIZE>;
-var<workgroup> red_u32: array<u32, WORKGROUP_SIZE>;
+var<workgroup> red: array<Partial, WORKGROUP_SIZE>;
 
-// op: 0 sum, 1 max, 2 min.
-fn combine_op(op: u32, a: f32, b: f32) -> f32 {
-    switch op {
-        case 0u: { return a + b; }
-        case 1u: { return max(a, b); }
-        default: { return min(a, b); }
-    }
-}
-
-// Combines the subgroup leaders' partial results in subgroup order.
-fn across_subgroups(op: u32, part: f32) -> f32 {
-    if subgroup_lane == 0u {
-        red_f32[subgroup_index] = part;
-    }
-    workgroupBarrier();
-    var total = red_f32[0];
-    for (var s = 1u; s < subgroup_count; s++) {
-        total = combine_op(op, total, red_f32[s]);
-    }
-    // The next reduction overwrites red_f32.
-    workgroupBarrier();
-    return total;
-}
-
-fn reduce_sum(x: f32) -> f32 {
-    return across_subgroups(0u, subgroupAdd(x));
-}
-
-fn reduce_max(x: f32) -> f32 {
-    return across_subgroups(1u, subgroupMax(x));
-}
-
-fn reduce_min(x: f32) -> f32 {
-    return across_subgroups(2u, subgroupMin(x));
-}
-
-struct ArgMax {
-    value: f32,
-    channel: u32,
-}
-
-// The larger value; the lower channel on ties.
-fn better(a: ArgMax, b: ArgMax) -> ArgMax {
-    if b.value > a.value || (b.value == a.value && b.channel < a.channel) {
-        return b;
-    }
-    return a;
-}
-
-fn reduce_argmax(x: ArgMax) -> ArgMax {
+// The largest value in the subgroup, with the lowest channel holding it.
+fn subgroup_argmax(x: ArgMax) -> ArgMax {
     let best = subgroupMax(x.value);
-    let channel = subgroupMin(select(0xffffffffu, x.channel, x.value == best));
+    return ArgMax(best, subgroupMin(select(0xffffffffu, x.channel, x.value == best)));
+}
+
+fn reduce_partial(x: Partial) -> Partial {
+    var r: Partial;
+    r.counted = subgroupAdd(x.counted);
+    r.first = subgroupAdd(x.first);
+    r.sink = subgroupAdd(x.sink);
+    r.max_score = subgroupMax(x.max_score);
+    r.entropy = subgroupAdd(x.entropy);
+    r.row_mass = subgroupAdd(x.row_mass);
+    r.gate_min = subgroupMin(x.gate_min);
+    r.gate_max = subgroupMax(x.gate_max);
+    r.gate_sum = subgroupAdd(x.gate_sum);
+    r.gate_count = subgroupAdd(x.gate_count);
+    r.q_best = subgroup_argmax(x.q_best);
+    r.q_sum = subgroupAdd(x.q_sum);
+    r.k_best = subgroup_argmax(x.k_best);
+    r.k_sum = subgroupAdd(x.k_sum);
+    r.v_max = subgroupMax(x.v_max);
+    r.v_sum = subgroupAdd(x.v_sum);
+    r.v_norm_sum = subgroupAdd(x.v_norm_sum);
+    r.v0_norm = subgroupAdd(x.v0_norm);
     if subgroup_lane == 0u {
-        red_f32[subgroup_index] = best;
-        red_u32[subgroup_index] = channel;
+        red[subgroup_index] = r;
     }
     workgroupBarrier();
-    var total = ArgMax(red_f32[0], red_u32[0]);
+    var total = red[0];
     for (var s = 1u; s < subgroup_count; s++) {
-        total = better(total, ArgMax(red_f32[s], red_u32[s]));
+        total = merge(total, red[s]);
     }
-    workgroupBarrier();
     return total;
 }

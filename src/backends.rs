@@ -28,10 +28,16 @@ pub fn discover() -> Discovery {
     let backends: Vec<Box<dyn Backend>> = vec![Box::new(Reference)];
     let mut missing = Vec::new();
     if !cfg!(feature = "cuda") {
-        missing.push(("cuda".to_string(), "not built (cargo feature `cuda`)".to_string()));
+        missing.push((
+            "cuda".to_string(),
+            "not built (cargo feature `cuda`)".to_string(),
+        ));
     }
     if !cfg!(feature = "wgpu") {
-        missing.push(("wgsl".to_string(), "not built (cargo feature `wgpu`)".to_string()));
+        missing.push((
+            "wgsl".to_string(),
+            "not built (cargo feature `wgpu`)".to_string(),
+        ));
     }
     Discovery { backends, missing }
 }

@@ -257,11 +257,11 @@ impl WgslAttention {
     /// the device's workgroup-memory limit), or `None` if even one key does not fit.
     pub fn forward_tile(&self, head_dim: usize) -> Option<u32> {
         let workgroup = BLOCK_M;
-        // K and V tiles, plus the reduction arrays (one f32 and one u32 per invocation).
+        // K and V tiles, plus one partial statistics record per invocation for the reduction.
         tile_rows(
             head_dim,
             2,
-            workgroup * 8,
+            workgroup * PARTIAL_LEN as u32 * 4,
             self.limits.max_compute_workgroup_storage_size,
         )
     }
@@ -304,7 +304,13 @@ impl WgslAttention {
                 layout: Some(layout),
                 module: &module,
                 entry_point: Some(kernel.kind.entry_point()),
-                compilation_options: Default::default(),
+                // Every workgroup variable is written before it is read (tiles are loaded, the
+                // reduction stores each record first), so wgpu's zero-fill prologue is not
+                // needed; it costs a loop and a barrier in every kernel.
+                compilation_options: ::wgpu::PipelineCompilationOptions {
+                    zero_initialize_workgroup_memory: false,
+                    ..Default::default()
+                },
                 cache: None,
             });
         if let Some(e) = pollster::block_on(scope.pop()) {

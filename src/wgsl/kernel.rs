@@ -109,7 +109,7 @@ impl Kernel {
             }
             _ => (Gate::TwoSigmoid, false),
         };
-        Kernel {
+        let full = Kernel {
             kind,
             head_dim: head_dim as u32,
             workgroup,
@@ -121,6 +121,42 @@ impl Kernel {
             causal: mask == Mask::Causal,
             stats,
             subgroups,
+        };
+        // The smaller kernels read only part of the specialisation; the rest is set to one
+        // value so that they are built once for all the forward kernels that share them
+        // (pipeline builds dominate a first call, above all on lavapipe).
+        let neutral = Kernel {
+            dtype: DType::F32,
+            variant: variant_code(&Variant::Softmax),
+            gate: Gate::TwoSigmoid,
+            per_channel_gate: false,
+            causal: false,
+            stats: StatsLevel::HeadsAndKeys,
+            subgroups: false,
+            ..full
+        };
+        match kind {
+            // Without statistics nothing is reduced: both paths are the same kernel.
+            KernelKind::Forward if !stats.heads() => Kernel {
+                subgroups: false,
+                ..full
+            },
+            KernelKind::Forward => full,
+            // Reads the partial records: depends on the head dim alone.
+            KernelKind::Combine => neutral,
+            // Scores, mask and the variant's probability (softmax family, Sigmoid, Clipped).
+            KernelKind::KeyMass => {
+                let family = match variant {
+                    Variant::Sigmoid { .. } | Variant::ClippedSoftmax { .. } => variant,
+                    _ => &Variant::Softmax,
+                };
+                Kernel {
+                    dtype,
+                    variant: variant_code(family),
+                    causal: full.causal,
+                    ..neutral
+                }
+            }
         }
     }
 
@@ -288,10 +324,10 @@ mod tests {
 
     #[test]
     fn tiles_follow_the_workgroup_memory_limit() {
-        // WebGPU's default 16 KiB with d = 256: 4 keys of K and V (8 KiB) plus reduction space.
-        assert_eq!(tile_rows(256, 2, 512, 16384), Some(4));
+        // WebGPU's default 16 KiB with d = 256: 4 keys of K and V (8 KiB) plus 64 partial records (5 KiB).
+        assert_eq!(tile_rows(256, 2, 5120, 16384), Some(4));
         // lavapipe's 32 KiB with d = 64.
-        assert_eq!(tile_rows(64, 2, 512, 32768), Some(32));
+        assert_eq!(tile_rows(64, 2, 5120, 32768), Some(32));
         assert_eq!(tile_rows(8, 2, 0, 1 << 20), Some(64));
         assert_eq!(tile_rows(256, 2, 512, 1024), None);
     }

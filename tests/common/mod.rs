@@ -78,18 +78,28 @@ impl Default for Limits {
 
 /// Any variant, with its scalar settings drawn in their valid ranges.
 pub fn arb_variant() -> impl Strategy<Value = Variant> {
-    let gate = prop_oneof![Just(Gate::TwoSigmoid), Just(Gate::Sigmoid), Just(Gate::Identity)];
-    let granularity = prop_oneof![Just(GateGranularity::PerHead), Just(GateGranularity::PerChannel)];
+    let gate = prop_oneof![
+        Just(Gate::TwoSigmoid),
+        Just(Gate::Sigmoid),
+        Just(Gate::Identity)
+    ];
+    let granularity = prop_oneof![
+        Just(GateGranularity::PerHead),
+        Just(GateGranularity::PerChannel)
+    ];
     prop_oneof![
         Just(Variant::Softmax),
         Just(Variant::ValueBias),
         Just(Variant::ContextBias),
         Just(Variant::KvSink),
-        (gate, granularity).prop_map(|(gate, granularity)| Variant::ContextScale { gate, granularity }),
-        prop_oneof![Just(None), (-6.0f32..3.0).prop_map(Some)].prop_map(|bias| Variant::Sigmoid { bias }),
+        (gate, granularity)
+            .prop_map(|(gate, granularity)| Variant::ContextScale { gate, granularity }),
+        prop_oneof![Just(None), (-6.0f32..3.0).prop_map(Some)]
+            .prop_map(|bias| Variant::Sigmoid { bias }),
         Just(Variant::LogitSink),
         Just(Variant::Softmax1),
-        (1.0f32..1.2, -0.2f32..=0.0).prop_map(|(zeta, gamma)| Variant::ClippedSoftmax { zeta, gamma }),
+        (1.0f32..1.2, -0.2f32..=0.0)
+            .prop_map(|(zeta, gamma)| Variant::ClippedSoftmax { zeta, gamma }),
     ]
 }
 
@@ -120,17 +130,23 @@ pub fn arb_problem(limits: &Limits) -> impl Strategy<Value = Problem> {
         prop_oneof![Just(Mask::None), Just(Mask::Causal)],
         prop_oneof![3 => Just(None), 1 => (0.05f32..1.0).prop_map(Some)],
         prop_oneof![3 => Just(None), 1 => (2.0f32..50.0).prop_map(Some)],
-        prop_oneof![Just(StatsLevel::Off), Just(StatsLevel::Heads), Just(StatsLevel::HeadsAndKeys)],
+        prop_oneof![
+            Just(StatsLevel::Off),
+            Just(StatsLevel::Heads),
+            Just(StatsLevel::HeadsAndKeys)
+        ],
     )
-        .prop_map(|(shape, dtype, variant, mask, scale, softcap, stats)| Problem {
-            shape,
-            dtype,
-            variant,
-            mask,
-            scale,
-            softcap,
-            stats,
-        })
+        .prop_map(
+            |(shape, dtype, variant, mask, scale, softcap, stats)| Problem {
+                shape,
+                dtype,
+                variant,
+                mask,
+                scale,
+                softcap,
+                stats,
+            },
+        )
 }
 
 /// One parity case: a problem, how its inputs are drawn, and whether they are views into
@@ -174,11 +190,12 @@ pub fn arb_case(limits: &Limits) -> impl Strategy<Value = Case> {
 /// fails with its label and the whole report.
 pub fn check_case(backend: &dyn Backend, case: &Case) -> Result<ParityReport, TestCaseError> {
     let inputs = case.inputs();
-    let report = parity::check_backend(backend, &case.problem, &inputs).map_err(|e| {
-        TestCaseError::fail(format!("{}: {e}", cases::label(&case.problem)))
-    })?;
+    let report = parity::check_backend(backend, &case.problem, &inputs)
+        .map_err(|e| TestCaseError::fail(format!("{}: {e}", cases::label(&case.problem))))?;
     if report.invalid() {
-        return Err(TestCaseError::reject("baseline not finite where the reference is"));
+        return Err(TestCaseError::reject(
+            "baseline not finite where the reference is",
+        ));
     }
     if !report.passed() {
         return Err(TestCaseError::fail(format!(
@@ -196,7 +213,9 @@ pub fn check_case(backend: &dyn Backend, case: &Case) -> Result<ParityReport, Te
 /// The parity sweep: random cases within `limits`, each held to the reference.
 pub fn parity_sweep(backend: &dyn Backend, limits: &Limits) {
     let mut runner = TestRunner::new(config());
-    let result = runner.run(&arb_case(limits), |case| check_case(backend, &case).map(|_| ()));
+    let result = runner.run(&arb_case(limits), |case| {
+        check_case(backend, &case).map(|_| ())
+    });
     if let Err(e) = result {
         panic!("{}: parity sweep failed: {e}", backend.name());
     }
@@ -216,7 +235,12 @@ pub fn assert_deterministic(backend: &dyn Backend, case: &Case) {
             x.key_mass.as_deref().map(f),
         )
     };
-    assert!(bits(&a) == bits(&b), "{}: two runs of {} differ", backend.name(), cases::label(&case.problem));
+    assert!(
+        bits(&a) == bits(&b),
+        "{}: two runs of {} differ",
+        backend.name(),
+        cases::label(&case.problem)
+    );
 }
 
 /// Runs one case on dense inputs and again on views into larger buffers; both must pass and
