@@ -25,6 +25,19 @@ fn lens() -> Vec<usize> {
         .unwrap_or_else(|| vec![512, 2048])
 }
 
+fn slice(buffer: &wgpu::Buffer, dtype: DType, len: usize) -> DeviceSlice<'_> {
+    DeviceSlice {
+        buffer,
+        dtype,
+        offset: 0,
+        len,
+    }
+}
+
+fn param(uploaded: &Option<(wgpu::Buffer, DType, usize)>) -> Option<DeviceSlice<'_>> {
+    uploaded.as_ref().map(|(b, dt, len)| slice(b, *dt, *len))
+}
+
 fn bench(c: &mut Criterion) {
     let backend = match WgslBackend::new() {
         Ok(b) => b,
@@ -79,15 +92,6 @@ fn bench(c: &mut Criterion) {
                         let lse = zeros(s.lse_len(), DType::F32);
                         let st = zeros(s.heads_total() * Stat::COUNT, DType::F32);
                         let params = inputs.params.map(|t| (upload(t), t.dtype(), t.len()));
-                        let slice = |b, dtype, len| DeviceSlice {
-                            buffer: b,
-                            dtype,
-                            offset: 0,
-                            len,
-                        };
-                        let p = |x: &Option<(wgpu::Buffer, DType, usize)>| {
-                            x.as_ref().map(|(b, dt, len)| slice(b, *dt, *len))
-                        };
                         let args = DeviceArgs {
                             q: DeviceTensor {
                                 buffer: &q,
@@ -115,11 +119,11 @@ fn bench(c: &mut Criterion) {
                                 .then(|| slice(&st, DType::F32, s.heads_total() * Stat::COUNT)),
                             key_mass: None,
                             params: Params {
-                                k_sink: p(&params.k_sink),
-                                v_sink: p(&params.v_sink),
-                                v_bias: p(&params.v_bias),
-                                sink_logits: p(&params.sink_logits),
-                                gate: p(&params.gate),
+                                k_sink: param(&params.k_sink),
+                                v_sink: param(&params.v_sink),
+                                v_bias: param(&params.v_bias),
+                                sink_logits: param(&params.sink_logits),
+                                gate: param(&params.gate),
                             },
                         };
                         let run = || {
