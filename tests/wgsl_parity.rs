@@ -209,3 +209,133 @@ fn invalid_problems_are_typed_errors() {
         Err(Error::Scalar { .. })
     ));
 }
+
+/// The engine-level entry: the caller's buffers, with LSE and statistics at element offsets
+/// inside larger buffers (not 256-byte aligned), recorded into the caller's encoder, give
+/// bit-identical results to the host level; and bad buffers are typed errors before anything
+/// is recorded.
+#[test]
+fn device_level_offsets_and_refusals() {
+    use outlier_attn::wgsl::{DeviceArgs, DeviceSlice, DeviceTensor};
+    use outlier_attn::{Params, Stat};
+    use wgpu::util::DeviceExt;
+
+    let Some(b) = backend(true) else { return };
+    let problem = Problem::new(Shape::new(1, 2, 1, 9, 13, 16), DType::F16)
+        .with_variant(Variant::LogitSink)
+        .with_mask(Mask::Causal)
+        .with_stats(StatsLevel::Heads);
+    let inputs = outlier_attn::cases::random_inputs(&problem, &InputSpec::default());
+    let expected = b.forward(&problem, &inputs).expect("host-level run");
+
+    let device = b.device();
+    let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+    let upload = |bytes: &[u8]| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytes,
+            usage: storage,
+        })
+    };
+    let s = &problem.shape;
+    let (lse_at, stats_at) = (37u64, 70u64);
+    let floats = vec![0f32; 200];
+    let lse_buf = upload(bytemuck::cast_slice(&floats));
+    let stats_buf = upload(bytemuck::cast_slice(&floats));
+    let o_buf = upload(&vec![0u8; s.batch * s.q_len * s.q_heads * s.head_dim * 2]);
+    let (q, k, v) = (
+        upload(inputs.q.as_bytes()),
+        upload(inputs.k.as_bytes()),
+        upload(inputs.v.as_bytes()),
+    );
+    let theta = upload(inputs.params.sink_logits.as_ref().expect("θ").as_bytes());
+    let tensor = |buffer, layout| DeviceTensor {
+        buffer,
+        dtype: DType::F16,
+        layout,
+    };
+    let slice = |buffer, offset, len| DeviceSlice {
+        buffer,
+        dtype: DType::F32,
+        offset,
+        len,
+    };
+    let stats_len = s.heads_total() * Stat::COUNT;
+    let args = DeviceArgs {
+        q: tensor(&q, inputs.layouts.q),
+        k: tensor(&k, inputs.layouts.k),
+        v: tensor(&v, inputs.layouts.v),
+        o: tensor(&o_buf, inputs.layouts.q),
+        lse: slice(&lse_buf, lse_at, s.lse_len()),
+        stats: Some(slice(&stats_buf, stats_at, stats_len)),
+        key_mass: None,
+        params: Params {
+            sink_logits: Some(slice(&theta, 0, s.q_heads)),
+            ..Params::none()
+        },
+    };
+    let mut encoder = device.create_command_encoder(&Default::default());
+    b.attention()
+        .encode(&mut encoder, &problem, &args)
+        .expect("device-level encode");
+    let read = |buffer: &wgpu::Buffer, encoder: &mut wgpu::CommandEncoder| {
+        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: buffer.size(),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
+        staging
+    };
+    let lse_read = read(&lse_buf, &mut encoder);
+    let stats_read = read(&stats_buf, &mut encoder);
+    b.queue().submit([encoder.finish()]);
+    for staging in [&lse_read, &stats_read] {
+        staging.slice(..).map_async(wgpu::MapMode::Read, |_| {});
+    }
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .expect("poll");
+    let floats_of = |staging: &wgpu::Buffer| -> Vec<f32> {
+        bytemuck::pod_collect_to_vec(&staging.get_mapped_range(..).expect("mapped").to_vec())
+    };
+    let lse = floats_of(&lse_read);
+    let stats = floats_of(&stats_read);
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let lse_at = lse_at as usize;
+    let stats_at = stats_at as usize;
+    assert_eq!(
+        bits(&lse[lse_at..lse_at + s.lse_len()]),
+        bits(&expected.lse)
+    );
+    assert_eq!(
+        bits(&stats[stats_at..stats_at + stats_len]),
+        bits(expected.stats.as_deref().expect("stats"))
+    );
+    assert!(
+        lse[..lse_at]
+            .iter()
+            .chain(&lse[lse_at + s.lse_len()..])
+            .all(|&x| x == 0.0)
+    );
+
+    // Refusals: a slice past its buffer's end, a statistics buffer of the wrong size.
+    let mut encoder = device.create_command_encoder(&Default::default());
+    let past_end = DeviceArgs {
+        lse: slice(&lse_buf, 190, s.lse_len()),
+        ..args.clone()
+    };
+    assert!(matches!(
+        b.attention().encode(&mut encoder, &problem, &past_end),
+        Err(Error::BufferTooShort { .. })
+    ));
+    let short_stats = DeviceArgs {
+        stats: Some(slice(&stats_buf, 0, stats_len - 1)),
+        ..args.clone()
+    };
+    assert!(matches!(
+        b.attention().encode(&mut encoder, &problem, &short_stats),
+        Err(Error::Size { .. })
+    ));
+}
