@@ -42,6 +42,13 @@ pub fn discover() -> Discovery {
     #[cfg(not(feature = "cuda"))]
     found("cuda", Err("not built (cargo feature `cuda`)".to_string()));
 
+    #[cfg(feature = "wgpu")]
+    found(
+        "wgsl",
+        crate::wgsl::WgslBackend::new()
+            .map(|b| Box::new(b) as Box<dyn Backend>)
+            .map_err(reason),
+    );
     #[cfg(not(feature = "wgpu"))]
     found("wgsl", Err("not built (cargo feature `wgpu`)".to_string()));
 

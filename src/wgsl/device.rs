@@ -1,0 +1,773 @@
+//! The device-level entry for engines: the caller's `wgpu::Device`, buffers and
+//! `CommandEncoder`; this module records compute passes and allocates only what it cannot reuse.
+
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use ::wgpu::util::DeviceExt;
+
+use super::kernel::{
+    BLOCK_M, BLOCK_M_SHORT, COMBINE_THREADS, Kernel, KernelKind, PARTIAL_LEN, Params,
+    ROW_STATE_LEN, tile_rows,
+};
+use crate::contract::{
+    Args, BufferArg, DType, Error, Layout, Params as VariantParams, Problem, Result, TensorArg,
+    TensorName, Validated, Variant, validate,
+};
+
+/// The backend's name in errors.
+pub(crate) const BACKEND: &str = "wgsl";
+
+/// A strided `[B, N, H, d]` tensor in a caller's buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceTensor<'a> {
+    /// The buffer; needs `BufferUsages::STORAGE`.
+    pub buffer: &'a ::wgpu::Buffer,
+    /// The element type.
+    pub dtype: DType,
+    /// Offset and strides, in elements from the start of the buffer.
+    pub layout: Layout,
+}
+
+/// A dense run of elements in a caller's buffer (LSE, statistics, key mass, parameters).
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceSlice<'a> {
+    /// The buffer; needs `BufferUsages::STORAGE`.
+    pub buffer: &'a ::wgpu::Buffer,
+    /// The element type (f32 except for the gate z, which has the problem's dtype).
+    pub dtype: DType,
+    /// Offset of the first element, in elements from the start of the buffer.
+    pub offset: u64,
+    /// Number of elements.
+    pub len: usize,
+}
+
+/// The buffers of one call.
+#[derive(Clone, Debug)]
+pub struct DeviceArgs<'a> {
+    /// Q `[B, Nq, Hq, d]`.
+    pub q: DeviceTensor<'a>,
+    /// K `[B, Nk, Hkv, d]`.
+    pub k: DeviceTensor<'a>,
+    /// V `[B, Nk, Hkv, d]`.
+    pub v: DeviceTensor<'a>,
+    /// O `[B, Nq, Hq, d]`, written.
+    pub o: DeviceTensor<'a>,
+    /// LSE `[B, Hq, Nq]`, f32, written.
+    pub lse: DeviceSlice<'a>,
+    /// Statistics `[B, Hq, Stat::COUNT]`, f32, written; present iff the level asks for them.
+    pub stats: Option<DeviceSlice<'a>>,
+    /// Key mass `[B, Hq, Nk]`, f32, written; present iff the level is `HeadsAndKeys`.
+    pub key_mass: Option<DeviceSlice<'a>>,
+    /// The variant's learned tensors.
+    pub params: VariantParams<DeviceSlice<'a>>,
+}
+
+/// Which kernel paths to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WgslOptions {
+    /// Use subgroup reductions when the device has `Features::SUBGROUP` (default `true`);
+    /// `false` forces the workgroup-memory path everywhere.
+    pub subgroups: bool,
+}
+
+impl Default for WgslOptions {
+    fn default() -> Self {
+        WgslOptions { subgroups: true }
+    }
+}
+
+/// Fused attention on a caller's wgpu device: pipelines cached per specialisation, a scratch
+/// buffer reused across calls, passes recorded into the caller's encoder.
+///
+/// Per call it creates a 144-byte uniform buffer and the bind groups, both of which name the
+/// call's own buffers and settings; everything else is made once.
+pub struct WgslAttention {
+    device: ::wgpu::Device,
+    subgroups: bool,
+    limits: ::wgpu::Limits,
+    forward_layout: ::wgpu::BindGroupLayout,
+    combine_layout: ::wgpu::BindGroupLayout,
+    key_mass_layout: ::wgpu::BindGroupLayout,
+    forward_pipeline_layout: ::wgpu::PipelineLayout,
+    combine_pipeline_layout: ::wgpu::PipelineLayout,
+    key_mass_pipeline_layout: ::wgpu::PipelineLayout,
+    pipelines: Mutex<HashMap<Kernel, ::wgpu::ComputePipeline>>,
+    scratch: Mutex<Option<::wgpu::Buffer>>,
+    /// Bound in place of a parameter the variant does not read.
+    placeholder: ::wgpu::Buffer,
+}
+
+/// Storage buffers the forward kernel binds at once (WebGPU's default limit is 8).
+const FORWARD_STORAGE_BUFFERS: u32 = 8;
+
+fn uniform_entry(binding: u32) -> ::wgpu::BindGroupLayoutEntry {
+    ::wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: ::wgpu::ShaderStages::COMPUTE,
+        ty: ::wgpu::BindingType::Buffer {
+            ty: ::wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: false,
+            min_binding_size: NonZeroU64::new(std::mem::size_of::<Params>() as u64),
+        },
+        count: None,
+    }
+}
+
+fn storage_entry(binding: u32, read_only: bool) -> ::wgpu::BindGroupLayoutEntry {
+    ::wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: ::wgpu::ShaderStages::COMPUTE,
+        ty: ::wgpu::BindingType::Buffer {
+            ty: ::wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+/// A range of a buffer as bound, and where the tensor starts inside it.
+struct Bound<'a> {
+    buffer: &'a ::wgpu::Buffer,
+    offset: u64,
+    size: NonZeroU64,
+    /// Element index, relative to the binding, of the tensor's first element.
+    base: u32,
+}
+
+impl Bound<'_> {
+    fn entry(&self, binding: u32) -> ::wgpu::BindGroupEntry<'_> {
+        ::wgpu::BindGroupEntry {
+            binding,
+            resource: ::wgpu::BindingResource::Buffer(::wgpu::BufferBinding {
+                buffer: self.buffer,
+                offset: self.offset,
+                size: Some(self.size),
+            }),
+        }
+    }
+}
+
+fn unsupported(reason: String) -> Error {
+    Error::Unsupported {
+        backend: BACKEND.to_string(),
+        reason,
+    }
+}
+
+fn backend_error(message: String) -> Error {
+    Error::Backend {
+        backend: BACKEND.to_string(),
+        message,
+    }
+}
+
+impl WgslAttention {
+    /// Prepares the kernels' layouts on `device`. Pipelines are built on first use.
+    ///
+    /// The subgroup path is taken when `options.subgroups` is set and `device` was created
+    /// with `Features::SUBGROUP`.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] when the device allows fewer than 8 storage buffers per stage.
+    pub fn new(device: &::wgpu::Device, options: WgslOptions) -> Result<WgslAttention> {
+        let limits = device.limits();
+        if limits.max_storage_buffers_per_shader_stage < FORWARD_STORAGE_BUFFERS {
+            return Err(unsupported(format!(
+                "the device allows {} storage buffers per shader stage, the forward kernel binds {}",
+                limits.max_storage_buffers_per_shader_stage, FORWARD_STORAGE_BUFFERS
+            )));
+        }
+        let layout = |label, entries: &[::wgpu::BindGroupLayoutEntry]| {
+            device.create_bind_group_layout(&::wgpu::BindGroupLayoutDescriptor {
+                label: Some(label),
+                entries,
+            })
+        };
+        // The bind-group layouts are the kernels' signatures (see the shaders' bindings).
+        let forward_layout = layout(
+            "outlier-attn forward",
+            &[
+                uniform_entry(0),
+                storage_entry(1, true),  // q
+                storage_entry(2, true),  // k
+                storage_entry(3, true),  // v
+                storage_entry(4, false), // o
+                storage_entry(5, false), // lse
+                storage_entry(6, false), // scratch
+                storage_entry(7, true),  // param a
+                storage_entry(8, true),  // param b
+            ],
+        );
+        let combine_layout = layout(
+            "outlier-attn combine",
+            &[
+                uniform_entry(0),
+                storage_entry(1, true),  // scratch
+                storage_entry(2, false), // stats
+            ],
+        );
+        let key_mass_layout = layout(
+            "outlier-attn key mass",
+            &[
+                uniform_entry(0),
+                storage_entry(1, true),  // q
+                storage_entry(2, true),  // k
+                storage_entry(3, true),  // scratch
+                storage_entry(4, false), // key mass
+            ],
+        );
+        let pipeline_layout = |label, bgl: &::wgpu::BindGroupLayout| {
+            device.create_pipeline_layout(&::wgpu::PipelineLayoutDescriptor {
+                label: Some(label),
+                bind_group_layouts: &[Some(bgl)],
+                immediate_size: 0,
+            })
+        };
+        let placeholder = device.create_buffer(&::wgpu::BufferDescriptor {
+            label: Some("outlier-attn unused parameter"),
+            size: 16,
+            usage: ::wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Ok(WgslAttention {
+            device: device.clone(),
+            subgroups: options.subgroups && device.features().contains(::wgpu::Features::SUBGROUP),
+            forward_pipeline_layout: pipeline_layout("outlier-attn forward", &forward_layout),
+            combine_pipeline_layout: pipeline_layout("outlier-attn combine", &combine_layout),
+            key_mass_pipeline_layout: pipeline_layout("outlier-attn key mass", &key_mass_layout),
+            forward_layout,
+            combine_layout,
+            key_mass_layout,
+            limits,
+            pipelines: Mutex::new(HashMap::new()),
+            scratch: Mutex::new(None),
+            placeholder,
+        })
+    }
+
+    /// Whether the subgroup reductions are in use.
+    pub fn uses_subgroups(&self) -> bool {
+        self.subgroups
+    }
+
+    /// Keys per K/V tile of the forward kernel for head dim `d` on this device (it follows
+    /// the device's workgroup-memory limit), or `None` if even one key does not fit.
+    pub fn forward_tile(&self, head_dim: usize) -> Option<u32> {
+        let workgroup = BLOCK_M;
+        // K and V tiles, plus one partial statistics record per invocation for the reduction.
+        tile_rows(
+            head_dim,
+            2,
+            workgroup * PARTIAL_LEN as u32 * 4,
+            self.limits.max_compute_workgroup_storage_size,
+        )
+    }
+
+    fn key_mass_tile(&self, head_dim: usize) -> Option<u32> {
+        // The Q tile plus (m, l, clip mass) per row of it: at most 64 rows.
+        tile_rows(
+            head_dim,
+            1,
+            64 * ROW_STATE_LEN as u32 * 4,
+            self.limits.max_compute_workgroup_storage_size,
+        )
+    }
+
+    /// The pipeline of `kernel`, built on first use. Build errors (a shader the device
+    /// rejects) come back as [`Error::Backend`] with the compiler's message.
+    fn pipeline(&self, kernel: &Kernel) -> Result<::wgpu::ComputePipeline> {
+        if let Some(p) = self.pipelines_lock().get(kernel) {
+            return Ok(p.clone());
+        }
+        let source = kernel.source();
+        let scope = self
+            .device
+            .push_error_scope(::wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(::wgpu::ShaderModuleDescriptor {
+                label: Some(kernel.kind.entry_point()),
+                source: ::wgpu::ShaderSource::Wgsl(source.into()),
+            });
+        let layout = match kernel.kind {
+            KernelKind::Forward => &self.forward_pipeline_layout,
+            KernelKind::Combine => &self.combine_pipeline_layout,
+            KernelKind::KeyMass => &self.key_mass_pipeline_layout,
+        };
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&::wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.kind.entry_point()),
+                layout: Some(layout),
+                module: &module,
+                entry_point: Some(kernel.kind.entry_point()),
+                // Every workgroup variable is written before it is read (tiles are loaded, the
+                // reduction stores each record first), so wgpu's zero-fill prologue is not
+                // needed; it costs a loop and a barrier in every kernel.
+                compilation_options: ::wgpu::PipelineCompilationOptions {
+                    zero_initialize_workgroup_memory: false,
+                    ..Default::default()
+                },
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(backend_error(format!(
+                "building the {} kernel ({kernel:?}) failed: {e}",
+                kernel.kind.entry_point()
+            )));
+        }
+        // Another thread may have built the same pipeline meanwhile; keep the first.
+        Ok(self
+            .pipelines_lock()
+            .entry(*kernel)
+            .or_insert(pipeline)
+            .clone())
+    }
+
+    fn pipelines_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<Kernel, ::wgpu::ComputePipeline>> {
+        self.pipelines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Number of pipelines built so far.
+    pub fn cached_pipelines(&self) -> usize {
+        self.pipelines_lock().len()
+    }
+
+    /// The scratch buffer, grown to at least `bytes`.
+    fn scratch(&self, bytes: u64) -> ::wgpu::Buffer {
+        let mut slot = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
+        match slot.as_ref() {
+            Some(b) if b.size() >= bytes => b.clone(),
+            _ => {
+                let b = self.device.create_buffer(&::wgpu::BufferDescriptor {
+                    label: Some("outlier-attn scratch"),
+                    size: bytes.next_power_of_two().max(256),
+                    usage: ::wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                });
+                *slot = Some(b.clone());
+                b
+            }
+        }
+    }
+
+    /// Binds elements `[first, end)` of a buffer whose elements are `elem_bytes` wide.
+    fn bind<'a>(
+        &self,
+        tensor: TensorName,
+        buffer: &'a ::wgpu::Buffer,
+        elem_bytes: u64,
+        first: u64,
+        end: u64,
+    ) -> Result<Bound<'a>> {
+        let align = self.limits.min_storage_buffer_offset_alignment as u64;
+        let start = first * elem_bytes;
+        let offset = start / align * align;
+        // Storage bindings are whole 4-byte words.
+        let stop = (end * elem_bytes).div_ceil(4) * 4;
+        if stop > buffer.size() {
+            return Err(unsupported(format!(
+                "{tensor}: its last 16-bit element ends a buffer of {} bytes mid-word; pad the buffer to a multiple of 4 bytes",
+                buffer.size()
+            )));
+        }
+        let size = stop - offset;
+        if size > self.limits.max_storage_buffer_binding_size {
+            return Err(unsupported(format!(
+                "{tensor}: spans {size} bytes, more than the {} bytes one storage binding may hold on this device",
+                self.limits.max_storage_buffer_binding_size
+            )));
+        }
+        if size / elem_bytes > u32::MAX as u64 {
+            return Err(unsupported(format!(
+                "{tensor}: spans more than 2^32 elements"
+            )));
+        }
+        Ok(Bound {
+            buffer,
+            offset,
+            size: NonZeroU64::new(size.max(4)).unwrap_or(NonZeroU64::MIN),
+            base: ((start - offset) / elem_bytes) as u32,
+        })
+    }
+
+    fn bind_tensor<'a>(
+        &self,
+        tensor: TensorName,
+        t: &DeviceTensor<'a>,
+        dims: [usize; 4],
+    ) -> Result<(Bound<'a>, [u32; 3])> {
+        let end = t
+            .layout
+            .reach(dims)
+            .ok_or(Error::IndexOverflow { tensor })?;
+        let bound = self.bind(
+            tensor,
+            t.buffer,
+            t.dtype.size_bytes() as u64,
+            t.layout.offset,
+            end,
+        )?;
+        // A dimension of size 1 never multiplies its stride: pass 0 so that a huge unused
+        // stride cannot wrap. The others fit: the binding holds fewer than 2^32 elements.
+        let s = &t.layout.strides;
+        let stride = |size: usize, stride: u64| if size > 1 { stride as u32 } else { 0 };
+        Ok((
+            bound,
+            [
+                stride(dims[0], s.batch),
+                stride(dims[1], s.seq),
+                stride(dims[2], s.head),
+            ],
+        ))
+    }
+
+    fn bind_slice<'a>(&self, tensor: TensorName, s: &DeviceSlice<'a>) -> Result<Bound<'a>> {
+        self.bind(
+            tensor,
+            s.buffer,
+            s.dtype.size_bytes() as u64,
+            s.offset,
+            s.offset + s.len as u64,
+        )
+    }
+
+    /// Records one forward call into `encoder`: the fused pass, the statistics combine when
+    /// the level asks for statistics, and the key-mass pass for `HeadsAndKeys`.
+    ///
+    /// The problem and buffers go through [`validate`] first (buffer lengths are the buffers'
+    /// byte sizes divided by the element size); nothing is recorded when it refuses.
+    ///
+    /// # Errors
+    /// Every refusal of [`validate`]; [`Error::BufferTooShort`] for a slice past its buffer's
+    /// end; [`Error::Unsupported`] for a valid problem this device cannot run (a tensor larger
+    /// than one storage binding, a grid larger than the dispatch limit, a head dim whose tile
+    /// does not fit the workgroup memory); [`Error::Backend`] when wgpu reports an error.
+    pub fn encode(
+        &self,
+        encoder: &mut ::wgpu::CommandEncoder,
+        problem: &Problem,
+        args: &DeviceArgs<'_>,
+    ) -> Result<Validated> {
+        let tensor_arg = |t: &DeviceTensor<'_>| TensorArg {
+            dtype: t.dtype,
+            len: (t.buffer.size() / t.dtype.size_bytes() as u64) as usize,
+            layout: t.layout,
+        };
+        let slice_arg = |name: TensorName, s: &DeviceSlice<'_>| -> Result<BufferArg> {
+            let held = s.buffer.size() / s.dtype.size_bytes() as u64;
+            let needed = s.offset.saturating_add(s.len as u64);
+            if needed > held {
+                return Err(Error::BufferTooShort {
+                    tensor: name,
+                    needed,
+                    len: held,
+                });
+            }
+            Ok(BufferArg {
+                dtype: s.dtype,
+                len: s.len,
+            })
+        };
+        let mut params = VariantParams::none();
+        for (name, slot) in args.params.slots() {
+            let arg = slot.map(|s| slice_arg(name, s)).transpose()?;
+            match name {
+                TensorName::KSink => params.k_sink = arg,
+                TensorName::VSink => params.v_sink = arg,
+                TensorName::VBias => params.v_bias = arg,
+                TensorName::SinkLogits => params.sink_logits = arg,
+                _ => params.gate = arg,
+            }
+        }
+        let checked = validate(
+            problem,
+            &Args {
+                q: tensor_arg(&args.q),
+                k: tensor_arg(&args.k),
+                v: tensor_arg(&args.v),
+                o: tensor_arg(&args.o),
+                lse: slice_arg(TensorName::Lse, &args.lse)?,
+                stats: args
+                    .stats
+                    .as_ref()
+                    .map(|s| slice_arg(TensorName::Stats, s))
+                    .transpose()?,
+                key_mass: args
+                    .key_mass
+                    .as_ref()
+                    .map(|s| slice_arg(TensorName::KeyMass, s))
+                    .transpose()?,
+                params,
+            },
+        )?;
+        self.record(encoder, &checked, args)?;
+        Ok(checked)
+    }
+
+    fn record(
+        &self,
+        encoder: &mut ::wgpu::CommandEncoder,
+        checked: &Validated,
+        args: &DeviceArgs<'_>,
+    ) -> Result<()> {
+        let problem = checked.problem();
+        let s = checked.shape();
+        let d = s.head_dim;
+        let too_big = |what: &str| unsupported(format!("{what} does not fit 32-bit indexing"));
+        let q_len = u32::try_from(s.q_len).map_err(|_| too_big("Nq"))?;
+        let kv_len = u32::try_from(s.kv_len).map_err(|_| too_big("Nk"))?;
+        if (s.q_len + 1 + s.kv_len) as u64 > u32::MAX as u64 {
+            return Err(too_big("Nq + Nk"));
+        }
+        let heads = u32::try_from(s.heads_total()).map_err(|_| too_big("B·Hq"))?;
+        let workgroup = if s.q_len <= BLOCK_M_SHORT as usize {
+            BLOCK_M_SHORT
+        } else {
+            BLOCK_M
+        };
+        let q_blocks = q_len.div_ceil(workgroup);
+        let key_blocks = kv_len.div_ceil(BLOCK_M);
+        let max_groups = self.limits.max_compute_workgroups_per_dimension;
+        for (what, n) in [
+            ("query blocks", q_blocks),
+            ("query heads", s.q_heads as u32),
+            ("batch", s.batch as u32),
+            ("key blocks", key_blocks),
+            ("combine groups", heads.div_ceil(COMBINE_THREADS)),
+        ] {
+            if n > max_groups {
+                return Err(unsupported(format!(
+                    "{what}: {n} workgroups, more than the {max_groups} per dimension this device dispatches"
+                )));
+            }
+        }
+        let no_tile = || {
+            unsupported(format!(
+                "head dim {d}: one key of K and V does not fit the {} bytes of workgroup memory",
+                self.limits.max_compute_workgroup_storage_size
+            ))
+        };
+        let forward_tile = self.forward_tile(d).ok_or_else(no_tile)?;
+
+        let (q, q_strides) = self.bind_tensor(TensorName::Q, &args.q, s.dims(TensorName::Q))?;
+        let (k, k_strides) = self.bind_tensor(TensorName::K, &args.k, s.dims(TensorName::K))?;
+        let (v, v_strides) = self.bind_tensor(TensorName::V, &args.v, s.dims(TensorName::V))?;
+        let (o, o_strides) = self.bind_tensor(TensorName::O, &args.o, s.dims(TensorName::O))?;
+        let lse = self.bind_slice(TensorName::Lse, &args.lse)?;
+        let stats = args
+            .stats
+            .as_ref()
+            .map(|x| self.bind_slice(TensorName::Stats, x))
+            .transpose()?;
+        let key_mass = args
+            .key_mass
+            .as_ref()
+            .map(|x| self.bind_slice(TensorName::KeyMass, x))
+            .transpose()?;
+        let p = &args.params;
+        let (param_a, param_b) = match problem.variant {
+            Variant::ContextBias | Variant::KvSink => (p.k_sink.as_ref(), p.v_sink.as_ref()),
+            Variant::ValueBias => (p.v_bias.as_ref(), None),
+            Variant::LogitSink => (p.sink_logits.as_ref(), None),
+            Variant::ContextScale { .. } => (p.gate.as_ref(), None),
+            _ => (None, None),
+        };
+        let placeholder = || Bound {
+            buffer: &self.placeholder,
+            offset: 0,
+            size: NonZeroU64::new(16).unwrap_or(NonZeroU64::MIN),
+            base: 0,
+        };
+        let param_a = match param_a {
+            Some(x) => self.bind_slice(TensorName::KSink, x)?,
+            None => placeholder(),
+        };
+        let param_b = match param_b {
+            Some(x) => self.bind_slice(TensorName::VSink, x)?,
+            None => placeholder(),
+        };
+
+        let partials_len = if problem.stats.heads() {
+            s.heads_total() * q_blocks as usize * PARTIAL_LEN
+        } else {
+            0
+        };
+        let rows_len = if problem.stats.keys() {
+            s.lse_len() * ROW_STATE_LEN
+        } else {
+            0
+        };
+        let scratch_bytes = ((partials_len + rows_len) * 4) as u64;
+        if scratch_bytes > self.limits.max_storage_buffer_binding_size {
+            return Err(unsupported(format!(
+                "the statistics scratch needs {scratch_bytes} bytes, more than one storage binding holds"
+            )));
+        }
+        let scratch = self.scratch(scratch_bytes.max(16));
+        let scratch_bound = Bound {
+            buffer: &scratch,
+            offset: 0,
+            size: NonZeroU64::new(scratch.size()).unwrap_or(NonZeroU64::MIN),
+            base: 0,
+        };
+
+        let (zeta, gamma) = match problem.variant {
+            Variant::ClippedSoftmax { zeta, gamma } => (zeta, gamma),
+            _ => (1.0, 0.0),
+        };
+        let uniforms = Params {
+            batch: s.batch as u32,
+            q_heads: s.q_heads as u32,
+            group: s.group_size() as u32,
+            q_len,
+            kv_len,
+            q_blocks,
+            scale: checked.scale(),
+            softcap: checked.softcap().unwrap_or(0.0),
+            sigmoid_bias: checked.sigmoid_bias(),
+            zeta,
+            gamma,
+            q_offset: q.base,
+            q_stride_b: q_strides[0],
+            q_stride_n: q_strides[1],
+            q_stride_h: q_strides[2],
+            k_offset: k.base,
+            k_stride_b: k_strides[0],
+            k_stride_n: k_strides[1],
+            k_stride_h: k_strides[2],
+            v_offset: v.base,
+            v_stride_b: v_strides[0],
+            v_stride_n: v_strides[1],
+            v_stride_h: v_strides[2],
+            o_offset: o.base,
+            o_stride_b: o_strides[0],
+            o_stride_n: o_strides[1],
+            o_stride_h: o_strides[2],
+            lse_offset: lse.base,
+            stats_offset: stats.as_ref().map_or(0, |b| b.base),
+            key_mass_offset: key_mass.as_ref().map_or(0, |b| b.base),
+            param_a_offset: param_a.base,
+            param_b_offset: param_b.base,
+            partials_offset: 0,
+            rows_offset: partials_len as u32,
+            nan_bits: f32::NAN.to_bits(),
+            neg_inf_bits: f32::NEG_INFINITY.to_bits(),
+        };
+
+        let kernel = |kind, workgroup, tile| {
+            Kernel::new(
+                kind,
+                d,
+                workgroup,
+                tile,
+                problem.dtype,
+                &problem.variant,
+                problem.mask,
+                problem.stats,
+                self.subgroups,
+            )
+        };
+        let forward = self.pipeline(&kernel(KernelKind::Forward, workgroup, forward_tile))?;
+        let combine = match stats.is_some() {
+            true => Some(self.pipeline(&kernel(KernelKind::Combine, COMBINE_THREADS, 1))?),
+            false => None,
+        };
+        let key_mass_pipeline = match key_mass.is_some() {
+            true => {
+                let tile = self.key_mass_tile(d).ok_or_else(no_tile)?;
+                Some(self.pipeline(&kernel(KernelKind::KeyMass, BLOCK_M, tile))?)
+            }
+            false => None,
+        };
+
+        let scope = self
+            .device
+            .push_error_scope(::wgpu::ErrorFilter::Validation);
+        let uniform_buffer = self
+            .device
+            .create_buffer_init(&::wgpu::util::BufferInitDescriptor {
+                label: Some("outlier-attn uniforms"),
+                contents: bytemuck::bytes_of(&uniforms),
+                usage: ::wgpu::BufferUsages::UNIFORM,
+            });
+        let uniform_entry = ::wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform_buffer.as_entire_binding(),
+        };
+        let forward_group = self.device.create_bind_group(&::wgpu::BindGroupDescriptor {
+            label: Some("outlier-attn forward"),
+            layout: &self.forward_layout,
+            entries: &[
+                uniform_entry.clone(),
+                q.entry(1),
+                k.entry(2),
+                v.entry(3),
+                o.entry(4),
+                lse.entry(5),
+                scratch_bound.entry(6),
+                param_a.entry(7),
+                param_b.entry(8),
+            ],
+        });
+        let combine_group = stats.as_ref().map(|stats| {
+            self.device.create_bind_group(&::wgpu::BindGroupDescriptor {
+                label: Some("outlier-attn combine"),
+                layout: &self.combine_layout,
+                entries: &[
+                    uniform_entry.clone(),
+                    scratch_bound.entry(1),
+                    stats.entry(2),
+                ],
+            })
+        });
+        let key_mass_group = key_mass.as_ref().map(|km| {
+            self.device.create_bind_group(&::wgpu::BindGroupDescriptor {
+                label: Some("outlier-attn key mass"),
+                layout: &self.key_mass_layout,
+                entries: &[
+                    uniform_entry.clone(),
+                    q.entry(1),
+                    k.entry(2),
+                    scratch_bound.entry(3),
+                    km.entry(4),
+                ],
+            })
+        });
+        {
+            let mut pass = encoder.begin_compute_pass(&::wgpu::ComputePassDescriptor {
+                label: Some("outlier-attn"),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&forward);
+            pass.set_bind_group(0, &forward_group, &[]);
+            pass.dispatch_workgroups(q_blocks, s.q_heads as u32, s.batch as u32);
+            if let (Some(pipeline), Some(group)) = (&combine, &combine_group) {
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, group, &[]);
+                pass.dispatch_workgroups(heads.div_ceil(COMBINE_THREADS), 1, 1);
+            }
+            if let (Some(pipeline), Some(group)) = (&key_mass_pipeline, &key_mass_group) {
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, group, &[]);
+                pass.dispatch_workgroups(key_blocks, s.q_heads as u32, s.batch as u32);
+            }
+        }
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(backend_error(format!(
+                "recording the forward call failed: {e}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Shared ownership for the host level.
+pub(crate) type SharedAttention = Arc<WgslAttention>;

@@ -1,0 +1,373 @@
+//! The host level: adapter discovery that explains itself, and the [`Backend`] trait (upload,
+//! run, read back), used by tests, tools and the demo.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use ::wgpu::util::DeviceExt;
+
+use super::device::{
+    BACKEND, DeviceArgs, DeviceSlice, DeviceTensor, SharedAttention, WgslAttention, WgslOptions,
+};
+use crate::contract::{
+    Backend, DType, Error, HostInputs, HostOutputs, HostTensor, Layout, Problem, Result, TensorName,
+};
+use crate::parity;
+
+/// NaN elements written after O's last element; they must still be NaN after a run.
+const GUARD_ELEMENTS: usize = 8;
+
+/// The WGSL backend on a wgpu adapter of its own: [`WgslAttention`] plus uploads and
+/// read-backs, behind the [`Backend`] trait.
+pub struct WgslBackend {
+    attention: SharedAttention,
+    device: ::wgpu::Device,
+    queue: ::wgpu::Queue,
+    info: ::wgpu::AdapterInfo,
+    adapter_features: ::wgpu::Features,
+    workgroup_storage: u32,
+    options: WgslOptions,
+    /// Errors wgpu raised outside an error scope (recorded, never a panic).
+    uncaptured: Arc<Mutex<Vec<String>>>,
+}
+
+fn backend_error(message: impl Into<String>) -> Error {
+    Error::Backend {
+        backend: BACKEND.to_string(),
+        message: message.into(),
+    }
+}
+
+impl WgslBackend {
+    /// Finds an adapter (the environment's `WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and
+    /// `WGPU_POWER_PREF` are honoured) and opens a device with the default options.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when no adapter is found or the device cannot be opened.
+    pub fn new() -> Result<WgslBackend> {
+        Self::with_options(WgslOptions::default())
+    }
+
+    /// As [`new`](Self::new), with explicit options (`subgroups: false` forces the path
+    /// without subgroup operations).
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when no adapter is found or the device cannot be opened.
+    pub fn with_options(options: WgslOptions) -> Result<WgslBackend> {
+        let instance = ::wgpu::Instance::new(
+            ::wgpu::InstanceDescriptor::new_without_display_handle_from_env(),
+        );
+        let adapter = pollster::block_on(
+            instance.request_adapter(&::wgpu::RequestAdapterOptions {
+                power_preference: ::wgpu::PowerPreference::from_env()
+                    .unwrap_or(::wgpu::PowerPreference::HighPerformance),
+                ..Default::default()
+            }),
+        )
+        .map_err(|e| backend_error(format!("no wgpu adapter found: {e}")))?;
+        let adapter_features = adapter.features();
+        // Only what a path uses: subgroups for the reductions, timestamps for the bench.
+        let wanted = ::wgpu::Features::SUBGROUP | ::wgpu::Features::TIMESTAMP_QUERY;
+        let required_features = adapter_features & wanted;
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&::wgpu::DeviceDescriptor {
+                label: Some("outlier-attn"),
+                required_features,
+                // The adapter's own limits: WebGPU's defaults cap workgroup memory at 16 KiB.
+                required_limits: adapter.limits(),
+                ..Default::default()
+            }))
+            .map_err(|e| backend_error(format!("opening the device failed: {e}")))?;
+        let uncaptured = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&uncaptured);
+        device.on_uncaptured_error(Arc::new(move |e: ::wgpu::Error| {
+            sink.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(e.to_string());
+        }));
+        let attention = Arc::new(WgslAttention::new(&device, options)?);
+        Ok(WgslBackend {
+            attention,
+            workgroup_storage: device.limits().max_compute_workgroup_storage_size,
+            device,
+            queue,
+            info: adapter.get_info(),
+            adapter_features,
+            options,
+            uncaptured,
+        })
+    }
+
+    /// The device-level engine this backend runs (for composing with other passes).
+    pub fn attention(&self) -> &WgslAttention {
+        &self.attention
+    }
+
+    /// The device this backend opened.
+    pub fn device(&self) -> &::wgpu::Device {
+        &self.device
+    }
+
+    /// The queue of that device.
+    pub fn queue(&self) -> &::wgpu::Queue {
+        &self.queue
+    }
+
+    /// The adapter's description.
+    pub fn adapter_info(&self) -> &::wgpu::AdapterInfo {
+        &self.info
+    }
+
+    fn upload(&self, label: &str, bytes: &[u8], usage: ::wgpu::BufferUsages) -> ::wgpu::Buffer {
+        self.device
+            .create_buffer_init(&::wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytes,
+                usage: usage | ::wgpu::BufferUsages::STORAGE,
+            })
+    }
+
+    fn take_uncaptured(&self) -> Result<()> {
+        let mut errors = self
+            .uncaptured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let message = errors.join("; ");
+        errors.clear();
+        Err(backend_error(message))
+    }
+}
+
+/// A dense f32 output of `len` elements at the start of `buffer`.
+fn slice(buffer: &::wgpu::Buffer, len: usize) -> DeviceSlice<'_> {
+    DeviceSlice {
+        buffer,
+        dtype: DType::F32,
+        offset: 0,
+        len,
+    }
+}
+
+/// An uploaded parameter as a device slice.
+fn param_slice(uploaded: &Option<(::wgpu::Buffer, DType, usize)>) -> Option<DeviceSlice<'_>> {
+    uploaded.as_ref().map(|(buffer, dtype, len)| DeviceSlice {
+        buffer,
+        dtype: *dtype,
+        offset: 0,
+        len: *len,
+    })
+}
+
+/// O's layout on the device: the caller's `layouts.o` when it is a valid output layout (so
+/// that strided writes are exercised), else dense.
+fn output_layout(problem: &Problem, inputs: &HostInputs) -> Layout {
+    let s = &problem.shape;
+    let dims = s.dims(TensorName::O);
+    let o = inputs.layouts.o;
+    if o.strides.channel == 1 && o.is_non_overlapping(dims) && o.reach(dims).is_some() {
+        o
+    } else {
+        Layout::contiguous(s.q_len, s.q_heads, s.head_dim)
+    }
+}
+
+impl Backend for WgslBackend {
+    fn name(&self) -> String {
+        format!("wgsl ({}, {:?})", self.info.name, self.info.backend)
+    }
+
+    fn describe(&self) -> Vec<String> {
+        let has = |f: ::wgpu::Features| self.adapter_features.contains(f);
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
+        vec![
+            self.name(),
+            format!(
+                "adapter: {} ({:?}, driver {} {})",
+                self.info.name, self.info.device_type, self.info.driver, self.info.driver_info
+            ),
+            format!(
+                "SUBGROUP: {}; reductions use {} (options.subgroups = {})",
+                yes_no(has(::wgpu::Features::SUBGROUP)),
+                if self.attention.uses_subgroups() {
+                    "subgroup operations, size read at run time"
+                } else {
+                    "workgroup-memory trees"
+                },
+                self.options.subgroups
+            ),
+            format!(
+                "SHADER_F16: {}; not needed: f16 and bf16 are read and written as packed 32-bit words on every adapter",
+                yes_no(has(::wgpu::Features::SHADER_F16))
+            ),
+            format!(
+                "workgroup memory: {} bytes; K/V tile of the forward pass: {} keys at d = 64, {} at d = 128, {} at d = 256",
+                self.workgroup_storage,
+                self.attention.forward_tile(64).unwrap_or(0),
+                self.attention.forward_tile(128).unwrap_or(0),
+                self.attention.forward_tile(256).unwrap_or(0),
+            ),
+        ]
+    }
+
+    fn forward(&self, problem: &Problem, inputs: &HostInputs) -> Result<HostOutputs> {
+        // Refuse bad host inputs before anything is uploaded.
+        inputs.validate(problem)?;
+        let s = &problem.shape;
+        let dtype = problem.dtype;
+        let read_only = ::wgpu::BufferUsages::empty();
+        let q = self.upload("q", inputs.q.as_bytes(), read_only);
+        let k = self.upload("k", inputs.k.as_bytes(), read_only);
+        let v = self.upload("v", inputs.v.as_bytes(), read_only);
+
+        // Outputs start as NaN, O with guard elements after it, so that an element the
+        // kernels never write, or one they write outside O, is caught.
+        let poisoned = parity::poisoned_outputs(problem);
+        let o_layout = output_layout(problem, inputs);
+        let o_reach = o_layout.reach(s.dims(TensorName::O)).unwrap_or(0) as usize;
+        let o_len = o_reach + GUARD_ELEMENTS;
+        let o_init = HostTensor::filled(dtype, o_len, f64::NAN);
+        let copy_src = ::wgpu::BufferUsages::COPY_SRC;
+        let o = self.upload("o", o_init.as_bytes(), copy_src);
+        let lse = self.upload("lse", bytemuck::cast_slice(&poisoned.lse), copy_src);
+        let stats = poisoned
+            .stats
+            .as_ref()
+            .map(|x| self.upload("stats", bytemuck::cast_slice(x), copy_src));
+        let key_mass = poisoned
+            .key_mass
+            .as_ref()
+            .map(|x| self.upload("key_mass", bytemuck::cast_slice(x), copy_src));
+        let params_buffers = inputs.params.map(|t| {
+            (
+                self.upload("param", t.as_bytes(), read_only),
+                t.dtype(),
+                t.len(),
+            )
+        });
+
+        let args = DeviceArgs {
+            q: DeviceTensor {
+                buffer: &q,
+                dtype,
+                layout: inputs.layouts.q,
+            },
+            k: DeviceTensor {
+                buffer: &k,
+                dtype,
+                layout: inputs.layouts.k,
+            },
+            v: DeviceTensor {
+                buffer: &v,
+                dtype,
+                layout: inputs.layouts.v,
+            },
+            o: DeviceTensor {
+                buffer: &o,
+                dtype,
+                layout: o_layout,
+            },
+            lse: slice(&lse, s.lse_len()),
+            stats: stats
+                .as_ref()
+                .map(|b| slice(b, poisoned.stats.as_ref().map_or(0, Vec::len))),
+            key_mass: key_mass.as_ref().map(|b| slice(b, s.key_mass_len())),
+            params: crate::contract::Params {
+                k_sink: param_slice(&params_buffers.k_sink),
+                v_sink: param_slice(&params_buffers.v_sink),
+                v_bias: param_slice(&params_buffers.v_bias),
+                sink_logits: param_slice(&params_buffers.sink_logits),
+                gate: param_slice(&params_buffers.gate),
+            },
+        };
+
+        let mut encoder = self
+            .device
+            .create_command_encoder(&::wgpu::CommandEncoderDescriptor {
+                label: Some("outlier-attn host call"),
+            });
+        self.attention.encode(&mut encoder, problem, &args)?;
+
+        // One read-back buffer: O (with its guard), LSE, stats, key mass, each 4-byte aligned.
+        let parts: Vec<&::wgpu::Buffer> = [Some(&o), Some(&lse), stats.as_ref(), key_mass.as_ref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let total: u64 = parts.iter().map(|b| b.size()).sum();
+        let readback = self.device.create_buffer(&::wgpu::BufferDescriptor {
+            label: Some("outlier-attn read-back"),
+            size: total,
+            usage: ::wgpu::BufferUsages::MAP_READ | ::wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut at = 0;
+        let mut ranges = Vec::new();
+        for b in &parts {
+            encoder.copy_buffer_to_buffer(b, 0, &readback, at, b.size());
+            ranges.push(at as usize..(at + b.size()) as usize);
+            at += b.size();
+        }
+        self.queue.submit([encoder.finish()]);
+        readback.slice(..).map_async(::wgpu::MapMode::Read, |_| {});
+        self.device
+            .poll(::wgpu::PollType::wait_indefinitely())
+            .map_err(|e| backend_error(format!("waiting for the device failed: {e}")))?;
+        self.take_uncaptured()?;
+        let bytes = readback
+            .get_mapped_range(..)
+            .map_err(|e| backend_error(format!("reading back failed: {e}")))?
+            .to_vec();
+        readback.unmap();
+
+        let f32s = |r: &std::ops::Range<usize>, len: usize| -> Vec<f32> {
+            bytemuck::pod_collect_to_vec::<u8, f32>(&bytes[r.clone()])[..len].to_vec()
+        };
+        let o_all = HostTensor::from_bytes(
+            dtype,
+            &bytes[ranges[0].start..][..o_len * dtype.size_bytes()],
+        )
+        .ok_or_else(|| backend_error("O read back with a partial element"))?;
+        // Gather O dense and check that nothing outside its view changed.
+        let mut in_view = vec![false; o_len];
+        let mut o_dense =
+            HostTensor::filled(dtype, s.batch * s.q_len * s.q_heads * s.head_dim, 0.0);
+        let dense = Layout::contiguous(s.q_len, s.q_heads, s.head_dim);
+        for b in 0..s.batch {
+            for i in 0..s.q_len {
+                for h in 0..s.q_heads {
+                    for c in 0..s.head_dim {
+                        let at = o_layout.index(b, i, h, c);
+                        in_view[at] = true;
+                        o_dense.set(dense.index(b, i, h, c), o_all.get(at).unwrap_or(f64::NAN));
+                    }
+                }
+            }
+        }
+        if let Some(at) =
+            (0..o_len).find(|&i| !in_view[i] && !o_all.get(i).is_some_and(f64::is_nan))
+        {
+            return Err(backend_error(format!(
+                "the kernel wrote element {at} of O's buffer, outside O's view"
+            )));
+        }
+        let mut next = 1;
+        let lse_out = f32s(&ranges[next], s.lse_len());
+        next += 1;
+        let stats_out = poisoned.stats.as_ref().map(|x| {
+            let r = f32s(&ranges[next], x.len());
+            next += 1;
+            r
+        });
+        let key_mass_out = poisoned
+            .key_mass
+            .as_ref()
+            .map(|x| f32s(&ranges[next], x.len()));
+        Ok(HostOutputs {
+            o: o_dense,
+            lse: lse_out,
+            stats: stats_out,
+            key_mass: key_mass_out,
+        })
+    }
+}

@@ -1,0 +1,341 @@
+//! The WGSL backend against the reference: the shared parity sweep on both reduction paths
+//! (subgroup and workgroup-memory), views into larger buffers, determinism and refusals.
+//!
+//! Runs on whatever adapter wgpu finds (lavapipe in CI). With no adapter the tests print a
+//! skip message, or fail when `OUTLIER_ATTN_REQUIRE` names `wgsl`.
+#![cfg(feature = "wgpu")]
+mod common;
+
+use common::{Case, Limits};
+use outlier_attn::cases::InputSpec;
+use outlier_attn::wgsl::{WgslBackend, WgslOptions};
+use outlier_attn::{
+    Backend, DType, Error, Gate, GateGranularity, HostInputs, Mask, Problem, Shape, StatsLevel,
+    Variant,
+};
+
+/// The backend on this machine's adapter, or `None` after reporting why (a failure when CI
+/// requires it).
+fn backend(subgroups: bool) -> Option<WgslBackend> {
+    match WgslBackend::with_options(WgslOptions { subgroups }) {
+        Ok(b) => {
+            eprintln!("{}", b.describe().join("\n  "));
+            Some(b)
+        }
+        Err(e) => {
+            common::skip_or_fail("wgsl", &e.to_string());
+            None
+        }
+    }
+}
+
+/// Lengths past a 64-row query block and several K/V tiles, head dims to 128.
+fn wide_limits() -> Limits {
+    Limits {
+        max_len: 70,
+        max_head_dim: 128,
+        ..Limits::default()
+    }
+}
+
+/// Few, short cases with every head dim up to 256.
+fn deep_limits() -> Limits {
+    Limits {
+        max_len: 20,
+        max_head_dim: 256,
+        max_batch: 1,
+        max_kv_heads: 2,
+        max_group: 2,
+        ..Limits::default()
+    }
+}
+
+/// The sweep on one path; each path and size range is its own test so that they run in
+/// parallel.
+fn sweep(subgroups: bool, limits: &Limits) {
+    let Some(b) = backend(subgroups) else { return };
+    if subgroups && !b.attention().uses_subgroups() {
+        eprintln!("note: the adapter has no SUBGROUP; this sweep runs the workgroup path");
+    }
+    assert!(
+        subgroups || !b.attention().uses_subgroups(),
+        "the option must force the workgroup path"
+    );
+    common::parity_sweep(&b, limits);
+}
+
+#[test]
+fn parity_sweep_subgroup_path() {
+    sweep(true, &wide_limits());
+}
+
+#[test]
+fn parity_sweep_workgroup_path() {
+    sweep(false, &wide_limits());
+}
+
+/// Head dims only change the tiles and loops, not the reduction path: one path suffices.
+#[test]
+fn parity_sweep_head_dims_to_256() {
+    sweep(true, &deep_limits());
+}
+
+/// Hand-picked cases the random sweep may miss: decode, a single key, rows with no key, 113
+/// (no multiple of a tile), d = 256, massive activations in 16-bit dtypes, wide sinks.
+#[test]
+fn edge_cases() {
+    let Some(b) = backend(true) else { return };
+    let shapes = [
+        Shape::new(1, 4, 1, 1, 113, 64),  // decode, MQA
+        Shape::new(2, 2, 2, 113, 1, 32),  // one key
+        Shape::new(1, 2, 1, 80, 17, 128), // Nq > Nk: causal rows with no key
+        Shape::new(1, 1, 1, 9, 30, 256),
+    ];
+    // Every variant on every shape, each dtype and mask in turn (a full product would
+    // build hundreds of pipelines, which lavapipe compiles slowly).
+    let variants = Variant::all_default();
+    for (n, shape) in shapes.iter().enumerate() {
+        for (m, variant) in variants.iter().enumerate() {
+            let dtype = DType::ALL[(n + m) % 3];
+            let mask = if (n + m) % 2 == 0 {
+                Mask::Causal
+            } else {
+                Mask::None
+            };
+            let case = Case {
+                problem: Problem::new(*shape, dtype)
+                    .with_variant(*variant)
+                    .with_mask(mask)
+                    .with_stats(StatsLevel::HeadsAndKeys),
+                spec: InputSpec {
+                    seed: 3 + m as u64,
+                    massive: dtype != DType::F32,
+                    ..InputSpec::default()
+                },
+                views: false,
+            };
+            if let Err(e) = common::check_case(&b, &case) {
+                panic!("{e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn views_into_larger_buffers_match_dense_inputs() {
+    let Some(b) = backend(true) else { return };
+    for (dtype, variant) in [
+        (DType::F32, Variant::KvSink),
+        (DType::F16, Variant::Softmax),
+        (
+            DType::Bf16,
+            Variant::ContextScale {
+                gate: Gate::TwoSigmoid,
+                granularity: GateGranularity::PerChannel,
+            },
+        ),
+        (DType::F16, Variant::LogitSink),
+    ] {
+        let problem = Problem::new(Shape::new(2, 4, 2, 67, 45, 40), dtype)
+            .with_variant(variant)
+            .with_mask(Mask::Causal)
+            .with_stats(StatsLevel::HeadsAndKeys);
+        for seed in 0..3 {
+            common::assert_views_match(&b, &problem, seed);
+        }
+    }
+}
+
+#[test]
+fn two_runs_are_bit_identical() {
+    for subgroups in [true, false] {
+        let Some(b) = backend(subgroups) else { return };
+        for (dtype, variant) in [
+            (DType::F32, Variant::Softmax1),
+            (
+                DType::Bf16,
+                Variant::ClippedSoftmax {
+                    zeta: 1.1,
+                    gamma: -0.1,
+                },
+            ),
+            (DType::F16, Variant::Sigmoid { bias: None }),
+        ] {
+            let case = Case {
+                problem: Problem::new(Shape::new(2, 4, 2, 130, 75, 64), dtype)
+                    .with_variant(variant)
+                    .with_stats(StatsLevel::HeadsAndKeys),
+                spec: InputSpec {
+                    seed: 11,
+                    massive: true,
+                    ..InputSpec::default()
+                },
+                views: true,
+            };
+            common::assert_deterministic(&b, &case);
+        }
+    }
+}
+
+#[test]
+fn invalid_problems_are_typed_errors() {
+    let Some(b) = backend(true) else { return };
+    let problem = Problem::new(Shape::new(1, 3, 2, 4, 4, 16), DType::F32);
+    let inputs = outlier_attn::cases::random_inputs(
+        &Problem::new(Shape::new(1, 2, 2, 4, 4, 16), DType::F32),
+        &InputSpec::default(),
+    );
+    assert!(matches!(
+        b.forward(&problem, &inputs),
+        Err(Error::HeadGroups { .. })
+    ));
+    // A learned sink missing.
+    let problem =
+        Problem::new(Shape::new(1, 2, 2, 4, 4, 16), DType::F32).with_variant(Variant::KvSink);
+    let dense = HostInputs::dense(
+        &problem,
+        inputs.q.clone(),
+        inputs.k.clone(),
+        inputs.v.clone(),
+    );
+    assert!(matches!(
+        b.forward(&problem, &dense),
+        Err(Error::MissingParam { .. })
+    ));
+    // A bad softcap.
+    let problem = Problem::new(Shape::new(1, 2, 2, 4, 4, 16), DType::F32).with_softcap(f32::NAN);
+    assert!(matches!(
+        b.forward(&problem, &inputs),
+        Err(Error::Scalar { .. })
+    ));
+}
+
+/// The engine-level entry: the caller's buffers, with LSE and statistics at element offsets
+/// inside larger buffers (not 256-byte aligned), recorded into the caller's encoder, give
+/// bit-identical results to the host level; and bad buffers are typed errors before anything
+/// is recorded.
+#[test]
+fn device_level_offsets_and_refusals() {
+    use outlier_attn::wgsl::{DeviceArgs, DeviceSlice, DeviceTensor};
+    use outlier_attn::{Params, Stat};
+    use wgpu::util::DeviceExt;
+
+    let Some(b) = backend(true) else { return };
+    let problem = Problem::new(Shape::new(1, 2, 1, 9, 13, 16), DType::F16)
+        .with_variant(Variant::LogitSink)
+        .with_mask(Mask::Causal)
+        .with_stats(StatsLevel::Heads);
+    let inputs = outlier_attn::cases::random_inputs(&problem, &InputSpec::default());
+    let expected = b.forward(&problem, &inputs).expect("host-level run");
+
+    let device = b.device();
+    let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+    let upload = |bytes: &[u8]| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytes,
+            usage: storage,
+        })
+    };
+    let s = &problem.shape;
+    let (lse_at, stats_at) = (37u64, 70u64);
+    let floats = vec![0f32; 200];
+    let lse_buf = upload(bytemuck::cast_slice(&floats));
+    let stats_buf = upload(bytemuck::cast_slice(&floats));
+    let o_buf = upload(&vec![0u8; s.batch * s.q_len * s.q_heads * s.head_dim * 2]);
+    let (q, k, v) = (
+        upload(inputs.q.as_bytes()),
+        upload(inputs.k.as_bytes()),
+        upload(inputs.v.as_bytes()),
+    );
+    let theta = upload(inputs.params.sink_logits.as_ref().expect("θ").as_bytes());
+    let tensor = |buffer, layout| DeviceTensor {
+        buffer,
+        dtype: DType::F16,
+        layout,
+    };
+    let slice = |buffer, offset, len| DeviceSlice {
+        buffer,
+        dtype: DType::F32,
+        offset,
+        len,
+    };
+    let stats_len = s.heads_total() * Stat::COUNT;
+    let args = DeviceArgs {
+        q: tensor(&q, inputs.layouts.q),
+        k: tensor(&k, inputs.layouts.k),
+        v: tensor(&v, inputs.layouts.v),
+        o: tensor(&o_buf, inputs.layouts.q),
+        lse: slice(&lse_buf, lse_at, s.lse_len()),
+        stats: Some(slice(&stats_buf, stats_at, stats_len)),
+        key_mass: None,
+        params: Params {
+            sink_logits: Some(slice(&theta, 0, s.q_heads)),
+            ..Params::none()
+        },
+    };
+    let mut encoder = device.create_command_encoder(&Default::default());
+    b.attention()
+        .encode(&mut encoder, &problem, &args)
+        .expect("device-level encode");
+    let read = |buffer: &wgpu::Buffer, encoder: &mut wgpu::CommandEncoder| {
+        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: buffer.size(),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
+        staging
+    };
+    let lse_read = read(&lse_buf, &mut encoder);
+    let stats_read = read(&stats_buf, &mut encoder);
+    b.queue().submit([encoder.finish()]);
+    for staging in [&lse_read, &stats_read] {
+        staging.slice(..).map_async(wgpu::MapMode::Read, |_| {});
+    }
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .expect("poll");
+    let floats_of = |staging: &wgpu::Buffer| -> Vec<f32> {
+        bytemuck::pod_collect_to_vec(&staging.get_mapped_range(..).expect("mapped").to_vec())
+    };
+    let lse = floats_of(&lse_read);
+    let stats = floats_of(&stats_read);
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let lse_at = lse_at as usize;
+    let stats_at = stats_at as usize;
+    assert_eq!(
+        bits(&lse[lse_at..lse_at + s.lse_len()]),
+        bits(&expected.lse)
+    );
+    assert_eq!(
+        bits(&stats[stats_at..stats_at + stats_len]),
+        bits(expected.stats.as_deref().expect("stats"))
+    );
+    assert!(
+        lse[..lse_at]
+            .iter()
+            .chain(&lse[lse_at + s.lse_len()..])
+            .all(|&x| x == 0.0)
+    );
+
+    // Refusals: a slice past its buffer's end, a statistics buffer of the wrong size.
+    let mut encoder = device.create_command_encoder(&Default::default());
+    let past_end = DeviceArgs {
+        lse: slice(&lse_buf, 190, s.lse_len()),
+        ..args.clone()
+    };
+    assert!(matches!(
+        b.attention().encode(&mut encoder, &problem, &past_end),
+        Err(Error::BufferTooShort { .. })
+    ));
+    let short_stats = DeviceArgs {
+        stats: Some(slice(&stats_buf, 0, stats_len - 1)),
+        ..args.clone()
+    };
+    assert!(matches!(
+        b.attention().encode(&mut encoder, &problem, &short_stats),
+        Err(Error::Size { .. })
+    ));
+}
