@@ -298,7 +298,7 @@ fn device_level_offsets_and_refusals() {
         .poll(wgpu::PollType::wait_indefinitely())
         .expect("poll");
     let floats_of = |staging: &wgpu::Buffer| -> Vec<f32> {
-        bytemuck::pod_collect_to_vec(&staging.get_mapped_range(..).expect("mapped").to_vec())
+        bytemuck::pod_collect_to_vec(&staging.get_mapped_range(..).expect("mapped"))
     };
     let lse = floats_of(&lse_read);
     let stats = floats_of(&stats_read);
