@@ -1,6 +1,10 @@
-//! CUDA forward-pass throughput: bf16, d = 64 and 128, causal and not, Nq = Nk = 1k..16k with
-//! 16 heads and B·N = 16k tokens (the shapes of the H200 comparison with PyTorch), plus the
-//! cost of `Heads` statistics and of ContextScale at d = 128.
+//! CUDA forward-pass throughput, in two groups:
+//!
+//! - `cuda_suite`: the cases of `outlier-attn bench` (`suites::bench_problems` at
+//!   `suites::BENCH_LENS`, timed as the tool times them; see `common`).
+//! - `cuda`: bf16, d = 64 and 128, causal and not, Nq = Nk = 1k..16k with 16 heads and
+//!   B·N = 16k tokens (the shapes of the H200 comparison with PyTorch), plus the cost of
+//!   `Heads` statistics and of ContextScale at d = 128.
 //!
 //! Timed with CUDA events around back-to-back launches on one stream (`iter_custom`). Each
 //! shape also prints one `outlier-attn-bench` line (TFLOP/s, FLOPs by `Problem::flops`) and,
@@ -11,11 +15,13 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
-use outlier_attn::cuda::{CudaAttention, DeviceArgs, DeviceParams, Workspace, detect};
+use outlier_attn::cuda::{CudaAttention, CudaBackend, DeviceArgs, DeviceParams, Workspace, detect};
 use outlier_attn::{
     DType, Gate, GateGranularity, Layouts, Mask, Problem, Shape, Stat, StatsLevel, Variant,
 };
@@ -178,17 +184,17 @@ fn problems() -> Vec<Problem> {
 fn bench(c: &mut Criterion) {
     let ctx = match detect() {
         Ok(ctx) => ctx,
-        Err(e) => {
-            let required = std::env::var("OUTLIER_ATTN_REQUIRE")
-                .is_ok_and(|v| v.split(',').any(|n| n.trim() == "cuda"));
-            assert!(
-                !required,
-                "backend cuda is required (OUTLIER_ATTN_REQUIRE): {e}"
-            );
-            eprintln!("skipped: the CUDA benchmark needs a GPU: {e}");
-            return;
-        }
+        Err(e) => return common::absent("cuda", &e),
     };
+    match CudaBackend::new() {
+        Ok(backend) => common::suite(
+            c,
+            "cuda_suite",
+            &backend,
+            &common::lens(&outlier_attn::suites::BENCH_LENS),
+        ),
+        Err(e) => return common::absent("cuda", &e),
+    }
     let stream = ctx.new_stream().expect("stream");
     let attn = CudaAttention::new(ctx).expect("nvrtc");
     let mut workspace = Workspace::new();

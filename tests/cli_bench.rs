@@ -2,6 +2,9 @@
 
 use std::process::Command;
 
+#[cfg(feature = "wgpu")]
+mod common;
+
 #[test]
 fn bench_times_every_case_and_writes_json_and_a_plot() {
     let dir = std::env::temp_dir();
@@ -60,4 +63,51 @@ fn bench_refuses_a_zero_length() {
         .output()
         .expect("the binary runs");
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// On a backend with a device timer (WGSL: timestamp queries), every row is timed by it.
+#[cfg(feature = "wgpu")]
+#[test]
+fn bench_uses_the_device_clock_where_the_backend_has_one() {
+    if let Err(e) = outlier_attn::wgsl::WgslBackend::new() {
+        return common::skip_or_fail("wgsl", &e.to_string());
+    }
+    let json = std::env::temp_dir().join(format!(
+        "outlier-attn-bench-wgsl-{}.json",
+        std::process::id()
+    ));
+    let out = Command::new(env!("CARGO_BIN_EXE_outlier-attn"))
+        .args([
+            "bench",
+            "--backend",
+            "wgsl",
+            "--lens",
+            "16",
+            "--warmup",
+            "0",
+            "--reps",
+            "2",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let results = value["results"].as_array().unwrap();
+    assert_eq!(
+        results.len(),
+        outlier_attn::suites::bench_problems(16, outlier_attn::DType::F16).len()
+    );
+    for r in results {
+        assert_eq!(r["clock"], "device", "{r}");
+        assert!(r["median_ms"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    std::fs::remove_file(&json).ok();
 }

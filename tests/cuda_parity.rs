@@ -195,3 +195,13 @@ fn cuda_prepare_every_specialization() {
         start.elapsed().as_secs_f64()
     );
 }
+
+#[test]
+fn cuda_device_times_measure_the_kernels() {
+    let Some(b) = backend() else { return };
+    assert!(
+        common::assert_device_times_measure_the_kernels(b),
+        "{}: CUDA events are always there",
+        b.name()
+    );
+}

@@ -339,3 +339,19 @@ fn device_level_offsets_and_refusals() {
         Err(Error::Size { .. })
     ));
 }
+
+#[test]
+fn device_times_measure_the_kernels() {
+    let Some(b) = backend(true) else { return };
+    let timed = common::assert_device_times_measure_the_kernels(&b);
+    let has_timestamps = b
+        .device()
+        .features()
+        .contains(wgpu::Features::TIMESTAMP_QUERY);
+    assert_eq!(
+        timed,
+        has_timestamps,
+        "{}: a device timer exactly when the device has TIMESTAMP_QUERY (lavapipe has it)",
+        b.name()
+    );
+}

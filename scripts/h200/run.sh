@@ -55,7 +55,7 @@ step compile_warm 30 ./bin/cuda_parity --exact cuda_module_compile_time --nocapt
 PROPTEST_CASES=64 step parity 200 ./bin/cuda_parity
 PROPTEST_CASES=4 step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 1 ./bin/cuda_parity --exact cuda_fixed_cases
 PROPTEST_CASES=4 step racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 1 ./bin/cuda_parity --exact cuda_fixed_cases
-OUTLIER_ATTN_BENCH_OUT="$RES/ours.jsonl" step bench 150 ./bin/cuda_bench --bench --warm-up-time 0.5 --measurement-time 1
+OUTLIER_ATTN_BENCH_OUT="$RES/ours.jsonl" step bench 150 ./bin/cuda_bench --bench '^cuda/' --warm-up-time 0.5 --measurement-time 1
 step compare 60 python3 compare.py "$RES/ours.jsonl"
 
 echo "== compile time"

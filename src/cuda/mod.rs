@@ -30,7 +30,9 @@ pub mod kernels;
 mod params;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 
 pub use device::{CudaAttention, CudaElement, DeviceArgs, DeviceParams, Workspace};
@@ -119,88 +121,145 @@ impl CudaBackend {
         &self.stream
     }
 
+    /// Uploads validated host inputs and allocates NaN-poisoned outputs.
+    fn resident<T: CudaElement>(
+        &self,
+        problem: &Problem,
+        inputs: &HostInputs,
+    ) -> Result<Resident<T>> {
+        let stream = &self.stream;
+        let upload = |t: &HostTensor| -> Result<CudaSlice<T>> {
+            let host: Vec<T> = bytemuck::pod_collect_to_vec(t.as_bytes());
+            stream.clone_htod(&host).map_err(driver_error)
+        };
+        let upload_f32 = |t: &HostTensor| -> Result<CudaSlice<f32>> {
+            stream
+                .clone_htod(&t.to_f64_vec().iter().map(|&x| x as f32).collect::<Vec<_>>())
+                .map_err(driver_error)
+        };
+        let upload_f32s = |x: &Vec<f32>| stream.clone_htod(x).map_err(driver_error);
+        let s = &problem.shape;
+        let poisoned = parity::poisoned_outputs(problem);
+        let pr = &inputs.params;
+        Ok(Resident {
+            q: upload(&inputs.q)?,
+            k: upload(&inputs.k)?,
+            v: upload(&inputs.v)?,
+            o: upload(&poisoned.o)?,
+            lse: upload_f32s(&poisoned.lse)?,
+            stats: poisoned.stats.as_ref().map(upload_f32s).transpose()?,
+            key_mass: poisoned.key_mass.as_ref().map(upload_f32s).transpose()?,
+            k_sink: pr.k_sink.as_ref().map(upload_f32).transpose()?,
+            v_sink: pr.v_sink.as_ref().map(upload_f32).transpose()?,
+            v_bias: pr.v_bias.as_ref().map(upload_f32).transpose()?,
+            sink_logits: pr.sink_logits.as_ref().map(upload_f32).transpose()?,
+            gate: pr.gate.as_ref().map(upload).transpose()?,
+            // Host-level O is dense; the inputs keep their layouts.
+            layouts: Layouts {
+                o: Layout::contiguous(s.q_len, s.q_heads, s.head_dim),
+                ..inputs.layouts
+            },
+        })
+    }
+
     fn run<T: CudaElement>(&self, problem: &Problem, inputs: &HostInputs) -> Result<HostOutputs>
     where
         HostTensor: From<Vec<T>>,
     {
         let stream = &self.stream;
-        let dev = |e: cudarc::driver::DriverError| backend_error(format!("{e}"));
-        let upload = |t: &HostTensor| -> Result<CudaSlice<T>> {
-            let host: Vec<T> = bytemuck::pod_collect_to_vec(t.as_bytes());
-            stream.clone_htod(&host).map_err(dev)
-        };
-        let upload_f32 = |t: &HostTensor| -> Result<CudaSlice<f32>> {
-            stream
-                .clone_htod(&t.to_f64_vec().iter().map(|&x| x as f32).collect::<Vec<_>>())
-                .map_err(dev)
-        };
-        let s = &problem.shape;
-        let q = upload(&inputs.q)?;
-        let k = upload(&inputs.k)?;
-        let v = upload(&inputs.v)?;
-        let poisoned = parity::poisoned_outputs(problem);
-        let mut o = upload(&poisoned.o)?;
-        let mut lse = stream.clone_htod(&poisoned.lse).map_err(dev)?;
-        let mut stats = poisoned
-            .stats
-            .as_ref()
-            .map(|x| stream.clone_htod(x))
-            .transpose()
-            .map_err(dev)?;
-        let mut key_mass = poisoned
-            .key_mass
-            .as_ref()
-            .map(|x| stream.clone_htod(x))
-            .transpose()
-            .map_err(dev)?;
-        let pr = &inputs.params;
-        let k_sink = pr.k_sink.as_ref().map(upload_f32).transpose()?;
-        let v_sink = pr.v_sink.as_ref().map(upload_f32).transpose()?;
-        let v_bias = pr.v_bias.as_ref().map(upload_f32).transpose()?;
-        let sink_logits = pr.sink_logits.as_ref().map(upload_f32).transpose()?;
-        let gate = pr.gate.as_ref().map(upload).transpose()?;
-        // Host-level O is dense; the inputs keep their layouts.
-        let layouts = Layouts {
-            o: Layout::contiguous(s.q_len, s.q_heads, s.head_dim),
-            ..inputs.layouts
-        };
-        let args = DeviceArgs {
-            q: q.as_view(),
-            k: k.as_view(),
-            v: v.as_view(),
-            o: o.as_view_mut(),
-            lse: lse.as_view_mut(),
-            stats: stats.as_mut().map(|x| x.as_view_mut()),
-            key_mass: key_mass.as_mut().map(|x| x.as_view_mut()),
-            layouts,
-            params: DeviceParams {
-                k_sink: k_sink.as_ref().map(|x| x.as_view()),
-                v_sink: v_sink.as_ref().map(|x| x.as_view()),
-                v_bias: v_bias.as_ref().map(|x| x.as_view()),
-                sink_logits: sink_logits.as_ref().map(|x| x.as_view()),
-                gate: gate.as_ref().map(|x| x.as_view()),
-            },
-        };
+        let mut resident = self.resident::<T>(problem, inputs)?;
         let mut workspace = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
         self.attention
-            .forward(stream, problem, args, &mut workspace)?;
-        let o_host: Vec<T> = stream.clone_dtoh(&o).map_err(dev)?;
+            .forward(stream, problem, resident.args(), &mut workspace)?;
+        let r = &resident;
+        let download = |x: &CudaSlice<f32>| stream.clone_dtoh(x).map_err(driver_error);
+        let o_host: Vec<T> = stream.clone_dtoh(&r.o).map_err(driver_error)?;
         let out = HostOutputs {
             o: HostTensor::from(o_host),
-            lse: stream.clone_dtoh(&lse).map_err(dev)?,
-            stats: stats
-                .as_ref()
-                .map(|x| stream.clone_dtoh(x))
-                .transpose()
-                .map_err(dev)?,
-            key_mass: key_mass
-                .as_ref()
-                .map(|x| stream.clone_dtoh(x))
-                .transpose()
-                .map_err(dev)?,
+            lse: download(&r.lse)?,
+            stats: r.stats.as_ref().map(download).transpose()?,
+            key_mass: r.key_mass.as_ref().map(download).transpose()?,
         };
-        stream.synchronize().map_err(dev)?;
+        stream.synchronize().map_err(driver_error)?;
         Ok(out)
+    }
+
+    /// `reps` passes after `warmup`, each between two events recorded on the stream
+    /// (`CU_EVENT_DEFAULT`: timing enabled), launched back to back as an engine would.
+    fn times<T: CudaElement>(
+        &self,
+        problem: &Problem,
+        inputs: &HostInputs,
+        warmup: usize,
+        reps: usize,
+    ) -> Result<Vec<Duration>> {
+        let stream = &self.stream;
+        let mut resident = self.resident::<T>(problem, inputs)?;
+        let mut workspace = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..warmup {
+            self.attention
+                .forward(stream, problem, resident.args(), &mut workspace)?;
+        }
+        let timed = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        let mut events = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let begin = stream.record_event(timed).map_err(driver_error)?;
+            self.attention
+                .forward(stream, problem, resident.args(), &mut workspace)?;
+            let end = stream.record_event(timed).map_err(driver_error)?;
+            events.push((begin, end));
+        }
+        stream.synchronize().map_err(driver_error)?;
+        events
+            .iter()
+            .map(|(begin, end)| {
+                let ms = begin.elapsed_ms(end).map_err(driver_error)?;
+                Ok(Duration::from_secs_f64(f64::from(ms.max(0.0)) * 1e-3))
+            })
+            .collect()
+    }
+}
+
+fn driver_error(e: cudarc::driver::DriverError) -> Error {
+    backend_error(e.to_string())
+}
+
+/// One host-level call's buffers on the device.
+struct Resident<T> {
+    q: CudaSlice<T>,
+    k: CudaSlice<T>,
+    v: CudaSlice<T>,
+    o: CudaSlice<T>,
+    lse: CudaSlice<f32>,
+    stats: Option<CudaSlice<f32>>,
+    key_mass: Option<CudaSlice<f32>>,
+    k_sink: Option<CudaSlice<f32>>,
+    v_sink: Option<CudaSlice<f32>>,
+    v_bias: Option<CudaSlice<f32>>,
+    sink_logits: Option<CudaSlice<f32>>,
+    gate: Option<CudaSlice<T>>,
+    layouts: Layouts,
+}
+
+impl<T: CudaElement> Resident<T> {
+    fn args(&mut self) -> DeviceArgs<'_, T> {
+        DeviceArgs {
+            q: self.q.as_view(),
+            k: self.k.as_view(),
+            v: self.v.as_view(),
+            o: self.o.as_view_mut(),
+            lse: self.lse.as_view_mut(),
+            stats: self.stats.as_mut().map(|x| x.as_view_mut()),
+            key_mass: self.key_mass.as_mut().map(|x| x.as_view_mut()),
+            layouts: self.layouts,
+            params: DeviceParams {
+                k_sink: self.k_sink.as_ref().map(|x| x.as_view()),
+                v_sink: self.v_sink.as_ref().map(|x| x.as_view()),
+                v_bias: self.v_bias.as_ref().map(|x| x.as_view()),
+                sink_logits: self.sink_logits.as_ref().map(|x| x.as_view()),
+                gate: self.gate.as_ref().map(|x| x.as_view()),
+            },
+        }
     }
 }
 
@@ -236,5 +295,21 @@ impl Backend for CudaBackend {
             DType::F16 => self.run::<half::f16>(problem, inputs),
             DType::Bf16 => self.run::<half::bf16>(problem, inputs),
         }
+    }
+
+    fn device_times(
+        &self,
+        problem: &Problem,
+        inputs: &HostInputs,
+        warmup: usize,
+        reps: usize,
+    ) -> Result<Option<Vec<Duration>>> {
+        inputs.validate(problem)?;
+        match problem.dtype {
+            DType::F32 => self.times::<f32>(problem, inputs, warmup, reps),
+            DType::F16 => self.times::<half::f16>(problem, inputs, warmup, reps),
+            DType::Bf16 => self.times::<half::bf16>(problem, inputs, warmup, reps),
+        }
+        .map(Some)
     }
 }

@@ -456,6 +456,22 @@ impl WgslAttention {
         problem: &Problem,
         args: &DeviceArgs<'_>,
     ) -> Result<Validated> {
+        self.encode_timed(encoder, problem, args, None)
+    }
+
+    /// As [`encode`](Self::encode), and writes the device's timestamps at the beginning and
+    /// end of the call's compute pass into the caller's query set (the device needs
+    /// `Features::TIMESTAMP_QUERY`). Every pass of the call is inside the two timestamps.
+    ///
+    /// # Errors
+    /// As [`encode`](Self::encode).
+    pub fn encode_timed(
+        &self,
+        encoder: &mut ::wgpu::CommandEncoder,
+        problem: &Problem,
+        args: &DeviceArgs<'_>,
+        timestamp_writes: Option<::wgpu::ComputePassTimestampWrites<'_>>,
+    ) -> Result<Validated> {
         let tensor_arg = |t: &DeviceTensor<'_>| TensorArg {
             dtype: t.dtype,
             len: (t.buffer.size() / t.dtype.size_bytes() as u64) as usize,
@@ -508,7 +524,7 @@ impl WgslAttention {
                 params,
             },
         )?;
-        self.record(encoder, &checked, args)?;
+        self.record(encoder, &checked, args, timestamp_writes)?;
         Ok(checked)
     }
 
@@ -517,6 +533,7 @@ impl WgslAttention {
         encoder: &mut ::wgpu::CommandEncoder,
         checked: &Validated,
         args: &DeviceArgs<'_>,
+        timestamp_writes: Option<::wgpu::ComputePassTimestampWrites<'_>>,
     ) -> Result<()> {
         let problem = checked.problem();
         let s = checked.shape();
@@ -744,7 +761,7 @@ impl WgslAttention {
         {
             let mut pass = encoder.begin_compute_pass(&::wgpu::ComputePassDescriptor {
                 label: Some("outlier-attn"),
-                timestamp_writes: None,
+                timestamp_writes,
             });
             pass.set_pipeline(&forward);
             pass.set_bind_group(0, &forward_group, &[]);

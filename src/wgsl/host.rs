@@ -2,6 +2,7 @@
 //! run, read back), used by tests, tools and the demo.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use ::wgpu::util::DeviceExt;
 
@@ -173,6 +174,103 @@ fn output_layout(problem: &Problem, inputs: &HostInputs) -> Layout {
     }
 }
 
+/// One host-level call's buffers on the device: the inputs uploaded, the outputs NaN-poisoned
+/// (O with guard elements after its view), so that an element the kernels never write, or one
+/// they write outside O, is caught.
+struct Resident {
+    q: ::wgpu::Buffer,
+    k: ::wgpu::Buffer,
+    v: ::wgpu::Buffer,
+    o: ::wgpu::Buffer,
+    o_layout: Layout,
+    /// Elements of O's buffer: its view's reach plus the guard.
+    o_len: usize,
+    lse: ::wgpu::Buffer,
+    stats: Option<::wgpu::Buffer>,
+    key_mass: Option<::wgpu::Buffer>,
+    params: crate::contract::Params<(::wgpu::Buffer, DType, usize)>,
+    poisoned: HostOutputs,
+}
+
+impl Resident {
+    /// The device-level arguments over these buffers, with the inputs' layouts.
+    fn args(&self, dtype: DType, inputs: &HostInputs) -> DeviceArgs<'_> {
+        let tensor = |buffer, layout| DeviceTensor {
+            buffer,
+            dtype,
+            layout,
+        };
+        DeviceArgs {
+            q: tensor(&self.q, inputs.layouts.q),
+            k: tensor(&self.k, inputs.layouts.k),
+            v: tensor(&self.v, inputs.layouts.v),
+            o: tensor(&self.o, self.o_layout),
+            lse: slice(&self.lse, self.poisoned.lse.len()),
+            stats: self
+                .stats
+                .as_ref()
+                .map(|b| slice(b, self.poisoned.stats.as_ref().map_or(0, Vec::len))),
+            key_mass: self
+                .key_mass
+                .as_ref()
+                .map(|b| slice(b, self.poisoned.key_mass.as_ref().map_or(0, Vec::len))),
+            params: crate::contract::Params {
+                k_sink: param_slice(&self.params.k_sink),
+                v_sink: param_slice(&self.params.v_sink),
+                v_bias: param_slice(&self.params.v_bias),
+                sink_logits: param_slice(&self.params.sink_logits),
+                gate: param_slice(&self.params.gate),
+            },
+        }
+    }
+}
+
+impl WgslBackend {
+    /// Uploads validated host inputs and allocates poisoned outputs.
+    fn resident(&self, problem: &Problem, inputs: &HostInputs) -> Resident {
+        let s = &problem.shape;
+        let read_only = ::wgpu::BufferUsages::empty();
+        let copy_src = ::wgpu::BufferUsages::COPY_SRC;
+        let poisoned = parity::poisoned_outputs(problem);
+        let o_layout = output_layout(problem, inputs);
+        let o_reach = o_layout.reach(s.dims(TensorName::O)).unwrap_or(0) as usize;
+        let o_len = o_reach + GUARD_ELEMENTS;
+        let o_init = HostTensor::filled(problem.dtype, o_len, f64::NAN);
+        Resident {
+            q: self.upload("q", inputs.q.as_bytes(), read_only),
+            k: self.upload("k", inputs.k.as_bytes(), read_only),
+            v: self.upload("v", inputs.v.as_bytes(), read_only),
+            o: self.upload("o", o_init.as_bytes(), copy_src),
+            o_layout,
+            o_len,
+            lse: self.upload("lse", bytemuck::cast_slice(&poisoned.lse), copy_src),
+            stats: poisoned
+                .stats
+                .as_ref()
+                .map(|x| self.upload("stats", bytemuck::cast_slice(x), copy_src)),
+            key_mass: poisoned
+                .key_mass
+                .as_ref()
+                .map(|x| self.upload("key_mass", bytemuck::cast_slice(x), copy_src)),
+            params: inputs.params.map(|t| {
+                (
+                    self.upload("param", t.as_bytes(), read_only),
+                    t.dtype(),
+                    t.len(),
+                )
+            }),
+            poisoned,
+        }
+    }
+
+    fn wait(&self) -> Result<()> {
+        self.device
+            .poll(::wgpu::PollType::wait_indefinitely())
+            .map_err(|e| backend_error(format!("waiting for the device failed: {e}")))?;
+        Ok(())
+    }
+}
+
 impl Backend for WgslBackend {
     fn name(&self) -> String {
         format!("wgsl ({}, {:?})", self.info.name, self.info.backend)
@@ -198,6 +296,19 @@ impl Backend for WgslBackend {
                 self.options.subgroups
             ),
             format!(
+                "TIMESTAMP_QUERY: {}; benchmarks time {}",
+                yes_no(has(::wgpu::Features::TIMESTAMP_QUERY)),
+                if self
+                    .device
+                    .features()
+                    .contains(::wgpu::Features::TIMESTAMP_QUERY)
+                {
+                    "the compute pass with the device's timestamps"
+                } else {
+                    "host wall time"
+                }
+            ),
+            format!(
                 "SHADER_F16: {}; not needed: f16 and bf16 are read and written as packed 32-bit words on every adapter",
                 yes_no(has(::wgpu::Features::SHADER_F16))
             ),
@@ -216,71 +327,19 @@ impl Backend for WgslBackend {
         inputs.validate(problem)?;
         let s = &problem.shape;
         let dtype = problem.dtype;
-        let read_only = ::wgpu::BufferUsages::empty();
-        let q = self.upload("q", inputs.q.as_bytes(), read_only);
-        let k = self.upload("k", inputs.k.as_bytes(), read_only);
-        let v = self.upload("v", inputs.v.as_bytes(), read_only);
-
-        // Outputs start as NaN, O with guard elements after it, so that an element the
-        // kernels never write, or one they write outside O, is caught.
-        let poisoned = parity::poisoned_outputs(problem);
-        let o_layout = output_layout(problem, inputs);
-        let o_reach = o_layout.reach(s.dims(TensorName::O)).unwrap_or(0) as usize;
-        let o_len = o_reach + GUARD_ELEMENTS;
-        let o_init = HostTensor::filled(dtype, o_len, f64::NAN);
-        let copy_src = ::wgpu::BufferUsages::COPY_SRC;
-        let o = self.upload("o", o_init.as_bytes(), copy_src);
-        let lse = self.upload("lse", bytemuck::cast_slice(&poisoned.lse), copy_src);
-        let stats = poisoned
-            .stats
-            .as_ref()
-            .map(|x| self.upload("stats", bytemuck::cast_slice(x), copy_src));
-        let key_mass = poisoned
-            .key_mass
-            .as_ref()
-            .map(|x| self.upload("key_mass", bytemuck::cast_slice(x), copy_src));
-        let params_buffers = inputs.params.map(|t| {
-            (
-                self.upload("param", t.as_bytes(), read_only),
-                t.dtype(),
-                t.len(),
-            )
-        });
-
-        let args = DeviceArgs {
-            q: DeviceTensor {
-                buffer: &q,
-                dtype,
-                layout: inputs.layouts.q,
-            },
-            k: DeviceTensor {
-                buffer: &k,
-                dtype,
-                layout: inputs.layouts.k,
-            },
-            v: DeviceTensor {
-                buffer: &v,
-                dtype,
-                layout: inputs.layouts.v,
-            },
-            o: DeviceTensor {
-                buffer: &o,
-                dtype,
-                layout: o_layout,
-            },
-            lse: slice(&lse, s.lse_len()),
-            stats: stats
-                .as_ref()
-                .map(|b| slice(b, poisoned.stats.as_ref().map_or(0, Vec::len))),
-            key_mass: key_mass.as_ref().map(|b| slice(b, s.key_mass_len())),
-            params: crate::contract::Params {
-                k_sink: param_slice(&params_buffers.k_sink),
-                v_sink: param_slice(&params_buffers.v_sink),
-                v_bias: param_slice(&params_buffers.v_bias),
-                sink_logits: param_slice(&params_buffers.sink_logits),
-                gate: param_slice(&params_buffers.gate),
-            },
-        };
+        let resident = self.resident(problem, inputs);
+        let Resident {
+            o,
+            o_layout,
+            o_len,
+            lse,
+            stats,
+            key_mass,
+            poisoned,
+            ..
+        } = &resident;
+        let (o_layout, o_len) = (*o_layout, *o_len);
+        let args = resident.args(dtype, inputs);
 
         let mut encoder = self
             .device
@@ -290,7 +349,7 @@ impl Backend for WgslBackend {
         self.attention.encode(&mut encoder, problem, &args)?;
 
         // One read-back buffer: O (with its guard), LSE, stats, key mass, each 4-byte aligned.
-        let parts: Vec<&::wgpu::Buffer> = [Some(&o), Some(&lse), stats.as_ref(), key_mass.as_ref()]
+        let parts: Vec<&::wgpu::Buffer> = [Some(o), Some(lse), stats.as_ref(), key_mass.as_ref()]
             .into_iter()
             .flatten()
             .collect();
@@ -310,9 +369,7 @@ impl Backend for WgslBackend {
         }
         self.queue.submit([encoder.finish()]);
         readback.slice(..).map_async(::wgpu::MapMode::Read, |_| {});
-        self.device
-            .poll(::wgpu::PollType::wait_indefinitely())
-            .map_err(|e| backend_error(format!("waiting for the device failed: {e}")))?;
+        self.wait()?;
         self.take_uncaptured()?;
         let bytes = readback
             .get_mapped_range(..)
@@ -369,5 +426,92 @@ impl Backend for WgslBackend {
             stats: stats_out,
             key_mass: key_mass_out,
         })
+    }
+
+    /// Timestamps around the call's compute pass ([`WgslAttention::encode_timed`]), one
+    /// submission per pass with the device idle in between, inputs resident. `Ok(None)` when
+    /// the device has no `TIMESTAMP_QUERY`.
+    fn device_times(
+        &self,
+        problem: &Problem,
+        inputs: &HostInputs,
+        warmup: usize,
+        reps: usize,
+    ) -> Result<Option<Vec<Duration>>> {
+        if !self
+            .device
+            .features()
+            .contains(::wgpu::Features::TIMESTAMP_QUERY)
+        {
+            return Ok(None);
+        }
+        inputs.validate(problem)?;
+        let resident = self.resident(problem, inputs);
+        let args = resident.args(problem.dtype, inputs);
+        let queries = self.device.create_query_set(&::wgpu::QuerySetDescriptor {
+            label: Some("outlier-attn timestamps"),
+            ty: ::wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        // Each pass's two timestamps resolve to their own aligned slot.
+        let slot = ::wgpu::QUERY_RESOLVE_BUFFER_ALIGNMENT;
+        let bytes = slot * reps.max(1) as u64;
+        let resolved = self.device.create_buffer(&::wgpu::BufferDescriptor {
+            label: Some("outlier-attn timestamps resolved"),
+            size: bytes,
+            usage: ::wgpu::BufferUsages::QUERY_RESOLVE | ::wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let readback = self.device.create_buffer(&::wgpu::BufferDescriptor {
+            label: Some("outlier-attn timestamps read-back"),
+            size: bytes,
+            usage: ::wgpu::BufferUsages::MAP_READ | ::wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        for i in 0..warmup + reps {
+            let mut encoder =
+                self.device
+                    .create_command_encoder(&::wgpu::CommandEncoderDescriptor {
+                        label: Some("outlier-attn timed call"),
+                    });
+            let writes = ::wgpu::ComputePassTimestampWrites {
+                query_set: &queries,
+                beginning_of_pass_write_index: Some(0),
+                end_of_pass_write_index: Some(1),
+            };
+            self.attention
+                .encode_timed(&mut encoder, problem, &args, Some(writes))?;
+            if let Some(rep) = i.checked_sub(warmup) {
+                encoder.resolve_query_set(&queries, 0..2, &resolved, rep as u64 * slot);
+            }
+            self.queue.submit([encoder.finish()]);
+            self.wait()?;
+        }
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(&resolved, 0, &readback, 0, bytes);
+        self.queue.submit([encoder.finish()]);
+        readback.slice(..).map_async(::wgpu::MapMode::Read, |_| {});
+        self.wait()?;
+        self.take_uncaptured()?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(
+            &readback
+                .get_mapped_range(..)
+                .map_err(|e| backend_error(format!("reading the timestamps failed: {e}")))?,
+        );
+        readback.unmap();
+        let ns_per_tick = f64::from(self.queue.get_timestamp_period());
+        let per_slot = (slot / 8) as usize;
+        (0..reps)
+            .map(|rep| {
+                let (begin, end) = (ticks[rep * per_slot], ticks[rep * per_slot + 1]);
+                if end < begin {
+                    return Err(backend_error(format!(
+                        "timestamps out of order: the pass ended at tick {end}, before it began at {begin}"
+                    )));
+                }
+                Ok(Duration::from_secs_f64((end - begin) as f64 * ns_per_tick * 1e-9))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 }

@@ -265,3 +265,64 @@ pub fn assert_views_match(backend: &dyn Backend, problem: &Problem, seed: u64) {
 pub fn exact(problem: &Problem, inputs: &HostInputs) -> reference::ExactOutputs {
     reference::forward(problem, inputs).expect("reference accepts a valid problem")
 }
+
+/// Holds a backend's device timer to what a timer must do: one time per timed pass, each
+/// positive, together no longer than the host waited for them, and longer for a problem with
+/// sixteen times the keys. Returns `false` when the backend has no device timer.
+pub fn assert_device_times_measure_the_kernels(backend: &dyn Backend) -> bool {
+    let short = Problem::new(Shape::new(1, 4, 2, 64, 64, 64), DType::F16)
+        .with_variant(Variant::ContextScale {
+            gate: Gate::TwoSigmoid,
+            granularity: GateGranularity::PerHead,
+        })
+        .with_stats(StatsLevel::HeadsAndKeys);
+    let long = Problem {
+        shape: Shape {
+            kv_len: 16 * short.shape.kv_len,
+            ..short.shape
+        },
+        ..short
+    };
+    let reps = 5;
+    let mut medians = Vec::new();
+    for problem in [short, long] {
+        let inputs = cases::random_inputs(&problem, &InputSpec::default());
+        let start = std::time::Instant::now();
+        let times = match backend.device_times(&problem, &inputs, 1, reps) {
+            Ok(Some(times)) => times,
+            Ok(None) => return false,
+            Err(e) => panic!("{}: device_times failed: {e}", backend.name()),
+        };
+        let waited = start.elapsed();
+        let label = cases::label(&problem);
+        assert_eq!(times.len(), reps, "{}: one time per pass", backend.name());
+        assert!(
+            times.iter().all(|t| !t.is_zero()),
+            "{}: a zero device time on {label}: {times:?}",
+            backend.name()
+        );
+        let total: std::time::Duration = times.iter().sum();
+        assert!(
+            total <= waited,
+            "{}: device times {total:?} exceed the {waited:?} the host waited on {label}",
+            backend.name()
+        );
+        let mut sorted = times.clone();
+        sorted.sort();
+        medians.push(sorted[reps / 2]);
+    }
+    assert!(
+        medians[1] > medians[0],
+        "{}: sixteen times the keys did not take longer: {medians:?}",
+        backend.name()
+    );
+    // Refusals are the forward pass's: a wrong-length Q is a typed error, not a time.
+    let mut inputs = cases::random_inputs(&short, &InputSpec::default());
+    inputs.q = outlier_attn::HostTensor::filled(DType::F16, 3, 0.0);
+    assert!(
+        backend.device_times(&short, &inputs, 0, 1).is_err(),
+        "{}: device_times accepted a Q of 3 elements",
+        backend.name()
+    );
+    true
+}
