@@ -196,8 +196,8 @@ fn encode_half(x: f32) -> u32 {
 }
 
 // The score from a dot product: σ·(q·k), then the softcap c·tanh(s/c) when one is set.
-fn finish_score(dot: f32) -> f32 {
-    let s = p.scale * dot;
+fn finish_score(qk: f32) -> f32 {
+    let s = p.scale * qk;
     if p.softcap > 0.0 {
         return p.softcap * tanh(s / p.softcap);
     }

@@ -9,6 +9,8 @@
 // once per workgroup, for the statistics partial record.
 // Scores stay in f32 whatever the dtype, so massive activations (|q|, |k| in the thousands)
 // cannot overflow.
+// Loops over channels inside the loops over keys are written out (`//unroll`, expanded by
+// src/wgsl/kernel.rs): lavapipe stops an invocation after 65535 loop iterations in all.
 
 const BLOCK_M: u32 = WORKGROUP_SIZE; // query rows per workgroup, one per invocation
 const BLOCK_N: u32 = TILE_LEN;       // keys per K/V tile in workgroup memory
@@ -151,25 +153,31 @@ var<private> v_max: f32;
 var<private> v_sum: f32;
 var<private> v_norm_sum: f32;
 var<private> v0_norm: f32;
+// The key row being measured: its largest |k| and Σ v².
+var<private> k_row_best: ArgMax;
+var<private> v_row_norm_sq: f32;
+
+// Folds channel c of tile row jj into the running K/V statistics.
+fn measure_kv_channel(jj: u32, c: u32) {
+    let k_abs = abs(k_tile[jj * HEAD_DIM + c]);
+    if k_abs > k_row_best.value {
+        k_row_best = ArgMax(k_abs, c);
+    }
+    k_sum += k_abs;
+    let v = v_tile[jj * HEAD_DIM + c];
+    v_max = max(v_max, abs(v));
+    v_sum += abs(v);
+    v_row_norm_sq += v * v;
+}
 
 // Folds the key rows of the current tile that this invocation owns into its K/V statistics.
 fn measure_kv_tile(t: u32, tile: u32) {
     for (var jj = t; jj < BLOCK_N && tile + jj < p.kv_len; jj += BLOCK_M) {
-        var k_row = ArgMax(-1.0, 0u);
-        var norm_sq = 0.0;
-        for (var c = 0u; c < HEAD_DIM; c++) {
-            let k_abs = abs(k_tile[jj * HEAD_DIM + c]);
-            if k_abs > k_row.value {
-                k_row = ArgMax(k_abs, c);
-            }
-            k_sum += k_abs;
-            let v = v_tile[jj * HEAD_DIM + c];
-            v_max = max(v_max, abs(v));
-            v_sum += abs(v);
-            norm_sq += v * v;
-        }
-        k_best = better(k_best, k_row);
-        let norm = sqrt(norm_sq);
+        k_row_best = ArgMax(-1.0, 0u);
+        v_row_norm_sq = 0.0;
+        //unroll c < HEAD_DIM: measure_kv_channel(jj, c);
+        k_best = better(k_best, k_row_best);
+        let norm = sqrt(v_row_norm_sq);
         v_norm_sum += norm;
         if tile + jj == 0u {
             v0_norm = norm;
@@ -177,17 +185,26 @@ fn measure_kv_tile(t: u32, tile: u32) {
     }
 }
 
-// Loads keys [tile, tile + BLOCK_N) of kv head g into k_tile and v_tile; keys past Nk read 0.
+// Element e of the tile: key tile + e / HEAD_DIM, channel e % HEAD_DIM; keys past Nk read 0.
+fn load_kv_element(b: u32, g: u32, tile: u32, e: u32) {
+    if e >= BLOCK_N * HEAD_DIM {
+        return;
+    }
+    let j = tile + e / HEAD_DIM;
+    let c = e % HEAD_DIM;
+    let inside = j < p.kv_len;
+    let jc = min(j, p.kv_len - 1u);
+    let k_at = p.k_offset + b * p.k_stride_b + jc * p.k_stride_n + g * p.k_stride_h + c;
+    let v_at = p.v_offset + b * p.v_stride_b + jc * p.v_stride_n + g * p.v_stride_h + c;
+    k_tile[e] = select(0.0, load_k(k_at), inside);
+    v_tile[e] = select(0.0, load_v(v_at), inside);
+}
+
+// Loads keys [tile, tile + BLOCK_N) of kv head g into k_tile and v_tile, LOAD_UNROLL elements
+// per invocation and iteration.
 fn load_kv_tile(t: u32, b: u32, g: u32, tile: u32) {
-    for (var e = t; e < BLOCK_N * HEAD_DIM; e += BLOCK_M) {
-        let j = tile + e / HEAD_DIM;
-        let c = e % HEAD_DIM;
-        let inside = j < p.kv_len;
-        let jc = min(j, p.kv_len - 1u);
-        let k_at = p.k_offset + b * p.k_stride_b + jc * p.k_stride_n + g * p.k_stride_h + c;
-        let v_at = p.v_offset + b * p.v_stride_b + jc * p.v_stride_n + g * p.v_stride_h + c;
-        k_tile[e] = select(0.0, load_k(k_at), inside);
-        v_tile[e] = select(0.0, load_v(v_at), inside);
+    for (var e0 = t; e0 < BLOCK_N * HEAD_DIM; e0 += BLOCK_M * LOAD_UNROLL) {
+        //unroll u < LOAD_UNROLL: load_kv_element(b, g, tile, e0 + u * BLOCK_M);
     }
 }
 
@@ -313,10 +330,9 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
             var w_sigmoid: array<f32, BLOCK_N>;
             var tile_max = neg_inf();
             for (var jj = 0u; jj < visible; jj++) {
+                let k = jj * HEAD_DIM;
                 var dot = 0.0;
-                for (var c = 0u; c < HEAD_DIM; c++) {
-                    dot += q_row[c] * k_tile[jj * HEAD_DIM + c];
-                }
+                //unroll c < HEAD_DIM: dot += q_row[c] * k_tile[k + c];
                 let s = finish_score(dot);
                 max_score = max(max_score, s);
                 var xj = s;
@@ -339,9 +355,7 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
             l *= alpha;
             l_keys *= alpha;
             if VARIANT != VARIANT_SIGMOID && VARIANT != VARIANT_CLIPPED_SOFTMAX {
-                for (var c = 0u; c < HEAD_DIM; c++) {
-                    acc[c] *= alpha;
-                }
+                //unroll c < HEAD_DIM: acc[c] *= alpha;
             }
             for (var jj = 0u; jj < visible; jj++) {
                 let e = exp(x[jj] - m_new);
@@ -351,9 +365,8 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
                 // Sigmoid weights are applied as they are; ClippedSoftmax weighs V in a second pass.
                 if VARIANT != VARIANT_CLIPPED_SOFTMAX {
                     let w = select(e, w_sigmoid[jj], VARIANT == VARIANT_SIGMOID);
-                    for (var c = 0u; c < HEAD_DIM; c++) {
-                        acc[c] += w * v_tile[jj * HEAD_DIM + c];
-                    }
+                    let v = jj * HEAD_DIM;
+                    //unroll c < HEAD_DIM: acc[c] += w * v_tile[v + c];
                 }
             }
             m = m_new;
@@ -376,15 +389,12 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
             workgroupBarrier();
             let visible = min(BLOCK_N, row_keys - min(row_keys, tile));
             for (var jj = 0u; jj < visible; jj++) {
+                let k = jj * HEAD_DIM;
                 var dot = 0.0;
-                for (var c = 0u; c < HEAD_DIM; c++) {
-                    dot += q_row[c] * k_tile[jj * HEAD_DIM + c];
-                }
+                //unroll c < HEAD_DIM: dot += q_row[c] * k_tile[k + c];
                 let prob = exp(finish_score(dot) - m) * inv_l;
                 let w = clamp((p.zeta - p.gamma) * prob + p.gamma, 0.0, 1.0);
-                for (var c = 0u; c < HEAD_DIM; c++) {
-                    acc[c] += w * v_tile[jj * HEAD_DIM + c];
-                }
+                //unroll c < HEAD_DIM: acc[c] += w * v_tile[k + c];
                 clip_mass += w;
                 if w > 0.0 {
                     clip_w_log_w += w * log(w);

@@ -24,6 +24,17 @@ fn load_k(i: u32) -> f32 {
     return decode(k_buf[word_index(i)], i);
 }
 
+// Element e of the Q tile: row r0 + e / HEAD_DIM (the last row repeated past Nq), channel
+// e % HEAD_DIM.
+fn load_q_element(b: u32, h: u32, r0: u32, e: u32) {
+    if e >= TILE_ROWS * HEAD_DIM {
+        return;
+    }
+    let i = min(r0 + e / HEAD_DIM, p.q_len - 1u);
+    let c = e % HEAD_DIM;
+    q_tile[e] = load_q(p.q_offset + b * p.q_stride_b + i * p.q_stride_n + h * p.q_stride_h + c);
+}
+
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn key_mass(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let key_block = wg.x;
@@ -51,10 +62,9 @@ fn key_mass(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: 
     var mass = 0.0;
     for (var r0 = row_start; r0 < p.q_len; r0 += TILE_ROWS) {
         workgroupBarrier(); // every invocation is done with the previous tile
-        for (var e = t; e < TILE_ROWS * HEAD_DIM; e += BLOCK_KEYS) {
-            let i = min(r0 + e / HEAD_DIM, p.q_len - 1u);
-            let c = e % HEAD_DIM;
-            q_tile[e] = load_q(p.q_offset + b * p.q_stride_b + i * p.q_stride_n + h * p.q_stride_h + c);
+        // Written out as in the forward pass: lavapipe's loop budget (see forward.wgsl).
+        for (var e0 = t; e0 < TILE_ROWS * HEAD_DIM; e0 += BLOCK_KEYS * LOAD_UNROLL) {
+            //unroll u < LOAD_UNROLL: load_q_element(b, h, r0, e0 + u * BLOCK_KEYS);
         }
         for (var e = t; e < TILE_ROWS * ROW_STATE_LEN; e += BLOCK_KEYS) {
             let i = min(r0 + e / ROW_STATE_LEN, p.q_len - 1u);
@@ -66,10 +76,9 @@ fn key_mass(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: 
             if !live || j >= visible_keys(r0 + rr) {
                 continue;
             }
+            let q = rr * HEAD_DIM;
             var dot = 0.0;
-            for (var c = 0u; c < HEAD_DIM; c++) {
-                dot += q_tile[rr * HEAD_DIM + c] * k_row[c];
-            }
+            //unroll c < HEAD_DIM: dot += q_tile[q + c] * k_row[c];
             let s = finish_score(dot);
             var x = s;
             if VARIANT == VARIANT_SIGMOID {

@@ -205,3 +205,9 @@ fn cuda_device_times_measure_the_kernels() {
         b.name()
     );
 }
+
+#[test]
+fn cuda_long_sequences_pass() {
+    let Some(b) = backend() else { return };
+    common::assert_long_sequences_pass(b);
+}

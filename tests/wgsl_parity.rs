@@ -355,3 +355,73 @@ fn device_times_measure_the_kernels() {
         b.name()
     );
 }
+
+#[test]
+fn long_sequences_pass() {
+    let Some(b) = backend(true) else { return };
+    common::assert_long_sequences_pass(&b);
+}
+
+/// lavapipe ends a shader invocation after 65535 loop iterations: the backend must refuse a
+/// call that could need more, and the longest call it accepts must still be right. Keys per
+/// row (decode, at the smallest and the largest head dim, with the most loops per key) and
+/// query rows for the key mass are pushed to the edge by bisection.
+#[test]
+fn lavapipe_loop_budget_is_respected_at_its_edge() {
+    let Some(b) = backend(true) else { return };
+    let Some(limit) = b.attention().loop_iteration_limit() else {
+        eprintln!("skipped: {} does not limit loop iterations", b.name());
+        return;
+    };
+    let clipped = Variant::ClippedSoftmax {
+        zeta: 1.1,
+        gamma: -0.1,
+    };
+    let keys = |d: usize| {
+        move |n: usize| {
+            Problem::new(Shape::new(1, 1, 1, 1, n, d), DType::F16)
+                .with_variant(clipped)
+                .with_stats(StatsLevel::HeadsAndKeys)
+        }
+    };
+    let rows = |n: usize| {
+        Problem::new(Shape::new(1, 1, 1, n, 4, 64), DType::F16).with_stats(StatsLevel::HeadsAndKeys)
+    };
+    type ProblemAt = Box<dyn Fn(usize) -> Problem>;
+    let edges: [(&str, ProblemAt); 3] = [
+        ("keys at d = 64", Box::new(keys(64))),
+        ("keys at d = 256", Box::new(keys(256))),
+        ("key-mass rows", Box::new(rows)),
+    ];
+    for (what, problem_at) in edges {
+        let accepted = |n: usize| {
+            let problem = problem_at(n);
+            let inputs = outlier_attn::cases::random_inputs(&problem, &InputSpec::default());
+            match b.forward(&problem, &inputs) {
+                Ok(_) => true,
+                Err(Error::Unsupported { reason, .. }) => {
+                    assert!(reason.contains("loop iterations"), "{reason}");
+                    false
+                }
+                Err(e) => panic!("{what}, {n}: {e}"),
+            }
+        };
+        // Each key or row costs at least one iteration of some loop, so 2·limit is refused.
+        let (mut lo, mut hi) = (1usize, 2 * limit as usize);
+        assert!(accepted(lo), "{what}: 1 refused");
+        assert!(!accepted(hi), "{what}: {hi} accepted");
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if accepted(mid) { lo = mid } else { hi = mid }
+        }
+        eprintln!("{what}: longest accepted {lo}");
+        let case = Case {
+            problem: problem_at(lo),
+            spec: InputSpec::default(),
+            views: false,
+        };
+        if let Err(e) = common::check_case(&b, &case) {
+            panic!("{what}: the longest accepted call, {lo}, is wrong: {e}");
+        }
+    }
+}

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use ::wgpu::util::DeviceExt;
 
 use super::kernel::{
-    BLOCK_M, BLOCK_M_SHORT, COMBINE_THREADS, Kernel, KernelKind, PARTIAL_LEN, Params,
-    ROW_STATE_LEN, tile_rows,
+    BLOCK_M, BLOCK_M_SHORT, COMBINE_THREADS, Kernel, KernelKind, LAVAPIPE_LOOP_ITERATIONS,
+    LoopTrips, PARTIAL_LEN, Params, ROW_STATE_LEN, tile_rows,
 };
 use crate::contract::{
     Args, BufferArg, DType, Error, Layout, Params as VariantParams, Problem, Result, TensorArg,
@@ -97,6 +97,8 @@ pub struct WgslAttention {
     scratch: Mutex<Option<::wgpu::Buffer>>,
     /// Bound in place of a parameter the variant does not read.
     placeholder: ::wgpu::Buffer,
+    /// Loop iterations the driver lets one invocation run (lavapipe), if it limits them.
+    loop_limit: Option<u64>,
 }
 
 /// Storage buffers the forward kernel binds at once (WebGPU's default limit is 8).
@@ -232,7 +234,12 @@ impl WgslAttention {
             usage: ::wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
+        // lavapipe reports itself as "llvmpipe (LLVM ...)"; its budget is a compile-time
+        // constant of Mesa's gallivm, the same in every version that has it.
+        let info = device.adapter_info();
+        let lavapipe = info.name.contains("llvmpipe") || info.driver.contains("llvmpipe");
         Ok(WgslAttention {
+            loop_limit: lavapipe.then_some(LAVAPIPE_LOOP_ITERATIONS),
             device: device.clone(),
             subgroups: options.subgroups && device.features().contains(::wgpu::Features::SUBGROUP),
             forward_pipeline_layout: pipeline_layout("outlier-attn forward", &forward_layout),
@@ -251,6 +258,16 @@ impl WgslAttention {
     /// Whether the subgroup reductions are in use.
     pub fn uses_subgroups(&self) -> bool {
         self.subgroups
+    }
+
+    /// The loop iterations the driver lets one shader invocation run, all loops together, when
+    /// it limits them: `Some(65535)` on lavapipe, which ends an invocation there silently.
+    /// Calls whose kernels could exceed it are refused with [`Error::Unsupported`] rather than
+    /// run to a wrong result. On lavapipe the worst case (ClippedSoftmax with `HeadsAndKeys`)
+    /// allows about 3 900 keys per row at head dim 64 and 1 400 at 256, and 15 000 query
+    /// rows for the key mass.
+    pub fn loop_iteration_limit(&self) -> Option<u64> {
+        self.loop_limit
     }
 
     /// Keys per K/V tile of the forward kernel for head dim `d` on this device (it follows
@@ -573,6 +590,39 @@ impl WgslAttention {
             ))
         };
         let forward_tile = self.forward_tile(d).ok_or_else(no_tile)?;
+        let key_mass_tile = match problem.stats.keys() {
+            true => Some(self.key_mass_tile(d).ok_or_else(no_tile)?),
+            false => None,
+        };
+        if let Some(limit) = self.loop_limit {
+            let trips = LoopTrips::of(
+                s.q_len as u64,
+                s.kv_len as u64,
+                d as u64,
+                u64::from(workgroup),
+                u64::from(forward_tile),
+                u64::from(key_mass_tile.unwrap_or(1)),
+                u64::from(q_blocks),
+                matches!(problem.variant, Variant::ClippedSoftmax { .. }),
+            );
+            let needed = [
+                Some(trips.forward),
+                key_mass_tile.map(|_| trips.key_mass),
+                problem.stats.heads().then_some(trips.combine),
+            ]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(0);
+            if needed > limit {
+                return Err(unsupported(format!(
+                    "lavapipe ends a shader invocation after {limit} loop iterations (Mesa's \
+                     LP_MAX_TGSI_LOOP_ITERATIONS), and this call (Nq = {}, Nk = {}, d = {d}) \
+                     needs up to {needed}; run it on a GPU adapter, or split the keys",
+                    s.q_len, s.kv_len
+                )));
+            }
+        }
 
         let (q, q_strides) = self.bind_tensor(TensorName::Q, &args.q, s.dims(TensorName::Q))?;
         let (k, k_strides) = self.bind_tensor(TensorName::K, &args.k, s.dims(TensorName::K))?;
@@ -697,12 +747,11 @@ impl WgslAttention {
             true => Some(self.pipeline(&kernel(KernelKind::Combine, COMBINE_THREADS, 1))?),
             false => None,
         };
-        let key_mass_pipeline = match key_mass.is_some() {
-            true => {
-                let tile = self.key_mass_tile(d).ok_or_else(no_tile)?;
+        let key_mass_pipeline = match (key_mass.is_some(), key_mass_tile) {
+            (true, Some(tile)) => {
                 Some(self.pipeline(&kernel(KernelKind::KeyMass, BLOCK_M, tile))?)
             }
-            false => None,
+            _ => None,
         };
 
         let scope = self

@@ -326,3 +326,64 @@ pub fn assert_device_times_measure_the_kernels(backend: &dyn Backend) -> bool {
     );
     true
 }
+
+/// Sequences past what a short sweep reaches (and past where a kernel with a loop over the
+/// channels per key loses keys on lavapipe, ~450 at d = 64): a decode row over a long cache,
+/// thousands of keys at d = 128, the ClippedSoftmax second pass and the key mass over
+/// hundreds of rows. A kernel that truncates a long loop (lavapipe ends an invocation after
+/// 65535 loop iterations) or overflows a tile counter fails here.
+pub fn long_sequence_cases() -> Vec<Case> {
+    let case = |shape, dtype, variant, mask, seed| Case {
+        problem: Problem::new(shape, dtype)
+            .with_variant(variant)
+            .with_mask(mask)
+            .with_stats(StatsLevel::HeadsAndKeys),
+        spec: InputSpec {
+            seed,
+            ..InputSpec::default()
+        },
+        views: false,
+    };
+    vec![
+        case(
+            Shape::new(1, 2, 1, 1, 3000, 64),
+            DType::F16,
+            Variant::Softmax,
+            Mask::None,
+            1,
+        ),
+        case(
+            Shape::new(1, 2, 1, 3, 2048, 128),
+            DType::Bf16,
+            Variant::KvSink,
+            Mask::None,
+            2,
+        ),
+        case(
+            Shape::new(1, 2, 2, 17, 1000, 256),
+            DType::F32,
+            Variant::ClippedSoftmax {
+                zeta: 1.1,
+                gamma: -0.1,
+            },
+            Mask::Causal,
+            3,
+        ),
+        case(
+            Shape::new(1, 1, 1, 600, 700, 64),
+            DType::F16,
+            Variant::Sigmoid { bias: None },
+            Mask::Causal,
+            4,
+        ),
+    ]
+}
+
+/// Runs [`long_sequence_cases`] on `backend`; every one must pass.
+pub fn assert_long_sequences_pass(backend: &dyn Backend) {
+    for case in long_sequence_cases() {
+        if let Err(e) = check_case(backend, &case) {
+            panic!("{e}");
+        }
+    }
+}
