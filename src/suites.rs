@@ -2,8 +2,13 @@
 //! by the criterion benches, so that a figure in BENCHMARKS.md and a case in a sweep can be
 //! named the same way everywhere ([`cases::label`](crate::cases::label)).
 
+use std::time::{Duration, Instant};
+
 use crate::cases::InputSpec;
-use crate::contract::{DType, Gate, GateGranularity, Mask, Problem, Shape, StatsLevel, Variant};
+use crate::contract::{
+    Backend, DType, Gate, GateGranularity, HostInputs, Mask, Problem, Result, Shape, StatsLevel,
+    Variant,
+};
 
 /// How much of the parity grid to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -123,6 +128,54 @@ pub fn bench_problems(len: usize, dtype: DType) -> Vec<Problem> {
     out.push(base.with_stats(StatsLevel::Heads));
     out.push(base.with_stats(StatsLevel::HeadsAndKeys));
     out
+}
+
+/// Where a forward pass was timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// The backend's device timer around the kernels ([`Backend::device_times`]).
+    Device,
+    /// Host wall time around [`Backend::forward`], uploads and read-back included.
+    Host,
+}
+
+impl Clock {
+    /// `"device"` or `"host"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Clock::Device => "device",
+            Clock::Host => "host",
+        }
+    }
+}
+
+/// Times `reps` forward passes of `problem` after `warmup` untimed ones, with the backend's
+/// device timer where it has one and host wall time of `forward` otherwise: the one timing
+/// rule of `outlier-attn bench` and the criterion benches.
+///
+/// # Errors
+/// Whatever the backend's `device_times` or `forward` returns.
+pub fn time_passes(
+    backend: &dyn Backend,
+    problem: &Problem,
+    inputs: &HostInputs,
+    warmup: usize,
+    reps: usize,
+) -> Result<(Vec<Duration>, Clock)> {
+    if let Some(times) = backend.device_times(problem, inputs, warmup, reps)? {
+        return Ok((times, Clock::Device));
+    }
+    for _ in 0..warmup {
+        backend.forward(problem, inputs)?;
+    }
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let start = Instant::now();
+        let out = backend.forward(problem, inputs)?;
+        times.push(start.elapsed());
+        std::hint::black_box(out);
+    }
+    Ok((times, Clock::Host))
 }
 
 #[cfg(test)]

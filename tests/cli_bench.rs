@@ -5,14 +5,36 @@ use std::process::Command;
 #[cfg(feature = "wgpu")]
 mod common;
 
+/// Runs `outlier-attn bench` with `args` plus `--json FILE`, requires success, and returns
+/// standard output and the JSON it wrote.
+fn bench_json(name: &str, args: &[&str]) -> (String, serde_json::Value) {
+    let json =
+        std::env::temp_dir().join(format!("outlier-attn-{name}-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_outlier-attn"))
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    std::fs::remove_file(&json).ok();
+    (stdout, value)
+}
+
 #[test]
 fn bench_times_every_case_and_writes_json_and_a_plot() {
-    let dir = std::env::temp_dir();
-    let json = dir.join(format!("outlier-attn-bench-{}.json", std::process::id()));
-    let plot = dir.join(format!("outlier-attn-bench-{}.svg", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_outlier-attn"))
-        .args([
-            "bench",
+    let plot = std::env::temp_dir().join(format!("outlier-attn-bench-{}.svg", std::process::id()));
+    let plot_arg = plot.to_str().expect("a UTF-8 temporary path");
+    let (stdout, value) = bench_json(
+        "bench",
+        &[
             "--backend",
             "reference",
             "--lens",
@@ -21,23 +43,12 @@ fn bench_times_every_case_and_writes_json_and_a_plot() {
             "0",
             "--reps",
             "1",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .arg("--plot")
-        .arg(&plot)
-        .output()
-        .expect("the binary runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+            "--plot",
+            plot_arg,
+        ],
     );
     assert!(stdout.contains("TFLOP/s"), "{stdout}");
 
-    let value: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let results = value["results"].as_array().unwrap();
     let per_len = outlier_attn::suites::bench_problems(8, outlier_attn::DType::F16).len();
     assert_eq!(results.len(), 2 * per_len);
@@ -52,7 +63,6 @@ fn bench_times_every_case_and_writes_json_and_a_plot() {
     }
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert_eq!(svg.matches("<polyline").count(), 9, "one line per variant");
-    std::fs::remove_file(&json).ok();
     std::fs::remove_file(&plot).ok();
 }
 
@@ -72,13 +82,9 @@ fn bench_uses_the_device_clock_where_the_backend_has_one() {
     if let Err(e) = outlier_attn::wgsl::WgslBackend::new() {
         return common::skip_or_fail("wgsl", &e.to_string());
     }
-    let json = std::env::temp_dir().join(format!(
-        "outlier-attn-bench-wgsl-{}.json",
-        std::process::id()
-    ));
-    let out = Command::new(env!("CARGO_BIN_EXE_outlier-attn"))
-        .args([
-            "bench",
+    let (_, value) = bench_json(
+        "bench-wgsl",
+        &[
             "--backend",
             "wgsl",
             "--lens",
@@ -87,19 +93,8 @@ fn bench_uses_the_device_clock_where_the_backend_has_one() {
             "0",
             "--reps",
             "2",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("the binary runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let value: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let results = value["results"].as_array().unwrap();
     assert_eq!(
         results.len(),
@@ -109,5 +104,4 @@ fn bench_uses_the_device_clock_where_the_backend_has_one() {
         assert_eq!(r["clock"], "device", "{r}");
         assert!(r["median_ms"].as_f64().unwrap() > 0.0, "{r}");
     }
-    std::fs::remove_file(&json).ok();
 }

@@ -11,7 +11,7 @@
 //! `OUTLIER_ATTN_BENCH_DTYPE` (`f32`, `f16`, `bf16`; default `f16`, as the tool's) the dtype.
 #![allow(dead_code)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
 use outlier_attn::cases::{self, InputSpec};
@@ -46,8 +46,8 @@ pub fn absent(name: &str, why: &dyn std::fmt::Display) {
     eprintln!("skipped: backend {name} is not available here: {why}");
 }
 
-/// `reps` passes of `problem`, after `warmup` untimed ones: device times where the backend
-/// has a timer, host wall time of `forward` otherwise.
+/// `reps` passes of `problem` after `warmup` untimed ones, timed as `outlier-attn bench`
+/// times them ([`suites::time_passes`]).
 pub fn pass_times(
     backend: &dyn Backend,
     problem: &Problem,
@@ -55,28 +55,10 @@ pub fn pass_times(
     reps: usize,
 ) -> Vec<Duration> {
     let inputs = cases::random_inputs(problem, &InputSpec::default());
-    let what = || format!("{} on {}", backend.name(), cases::label(problem));
-    if let Some(times) = backend
-        .device_times(problem, &inputs, warmup, reps)
-        .unwrap_or_else(|e| panic!("{}: {e}", what()))
-    {
-        return times;
+    match suites::time_passes(backend, problem, &inputs, warmup, reps) {
+        Ok((times, _)) => times,
+        Err(e) => panic!("{} on {}: {e}", backend.name(), cases::label(problem)),
     }
-    let forward = || {
-        backend
-            .forward(problem, &inputs)
-            .unwrap_or_else(|e| panic!("{}: {e}", what()))
-    };
-    for _ in 0..warmup {
-        forward();
-    }
-    (0..reps)
-        .map(|_| {
-            let start = Instant::now();
-            std::hint::black_box(forward());
-            start.elapsed()
-        })
-        .collect()
 }
 
 /// Adds one problem to `group` under `id`. Pipelines or modules are built by an untimed

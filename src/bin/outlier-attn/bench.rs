@@ -6,11 +6,11 @@
 //! included; every row says which.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use outlier_attn::cases::{self, InputSpec};
-use outlier_attn::suites::{self, BENCH_LENS};
+use outlier_attn::suites::{self, BENCH_LENS, Clock};
 use outlier_attn::{Backend, DType, Problem, Stat, StatsLevel};
 use serde_json::json;
 
@@ -68,24 +68,6 @@ pub struct BenchArgs {
     pub plot: Option<PathBuf>,
 }
 
-/// Where a time was measured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Clock {
-    /// The device's timer around the kernels.
-    Device,
-    /// Host wall time around `Backend::forward`.
-    Host,
-}
-
-impl Clock {
-    fn name(self) -> &'static str {
-        match self {
-            Clock::Device => "device",
-            Clock::Host => "host",
-        }
-    }
-}
-
 struct Measurement {
     backend: String,
     clock: Clock,
@@ -133,26 +115,9 @@ fn time(
             cases::label(problem)
         ))
     };
-    let reps = args.reps.max(1);
-    let (mut times, clock) = match backend
-        .device_times(problem, &inputs, args.warmup, reps)
-        .map_err(fail)?
-    {
-        Some(times) if !times.is_empty() => (times, Clock::Device),
-        _ => {
-            for _ in 0..args.warmup {
-                backend.forward(problem, &inputs).map_err(fail)?;
-            }
-            let mut times = Vec::with_capacity(reps);
-            for _ in 0..reps {
-                let start = Instant::now();
-                let out = backend.forward(problem, &inputs).map_err(fail)?;
-                times.push(start.elapsed());
-                std::hint::black_box(out);
-            }
-            (times, Clock::Host)
-        }
-    };
+    let (mut times, clock) =
+        suites::time_passes(backend, problem, &inputs, args.warmup, args.reps.max(1))
+            .map_err(fail)?;
     times.sort();
     Ok((times[times.len() / 2], clock))
 }
