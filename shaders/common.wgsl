@@ -103,6 +103,9 @@ struct Params {
     rows_offset: u32,        // per-row state for the key mass
     nan_bits: u32,       // 0x7fc00000: NaN and -inf come from the uniforms, so that no
     neg_inf_bits: u32,   // shader compiler folds them away or rejects them as constants
+    pad_a: u32,          // the uniform block is a whole number of 16-byte rows
+    pad_b: u32,
+    pad_c: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

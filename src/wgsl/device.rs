@@ -302,9 +302,9 @@ impl WgslAttention {
     /// The loop iterations the driver lets one shader invocation run, all loops together, when
     /// it limits them: `Some(65535)` on lavapipe, which ends an invocation there silently.
     /// Calls whose kernels could exceed it are refused with [`Error::Unsupported`] rather than
-    /// run to a wrong result. The forward kernel costs about one iteration per key (two for
-    /// ClippedSoftmax), so on lavapipe a row may see about 40 000 keys (20 000 for
-    /// ClippedSoftmax), and the key mass about 15 000 query rows.
+    /// run to a wrong result. The forward kernel costs about two iterations per key (four for
+    /// ClippedSoftmax), so on lavapipe a row may see 19 000 (d = 256) to 35 000 (d = 64) keys,
+    /// half that for ClippedSoftmax, and the key mass about 15 000 query rows.
     pub fn loop_iteration_limit(&self) -> Option<u64> {
         self.loop_limit
     }
@@ -859,6 +859,7 @@ impl WgslAttention {
             rows_offset: (partials_len + kv_partials_len) as u32,
             nan_bits: f32::NAN.to_bits(),
             neg_inf_bits: f32::NEG_INFINITY.to_bits(),
+            ..Params::default()
         };
 
         let forward = self.pipeline(&plan.forward);

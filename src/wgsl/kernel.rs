@@ -482,6 +482,9 @@ pub(crate) struct Params {
     pub rows_offset: u32,
     pub nan_bits: u32,
     pub neg_inf_bits: u32,
+    pub pad_a: u32,
+    pub pad_b: u32,
+    pub pad_c: u32,
 }
 
 #[cfg(test)]
