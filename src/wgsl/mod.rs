@@ -30,5 +30,7 @@ mod device;
 mod host;
 mod kernel;
 
-pub use device::{DeviceArgs, DeviceSlice, DeviceTensor, WgslAttention, WgslOptions};
+pub use device::{
+    DeviceArgs, DeviceSlice, DeviceTensor, UNIFORM_SLOTS, WgslAttention, WgslOptions,
+};
 pub use host::WgslBackend;
