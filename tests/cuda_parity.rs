@@ -73,6 +73,14 @@ fn cuda_is_deterministic_and_reads_views() {
 
 /// Fixed cases the random sweep may draw rarely: causal with Nq > Nk (rows that see no key),
 /// decode (Nq = 1), a sink variant with statistics, both tuned head dims.
+/// NaN and ±Inf in one query row, one key or one channel of V, and a −inf sink logit: NaN and
+/// Inf exactly where the reference has them (the shared sweep every backend is held to).
+#[test]
+fn cuda_propagates_nonfinite_inputs_as_the_reference() {
+    let Some(b) = backend() else { return };
+    common::assert_nonfinite_propagate(b);
+}
+
 #[test]
 fn cuda_fixed_cases() {
     let Some(b) = backend() else { return };
