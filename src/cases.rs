@@ -190,8 +190,10 @@ pub fn as_views(problem: &Problem, inputs: &HostInputs, seed: u64) -> HostInputs
             k: lk,
             v: lv,
             o: lo,
+            params: inputs.layouts.params,
         },
         params: inputs.params.clone(),
+        indices: inputs.indices.clone(),
     }
 }
 

@@ -37,6 +37,7 @@ fn arb_base() -> impl Strategy<Value = Problem> {
             scale,
             softcap,
             stats: StatsLevel::HeadsAndKeys,
+            seqs: outlier_attn::Sequences::DENSE,
         })
 }
 

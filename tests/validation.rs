@@ -55,10 +55,12 @@ fn args(p: &Problem) -> Args {
         k: tensor(TensorName::K, layouts.k),
         v: tensor(TensorName::V, layouts.v),
         o: tensor(TensorName::O, layouts.o),
-        lse: f32s(s.lse_len()),
+        lse: Some(f32s(s.lse_len())),
         stats: p.stats.heads().then(|| f32s(s.heads_total() * Stat::COUNT)),
         key_mass: p.stats.keys().then(|| f32s(s.key_mass_len())),
         params,
+        param_layouts: Params::none(),
+        indices: outlier_attn::SeqIndices::none(),
     }
 }
 
@@ -303,7 +305,7 @@ fn dtypes_are_checked() {
             ..
         }
     ));
-    let err = refuse(&p, |a| a.lse.dtype = DType::F16, &["lse"]);
+    let err = refuse(&p, |a| a.lse.as_mut().unwrap().dtype = DType::F16, &["lse"]);
     assert!(matches!(
         err,
         Error::DType {
@@ -456,7 +458,7 @@ fn variant_parameters_are_checked() {
 #[test]
 fn output_buffers_are_checked() {
     let p = problem(Variant::Softmax, StatsLevel::HeadsAndKeys);
-    let err = refuse(&p, |a| a.lse.len += 1, &["lse", "Nq=5"]);
+    let err = refuse(&p, |a| a.lse.as_mut().unwrap().len += 1, &["lse", "Nq=5"]);
     assert!(matches!(
         err,
         Error::Size {
@@ -547,14 +549,15 @@ proptest! {
         param_len in 0usize..64,
     ) {
         let s = Shape::new(dims[0], dims[1], dims[2], dims[3], dims[4], d);
-        let p = Problem { shape: s, dtype: DType::F32, variant, mask: outlier_attn::Mask::Causal, scale, softcap, stats };
+        let p = Problem { shape: s, dtype: DType::F32, variant, mask: outlier_attn::Mask::Causal, scale, softcap, stats, seqs: outlier_attn::Sequences::DENSE };
         let tensor = |i: usize| HostTensor::filled(DType::F32, lens[i], 0.5);
         let mut inputs = outlier_attn::HostInputs {
             q: tensor(0),
             k: tensor(1),
             v: tensor(2),
-            layouts: Layouts { q: layouts[0], k: layouts[1], v: layouts[2], o: layouts[3] },
+            layouts: Layouts { q: layouts[0], k: layouts[1], v: layouts[2], o: layouts[3], params: Params::none() },
             params: Params::none(),
+            indices: outlier_attn::SeqIndices::none(),
         };
         for name in variant.params() {
             let t = Some(HostTensor::filled(DType::F32, param_len, 0.1));

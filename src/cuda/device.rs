@@ -229,7 +229,11 @@ impl CudaAttention {
         mut args: DeviceArgs<'_, T>,
         workspace: &mut Workspace,
     ) -> Result<()> {
+        // The engine-shaped calls of DESIGN.md section 6 are not implemented by these kernels
+        // yet: refused by name before anything else.
+        problem.require_dense(BACKEND)?;
         let checked = validate(problem, &describe(&args))?;
+        checked.require_dense(BACKEND)?;
         let s = checked.shape();
         let spec = self.specialization(problem.dtype, s.head_dim);
         let heads = s.batch * s.q_heads;
@@ -403,7 +407,7 @@ fn describe<T: CudaElement>(args: &DeviceArgs<'_, T>) -> Args {
         k: tensor(args.k.len(), args.layouts.k),
         v: tensor(args.v.len(), args.layouts.v),
         o: tensor(args.o.len(), args.layouts.o),
-        lse: f32_buffer(args.lse.len()),
+        lse: Some(f32_buffer(args.lse.len())),
         stats: args.stats.as_ref().map(|s| f32_buffer(s.len())),
         key_mass: args.key_mass.as_ref().map(|s| f32_buffer(s.len())),
         params: crate::contract::Params {
@@ -420,6 +424,8 @@ fn describe<T: CudaElement>(args: &DeviceArgs<'_, T>) -> Args {
                 len: x.len(),
             }),
         },
+        param_layouts: crate::contract::Params::none(),
+        indices: crate::contract::SeqIndices::none(),
     }
 }
 

@@ -145,6 +145,7 @@ pub fn arb_problem(limits: &Limits) -> impl Strategy<Value = Problem> + use<> {
                 scale,
                 softcap,
                 stats,
+                seqs: outlier_attn::Sequences::DENSE,
             },
         )
 }

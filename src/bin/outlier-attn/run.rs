@@ -51,6 +51,7 @@ pub fn run(args: &RunArgs) -> CliResult {
         scale: p.scale,
         softcap: p.softcap,
         stats: p.stats.into(),
+        seqs: outlier_attn::Sequences::DENSE,
     };
     // The contract's refusals (shapes, head dim, scalars) are bad input, reported before
     // anything runs.
