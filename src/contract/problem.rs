@@ -4,7 +4,7 @@ use std::fmt;
 
 use super::dtype::DType;
 use super::error::{Error, Result};
-use super::seqs::{KvSeqs, QuerySeqs, SeqIndices, Sequences, index_len};
+use super::seqs::{KvSeqs, QuerySeqs, SeqIndices, Sequences, check_sequences};
 use super::shape::{Dim, HEAD_DIM_MULTIPLE, Layout, Layouts, MAX_HEAD_DIM, Shape, TensorName};
 use super::stats::{Stat, StatsLevel};
 use super::variant::{GateGranularity, Params, Variant};
@@ -502,7 +502,7 @@ pub fn validate(problem: &Problem, args: &Args) -> Result<Validated> {
             head_dim: s.head_dim,
         });
     }
-    check_sequences(problem, &args.indices)?;
+    check_sequences(s, &problem.seqs, &args.indices)?;
 
     let scale = problem.scale.unwrap_or(1.0 / (s.head_dim as f32).sqrt());
     check_scalar(
@@ -613,88 +613,6 @@ pub fn validate(problem: &Problem, args: &Args) -> Result<Validated> {
         sigmoid_bias,
         lse: args.lse.is_some(),
     })
-}
-
-/// The sequence layout's own settings, and which index tensors it reads, with their lengths.
-fn check_sequences(problem: &Problem, indices: &SeqIndices<usize>) -> Result<()> {
-    let s = &problem.shape;
-    let seqs = &problem.seqs;
-    if let QuerySeqs::Packed { total: 0 } = seqs.q {
-        return Err(Error::ZeroDim {
-            tensor: TensorName::Q,
-            dim: Dim::Seq,
-        });
-    }
-    match seqs.kv {
-        KvSeqs::Packed { total: 0 } => {
-            return Err(Error::ZeroDim {
-                tensor: TensorName::K,
-                dim: Dim::Seq,
-            });
-        }
-        KvSeqs::Paged {
-            pages,
-            page_size,
-            max_pages,
-        } => {
-            let at_least_one = |field, value: usize| {
-                if value == 0 {
-                    Err(Error::Paging {
-                        field,
-                        value,
-                        requirement: ">= 1".to_string(),
-                    })
-                } else {
-                    Ok(())
-                }
-            };
-            at_least_one("page_size", page_size)?;
-            at_least_one("pages", pages)?;
-            at_least_one("max_pages", max_pages)?;
-            let capacity = max_pages.saturating_mul(page_size);
-            if s.kv_len > capacity {
-                return Err(Error::Paging {
-                    field: "max_pages",
-                    value: max_pages,
-                    requirement: format!(
-                        "enough for Nk = {} keys: max_pages · page_size = {capacity}",
-                        s.kv_len
-                    ),
-                });
-            }
-        }
-        _ => {}
-    }
-    let layout = seqs.label();
-    for ((tensor, read), (_, given)) in seqs.index_tensors().into_iter().zip(indices.slots()) {
-        match (read, given) {
-            (true, None) => {
-                return Err(Error::MissingIndex {
-                    tensor,
-                    layout: layout.clone(),
-                });
-            }
-            (false, Some(_)) => {
-                return Err(Error::UnexpectedIndex {
-                    tensor,
-                    layout: layout.clone(),
-                });
-            }
-            (true, Some(&len)) => {
-                let (expected, spelt) = index_len(seqs, s.batch, tensor);
-                if len != expected {
-                    return Err(Error::Size {
-                        tensor,
-                        got: len,
-                        expected,
-                        layout: spelt,
-                    });
-                }
-            }
-            (false, None) => {}
-        }
-    }
-    Ok(())
 }
 
 fn check_scalar(name: &'static str, value: f32, ok: bool, requirement: &'static str) -> Result<()> {

@@ -15,7 +15,7 @@
 //! (their batch stride is never used) and paged caches `[pages, page_size, Hkv, d]`.
 
 use super::error::{Error, Result};
-use super::shape::{Shape, TensorName};
+use super::shape::{Dim, Shape, TensorName};
 
 /// How the queries (and so O, the gate and the LSE) of the B sequences are laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -181,7 +181,7 @@ impl SeqIndices<Vec<i32>> {
 }
 
 /// Elements each index tensor of `seqs` must hold for a batch of `batch` sequences.
-pub(crate) fn index_len(seqs: &Sequences, batch: usize, tensor: TensorName) -> (usize, String) {
+fn index_len(seqs: &Sequences, batch: usize, tensor: TensorName) -> (usize, String) {
     match tensor {
         TensorName::CuSeqlensQ | TensorName::CuSeqlensK => {
             (batch + 1, format!("[B+1={}]", batch + 1))
@@ -200,17 +200,100 @@ pub(crate) fn index_len(seqs: &Sequences, batch: usize, tensor: TensorName) -> (
     }
 }
 
+/// Checks that the layout's index tensors, and only those, are given, each with the length
+/// of a batch of `batch` sequences (so that B agrees between them).
+fn check_index_lens(seqs: &Sequences, batch: usize, lens: &SeqIndices<usize>) -> Result<()> {
+    let layout = seqs.label();
+    for ((tensor, read), (_, given)) in seqs.index_tensors().into_iter().zip(lens.slots()) {
+        match (read, given) {
+            (true, None) => return Err(Error::MissingIndex { tensor, layout }),
+            (false, Some(_)) => return Err(Error::UnexpectedIndex { tensor, layout }),
+            (true, Some(&len)) => {
+                let (expected, spelt) = index_len(seqs, batch, tensor);
+                if len != expected {
+                    return Err(Error::Size {
+                        tensor,
+                        got: len,
+                        expected,
+                        layout: spelt,
+                    });
+                }
+            }
+            (false, None) => {}
+        }
+    }
+    Ok(())
+}
+
+/// The sequence layout's own settings, and which index tensors it reads, with their lengths.
+pub(crate) fn check_sequences(
+    s: &Shape,
+    seqs: &Sequences,
+    indices: &SeqIndices<usize>,
+) -> Result<()> {
+    if let QuerySeqs::Packed { total: 0 } = seqs.q {
+        return Err(Error::ZeroDim {
+            tensor: TensorName::Q,
+            dim: Dim::Seq,
+        });
+    }
+    match seqs.kv {
+        KvSeqs::Packed { total: 0 } => {
+            return Err(Error::ZeroDim {
+                tensor: TensorName::K,
+                dim: Dim::Seq,
+            });
+        }
+        KvSeqs::Paged {
+            pages,
+            page_size,
+            max_pages,
+        } => {
+            let at_least_one = |field, value: usize| {
+                if value == 0 {
+                    Err(Error::Paging {
+                        field,
+                        value,
+                        requirement: ">= 1".to_string(),
+                    })
+                } else {
+                    Ok(())
+                }
+            };
+            at_least_one("page_size", page_size)?;
+            at_least_one("pages", pages)?;
+            at_least_one("max_pages", max_pages)?;
+            let capacity = max_pages.saturating_mul(page_size);
+            if s.kv_len > capacity {
+                return Err(Error::Paging {
+                    field: "max_pages",
+                    value: max_pages,
+                    requirement: format!(
+                        "enough for Nk = {} keys: max_pages · page_size = {capacity}",
+                        s.kv_len
+                    ),
+                });
+            }
+        }
+        _ => {}
+    }
+    check_index_lens(seqs, s.batch, indices)
+}
+
 const LIMIT_Q: &str = "Nq of the shape, the longest sequence of the call";
 const LIMIT_K: &str = "Nk of the shape, the longest sequence of the call";
 
-/// Checks the values of host index tensors whose presence and lengths
-/// [`validate`](crate::validate) has accepted: cumulative lengths start at 0, never decrease
-/// and end at the tensor's length; no sequence is longer than the shape declares or its cache
-/// holds; every page a sequence uses is in `[0, pages)`. Entries of `block_table` past the
-/// pages a sequence uses are not read and may hold anything (engines leave −1 there).
+/// Checks host index tensors: the layout's settings and its tensors, each of its length (as
+/// [`validate`](crate::validate) does), then their values: cumulative lengths start at 0,
+/// never decrease and end at the tensor's length; no sequence is longer than the shape
+/// declares or its cache holds; every page a sequence uses is in `[0, pages)`. Entries of
+/// `block_table` past the pages a sequence uses are not read and may hold anything (engines
+/// leave −1 there).
 ///
 /// # Errors
-/// The first bad entry: [`Error::SeqStart`], [`Error::SeqOrder`], [`Error::SeqEnd`],
+/// [`Error::Paging`] or [`Error::ZeroDim`] for the layout, [`Error::MissingIndex`],
+/// [`Error::UnexpectedIndex`] or [`Error::Size`] for the tensors;
+/// then the first bad entry: [`Error::SeqStart`], [`Error::SeqOrder`], [`Error::SeqEnd`],
 /// [`Error::SeqLen`] or [`Error::PageIndex`].
 pub fn validate_indices(
     shape: &Shape,
@@ -218,6 +301,7 @@ pub fn validate_indices(
     indices: &SeqIndices<Vec<i32>>,
 ) -> Result<()> {
     let b = shape.batch;
+    check_sequences(shape, seqs, &indices.lens())?;
     if let (QuerySeqs::Packed { total }, Some(cu)) = (seqs.q, &indices.cu_seqlens_q) {
         check_cumulative(TensorName::CuSeqlensQ, cu, total, shape.q_len, LIMIT_Q)?;
     }
