@@ -876,8 +876,7 @@ fn outputs_and_gate_views_of_engine_shaped_calls_are_checked() {
     let mut a = args(&p);
     let tokens = 6;
     let (hq, d) = (p.shape.q_heads, p.shape.head_dim);
-    let lens = |i: &outlier_attn::HostInputs| i.indices.lens();
-    a.indices = lens(&packed_call().1);
+    a.indices = packed_call().1.indices.lens();
     let dims = |t| p.tensor_dims(t);
     for (arg, t) in [
         (&mut a.q, TensorName::Q),
