@@ -276,12 +276,20 @@ fn a_gate_of_another_dtype_than_q() {
 #[test]
 fn a_data_tensor_of_the_wrong_rank() {
     let q = HostTensor::F32(vec![0.0; 5 * 4 * 16]);
+    let tensors = replace(call(Variant::Softmax, DType::F32), t("q", &[20, 16], &q));
+    refused(
+        "rank2",
+        &tensors,
+        &[],
+        "tensor `q` has shape [20, 16]; expected rank 4 [B, Nq, Hq, d] or rank 3 [total_q, Hq, d]",
+    );
+    // Rank 3 is a packed Q, which needs its cumulative lengths.
     let tensors = replace(call(Variant::Softmax, DType::F32), t("q", &[5, 4, 16], &q));
     refused(
         "rank3",
         &tensors,
         &[],
-        "tensor `q` has shape [5, 4, 16]; expected rank 4 [B, N, H, d]",
+        "tensor `cu_seqlens_q` is missing (q is packed [total_q, Hq, d])",
     );
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use outlier_attn::safetensors_io::{self, read_call_at};
-use outlier_attn::{Problem, cases, parity, reference};
+use outlier_attn::{cases, parity, reference};
 
 use crate::common::{self, CliError, CliResult, ProblemArgs};
 
@@ -13,7 +13,11 @@ use crate::common::{self, CliError, CliResult, ProblemArgs};
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// A safetensors file with `q`, `k`, `v` ([B, N, H, d]; f32, f16 or bf16) and the
-    /// variant's parameters (`k_sink`, `v_sink`, `v_bias`, `sink_logits`, `gate`).
+    /// variant's parameters (`k_sink`, `v_sink`, `v_bias`, `sink_logits`, `gate`); or an
+    /// engine-shaped call: packed `q` [total_q, Hq, d] with `cu_seqlens_q`, packed `k`, `v`
+    /// [total_k, Hkv, d] with `cu_seqlens_k`, `seqlens_k` for a dense cache with lengths, or
+    /// a paged `k_cache`, `v_cache` [pages, page_size, Hkv, d] with `block_table` and
+    /// `seqlens_k` (index tensors i32).
     pub input: PathBuf,
     /// Read `{prefix}q`, `{prefix}k`, … instead: `layers.3.` replays layer 3 of a model dump.
     #[arg(long, default_value = "")]
@@ -38,23 +42,19 @@ pub fn run(args: &RunArgs) -> CliResult {
         .map_err(|e| CliError::file(path, e))?;
     for name in &call.ignored {
         eprintln!(
-            "note: tensor `{name}` is not read by the {} variant",
+            "note: tensor `{name}` is not read by this {} call; ignored",
             call.variant
         );
     }
     let p = &args.problem;
-    let problem = Problem {
-        shape: call.shape,
-        dtype: call.dtype,
-        variant: call.variant,
-        mask: p.mask.into(),
-        scale: p.scale,
-        softcap: p.softcap,
-        stats: p.stats.into(),
-        seqs: outlier_attn::Sequences::DENSE,
-    };
-    // The contract's refusals (shapes, head dim, scalars) are bad input, reported before
-    // anything runs.
+    let mut problem = call
+        .problem()
+        .with_mask(p.mask()?)
+        .with_stats(p.stats.into());
+    problem.scale = p.scale;
+    problem.softcap = p.softcap;
+    // The contract's refusals (shapes, head dim, scalars, index tensors) are bad input,
+    // reported before anything runs.
     call.inputs
         .validate(&problem)
         .map_err(|e| CliError::file(path, e))?;
