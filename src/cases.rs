@@ -506,28 +506,13 @@ pub fn engine_inputs(
         },
         ..*template
     };
-    let [_, q_tokens, _, _] = problem.tensor_dims(TensorName::Q);
-    let q_layout = Layout::contiguous(q_tokens, hq, d);
-    let [_, k_tokens, _, _] = problem.tensor_dims(TensorName::K);
-    let k_layout = Layout::contiguous(k_tokens, hkv, d);
     let params = Params {
         gate,
         ..seqs[0].1.params.clone()
     };
-    let inputs = HostInputs {
-        q,
-        k,
-        v,
-        layouts: Layouts {
-            q: q_layout,
-            k: k_layout,
-            v: k_layout,
-            o: q_layout,
-            params: Params::none(),
-        },
-        params,
-        indices,
-    };
+    let inputs = HostInputs::dense(&problem, q, k, v)
+        .with_params(params)
+        .with_indices(indices);
     (problem, inputs)
 }
 

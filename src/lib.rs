@@ -45,9 +45,30 @@
 //! - `ClippedSoftmax`: a row whose clipped weights are all 0 has an all-zero distribution
 //!   (it contributes 0 to `first_key_mass`, `key_mass` and the entropy, and still counts as a row).
 //! - `gate_min/mean/max` run over the rows counted by the statistics (those that see a key).
-//! - LSE is always written; a statistics or key-mass buffer given for a level that does not
-//!   write it is refused ([`Error::UnexpectedOutput`]) rather than silently left alone. An
-//!   output layout whose strides make elements alias is refused ([`Error::OverlappingOutput`]).
+//! - A statistics or key-mass buffer given for a level that does not write it is refused
+//!   ([`Error::UnexpectedOutput`]) rather than silently left alone. An output layout whose
+//!   strides make elements alias is refused ([`Error::OverlappingOutput`]).
+//!
+//! # Engine-shaped calls (DESIGN.md section 6), decisions
+//! - [`Sequences`] says how Q and K/V hold the B sequences; the shape's `q_len` and `kv_len`
+//!   are the longest sequences (FlashAttention's max_seqlen_q/k), the capacity for a dense
+//!   cache with `seqlens_k`. The key mass of a paged call is `[B, Hq, kv_len]` with the declared
+//!   `kv_len` (DESIGN.md's max_b Nk_b when the caller declares it exactly, as `run` does).
+//! - `Sigmoid`'s default β is −ln Nk_b of each sequence, computed in f32
+//!   ([`Validated::sigmoid_bias_for`]).
+//! - Sequences may be empty (cumulative lengths may repeat). A sequence with no queries writes
+//!   nothing and its records have no row to describe: row means are NaN, `max_score` is −inf,
+//!   its Q statistics NaN. A sequence with no keys has rows that see no key (DESIGN.md section
+//!   2 says what they give) and NaN K/V statistics and `v0_norm_ratio`.
+//! - A [`Mask::Window`] that is no window at all, or only causal, is [`Mask::None`] or
+//!   [`Mask::Causal`] after validation ([`Mask::window`]); FlashAttention's −1 is `None`
+//!   ([`Mask::from_signed`]). A window masks keys only; sinks are never masked.
+//! - Host-level calls check the index tensors' values ([`validate_indices`]); entries of
+//!   `block_table` past the pages a sequence uses are never read and never checked (engines
+//!   leave −1 there). Device-level calls see only their lengths.
+//! - The LSE buffer is optional at the device level ([`Args::lse`]); host-level calls always
+//!   return it. A dense parameter must hold exactly its elements; one given as a view (an
+//!   offset and strides in [`Layouts::params`]) may sit anywhere inside a larger buffer.
 #![warn(missing_docs)]
 
 mod backends;

@@ -31,8 +31,8 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::contract::{
-    DType, Dim, GateGranularity, HostInputs, HostOutputs, HostTensor, KvSeqs, Layout, Params,
-    Problem, QuerySeqs, SeqIndices, Sequences, Shape, Stat, TensorName, Variant,
+    DType, Dim, GateGranularity, HostInputs, HostOutputs, HostTensor, KvSeqs, Params, Problem,
+    QuerySeqs, SeqIndices, Sequences, Shape, Stat, TensorName, Variant,
 };
 
 /// Path of the all-MiniLM-L6-v2 fixture in a checkout of this crate (see its README): Q/K/V of
@@ -482,16 +482,9 @@ pub fn read_call_at(bytes: &[u8], prefix: &str, variant: Variant) -> FileResult<
     let problem = Problem::new(shape, dtype)
         .with_variant(variant)
         .with_seqs(seqs);
-    let layout_of = |tensor| {
-        let [_, tokens, heads, d] = problem.tensor_dims(tensor);
-        Layout::contiguous(tokens, heads, d)
-    };
-    let mut inputs = HostInputs::dense(&problem, q, k, v).with_params(params);
-    inputs.layouts.q = layout_of(TensorName::Q);
-    inputs.layouts.o = layout_of(TensorName::O);
-    inputs.layouts.k = layout_of(TensorName::K);
-    inputs.layouts.v = layout_of(TensorName::V);
-    inputs.indices = indices.map(|(_, values)| values.clone());
+    let inputs = HostInputs::dense(&problem, q, k, v)
+        .with_params(params)
+        .with_indices(indices.map(|(_, values)| values.clone()));
     Ok(Call {
         shape,
         dtype,

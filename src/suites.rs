@@ -1,6 +1,6 @@
 //! Named sets of problems shared by the `outlier-attn` tool's `parity` and `bench` commands and
 //! by the criterion benches, so that a figure in BENCHMARKS.md and a case in a sweep can be
-//! named the same way everywhere ([`cases::label`](crate::cases::label)).
+//! named the same way everywhere ([`cases::label`]).
 
 use std::time::{Duration, Instant};
 

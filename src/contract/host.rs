@@ -29,13 +29,15 @@ pub struct HostInputs {
 }
 
 impl HostInputs {
-    /// Dense `[B, N, H, d]` inputs with no parameters.
+    /// Contiguous inputs in the problem's sequence layout (`[B, N, H, d]` for a dense call,
+    /// `[total, H, d]` packed, `[pages, page_size, Hkv, d]` paged), with no parameters and no
+    /// index tensors.
     pub fn dense(problem: &Problem, q: HostTensor, k: HostTensor, v: HostTensor) -> HostInputs {
         HostInputs {
             q,
             k,
             v,
-            layouts: Layouts::contiguous(&problem.shape),
+            layouts: problem.contiguous_layouts(),
             params: Params::none(),
             indices: SeqIndices::none(),
         }

@@ -254,6 +254,22 @@ impl Problem {
         }
     }
 
+    /// Dense layouts of Q, K, V and O in this call's sequence layout (every tensor contiguous
+    /// in its [`tensor_dims`](Self::tensor_dims), at offset 0), parameters dense.
+    pub fn contiguous_layouts(&self) -> Layouts {
+        let layout = |tensor| {
+            let [_, tokens, heads, d] = self.tensor_dims(tensor);
+            Layout::contiguous(tokens, heads, d)
+        };
+        Layouts {
+            q: layout(TensorName::Q),
+            k: layout(TensorName::K),
+            v: layout(TensorName::V),
+            o: layout(TensorName::O),
+            params: Params::none(),
+        }
+    }
+
     /// Elements of the LSE output: `[B, Hq, Nq]` for dense Q, `[Hq, total_q]` for packed Q.
     pub fn lse_len(&self) -> usize {
         self.q_tokens() * self.shape.q_heads
