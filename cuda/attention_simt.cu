@@ -29,13 +29,12 @@ DEVICE int tile_stride(int d) { return d + 1; }
 extern "C" __global__ void __launch_bounds__(simt::kThreads)
 attention_simt(const AttnParams p) {
     using namespace simt;
-    extern __shared__ __align__(16) float smem_f[];
     const int d = p.head_dim;
     const int stride = tile_stride(d);
-    float* s_k = smem_f;                            // [kBlockN][d + 1]
-    float* s_v = s_k + kBlockN * stride;            // [kBlockN][d + 1]
-    float* s_q = s_v + kBlockN * stride;            // [kWarps][d]
-    float* s_scratch = s_q + kWarps * d;            // [kWarps][kPartialCount]
+    const smem_ptr<float> s_k = dynamic_smem<float>();        // [kBlockN][d + 1]
+    const smem_ptr<float> s_v = s_k + kBlockN * stride;       // [kBlockN][d + 1]
+    const smem_ptr<float> s_q = s_v + kBlockN * stride;       // [kWarps][d]
+    const smem_ptr<float> s_scratch = s_q + kWarps * d;       // [kWarps][kPartialCount]
 
     const int bh = blockIdx.y;
     const int b = bh / p.q_heads, h = bh % p.q_heads;
@@ -48,7 +47,7 @@ attention_simt(const AttnParams p) {
     const int half = lane / kBlockN;     // which half of the channels it sums
     const int c_begin = half * (d / 2), c_end = c_begin + d / 2;
 
-    float* q_row = s_q + warp * d;
+    const smem_ptr<float> q_row = s_q + warp * d;
     for (int c = lane; c < d; c += kWarpSize) {
         q_row[c] = row_valid ? to_float(p.q[row_offset(p.lq, b, row, h) + c]) : 0.f;
     }
@@ -152,7 +151,7 @@ attention_simt(const AttnParams p) {
             bs.add_row(res, st.max_score);
             if (scaled && !p.gate_per_channel) bs.add_gate(gamma_head);
         }
-        elem_t* o_row = p.o + row_offset(p.lo, b, row, h);
+        const gmem_ptr<elem_t> o_row = p.o + row_offset(p.lo, b, row, h);
 #pragma unroll
         for (int u = 0; u < kMaxChannelsPerLane; ++u) {
             const int c = lane + u * kWarpSize;

@@ -58,6 +58,38 @@ constexpr int kSmemBytes = (kBlockM * kRowStride + 4 * kTileElems) * 2;
 static_assert(kWarps * kPartialCount * 4 <= kBlockM * kRowStride * 2, "scratch fits in Q's rows");
 static_assert(kSmemBytes <= 99 * 1024, "fits every sm_8x/sm_9x block (src/cuda/kernels.rs mirrors it)");
 
+// The inline-PTX wrappers. Under OUTLIER_ATTN_EMU each calls the emulator's instruction of the
+// same name (cuda/emu/ptx.h) with the operands in the order the asm statement gives them.
+#if defined(OUTLIER_ATTN_EMU)
+DEVICE void cp_async_16(smem_ptr<elem_t> dst, gmem_ptr<const elem_t> src, bool valid) {
+    emu::cp_async_cg_shared_global_16(dst.addr(), reinterpret_cast<uintptr_t>(src.raw()), valid ? 16 : 0);
+}
+DEVICE void cp_async_commit() { emu::cp_async_commit_group(); }
+template <int n>
+DEVICE void cp_async_wait() { emu::cp_async_wait_group(n); }
+DEVICE void ldmatrix_x4(unsigned (&r)[4], smem_ptr<const elem_t> p) {
+    emu::ldmatrix_sync_aligned_m8n8_shared_b16<4, false>(r, p.addr());
+}
+DEVICE void ldmatrix_x4_trans(unsigned (&r)[4], smem_ptr<const elem_t> p) {
+    emu::ldmatrix_sync_aligned_m8n8_shared_b16<4, true>(r, p.addr());
+}
+DEVICE void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    const unsigned b[2] = {b0, b1};
+    const float c[4] = {d[0], d[1], d[2], d[3]};
+#if defined(ELEM_F16)
+    emu::mma_sync_aligned_m16n8k16_row_col_f32<emu::MmaType::F16>(d, a, b, c);
+#else
+    emu::mma_sync_aligned_m16n8k16_row_col_f32<emu::MmaType::Bf16>(d, a, b, c);
+#endif
+}
+DEVICE unsigned pack2(float lo, float hi) {
+#if defined(ELEM_F16)
+    return emu::cvt_rn_f16x2_f32(hi, lo);
+#else
+    return emu::cvt_rn_bf16x2_f32(hi, lo);
+#endif
+}
+#else
 DEVICE unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
 
 DEVICE void cp_async_16(void* dst, const void* src, bool valid) {
@@ -100,20 +132,21 @@ DEVICE unsigned pack2(float lo, float hi) {
 #endif
     return r;
 }
+#endif  // OUTLIER_ATTN_EMU
 
 // Copies rows [row0, row0 + kRows) of one head into shared memory (stride kRowStride);
 // rows at or past `rows` and channels at or past d are zero-filled, so that padding adds
 // nothing to a dot product and multiplies no garbage into O.
 template <int kRows>
-DEVICE void load_tile(elem_t* s_tile, const elem_t* g_base, const TensorLayout& layout, int b, int h,
-                      int row0, int rows, const AttnParams& p) {
-    const elem_t* g_origin = g_base + layout.offset;  // a valid, aligned address for zero-fills
+DEVICE void load_tile(smem_ptr<elem_t> s_tile, gmem_ptr<const elem_t> g_base, const TensorLayout& layout, int b,
+                      int h, int row0, int rows, const AttnParams& p) {
+    const gmem_ptr<const elem_t> g_origin = g_base + layout.offset;  // a valid, aligned address for zero-fills
     for (int idx = threadIdx.x; idx < kRows * kChunksPerRow; idx += kThreads) {
         const int r = idx / kChunksPerRow;
         const int c = (idx % kChunksPerRow) * kChunk;
         const bool valid = row0 + r < rows && c < p.head_dim;  // d % 8 == 0: whole chunks
-        elem_t* dst = s_tile + r * kRowStride + c;
-        const elem_t* src = valid ? g_base + row_offset(layout, b, row0 + r, h) + c : g_origin;
+        const smem_ptr<elem_t> dst = s_tile + r * kRowStride + c;
+        const gmem_ptr<const elem_t> src = valid ? g_base + row_offset(layout, b, row0 + r, h) + c : g_origin;
         if (p.aligned) {
             cp_async_16(dst, src, valid);
         } else {
@@ -135,7 +168,7 @@ struct Rows {
 // separate masked and unmasked instantiations took ptxas from 11.1 s to 16.7 s for bf16 at
 // d = 128 on sm_90 (first-use compile time), for a saving small next to the exponentials.
 DEVICE void attend_tile(const AttnParams& p, Rows& rows, float (&acc_o)[kDTiles][4],
-                        const unsigned (&q_frag)[kKSteps][4], const elem_t* s_k, const elem_t* s_v,
+                        const unsigned (&q_frag)[kKSteps][4], smem_ptr<const elem_t> s_k, smem_ptr<const elem_t> s_v,
                         int n0, bool clip_pass, bool with_v) {
     const int lane = threadIdx.x % kWarpSize;
     const int t = lane % 4;
@@ -232,11 +265,10 @@ DEVICE void attend_tile(const AttnParams& p, Rows& rows, float (&acc_o)[kDTiles]
 extern "C" __global__ void __launch_bounds__(tc::kThreads)
 attention_tc(const AttnParams p) {
     using namespace tc;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    elem_t* s_q = reinterpret_cast<elem_t*>(smem_raw);             // [kBlockM][kRowStride]
-    elem_t* s_k = s_q + kBlockM * kRowStride;                        // [2][kBlockN][kRowStride]
-    elem_t* s_v = s_k + 2 * kTileElems;                              // [2][kBlockN][kRowStride]
-    float* s_scratch = reinterpret_cast<float*>(s_q);  // [kWarps][kPartialCount], once Q is in registers
+    const smem_ptr<elem_t> s_q = dynamic_smem<elem_t>();                // [kBlockM][kRowStride]
+    const smem_ptr<elem_t> s_k = s_q + kBlockM * kRowStride;              // [2][kBlockN][kRowStride]
+    const smem_ptr<elem_t> s_v = s_k + 2 * kTileElems;                    // [2][kBlockN][kRowStride]
+    const smem_ptr<float> s_scratch = smem_cast<float>(s_q);  // [kWarps][kPartialCount], once Q is in registers
 
     const int m_block = blockIdx.x;
     const int bh = blockIdx.y;
@@ -290,7 +322,7 @@ attention_tc(const AttnParams p) {
         for (int rr = 0; rr < kRowsPerWarp; ++rr) {
             float dot = 0.f;
             if (p.variant == kContextBias || p.variant == kKvSink) {
-                const elem_t* q_row = s_q + (warp * kRowsPerWarp + rr) * kRowStride;
+                const smem_ptr<const elem_t> q_row = s_q + (warp * kRowsPerWarp + rr) * kRowStride;
                 for (int c = lane; c < p.head_dim; c += kWarpSize) dot += to_float(q_row[c]) * p.k_sink[h * p.head_dim + c];
                 dot = row_sum<kWarpSize>(dot);
             }
@@ -377,7 +409,7 @@ attention_tc(const AttnParams p) {
             bs.add_row(res, rows.st[r].max_score);
             if (scaled && !p.gate_per_channel) bs.add_gate(gamma_head);
         }
-        elem_t* o_row = p.o + row_offset(p.lo, b, row, h);
+        const gmem_ptr<elem_t> o_row = p.o + row_offset(p.lo, b, row, h);
 #pragma unroll
         for (int dt = 0; dt < kDTiles; ++dt) {
             const int c = dt * 8 + 2 * t;

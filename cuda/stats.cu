@@ -24,23 +24,23 @@ DEVICE int scan_chunks(const AttnParams& p) {
 
 // The chunk records live in the workspace after the per-block partials and the row weights:
 // [B, Hq, chunks, kTensors, kChanRecord].
-DEVICE float* chunk_record(const AttnParams& p, int bh, int chunk, int tensor) {
-    float* base = p.row_weight_sum + (u64)p.batch * p.q_heads * p.q_len;
+DEVICE gmem_ptr<float> chunk_record(const AttnParams& p, int bh, int chunk, int tensor) {
+    const gmem_ptr<float> base = p.row_weight_sum + (u64)p.batch * p.q_heads * p.q_len;
     return base + (((u64)bh * scan_chunks(p) + chunk) * kTensors + tensor) * kChanRecord;
 }
 
 // Scans rows [begin, end) of one head: warp w takes rows begin + w, begin + w + kWarps, ...,
 // lane l channels l, l + 32, ...; then the block's warps are combined into `out` (a chunk
 // record). `s_absmax` holds kWarps·kMaxHeadDim floats, `s_sums` 3·kThreads.
-DEVICE void scan_chunk(const elem_t* base, const TensorLayout& layout, int b, int h, int begin, int end,
-                       int d, float* out, float* s_absmax, float* s_sums) {
+DEVICE void scan_chunk(gmem_ptr<const elem_t> base, const TensorLayout& layout, int b, int h, int begin, int end,
+                       int d, gmem_ptr<float> out, smem_ptr<float> s_absmax, smem_ptr<float> s_sums) {
     const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
     float absmax[kMaxChannelsPerLane];
 #pragma unroll
     for (int u = 0; u < kMaxChannelsPerLane; ++u) absmax[u] = 0.f;
     float abssum = 0.f, norm_sum = 0.f, norm0 = 0.f;
     for (int n = begin + warp; n < end; n += kWarps) {
-        const elem_t* row = base + row_offset(layout, b, n, h);
+        const gmem_ptr<const elem_t> row = base + row_offset(layout, b, n, h);
         float sq = 0.f;
 #pragma unroll
         for (int u = 0; u < kMaxChannelsPerLane; ++u) {
@@ -90,7 +90,7 @@ struct ChannelResult {
     float absmax, absmean, argmax, norm_mean, norm0;
 };
 
-DEVICE ChannelResult combine_chunks(const AttnParams& p, int bh, int tensor, int rows, float* s_absmax) {
+DEVICE ChannelResult combine_chunks(const AttnParams& p, int bh, int tensor, int rows, smem_ptr<float> s_absmax) {
     const int chunks = scan_chunks(p), d = p.head_dim;
     for (int c = threadIdx.x; c < d; c += kThreads) {
         float m = 0.f;
@@ -110,7 +110,7 @@ DEVICE ChannelResult combine_chunks(const AttnParams& p, int bh, int tensor, int
         }
         float sum = 0.f, norm_sum = 0.f;
         for (int k = 0; k < chunks; ++k) {
-            const float* rec = chunk_record(p, bh, k, tensor);
+            const gmem_ptr<const float> rec = chunk_record(p, bh, k, tensor);
             sum += rec[kChanAbsSum];
             norm_sum += rec[kChanNormSum];
         }
@@ -131,8 +131,8 @@ DEVICE ChannelResult combine_chunks(const AttnParams& p, int bh, int tensor, int
 extern "C" __global__ void __launch_bounds__(stats::kThreads)
 channel_partials(const AttnParams p) {
     using namespace stats;
-    __shared__ float s_absmax[kWarps * kMaxHeadDim];
-    __shared__ float s_sums[3 * kThreads];
+    STATIC_SMEM(float, s_absmax, kWarps * kMaxHeadDim);
+    STATIC_SMEM(float, s_sums, 3 * kThreads);
     const int chunk = blockIdx.x, bh = blockIdx.y;
     const int b = bh / p.q_heads, h = bh % p.q_heads;
     const int g_kv = h / p.group;
@@ -150,7 +150,7 @@ channel_partials(const AttnParams p) {
 extern "C" __global__ void __launch_bounds__(stats::kThreads)
 finalize_stats(const AttnParams p) {
     using namespace stats;
-    __shared__ float s_absmax[kMaxHeadDim];
+    STATIC_SMEM(float, s_absmax, kMaxHeadDim);
     const int bh = blockIdx.x;
 
     const ChannelResult q = combine_chunks(p, bh, 0, p.q_len, s_absmax);
@@ -161,7 +161,7 @@ finalize_stats(const AttnParams p) {
     float part[kPartialCount];
     for (int f = 0; f < kPartialCount; ++f) part[f] = p.partials[(u64)bh * p.m_blocks * kPartialCount + f];
     for (int m = 1; m < p.m_blocks; ++m) {
-        const float* rec = p.partials + ((u64)bh * p.m_blocks + m) * kPartialCount;
+        const gmem_ptr<const float> rec = p.partials + ((u64)bh * p.m_blocks + m) * kPartialCount;
         for (int f = 0; f < kPartialCount; ++f) {
             if (f == kPartMaxScore || f == kPartGateMax) part[f] = fmaxf(part[f], rec[f]);
             else if (f == kPartGateMin) part[f] = fminf(part[f], rec[f]);
@@ -170,7 +170,7 @@ finalize_stats(const AttnParams p) {
     }
     // Means over the counted rows: 0/0 = NaN for a head with none, as in the reference.
     const float n = part[kPartRows];
-    float* out = p.stats + (u64)bh * kStatCount;
+    const gmem_ptr<float> out = p.stats + (u64)bh * kStatCount;
     out[kFirstKeyMass] = part[kPartFirstKey] / n;
     out[kSinkMass] = part[kPartSink] / n;
     out[kMaxScore] = part[kPartMaxScore];
@@ -200,10 +200,9 @@ extern "C" __global__ void __launch_bounds__(stats::kThreads)
 key_mass(const AttnParams p) {
     using namespace stats;
     constexpr int kKeys = kWarpSize;
-    extern __shared__ __align__(16) float smem_f[];
     const int d = p.head_dim;
-    float* s_k = smem_f;                       // [kKeys][d + 1]
-    float* s_part = s_k + kKeys * (d + 1);     // [kWarps][kKeys]
+    const smem_ptr<float> s_k = dynamic_smem<float>();    // [kKeys][d + 1]
+    const smem_ptr<float> s_part = s_k + kKeys * (d + 1);  // [kWarps][kKeys]
     const int bh = blockIdx.y;
     const int b = bh / p.q_heads, h = bh % p.q_heads;
     const int g_kv = h / p.group;
@@ -223,7 +222,7 @@ key_mass(const AttnParams p) {
             if (j >= key_end(p, i)) continue;
             const float lse = p.lse[(u64)bh * p.q_len + i];
             if (lse == neg_inf()) continue;
-            const elem_t* q_row = p.q + row_offset(p.lq, b, i, h);
+            const gmem_ptr<const elem_t> q_row = p.q + row_offset(p.lq, b, i, h);
             float dot = 0.f;
             for (int c = 0; c < d; ++c) dot += to_float(q_row[c]) * s_k[lane * (d + 1) + c];
             const float x = logit_of(p, score_of(dot, p));

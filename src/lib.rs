@@ -53,8 +53,10 @@
 mod backends;
 pub mod cases;
 pub mod contract;
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "cuda-emulator"))]
 pub mod cuda;
+#[cfg(feature = "cuda-emulator")]
+pub mod cuda_emu;
 pub mod parity;
 pub mod reference;
 #[cfg(feature = "safetensors")]

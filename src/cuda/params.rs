@@ -1,10 +1,9 @@
 //! The kernel argument block, mirrored field for field from `AttnParams` in cuda/common.cuh.
-
-use cudarc::driver::DeviceRepr;
+//! The GPU and the emulator get the same bytes (`bytemuck::bytes_of`).
 
 /// Offset and strides of one tensor in elements (`TensorLayout` in the kernels).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct TensorLayout {
     pub offset: u64,
     pub batch: u64,
@@ -26,7 +25,7 @@ impl From<&crate::contract::Layout> for TensorLayout {
 /// `AttnParams` of cuda/common.cuh, passed by value to every kernel. Pointers are device
 /// addresses (0 where a buffer is absent); the order and types must match the C struct.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct KernelParams {
     pub q: u64,
     pub k: u64,
@@ -67,10 +66,11 @@ pub(crate) struct KernelParams {
     pub stats_on: i32,
 }
 
+#[cfg(feature = "cuda")]
 // SAFETY: KernelParams is #[repr(C)], made of u64/i32/f32 fields only, and matches the layout
 // of AttnParams in cuda/common.cuh (checked by the size and offset test below), so the driver
 // may copy its bytes into the kernel's parameter space.
-unsafe impl DeviceRepr for KernelParams {}
+unsafe impl cudarc::driver::DeviceRepr for KernelParams {}
 
 #[cfg(test)]
 mod tests {
