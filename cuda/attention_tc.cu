@@ -164,17 +164,11 @@ struct Rows {
     int key_end[2];
 };
 
-// One K/V tile of the main loop. Every tile is masked (a compare and a select per score):
-// separate masked and unmasked instantiations took ptxas from 11.1 s to 16.7 s for bf16 at
-// d = 128 on sm_90 (first-use compile time), for a saving small next to the exponentials.
-DEVICE void attend_tile(const AttnParams& p, Rows& rows, float (&acc_o)[kDTiles][4],
-                        const unsigned (&q_frag)[kKSteps][4], smem_ptr<const elem_t> s_k, smem_ptr<const elem_t> s_v,
-                        int n0, bool clip_pass, bool with_v) {
+// S = Q·Kᵀ for this warp's 16 rows and the tile's kBlockN keys (unscaled dot products).
+// The forward pass and the key-mass pass both take S from here: the same mma sequence on the
+// same fragments, so the same bits.
+DEVICE void tile_scores(float (&s)[kNTiles][4], const unsigned (&q_frag)[kKSteps][4], smem_ptr<const elem_t> s_k) {
     const int lane = threadIdx.x % kWarpSize;
-    const int t = lane % 4;
-
-    // S = Q·Kᵀ for this warp's 16 rows and the tile's kBlockN keys.
-    float s[kNTiles][4];
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
     // Channels past d are zero in shared memory, so a partial k-step adds nothing.
@@ -192,6 +186,49 @@ DEVICE void attend_tile(const AttnParams& p, Rows& rows, float (&acc_o)[kDTiles]
             mma_16816(s[2 * np + 1], q_frag[kk], b[2], b[3]);
         }
     }
+}
+
+// HeadsAndKeys: the probabilities of the tile's keys summed over this warp's rows, into
+// s_cols[warp][key]. `live` excludes the block's rows past Nq; `inv_l` = 1/l of each row.
+DEVICE void key_mass_tile(const AttnParams& p, const Rows& rows, const bool (&live)[2], const float (&inv_l)[2],
+                          const unsigned (&q_frag)[kKSteps][4], smem_ptr<const elem_t> s_k, int n0,
+                          smem_ptr<float> s_cols) {
+    const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+    const int g = lane / 4, t = lane % 4;
+    float s[kNTiles][4];
+    tile_scores(s, q_frag, s_k);
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int j = n0 + nt * 8 + 2 * t + e;
+            float col = 0.f;
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                // As attend_tile turns a score into a logit.
+                float x = score_of(s[nt][2 * r + e], p);
+                if (j >= rows.key_end[r]) x = neg_inf();
+                x = logit_of(p, x);
+                if (live[r]) col += key_probability(p, rows.st[r], x, inv_l[r]);
+            }
+            // The eight row groups of the column: lanes t, t + 4, ..., t + 28.
+            for (int off = 4; off < kWarpSize; off <<= 1) col += __shfl_xor_sync(kFullMask, col, off);
+            if (g == 0) s_cols[warp * kBlockN + nt * 8 + 2 * t + e] = col;
+        }
+    }
+}
+
+// One K/V tile of the main loop. Every tile is masked (a compare and a select per score):
+// separate masked and unmasked instantiations took ptxas from 11.1 s to 16.7 s for bf16 at
+// d = 128 on sm_90 (first-use compile time), for a saving small next to the exponentials.
+DEVICE void attend_tile(const AttnParams& p, Rows& rows, float (&acc_o)[kDTiles][4],
+                        const unsigned (&q_frag)[kKSteps][4], smem_ptr<const elem_t> s_k, smem_ptr<const elem_t> s_v,
+                        int n0, bool clip_pass, bool with_v) {
+    const int lane = threadIdx.x % kWarpSize;
+    const int t = lane % 4;
+
+    float s[kNTiles][4];
+    tile_scores(s, q_frag, s_k);
 
     // Scores, mask, logits; then the online-softmax step, one row at a time.
 #pragma unroll
@@ -426,6 +463,40 @@ attention_tc(const AttnParams p) {
                 o_row[c + e] = from_float(val);
             }
         }
+    }
+
+    // HeadsAndKeys: each key's probability summed over this block's rows, from the very scores
+    // the passes above normalised (the same tile_scores, the row's own m and l). Fixed while
+    // running these kernels on the CPU emulator: a separate kernel recomputed the scores with a
+    // sequential f32 dot product and took p = e^{s − LSE}; under massive activations (|s| ~ 1e6,
+    // ulp 0.125) its scores and the rounded LSE disagreed with the forward pass by 1/16, a 6 %
+    // error in every probability. The per-block sums are added in block order by `key_mass`.
+    if (p.key_mass) {
+        const smem_ptr<float> s_cols = smem_cast<float>(s_v);  // [kWarps][kBlockN]; V is not read again
+        bool live[2];
+        float inv_l[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            live[r] = row0 + warp * kRowsPerWarp + g + 8 * r < p.q_len;
+            inv_l[r] = rows.st[r].l > 0.f ? 1.f / rows.st[r].l : 0.f;
+        }
+        const gmem_ptr<float> partial = p.key_mass_partials + ((u64)bh * p.m_blocks + m_block) * p.kv_len;
+        for (int n = 0; n < n_tiles; ++n) {
+            __syncthreads();  // the previous K tile and column sums are consumed
+            load_tile<kBlockN>(s_k, p.k, p.lk, b, g_kv, n * kBlockN, p.kv_len, p);
+            cp_async_commit();
+            cp_async_wait<0>();
+            __syncthreads();
+            key_mass_tile(p, rows, live, inv_l, q_frag, s_k, n * kBlockN, s_cols);
+            __syncthreads();
+            for (int c = threadIdx.x; c < kBlockN && n * kBlockN + c < p.kv_len; c += kThreads) {
+                float sum = 0.f;
+                for (int w = 0; w < kWarps; ++w) sum += s_cols[w * kBlockN + c];
+                partial[n * kBlockN + c] = sum;
+            }
+        }
+        // Keys past the last tile: no row of this block sees them.
+        for (int j = n_tiles * kBlockN + threadIdx.x; j < p.kv_len; j += kThreads) partial[j] = 0.f;
     }
     if (p.stats_on) write_partials<kWarps>(p, bs, s_scratch, bh, m_block);
 }

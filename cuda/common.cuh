@@ -119,7 +119,8 @@ struct AttnParams {
     gmem_ptr<float> stats;              // [B, Hq, kStatCount]
     gmem_ptr<float> key_mass;           // [B, Hq, Nk]
     gmem_ptr<float> partials;           // workspace [B, Hq, m_blocks, kPartialCount]
-    gmem_ptr<float> row_weight_sum;     // workspace [B, Hq, Nq]: W of ClippedSoftmax, for the key mass
+    gmem_ptr<float> row_weight_sum;     // workspace [B, Hq, Nq]: W of ClippedSoftmax
+    gmem_ptr<float> key_mass_partials;  // workspace [B, Hq, m_blocks, Nk]: each query block's key mass
     TensorLayout lq, lk, lv, lo;
     int batch, q_heads, kv_heads, q_len, kv_len, head_dim;
     int group;       // Hq / Hkv
@@ -133,7 +134,7 @@ struct AttnParams {
     float scale, softcap, sigmoid_bias, clip_zeta, clip_gamma;
     int stats_on;    // 1: Heads or HeadsAndKeys (uniform branches, not a specialisation)
 };
-static_assert(sizeof(AttnParams) == 312, "KernelParams in src/cuda/params.rs mirrors this");
+static_assert(sizeof(AttnParams) == 320, "KernelParams in src/cuda/params.rs mirrors this");
 
 // Statistics record, in Stat::ALL order (src/contract/stats.rs).
 enum StatIndex : int {
@@ -346,6 +347,17 @@ DEVICE RowResult finish_row(const AttnParams& p, const OnlineRow& r, bool sees_k
         out.sink_mass = 0.f;
     }
     return out;
+}
+
+// The probability of a key of logit x (−inf when masked) in a finished row `st`, as the
+// statistics define it: e^{x−m}/l (`inv_l` = 1/l), and for ClippedSoftmax w/W with the clipped
+// weight w computed exactly as its second pass applies it.
+DEVICE float key_probability(const AttnParams& p, const OnlineRow& st, float x, float inv_l) {
+    if (x == neg_inf()) return 0.f;
+    const float prob = exp2f((x - st.m) * kLog2e) * inv_l;
+    if (p.variant != kClippedSoftmax) return prob;
+    const float w = fminf(fmaxf((p.clip_zeta - p.clip_gamma) * prob + p.clip_gamma, 0.f), 1.f);
+    return st.weight_sum > 0.f ? w / st.weight_sum : 0.f;
 }
 
 // w ln w (0 for w = 0); out of line, as it serves one variant only.

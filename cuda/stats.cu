@@ -191,55 +191,16 @@ finalize_stats(const AttnParams p) {
     out[kRowMassMean] = part[kPartRowMass] / n;
 }
 
-// The key mass of HeadsAndKeys: Σ_i p_ij for each key j, recomputing the scores in a second
-// pass from the LSE the forward kernel wrote (and W for ClippedSoftmax). Thread (w, l) of a
-// block holds key l of the block's kKeys and sums the rows i ≡ w (mod kWarps); the warps'
-// sums are added in warp order. grid: (ceil(Nk / 32), B·Hq); block: stats::kThreads;
-// dynamic shared memory: 32·(d + 1) + kWarps·32 floats.
+// The key mass of HeadsAndKeys: the forward kernel's per-query-block sums
+// (key_mass_partials), added in block order. grid: (ceil(Nk / kThreads), B·Hq); block:
+// stats::kThreads.
 extern "C" __global__ void __launch_bounds__(stats::kThreads)
 key_mass(const AttnParams p) {
     using namespace stats;
-    constexpr int kKeys = kWarpSize;
-    const int d = p.head_dim;
-    const smem_ptr<float> s_k = dynamic_smem<float>();    // [kKeys][d + 1]
-    const smem_ptr<float> s_part = s_k + kKeys * (d + 1);  // [kWarps][kKeys]
     const int bh = blockIdx.y;
-    const int b = bh / p.q_heads, h = bh % p.q_heads;
-    const int g_kv = h / p.group;
-    const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-    const int j0 = blockIdx.x * kKeys;
-    const int j = j0 + lane;
-
-    for (int idx = threadIdx.x; idx < kKeys * d; idx += kThreads) {
-        const int r = idx / d, c = idx % d;
-        s_k[r * (d + 1) + c] = j0 + r < p.kv_len ? to_float(p.k[row_offset(p.lk, b, j0 + r, g_kv) + c]) : 0.f;
-    }
-    __syncthreads();
-
-    float mass = 0.f;
-    if (j < p.kv_len) {
-        for (int i = warp; i < p.q_len; i += kWarps) {
-            if (j >= key_end(p, i)) continue;
-            const float lse = p.lse[(u64)bh * p.q_len + i];
-            if (lse == neg_inf()) continue;
-            const gmem_ptr<const elem_t> q_row = p.q + row_offset(p.lq, b, i, h);
-            float dot = 0.f;
-            for (int c = 0; c < d; ++c) dot += to_float(q_row[c]) * s_k[lane * (d + 1) + c];
-            const float x = logit_of(p, score_of(dot, p));
-            float prob = expf(x - lse);
-            if (p.variant == kClippedSoftmax) {
-                const float W = p.row_weight_sum[(u64)bh * p.q_len + i];
-                const float w = fminf(fmaxf((p.clip_zeta - p.clip_gamma) * prob + p.clip_gamma, 0.f), 1.f);
-                prob = W > 0.f ? w / W : 0.f;
-            }
-            mass += prob;
-        }
-    }
-    s_part[warp * kKeys + lane] = mass;
-    __syncthreads();
-    if (warp == 0 && j < p.kv_len) {
-        float total = 0.f;
-        for (int w = 0; w < kWarps; ++w) total += s_part[w * kKeys + lane];
-        p.key_mass[(u64)bh * p.kv_len + j] = total;
-    }
+    const int j = blockIdx.x * kThreads + threadIdx.x;
+    if (j >= p.kv_len) return;
+    float total = 0.f;
+    for (int m = 0; m < p.m_blocks; ++m) total += p.key_mass_partials[((u64)bh * p.m_blocks + m) * p.kv_len + j];
+    p.key_mass[(u64)bh * p.kv_len + j] = total;
 }

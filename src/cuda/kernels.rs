@@ -10,7 +10,7 @@ use cudarc::nvrtc::{result as nvrtc_result, sys as nvrtc_sys};
 use super::spec::fnv1a;
 pub use super::spec::{
     Arch, CHANNEL_ENTRY, FINALIZE_ENTRY, HeadDimTile, KEY_MASS_ENTRY, KernelPath, Specialization,
-    TENSOR_CORE_MIN_ARCH, cache_dir, key_mass_smem_bytes,
+    TENSOR_CORE_MIN_ARCH, cache_dir,
 };
 
 /// The version of the NVRTC library loaded.

@@ -40,6 +40,7 @@ pub(crate) struct KernelParams {
     pub key_mass: u64,
     pub partials: u64,
     pub row_weight_sum: u64,
+    pub key_mass_partials: u64,
     pub lq: TensorLayout,
     pub lk: TensorLayout,
     pub lv: TensorLayout,
@@ -79,11 +80,11 @@ mod tests {
 
     #[test]
     fn layout_matches_the_c_struct() {
-        // 13 pointers, 4 layouts of 4 u64, 14 ints, 5 floats, 1 int: 104 + 128 + 80 = 312.
+        // 14 pointers, 4 layouts of 4 u64, 14 ints, 5 floats, 1 int: 112 + 128 + 80 = 320.
         assert_eq!(size_of::<TensorLayout>(), 32);
-        assert_eq!(offset_of!(KernelParams, lq), 104);
-        assert_eq!(offset_of!(KernelParams, batch), 232);
-        assert_eq!(offset_of!(KernelParams, scale), 288);
-        assert_eq!(size_of::<KernelParams>(), 312);
+        assert_eq!(offset_of!(KernelParams, lq), 112);
+        assert_eq!(offset_of!(KernelParams, batch), 240);
+        assert_eq!(offset_of!(KernelParams, scale), 296);
+        assert_eq!(size_of::<KernelParams>(), 320);
     }
 }

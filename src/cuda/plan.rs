@@ -5,8 +5,8 @@
 
 use super::params::{KernelParams, TensorLayout};
 use super::spec::{
-    Arch, CHANNEL_ENTRY, CHANNEL_RECORD, FINALIZE_ENTRY, KEY_MASS_ENTRY, KEY_MASS_KEYS,
-    PARTIAL_COUNT, SCAN_ROWS, STATS_THREADS, Specialization, key_mass_smem_bytes,
+    Arch, CHANNEL_ENTRY, CHANNEL_RECORD, FINALIZE_ENTRY, KEY_MASS_ENTRY, PARTIAL_COUNT, SCAN_ROWS,
+    STATS_THREADS, Specialization,
 };
 use crate::contract::{Error, Gate, GateGranularity, Mask, Result, Validated, Variant};
 
@@ -27,8 +27,9 @@ pub struct Launch {
 }
 
 /// Where the parts of the workspace lie, in f32 elements from its start: the forward kernel's
-/// per-query-block partial records, the row weights of ClippedSoftmax, then the channel scan's
-/// chunk records (stats.cu finds the chunks after the row weights).
+/// per-query-block partial records, the row weights of ClippedSoftmax, the channel scan's
+/// chunk records (stats.cu finds the chunks after the row weights), then the per-query-block
+/// key mass of `HeadsAndKeys`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct WorkspaceLayout {
     /// Floats of partial records (`[B, Hq, m_blocks, PARTIAL_COUNT]`), at 0.
@@ -37,12 +38,14 @@ pub struct WorkspaceLayout {
     pub row_weights: usize,
     /// Floats of chunk records, after the row weights.
     pub chunks: usize,
+    /// Floats of per-query-block key mass (`[B, Hq, m_blocks, Nk]`), after the chunks.
+    pub key_partials: usize,
 }
 
 impl WorkspaceLayout {
     /// Floats the workspace must hold (0 without statistics).
     pub fn len(&self) -> usize {
-        self.partials + self.row_weights + self.chunks
+        self.partials + self.row_weights + self.chunks + self.key_partials
     }
 
     /// Whether the call needs no workspace.
@@ -126,6 +129,11 @@ impl LaunchPlan {
                 partials: heads * m_blocks * PARTIAL_COUNT,
                 row_weights: heads * s.q_len,
                 chunks: heads * scan_chunks * CHANNEL_RECORD,
+                key_partials: if problem.stats.keys() {
+                    heads * m_blocks * s.kv_len
+                } else {
+                    0
+                },
             }
         } else {
             WorkspaceLayout::default()
@@ -154,9 +162,9 @@ impl LaunchPlan {
         if problem.stats.keys() {
             launches.push(Launch {
                 entry: KEY_MASS_ENTRY,
-                grid: [to_u32(s.kv_len.div_ceil(KEY_MASS_KEYS))?, heads, 1],
+                grid: [to_u32(s.kv_len.div_ceil(STATS_THREADS as usize))?, heads, 1],
                 threads: STATS_THREADS,
-                dynamic_smem: key_mass_smem_bytes(s.head_dim),
+                dynamic_smem: 0,
             });
         }
         Ok(LaunchPlan {
@@ -186,7 +194,11 @@ impl LaunchPlan {
         p.key_mass = a.key_mass;
         if !self.workspace.is_empty() {
             p.partials = a.workspace;
-            p.row_weight_sum = a.workspace + (self.workspace.partials * 4) as u64;
+            let w = &self.workspace;
+            p.row_weight_sum = a.workspace + (w.partials * 4) as u64;
+            if w.key_partials > 0 {
+                p.key_mass_partials = a.workspace + ((w.len() - w.key_partials) * 4) as u64;
+            }
         }
         let elem = self.elem_bytes;
         p.aligned = [(a.q, &p.lq), (a.k, &p.lk), (a.v, &p.lv)]
@@ -369,6 +381,8 @@ mod tests {
         let p = keys.arguments(&a);
         assert_eq!(p.partials, 0x10000);
         assert_eq!(p.row_weight_sum, 0x10000 + 4 * 8 * 3 * PARTIAL_COUNT as u64);
+        let before_keys = 8 * 3 * PARTIAL_COUNT + 8 * 130 + 8 * 3 * CHANNEL_RECORD;
+        assert_eq!(p.key_mass_partials, 0x10000 + 4 * before_keys as u64);
         assert_eq!(p.aligned, 1);
         assert_eq!(keys.arguments(&Addresses { k: 0x2002, ..a }).aligned, 0);
     }

@@ -212,17 +212,10 @@ const SIMT_BLOCK_N: usize = 16;
 pub(crate) const PARTIAL_COUNT: usize = 10;
 /// Threads per block of the statistics kernels.
 pub(crate) const STATS_THREADS: u32 = 256;
-/// Keys per block of the key-mass kernel.
-pub(crate) const KEY_MASS_KEYS: usize = 32;
 /// Rows of each tensor per block of the channel scan (`kScanRows` in stats.cu).
 pub(crate) const SCAN_ROWS: usize = 128;
 /// Floats per tensor in one chunk record of the channel scan (`kChanRecord`), three tensors.
 pub(crate) const CHANNEL_RECORD: usize = 3 * 260;
-
-/// Dynamic shared memory of the key-mass kernel at head dim `d`, in bytes.
-pub fn key_mass_smem_bytes(head_dim: usize) -> usize {
-    (KEY_MASS_KEYS * (head_dim + 1) + 8 * KEY_MASS_KEYS) * 4
-}
 
 /// A compute capability.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -387,3 +387,57 @@ pub fn assert_long_sequences_pass(backend: &dyn Backend) {
         }
     }
 }
+
+/// The CUDA backend's fixed cases, run on a GPU (tests/cuda_parity.rs) and on the emulator
+/// (tests/cuda_emu_parity.rs): causal with Nq > Nk (rows that see no key), decode (Nq = 1),
+/// a sink variant with statistics, both tuned head dims, lengths past one and two tiles, the
+/// ClippedSoftmax second pass on f32, the d = 256 tile. All with `HeadsAndKeys`.
+pub fn cuda_fixed_problems() -> Vec<Problem> {
+    let cases = [
+        (
+            Shape::new(1, 4, 2, 130, 70, 64),
+            DType::Bf16,
+            Variant::KvSink,
+            Mask::Causal,
+        ),
+        (
+            Shape::new(2, 2, 1, 1, 300, 128),
+            DType::F16,
+            Variant::Softmax,
+            Mask::None,
+        ),
+        (
+            Shape::new(1, 2, 2, 90, 90, 128),
+            DType::Bf16,
+            Variant::ContextScale {
+                gate: Gate::TwoSigmoid,
+                granularity: GateGranularity::PerChannel,
+            },
+            Mask::Causal,
+        ),
+        (
+            Shape::new(1, 3, 1, 65, 129, 72),
+            DType::F32,
+            Variant::ClippedSoftmax {
+                zeta: 1.1,
+                gamma: -0.1,
+            },
+            Mask::Causal,
+        ),
+        (
+            Shape::new(1, 2, 1, 200, 64, 256),
+            DType::F16,
+            Variant::LogitSink,
+            Mask::Causal,
+        ),
+    ];
+    cases
+        .into_iter()
+        .map(|(shape, dtype, variant, mask)| {
+            Problem::new(shape, dtype)
+                .with_variant(variant)
+                .with_mask(mask)
+                .with_stats(StatsLevel::HeadsAndKeys)
+        })
+        .collect()
+}
