@@ -9,13 +9,14 @@
 
 namespace simt {
 
-constexpr int kWarps = 8;
+constexpr int kWarps = kHostSimtWarps;             // from the host (src/cuda/spec.rs)
 constexpr int kThreads = kWarps * kWarpSize;
 constexpr int kBlockN = kWarpSize / 2;             // keys per tile: two lanes per key
 constexpr int kMaxHeadDim = 256;
 constexpr int kMaxChannelsPerLane = kMaxHeadDim / kWarpSize;
 
 static_assert(kBlockN * 2 == kWarpSize, "two lanes score each key");
+static_assert(kBlockN == kHostSimtBlockN, "the host sizes shared memory for this tile");
 
 // Shared memory for head dim d, in bytes: K and V tiles with rows padded to d + 1 floats (so
 // that the lanes reading one channel of 16 keys hit 16 banks), this block's Q rows, scratch.

@@ -31,15 +31,14 @@
 
 namespace tc {
 
+// The tile sizes come from the host (kHost*, written by src/cuda/spec.rs, which explains them).
 constexpr int kHeadDimTile = HEAD_DIM_TILE;  // d is run-time; channels past it are zero-filled
-constexpr int kWarps = 4;
+constexpr int kWarps = kHostTcWarps;
 constexpr int kThreads = kWarps * kWarpSize;
 constexpr int kRowsPerWarp = 16;                      // the m of m16n8k16
 constexpr int kBlockM = kWarps * kRowsPerWarp;        // 64 query rows per block
-// Keys per tile: 64 keeps S at 32 registers per thread; at d = 256 the O accumulator alone is
-// 128 registers, so the tile halves to stay within the register file.
-constexpr int kBlockN = kHeadDimTile <= 128 ? 64 : 32;
-constexpr int kSmemPad = 8;
+constexpr int kBlockN = kHostTcBlockN;                // keys per K/V tile: 64, or 32 at d = 256
+constexpr int kSmemPad = kHostTcSmemPad;
 constexpr int kRowStride = kHeadDimTile + kSmemPad;   // elements
 constexpr int kChunk = 8;                             // elements per 16-byte copy
 constexpr int kChunksPerRow = kHeadDimTile / kChunk;
@@ -56,7 +55,8 @@ static_assert((kRowStride * 2 / 16) % 2 == 1, "row stride must be an odd number 
 // an sm_86/sm_89 block may have). The statistics scratch reuses Q's rows at the end.
 constexpr int kSmemBytes = (kBlockM * kRowStride + 4 * kTileElems) * 2;
 static_assert(kWarps * kPartialCount * 4 <= kBlockM * kRowStride * 2, "scratch fits in Q's rows");
-static_assert(kSmemBytes <= 99 * 1024, "fits every sm_8x/sm_9x block (src/cuda/kernels.rs mirrors it)");
+static_assert(kSmemBytes <= 99 * 1024, "fits every sm_8x/sm_9x block");
+static_assert(kSmemBytes == kHostTcSmemBytes, "the host launches with this much dynamic shared memory");
 
 // The inline-PTX wrappers. Under OUTLIER_ATTN_EMU each calls the emulator's instruction of the
 // same name (cuda/emu/ptx.h) with the operands in the order the asm statement gives them.

@@ -1,7 +1,8 @@
 // outlier-attn CUDA backend: what every kernel shares.
 //
 // The host prepends the specialisation defines (ELEM_F32 | ELEM_F16 | ELEM_BF16 and, for the
-// tensor-core kernel, HEAD_DIM_TILE) and concatenates this file with the kernel files; no
+// tensor-core kernel, HEAD_DIM_TILE) and the launch geometry (kHost* constants, written by
+// src/cuda/spec.rs), and concatenates this file with the kernel files; no
 // CUDA header is included, so libnvrtc alone compiles it. Conversions go through PTX.
 //
 // Everything that costs nothing measurable at run time (variant, mask, softcap, scale, gate,
@@ -151,6 +152,7 @@ enum PartialIndex : int {
     kPartGateMin, kPartGateMax, kPartGateSum, kPartGateCount,
     kPartialCount
 };
+static_assert(kPartialCount == kHostPartialCount, "the host sizes the workspace for this record");
 
 DEVICE bool has_sink(int variant) {
     return variant == kContextBias || variant == kKvSink || variant == kLogitSink || variant == kSoftmax1;

@@ -8,15 +8,17 @@
 
 namespace stats {
 
-constexpr int kWarps = 8;
-constexpr int kThreads = kWarps * kWarpSize;
+constexpr int kThreads = kHostStatsThreads;  // from the host (src/cuda/spec.rs)
+constexpr int kWarps = kThreads / kWarpSize;
 constexpr int kMaxHeadDim = 256;
 constexpr int kMaxChannelsPerLane = kMaxHeadDim / kWarpSize;
-constexpr int kScanRows = 128;  // rows of each tensor per channel_partials block
+constexpr int kScanRows = kHostScanRows;  // rows of each tensor per channel_partials block
 constexpr int kTensors = 3;     // Q, K, V
 // One chunk's record per tensor: max |x| per channel, then Σ|x|, Σ‖row‖, ‖row 0‖ (chunk 0).
 constexpr int kChanMax = 0, kChanAbsSum = kMaxHeadDim, kChanNormSum = kMaxHeadDim + 1,
               kChanNorm0 = kMaxHeadDim + 2, kChanRecord = kMaxHeadDim + 4;
+static_assert(kChanRecord == kHostChanRecord, "the host sizes the workspace for this record");
+static_assert(kThreads % kWarpSize == 0, "whole warps");
 
 DEVICE int scan_chunks(const AttnParams& p) {
     return (max(p.q_len, p.kv_len) + kScanRows - 1) / kScanRows;

@@ -65,5 +65,5 @@ pub mod suites;
 #[cfg(feature = "wgpu")]
 pub mod wgsl;
 
-pub use backends::{Discovery, discover};
+pub use backends::{Discovery, ON_REQUEST, discover, discover_named};
 pub use contract::*;

@@ -11,7 +11,7 @@ mod common;
 
 use std::sync::OnceLock;
 
-use common::{Case, Limits};
+use common::Limits;
 use outlier_attn::cases::{self, InputSpec};
 use outlier_attn::cuda::{Arch, HeadDimTile, KernelPath};
 use outlier_attn::cuda_emu::{EmuArgs, EmuAttention, EmuBackend, EmuParams, EmuWorkspace};
@@ -86,7 +86,7 @@ fn cuda_emu_passes_the_parity_sweep_past_one_tile() {
         max_group: 2,
         ..Limits::default()
     };
-    sweep(b, &limits, 24);
+    sweep(b, &limits, u32::MAX);
 }
 
 /// The SIMT kernel with f16 and bf16 inputs (GPUs before sm_80).
@@ -106,45 +106,22 @@ fn cuda_emu_simt_path_passes_the_parity_sweep() {
     sweep(b, &limits, 24);
 }
 
-/// Every head-dim tile of the tensor-core kernel (d = 8 ... 256, the first and last d of each
-/// tile and one that is not a multiple of 16) in both 16-bit dtypes, every variant in turn,
-/// keys past one tile, and the f32 SIMT kernel at the same dims.
+/// Every head-dim tile of the tensor-core kernel in both 16-bit dtypes and the f32 SIMT kernel
+/// at the same dims, the variants in turn (tests/common `cuda_tile_cases`).
 #[test]
 fn cuda_emu_every_tile_and_variant() {
     let Some(b) = backend() else { return };
-    let variants = Variant::all_default();
-    let dims = [8, 24, 64, 72, 128, 136, 200, 256];
-    let mut n = 0;
-    for (i, &d) in dims.iter().enumerate() {
-        for dtype in [DType::F16, DType::Bf16, DType::F32] {
-            let variant = variants[(i * 3 + n) % variants.len()];
-            n += 1;
-            let mut problem = Problem::new(Shape::new(1, 2, 1, 19, 70, d), dtype)
-                .with_variant(variant)
-                .with_mask(if n % 2 == 0 { Mask::Causal } else { Mask::None })
-                .with_stats(StatsLevel::HeadsAndKeys);
-            if n % 3 == 0 {
-                problem = problem.with_softcap(20.0);
-            }
-            if dtype != DType::F32 {
-                let tile = HeadDimTile::for_head_dim(d);
-                assert_eq!(
-                    b.attention().specialization(dtype, d).path,
-                    KernelPath::TensorCore(tile)
-                );
-            }
-            let case = Case {
-                problem,
-                spec: InputSpec {
-                    seed: 40 + n as u64,
-                    massive: n % 4 == 0,
-                    ..InputSpec::default()
-                },
-                views: n % 5 == 0,
-            };
-            if let Err(e) = common::check_case(b, &case) {
-                panic!("{e}");
-            }
+    for case in common::cuda_tile_cases() {
+        let d = case.problem.shape.head_dim;
+        let dtype = case.problem.dtype;
+        if dtype != DType::F32 {
+            assert_eq!(
+                b.attention().specialization(dtype, d).path,
+                KernelPath::TensorCore(HeadDimTile::for_head_dim(d))
+            );
+        }
+        if let Err(e) = common::check_case(b, &case) {
+            panic!("{e}");
         }
     }
 }
@@ -167,7 +144,7 @@ fn cuda_emu_is_deterministic_and_reads_views() {
         ..Limits::default()
     };
     let mut runner = TestRunner::new(proptest::test_runner::Config {
-        cases: common::config().cases.min(8),
+        cases: common::config().cases.min(16),
         ..common::config()
     });
     runner

@@ -1,6 +1,7 @@
 //! The CUDA backend against the reference: the shared parity sweep (every variant, dtype,
 //! mask, statistics level, GQA, Nq = 1 / Nk = 1, massive activations, views), a sweep with
-//! lengths and head dims past one tile, determinism and views. Runs wherever a GPU is present;
+//! lengths and head dims past one tile, every head-dim tile, determinism and views: the suite
+//! tests/cuda_emu_parity.rs runs on the CPU emulator (when the two disagree, the GPU is right). Runs wherever a GPU is present;
 //! elsewhere it skips with a message, or fails when `OUTLIER_ATTN_REQUIRE` names `cuda`.
 #![cfg(feature = "cuda")]
 mod common;
@@ -67,6 +68,17 @@ fn cuda_is_deterministic_and_reads_views() {
             Ok(())
         })
         .unwrap();
+}
+
+/// Every head-dim tile and variant (shared with the emulator's tests).
+#[test]
+fn cuda_every_tile_and_variant() {
+    let Some(b) = backend() else { return };
+    for case in common::cuda_tile_cases() {
+        if let Err(e) = common::check_case(b, &case) {
+            panic!("{e}");
+        }
+    }
 }
 
 /// Fixed cases the random sweep may draw rarely (shared with the emulator's tests).

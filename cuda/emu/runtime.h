@@ -2,8 +2,8 @@
 //
 // The kernels in cuda/*.cu are compiled by the host's C++ compiler (g++ -std=c++20) with
 // OUTLIER_ATTN_EMU defined and this header in front of them. A launch runs its blocks one after
-// another on the calling OS thread; the threads of a block are fibers (ucontext) run by a
-// cooperative, deterministic scheduler, so __syncthreads and warp collectives wait for each
+// another on the calling OS thread; the threads of a block are fibers run by a cooperative,
+// deterministic scheduler, so __syncthreads and warp collectives wait for each
 // other as on a GPU. Every access to global and shared memory goes through checked pointers
 // (gptr, sptr) and every violation is a Fault naming the kernel, the block and the thread:
 //   - global memory outside the buffers the launch was given (or through a null pointer);
@@ -26,6 +26,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -74,6 +75,76 @@ struct Fault {
 
 struct Launch;
 struct Thread;
+
+// ---------------------------------------------------------------------------------------------
+// Fiber contexts. On x86-64 a switch saves the callee-saved registers and the floating-point
+// control words on the fiber's own stack and swaps stack pointers (glibc's swapcontext also
+// makes a sigprocmask system call per switch, which the warp collectives would pay millions of
+// times); elsewhere ucontext.
+// ---------------------------------------------------------------------------------------------
+#if defined(__x86_64__)
+extern "C" void outlier_attn_emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+    .text
+    .p2align 4
+    .hidden outlier_attn_emu_switch
+    .globl outlier_attn_emu_switch
+    .type outlier_attn_emu_switch,@function
+outlier_attn_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size outlier_attn_emu_switch, .-outlier_attn_emu_switch
+)");
+
+struct Context {
+    void* sp = nullptr;
+};
+
+// Prepares `c` to run `entry` (which never returns) on [stack, stack + bytes): the frame
+// outlier_attn_emu_switch pops (control words, six registers), then `entry` as the return
+// address, placed so that `entry` starts with the stack alignment of a called function.
+inline void context_start(Context& c, void* stack, size_t bytes, void (*entry)()) {
+    const uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t(15);
+    uint64_t* frame = reinterpret_cast<uint64_t*>(top - 72);  // 8 (sp % 16) after the ret
+    frame[0] = 0x1f80ull | (0x037full << 32);                // MXCSR, x87 control word defaults
+    for (int r = 1; r <= 6; ++r) frame[r] = 0;                // r15, r14, r13, r12, rbx, rbp
+    frame[7] = reinterpret_cast<uint64_t>(entry);
+    frame[8] = 0;  // where a caller's return address would be
+    c.sp = frame;
+}
+inline void context_swap(Context& save, Context& load) { outlier_attn_emu_switch(&save.sp, load.sp); }
+#else
+struct Context {
+    ucontext_t uc;
+};
+inline void context_start(Context& c, void* stack, size_t bytes, void (*entry)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = bytes;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+}
+inline void context_swap(Context& save, Context& load) { swapcontext(&save.uc, &load.uc); }
+#endif
 
 // The launch running on this OS thread (one at a time: launches are synchronous).
 inline thread_local Launch* g_launch = nullptr;
@@ -141,7 +212,7 @@ struct Collective {
 };
 
 struct Thread {
-    ucontext_t ctx;
+    Context ctx;
     void* stack = nullptr;
     dim3 idx;
     int linear = 0;
@@ -185,7 +256,7 @@ struct Launch {
     size_t last_buffer = 0;
     std::vector<Thread> threads;
     Thread* current = nullptr;
-    ucontext_t scheduler;
+    Context scheduler;
     Region dynamic;
     std::vector<std::unique_ptr<Region>> statics;
     int barrier_arrived = 0;
@@ -228,7 +299,7 @@ inline int warp_id() { return g_launch->current->linear / 32; }
 inline void park() {
     Launch* L = g_launch;
     Thread* me = L->current;
-    swapcontext(&me->ctx, &L->scheduler);
+    context_swap(me->ctx, L->scheduler);
     if (L->failed) throw Fault{L->error};  // another thread faulted: unwind this one
 }
 
@@ -239,11 +310,11 @@ inline void barrier(std::source_location site) {
     me->state = State::AtBarrier;
     me->site = site;
     if (++L->barrier_arrived == L->n_threads) {
+        const std::source_location& first = L->threads[0].site;
         for (Thread& t : L->threads) {
-            if (t.site.line() != site.line() || std::strcmp(t.site.file_name(), site.file_name()) != 0) {
-                fault_at(t.linear, "waits at __syncthreads " + where(t.site) + " while thread " +
-                                       std::to_string(me->linear) + " waits at " + where(site) +
-                                       ": every thread must reach the same __syncthreads");
+            if (t.site.line() != first.line() || std::strcmp(t.site.file_name(), first.file_name()) != 0) {
+                fault_at(t.linear, "waits at __syncthreads " + where(t.site) + " while thread 0 waits at " +
+                                       where(first) + ": every thread must reach the same __syncthreads");
             }
         }
         L->barrier_arrived = 0;
@@ -351,7 +422,7 @@ inline std::string deadlock(Launch& L) {
     return std::string(L.kernel) + ": " + L.block_name() + ": deadlock";
 }
 
-inline void fiber_main() {
+[[noreturn]] inline void fiber_main() {
     Launch* L = g_launch;
     Thread* me = L->current;
     try {
@@ -366,9 +437,15 @@ inline void fiber_main() {
             L->failed = true;
             L->error = L->prefix(me->linear) + "C++ exception: " + e.what();
         }
+    } catch (...) {
+        if (!L->failed) {
+            L->failed = true;
+            L->error = L->prefix(me->linear) + "unknown C++ exception";
+        }
     }
     me->state = State::Done;
-    setcontext(&L->scheduler);
+    context_swap(me->ctx, L->scheduler);  // never resumed
+    std::abort();
 }
 
 // Runs one block to completion; false (with L.error set) on a fault or deadlock.
@@ -382,18 +459,14 @@ inline bool run_block(Launch& L) {
         t.waiting_on = nullptr;
         t.committed.clear();
         t.open.clear();
-        getcontext(&t.ctx);
-        t.ctx.uc_stack.ss_sp = t.stack;
-        t.ctx.uc_stack.ss_size = kStackBytes;
-        t.ctx.uc_link = nullptr;
-        makecontext(&t.ctx, fiber_main, 0);
+        context_start(t.ctx, t.stack, kStackBytes, fiber_main);
     }
     for (;;) {
         bool ran = false, all_done = true;
         for (Thread& t : L.threads) {
             if (t.state == State::Ready) {
                 L.current = &t;
-                swapcontext(&L.scheduler, &t.ctx);
+                context_swap(L.scheduler, t.ctx);
                 ran = true;
                 if (L.failed) {
                     // Unwind nothing: the other fibers are abandoned with their stacks.

@@ -59,7 +59,9 @@ impl HeadDimTile {
         }
     }
 
-    /// Keys per K/V tile (`kBlockN` of attention_tc.cu).
+    /// Keys per K/V tile (`kBlockN` of attention_tc.cu): 64 keeps S at 32 registers per
+    /// thread; at d = 256 the O accumulator alone is 128 registers, so the tile halves to stay
+    /// within the register file.
     fn block_n(self) -> usize {
         if self.channels() <= 128 { 64 } else { 32 }
     }
@@ -153,13 +155,50 @@ impl Specialization {
         if let KernelPath::TensorCore(t) = self.path {
             src.push_str(&format!("#define HEAD_DIM_TILE {}\n", t.channels()));
         }
-        src.push_str(COMMON_SRC);
-        src.push_str(match self.path {
-            KernelPath::TensorCore(_) => TC_SRC,
-            KernelPath::Simt => SIMT_SRC,
-        });
-        src.push_str(STATS_SRC);
+        src.push_str(&self.geometry_header());
+        // `#line` keeps compiler messages (NVRTC's, g++'s) and the emulator's source locations
+        // in the real files.
+        let (kernel_name, kernel) = match self.path {
+            KernelPath::TensorCore(_) => ("attention_tc.cu", TC_SRC),
+            KernelPath::Simt => ("attention_simt.cu", SIMT_SRC),
+        };
+        for (name, text) in [
+            ("common.cuh", COMMON_SRC),
+            (kernel_name, kernel),
+            ("stats.cu", STATS_SRC),
+        ] {
+            src.push_str(&format!("#line 1 \"cuda/{name}\"\n"));
+            src.push_str(text);
+        }
         src
+    }
+
+    /// The launch geometry as C++ constants, the first part of [`source`](Self::source): the
+    /// kernels size their tiles from these, and check what they derive from them (shared
+    /// memory, record sizes) against the host's values with `static_assert`s.
+    pub fn geometry_header(&self) -> String {
+        let mut constants = vec![
+            ("kHostTcWarps", TC_WARPS),
+            ("kHostTcSmemPad", TC_SMEM_PAD),
+            ("kHostSimtWarps", SIMT_WARPS),
+            ("kHostSimtBlockN", SIMT_BLOCK_N),
+            ("kHostStatsThreads", STATS_THREADS as usize),
+            ("kHostScanRows", SCAN_ROWS),
+            ("kHostPartialCount", PARTIAL_COUNT),
+            ("kHostChanRecord", CHANNEL_RECORD_PER_TENSOR),
+        ];
+        if let KernelPath::TensorCore(t) = self.path {
+            constants.push(("kHostTcBlockN", t.block_n()));
+            constants.push(("kHostTcSmemBytes", self.forward_smem_bytes(t.channels())));
+        }
+        let mut s = String::from(
+            "// Launch geometry, written by src/cuda/spec.rs: the host computes grids, shared memory\n\
+             // and the workspace from the same numbers.\n",
+        );
+        for (name, value) in constants {
+            s.push_str(&format!("constexpr int {name} = {value};\n"));
+        }
+        s
     }
 
     /// Dynamic shared memory of the forward kernel at head dim `d`, in bytes; mirrors the
@@ -202,11 +241,22 @@ impl fmt::Display for Specialization {
     }
 }
 
-// Launch geometry, mirrored from the kernels (tc::, simt::, stats:: namespaces).
-const TC_BLOCK_M: usize = 64;
-const TC_THREADS: u32 = 128;
+// Launch geometry, defined here once: `Specialization::source` writes it into every module as
+// C++ constants (`geometry_header`), the kernels take their tiles from those, and their
+// static_asserts hold what they derive (shared memory, record sizes) to the numbers below.
+/// Warps per block of the tensor-core kernel; each owns 16 query rows (the m of m16n8k16).
+const TC_WARPS: usize = 4;
+/// Query rows per warp of the tensor-core kernel (`kRowsPerWarp`).
+const TC_ROWS_PER_WARP: usize = 16;
+/// Query rows per block of the tensor-core kernel (`kBlockM`).
+const TC_BLOCK_M: usize = TC_WARPS * TC_ROWS_PER_WARP;
+/// Threads per block of the tensor-core kernel.
+const TC_THREADS: u32 = (TC_WARPS * 32) as u32;
+/// Elements of padding per shared-memory row (16 bytes: conflict-free ldmatrix).
 const TC_SMEM_PAD: usize = 8;
+/// Warps (= query rows) per block of the SIMT kernel.
 const SIMT_WARPS: usize = 8;
+/// Keys per tile of the SIMT kernel: two lanes score each key.
 const SIMT_BLOCK_N: usize = 16;
 /// Floats in one query block's partial statistics record (`kPartialCount`).
 pub(crate) const PARTIAL_COUNT: usize = 10;
@@ -214,8 +264,11 @@ pub(crate) const PARTIAL_COUNT: usize = 10;
 pub(crate) const STATS_THREADS: u32 = 256;
 /// Rows of each tensor per block of the channel scan (`kScanRows` in stats.cu).
 pub(crate) const SCAN_ROWS: usize = 128;
-/// Floats per tensor in one chunk record of the channel scan (`kChanRecord`), three tensors.
-pub(crate) const CHANNEL_RECORD: usize = 3 * 260;
+/// Floats per tensor in one chunk record of the channel scan (`kChanRecord`: a maximum per
+/// channel up to d = 256, then three sums and a pad).
+const CHANNEL_RECORD_PER_TENSOR: usize = 256 + 4;
+/// Floats of one chunk record of the channel scan, three tensors.
+pub(crate) const CHANNEL_RECORD: usize = 3 * CHANNEL_RECORD_PER_TENSOR;
 
 /// A compute capability.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

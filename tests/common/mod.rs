@@ -441,3 +441,37 @@ pub fn cuda_fixed_problems() -> Vec<Problem> {
         })
         .collect()
 }
+
+/// Every head-dim tile of the CUDA tensor-core kernel (d = 8 ... 256: the first and last d of
+/// each tile and dims that are not a multiple of 16) in f16, bf16 and f32 (the SIMT kernel),
+/// the variants in turn, causal and not, softcap on a third, keys past one 64-key tile, massive
+/// activations on a quarter and views on a fifth. Run on a GPU and on the emulator.
+pub fn cuda_tile_cases() -> Vec<Case> {
+    let variants = Variant::all_default();
+    let dims = [8, 24, 64, 72, 128, 136, 200, 256];
+    let mut out = Vec::new();
+    let mut n = 0;
+    for (i, &d) in dims.iter().enumerate() {
+        for dtype in [DType::F16, DType::Bf16, DType::F32] {
+            let variant = variants[(i * 3 + n) % variants.len()];
+            n += 1;
+            let mut problem = Problem::new(Shape::new(1, 2, 1, 19, 70, d), dtype)
+                .with_variant(variant)
+                .with_mask(if n % 2 == 0 { Mask::Causal } else { Mask::None })
+                .with_stats(StatsLevel::HeadsAndKeys);
+            if n % 3 == 0 {
+                problem = problem.with_softcap(20.0);
+            }
+            out.push(Case {
+                problem,
+                spec: InputSpec {
+                    seed: 40 + n as u64,
+                    massive: n % 4 == 0,
+                    ..InputSpec::default()
+                },
+                views: n % 5 == 0,
+            });
+        }
+    }
+    out
+}
