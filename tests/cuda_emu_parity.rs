@@ -260,11 +260,11 @@ fn cuda_emu_device_level_workspace_and_guards() {
             for i in 0..s.q_len {
                 for h in 0..s.q_heads {
                     for c in 0..s.head_dim {
-                        let at = o_layout.index(bb, i, h, c) as usize;
+                        let at = o_layout.index(bb, i, h, c);
                         written[at] = true;
                         assert_eq!(
                             o[at].to_bits(),
-                            dense[dense_layout.index(bb, i, h, c) as usize].to_bits()
+                            dense[dense_layout.index(bb, i, h, c)].to_bits()
                         );
                     }
                 }

@@ -358,17 +358,14 @@ mod tests {
             ]
         );
         assert_eq!(keys.launches[1].grid, [3, 8, 1], "ceil(300 / 128) chunks");
-        assert_eq!(
-            keys.launches[3].grid,
-            [10, 8, 1],
-            "ceil(300 / 32) key blocks"
-        );
+        assert_eq!(keys.launches[3].grid, [2, 8, 1], "ceil(300 / 256) key blocks");
         assert_eq!(
             keys.workspace,
             WorkspaceLayout {
                 partials: 8 * 3 * PARTIAL_COUNT,
                 row_weights: 8 * 130,
                 chunks: 8 * 3 * CHANNEL_RECORD,
+                key_partials: 8 * 3 * 300,
             }
         );
         let a = Addresses {
