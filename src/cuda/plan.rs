@@ -358,7 +358,11 @@ mod tests {
             ]
         );
         assert_eq!(keys.launches[1].grid, [3, 8, 1], "ceil(300 / 128) chunks");
-        assert_eq!(keys.launches[3].grid, [2, 8, 1], "ceil(300 / 256) key blocks");
+        assert_eq!(
+            keys.launches[3].grid,
+            [2, 8, 1],
+            "ceil(300 / 256) key blocks"
+        );
         assert_eq!(
             keys.workspace,
             WorkspaceLayout {
