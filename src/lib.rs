@@ -13,7 +13,10 @@
 //! - `safetensors_io` (feature `safetensors`): attention inputs and model dumps read from
 //!   safetensors files, outputs written to them;
 //! - one module per GPU backend, behind its cargo feature, depending on the contract only;
-//!   [`discover`] finds the ones present.
+//!   [`discover`] finds the ones present;
+//! - `cuda_emu` (feature `cuda-emulator`): the CUDA kernels built for the host and run on a CPU
+//!   emulator of the CUDA they use, through the CUDA backend's launch plan; listed by
+//!   [`discover`] only when asked for by name.
 //!
 //! # Variants
 //! With s_ij = σ·q_i·k_j (softcapped if asked), p_ij = softmax_j(s_ij) over the visible keys
