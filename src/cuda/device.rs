@@ -78,7 +78,9 @@ pub struct DeviceArgs<'a, T> {
 
 /// Scratch memory reused from call to call, needed only with statistics: per-query-block
 /// partial records, the row weights of ClippedSoftmax and the Q/K/V channel-scan chunks
-/// (about 10·B·Hq·Nq/64 + B·Hq·Nq + 780·B·Hq·max(Nq, Nk)/128 floats). It grows when a call
+/// (about 10·B·Hq·Nq/64 + B·Hq·Nq + 780·B·Hq·max(Nq, Nk)/128 floats), and with
+/// `HeadsAndKeys` each query block's key mass (B·Hq·⌈Nq/64⌉·Nk floats; ⌈Nq/8⌉ blocks on the
+/// SIMT path); [`LaunchPlan::workspace`](super::LaunchPlan) lays it out. It grows when a call
 /// needs more and is never shrunk; one workspace serves one stream at a time (calls take it
 /// by `&mut`).
 #[derive(Default)]

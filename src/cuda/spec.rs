@@ -201,8 +201,9 @@ impl Specialization {
         s
     }
 
-    /// Dynamic shared memory of the forward kernel at head dim `d`, in bytes; mirrors the
-    /// sizes in attention_tc.cu and attention_simt.cu.
+    /// Dynamic shared memory of the forward kernel at head dim `d`, in bytes: the layouts of
+    /// attention_tc.cu (which checks this number with a `static_assert`) and attention_simt.cu
+    /// (whose accesses the emulator checks against exactly this much).
     pub fn forward_smem_bytes(&self, head_dim: usize) -> usize {
         match self.path {
             KernelPath::TensorCore(t) => {
