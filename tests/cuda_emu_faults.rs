@@ -211,3 +211,19 @@ fn a_correct_launch_of_the_same_module_passes() {
     drop(bufs);
     assert_eq!(out[5], 4.0, "x from lane 5 ^ 1 after shuffle_lane_missing");
 }
+
+#[test]
+fn a_source_that_does_not_compile_keeps_the_compiler_log() {
+    if module().is_none() {
+        return;
+    }
+    let broken = "extern \"C\" __global__ void k(const int x) { undeclared_name = x; }\n";
+    match EmuModule::build("broken", broken, &["k"]) {
+        Err(EmuError::CompileFailed { log, module, .. }) => {
+            assert_eq!(module, "broken");
+            assert!(log.contains("undeclared_name"), "{log}");
+        }
+        Err(other) => panic!("expected a compile failure, got {other}"),
+        Ok(_) => panic!("a broken source compiled"),
+    }
+}

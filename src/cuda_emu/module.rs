@@ -337,9 +337,11 @@ fn build_uncached(name: &str, unit: &str, key: u64) -> Result<EmuModule, EmuErro
             reason: e.to_string(),
         };
         std::fs::create_dir_all(&dir).map_err(load_error)?;
-        let cpp = dir.join(format!("{stem}.cpp"));
+        // Private names: another process may be building the same module at the same time.
+        let pid = std::process::id();
+        let cpp = dir.join(format!("{stem}.{pid}.cpp"));
         std::fs::write(&cpp, unit).map_err(load_error)?;
-        let tmp = dir.join(format!("{stem}.so.tmp{}", std::process::id()));
+        let tmp = dir.join(format!("{stem}.so.tmp{pid}"));
         let cxx = compiler();
         let out = Command::new(&cxx)
             .args(COMPILER_FLAGS)
@@ -362,6 +364,7 @@ fn build_uncached(name: &str, unit: &str, key: u64) -> Result<EmuModule, EmuErro
         }
         // A concurrent process may have renamed its own copy first: either is the same build.
         std::fs::rename(&tmp, &so).map_err(load_error)?;
+        let _ = std::fs::remove_file(&cpp);
     }
     let load_error = |reason: String| EmuError::Load {
         path: so.display().to_string(),
