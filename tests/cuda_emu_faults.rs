@@ -1,4 +1,7 @@
-//! What the emulator catches: each kernel of tests/cuda_emu/faults.cu commits one fault, and
+//! What the emulator catches (out-of-buffer global accesses, shared memory out of range, early
+//! reads of cp.async destinations, barriers and warp collectives some thread never reaches,
+//! misaligned ldmatrix rows, shared-memory races): each kernel of tests/cuda_emu/faults.cu
+//! commits one fault, and
 //! the launch must fail with an error that names the kernel, the block and the faulting
 //! thread (and the launch must return: a deadlock is reported, not hung).
 #![cfg(feature = "cuda-emulator")]
@@ -9,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use outlier_attn::cuda_emu::{EmuBuffer, EmuError, EmuModule};
 
 const SOURCE: &str = include_str!("cuda_emu/faults.cu");
-const ENTRIES: [&str; 12] = [
+const ENTRIES: [&str; 15] = [
     "global_read_past_end",
     "global_write_before_start",
     "global_write_to_input",
@@ -22,6 +25,9 @@ const ENTRIES: [&str; 12] = [
     "shuffle_lane_missing",
     "mma_lane_missing",
     "ldmatrix_misaligned",
+    "shared_race_no_barrier",
+    "shared_race_in_warp",
+    "shared_write_write_race",
 ];
 
 fn module() -> Option<Arc<EmuModule>> {
@@ -188,6 +194,33 @@ fn an_ldmatrix_row_that_is_not_aligned() {
 }
 
 #[test]
+fn a_shared_memory_race() {
+    check(
+        "shared_race_no_barrier",
+        1,
+        40,
+        &[
+            "shared memory race",
+            "thread (0,0,0)",
+            "wrote",
+            "no __syncthreads",
+        ],
+    );
+    check(
+        "shared_race_in_warp",
+        1,
+        5,
+        &["shared memory race", "wrote", "__syncwarp of both"],
+    );
+    check(
+        "shared_write_write_race",
+        1,
+        7,
+        &["shared memory race", "a write", "wrote"],
+    );
+}
+
+#[test]
 fn a_correct_launch_of_the_same_module_passes() {
     // The faults are the kernels' doing: with no culprit (-1) the first kernel runs clean.
     let Some(m) = module() else { return };
@@ -208,7 +241,23 @@ fn a_correct_launch_of_the_same_module_passes() {
         unsafe { m.launch(entry, [1, 1, 1], [64, 1, 1], 256, &args, &bufs) }
             .unwrap_or_else(|e| panic!("{entry}: {e}"));
     }
+    // A __syncwarp of both lanes orders the write and the read.
+    let mut synced: Vec<u8> = bytemuck::cast_slice(&[bufs[0].addr(), bufs[1].addr()]).to_vec();
+    synced.extend_from_slice(bytemuck::cast_slice(&[105i32, 0]));
+    // SAFETY: as in `fault_of`.
+    unsafe {
+        m.launch(
+            "shared_race_in_warp",
+            [1, 1, 1],
+            [64, 1, 1],
+            256,
+            &synced,
+            &bufs,
+        )
+    }
+    .unwrap_or_else(|e| panic!("shared_race_in_warp with __syncwarp: {e}"));
     drop(bufs);
+    assert_eq!(out[0], 0.0, "in[0], read by lane 5 after the __syncwarp");
     assert_eq!(out[5], 4.0, "x from lane 5 ^ 1 after shuffle_lane_missing");
 }
 

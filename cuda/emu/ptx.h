@@ -165,6 +165,7 @@ inline void ldmatrix_sync_aligned_m8n8_shared_b16(uint32_t (&r)[num], uintptr_t 
                            if (a % 16) fault_at(thread, std::string(c.what) + " at " + where(c.site) + ": row address " + hex(a) + " is not 16-byte aligned");
                            Region* reg = check_shared(a, 0, 16, "ldmatrix row read", thread);
                            check_not_pending(reg, a, 16, "ldmatrix row read", thread);
+                           check_race(reg, a, 16, false, "an ldmatrix row read", thread);
                            std::memcpy(m[i][row], reinterpret_cast<const void*>(a), 16);
                        }
                    }
@@ -259,6 +260,9 @@ inline void cp_async_shared_global(const char* what, uintptr_t dst, uintptr_t sr
     if (src % cp_size) fault(std::string(what) + ": global address " + hex(src) + " is not aligned to " + std::to_string(cp_size) + " bytes");
     if (src_size > 0) check_global(src, 0, src_size, false, "read by cp.async");
     Region* r = check_shared(dst, 0, cp_size, "cp.async destination");
+    // The copy may land any time from now to its wait_group: it races with what others do
+    // to these bytes now. (Its completion is recorded as a write by this thread.)
+    check_race(r, dst, cp_size, true, "a cp.async write");
     std::memset(reinterpret_cast<void*>(dst), 0xff, cp_size);
     const size_t first = (dst - r->begin) / 4, last = (dst - r->begin + cp_size - 1) / 4;
     for (size_t g = first; g <= last; ++g) ++r->pending[g];
@@ -285,6 +289,7 @@ inline void cp_async_commit_group() {
 inline void complete(const AsyncCopy& c) {
     const size_t first = (c.dst - c.region->begin) / 4, last = (c.dst - c.region->begin + c.size - 1) / 4;
     for (size_t g = first; g <= last; ++g) --c.region->pending[g];
+    check_race(c.region, c.dst, c.size, true, "the completion of a cp.async");
     unsigned char bytes[16] = {};
     if (c.src_size) std::memcpy(bytes, reinterpret_cast<const void*>(c.src), c.src_size);
     std::memcpy(reinterpret_cast<void*>(c.dst), bytes, c.size);
@@ -326,7 +331,13 @@ using ::emu::dim3;
 
 inline void __syncthreads(std::source_location site = std::source_location::current()) { ::emu::barrier(site); }
 inline void __syncwarp(unsigned mask = 0xffffffffu, std::source_location site = std::source_location::current()) {
-    ::emu::collective("__syncwarp", site, mask, 0, [](::emu::Collective&) {});
+    // Orders the shared-memory accesses of the lanes of `mask` (see emu::ordered).
+    ::emu::collective("__syncwarp", site, mask, 0, [](::emu::Collective& c) {
+        const uint32_t generation = ++::emu::g_launch->warp_generation[c.warp];
+        for (int lane = 0; lane < 32; ++lane) {
+            if (c.mask >> lane & 1u) ::emu::g_launch->threads[c.warp * 32 + lane].warp_sync = generation;
+        }
+    });
 }
 
 template <class T>

@@ -10,11 +10,14 @@
 //   - shared memory outside the region (dynamic, or one static array) the pointer points into;
 //   - a read of a cp.async destination before the wait_group that completes it;
 //   - a __syncthreads that not every thread of the block reaches (deadlock, reported);
-//   - a warp collective (shuffle, ldmatrix, mma) that some lane of its mask never reaches.
+//   - a warp collective (shuffle, ldmatrix, mma) that some lane of its mask never reaches;
+//   - a shared-memory race: two threads touching the same bytes, one of them writing, with no
+//     __syncthreads (or __syncwarp of both) between the two accesses.
 // The PTX instructions themselves are in ptx.h; the launch entry of a module in module.h.
 //
-// What it cannot show: speed, races that a real memory model allows (execution is sequential
-// and every copy completes at the latest moment the PTX rules allow), or driver behaviour.
+// What it cannot show: speed, races in global memory or those only a weaker memory model than
+// "barriers order shared memory" exposes (execution is sequential; every copy completes at the
+// latest moment the PTX rules allow), or driver behaviour.
 #pragma once
 
 #include <ucontext.h>
@@ -169,11 +172,22 @@ inline std::string hex(uint64_t x) {
 // (all bytes 0xff: NaN in f16, bf16 and f32) when the block starts. `pending` counts the
 // cp.async copies in flight into each 4-byte granule.
 // ---------------------------------------------------------------------------------------------
+// The last write and the last read(s) of one 2-byte granule (the smallest element the kernels
+// store; two threads storing the two bytes of one granule would be reported), for the race
+// check: which thread, at which barrier epoch and warp-sync generation (see `ordered`).
+struct Access {
+    int16_t writer = -1;  // thread, or -1
+    int16_t reader = -1;  // thread, -1 none, or kManyReaders
+    uint32_t w_epoch = 0, w_sync = 0, r_epoch = 0, r_sync = 0;
+};
+constexpr int16_t kManyReaders = -2;
+
 struct Region {
     std::string name;
     std::vector<unsigned char> bytes;  // over-allocated by 16 for alignment
     uintptr_t begin = 0, end = 0;
     std::vector<uint16_t> pending;
+    std::vector<Access> shadow;
     std::source_location decl;  // static arrays: where declared
 
     void allocate(size_t n) {
@@ -181,10 +195,12 @@ struct Region {
         begin = (reinterpret_cast<uintptr_t>(bytes.data()) + 15) & ~uintptr_t(15);
         end = begin + n;
         pending.assign((n + 3) / 4, 0);
+        shadow.assign((n + 1) / 2, Access{});
     }
     void poison() {
         std::memset(bytes.data(), 0xff, bytes.size());
         std::fill(pending.begin(), pending.end(), 0);
+        std::fill(shadow.begin(), shadow.end(), Access{});
     }
     bool contains(uintptr_t a) const { return a >= begin && a <= end; }
 };
@@ -219,6 +235,7 @@ struct Thread {
     State state = State::Ready;
     std::source_location site;  // where it waits
     Collective* waiting_on = nullptr;
+    uint32_t warp_sync = 0;  // the warp's __syncwarp generation at the last one this thread took part in
     std::vector<std::vector<AsyncCopy>> committed;  // oldest first
     std::vector<AsyncCopy> open;                     // not yet committed
     alignas(16) unsigned char out[kOperandBytes];
@@ -260,6 +277,8 @@ struct Launch {
     Region dynamic;
     std::vector<std::unique_ptr<Region>> statics;
     int barrier_arrived = 0;
+    uint32_t barrier_epoch = 0;               // __syncthreads completed in this block
+    std::vector<uint32_t> warp_generation;    // __syncwarp completed, per warp
     std::vector<std::unique_ptr<Collective>> collectives;  // open ones
     bool failed = false;
     std::string error;
@@ -318,6 +337,7 @@ inline void barrier(std::source_location site) {
             }
         }
         L->barrier_arrived = 0;
+        ++L->barrier_epoch;
         for (Thread& t : L->threads) t.state = State::Ready;
         return;
     }
@@ -451,12 +471,15 @@ inline std::string deadlock(Launch& L) {
 // Runs one block to completion; false (with L.error set) on a fault or deadlock.
 inline bool run_block(Launch& L) {
     L.barrier_arrived = 0;
+    L.barrier_epoch = 0;
+    L.warp_generation.assign((L.n_threads + 31) / 32, 0);
     L.collectives.clear();
     L.dynamic.poison();
     for (auto& s : L.statics) s->poison();
     for (Thread& t : L.threads) {
         t.state = State::Ready;
         t.waiting_on = nullptr;
+        t.warp_sync = 0;
         t.committed.clear();
         t.open.clear();
         context_start(t.ctx, t.stack, kStackBytes, fiber_main);
@@ -590,6 +613,56 @@ inline void check_not_pending(Region* r, uintptr_t a, size_t size, const char* w
     }
 }
 
+// Whether an access by `other` at (epoch, sync) happens before one by `thread` now: a
+// __syncthreads completed since, or both are lanes of one warp that both took part in a
+// __syncwarp since. (Shuffles and other collectives exchange registers, not memory: they order
+// nothing.)
+inline bool ordered(int other, uint32_t epoch, uint32_t sync, int thread) {
+    Launch* L = g_launch;
+    if (L->barrier_epoch > epoch) return true;
+    if (other < 0 || other / 32 != thread / 32) return false;
+    return L->threads[other].warp_sync > sync && L->threads[thread].warp_sync > sync;
+}
+
+// The race check of shared memory: a read of bytes another thread wrote, or a write of bytes
+// another thread read or wrote, with nothing between the two accesses that orders them.
+inline void check_race(Region* r, uintptr_t a, size_t size, bool write, const char* what, int thread = -1) {
+    Launch* L = g_launch;
+    if (thread < 0) thread = L->current->linear;
+    const uint32_t epoch = L->barrier_epoch, sync = L->warp_generation[thread / 32];
+    const size_t first = (a - r->begin) / 2, last = (a - r->begin + size - 1) / 2;
+    auto race = [&](int other, const char* other_did) {
+        fault_at(thread, std::string("shared memory race: ") + what + " of bytes [" + std::to_string(a - r->begin) + ", " +
+                             std::to_string(a - r->begin + size) + ") of " + r->name + " that " +
+                             (other == kManyReaders ? std::string("other threads") : L->thread_name(other)) + " " +
+                             other_did + " with no __syncthreads (or __syncwarp of both) between");
+    };
+    for (size_t g = first; g <= last; ++g) {
+        Access& acc = r->shadow[g];
+        if (acc.writer >= 0 && acc.writer != thread && !ordered(acc.writer, acc.w_epoch, acc.w_sync, thread)) {
+            race(acc.writer, "wrote");
+        }
+        if (write) {
+            const bool other_reader = acc.reader == kManyReaders || (acc.reader >= 0 && acc.reader != thread);
+            if (other_reader && !ordered(acc.reader, acc.r_epoch, acc.r_sync, thread)) race(acc.reader, "read");
+            acc.writer = int16_t(thread);
+            acc.w_epoch = epoch;
+            acc.w_sync = sync;
+            acc.reader = -1;
+        } else if (acc.reader == -1 || acc.reader == thread ||
+                   (acc.reader != kManyReaders && ordered(acc.reader, acc.r_epoch, acc.r_sync, thread)) ||
+                   (acc.reader == kManyReaders && L->barrier_epoch > acc.r_epoch)) {
+            acc.reader = int16_t(thread);
+            acc.r_epoch = epoch;
+            acc.r_sync = sync;
+        } else {
+            acc.reader = kManyReaders;
+            acc.r_epoch = epoch;
+            acc.r_sync = sync;
+        }
+    }
+}
+
 template <class T>
 class sref {
     T* p_;
@@ -599,6 +672,7 @@ public:
     sref(T* p, Region* r) : p_(p), r_(r) {}
     operator std::remove_const_t<T>() const {
         check_not_pending(r_, reinterpret_cast<uintptr_t>(p_), sizeof(T), "shared read");
+        check_race(r_, reinterpret_cast<uintptr_t>(p_), sizeof(T), false, "a read");
         std::remove_const_t<T> v;
         std::memcpy(&v, p_, sizeof(T));
         return v;
@@ -606,6 +680,7 @@ public:
     const sref& operator=(std::remove_const_t<T> v) const {
         static_assert(!std::is_const_v<T>, "write through a pointer to const");
         check_not_pending(r_, reinterpret_cast<uintptr_t>(p_), sizeof(T), "shared write");
+        check_race(r_, reinterpret_cast<uintptr_t>(p_), sizeof(T), true, "a write");
         std::memcpy(p_, &v, sizeof(T));
         return *this;
     }

@@ -9,11 +9,14 @@
 //! from the PTX ISA, and faults, naming the kernel, block and thread, on what a GPU would
 //! fault on or silently get wrong: a global access outside the buffers of the launch, shared
 //! memory out of range, a cp.async destination read before its wait_group, a `__syncthreads`
-//! or a warp collective that some thread never reaches.
+//! or a warp collective that some thread never reaches, and a shared-memory race (two threads
+//! touching the same bytes, one writing, with no `__syncthreads` or `__syncwarp` of both
+//! between).
 //!
-//! What it cannot show: speed (it is about a million times slower than a GPU), races that a
-//! real memory model allows (execution is sequential and deterministic), and the driver's
-//! behaviour (module loading, resource limits, launch failures). When a GPU and the emulator
+//! What it cannot show: speed (it is about a million times slower than a GPU), races in global
+//! memory or those only a weaker memory model exposes (execution is sequential and
+//! deterministic), and the driver's behaviour (module loading, resource limits, launch
+//! failures). When a GPU and the emulator
 //! disagree, the GPU is right. [`discover`](crate::discover) lists the backend only when it is
 //! asked for by name, never as the best one.
 //!
@@ -413,7 +416,7 @@ impl Backend for EmuBackend {
                 path(DType::Bf16),
                 path(DType::F32)
             ),
-            "checks every global and shared access, cp.async groups, barriers and warp collectives; no speed, races or driver behaviour".to_string(),
+            "checks every global and shared access, shared-memory races, cp.async groups, barriers and warp collectives; shows no speed, global-memory races or driver behaviour".to_string(),
         ]
     }
 

@@ -122,3 +122,32 @@ extern "C" __global__ void ldmatrix_misaligned(const FaultArgs a) {
     emu::ldmatrix_sync_aligned_m8n8_shared_b16<4, false>(r, (s + (lane % 8) * 8 + offset).addr());
     a.out[threadIdx.x] = (float)r[0];
 }
+
+// Thread 0 writes a shared word and `culprit` reads it with no __syncthreads between.
+extern "C" __global__ void shared_race_no_barrier(const FaultArgs a) {
+    const smem_ptr<float> s = dynamic_smem<float>();
+    const int t = threadIdx.x;
+    if (t == 0) s[0] = a.in[0];
+    if (t == a.culprit) a.out[0] = s[0];
+}
+
+// Lane 0 writes, another lane of the warp reads: ordered only by a __syncwarp of both.
+// culprit >= 100: with the __syncwarp, lane culprit - 100 reads (no race).
+extern "C" __global__ void shared_race_in_warp(const FaultArgs a) {
+    const smem_ptr<float> s = dynamic_smem<float>();
+    const int t = threadIdx.x;
+    const bool synced = a.culprit >= 100;
+    const int reader = synced ? a.culprit - 100 : a.culprit;
+    if (t == 0) s[0] = a.in[0];
+    if (synced) __syncwarp();
+    if (t == reader) a.out[0] = s[0];
+}
+
+// Two threads write the same shared word in one barrier interval.
+extern "C" __global__ void shared_write_write_race(const FaultArgs a) {
+    const smem_ptr<float> s = dynamic_smem<float>();
+    const int t = threadIdx.x;
+    if (t == 0 || t == a.culprit) s[3] = (float)t;
+    __syncthreads();
+    a.out[t] = s[3];
+}
