@@ -13,7 +13,10 @@
 //! - `safetensors_io` (feature `safetensors`): attention inputs and model dumps read from
 //!   safetensors files, outputs written to them;
 //! - one module per GPU backend, behind its cargo feature, depending on the contract only;
-//!   [`discover`] finds the ones present.
+//!   [`discover`] finds the ones present;
+//! - `cuda_emu` (feature `cuda-emulator`): the CUDA kernels built for the host and run on a CPU
+//!   emulator of the CUDA they use, through the CUDA backend's launch plan; listed by
+//!   [`discover`] only when asked for by name.
 //!
 //! # Variants
 //! With s_ij = σ·q_i·k_j (softcapped if asked), p_ij = softmax_j(s_ij) over the visible keys
@@ -74,8 +77,10 @@
 mod backends;
 pub mod cases;
 pub mod contract;
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "cuda-emulator"))]
 pub mod cuda;
+#[cfg(feature = "cuda-emulator")]
+pub mod cuda_emu;
 pub mod parity;
 pub mod reference;
 #[cfg(feature = "safetensors")]
@@ -84,5 +89,5 @@ pub mod suites;
 #[cfg(feature = "wgpu")]
 pub mod wgsl;
 
-pub use backends::{Discovery, discover};
+pub use backends::{Discovery, ON_REQUEST, discover, discover_named};
 pub use contract::*;

@@ -100,9 +100,6 @@ fn every_specialization_compiles_without_spills_and_fits_shared_memory() {
             let dynamic = match (forward, m.spec.path) {
                 (true, KernelPath::TensorCore(t)) => m.spec.forward_smem_bytes(t.channels()),
                 (true, KernelPath::Simt) => m.spec.forward_smem_bytes(256),
-                (false, _) if r.entry == kernels::KEY_MASS_ENTRY => {
-                    kernels::key_mass_smem_bytes(256)
-                }
                 _ => 0,
             };
             table.push_str(&format!(

@@ -2,9 +2,12 @@
 //! compiled at run time by NVRTC for the device's own architecture, loaded through cudarc.
 //!
 //! Three layers, as in cudarc:
-//! - [`kernels`]: the sources, the specialisation space ([`Specialization::ALL`], nine modules
-//!   per architecture) and NVRTC compilation to cubins, cached on disk (keyed by source,
-//!   options and NVRTC version). Usable without a GPU: CI compiles every specialisation.
+//! - [`spec`]: the sources and the specialisation space ([`Specialization::ALL`], nine modules
+//!   per architecture); [`plan`]: the [`LaunchPlan`] of a forward pass (grids, blocks, shared
+//!   memory, workspace layout, argument bytes), which every executor takes: cudarc here, the
+//!   CPU emulator in `cuda_emu` (feature `cuda-emulator`). These two build without cudarc.
+//! - [`kernels`]: NVRTC compilation to cubins, cached on disk (keyed by source, options and
+//!   NVRTC version). Usable without a GPU: CI compiles every specialisation.
 //! - [`CudaAttention`]: the device-level API for engines. It takes the caller's stream and
 //!   `CudaView`/`CudaViewMut` buffers plus a reusable [`Workspace`], validates through
 //!   [`validate`](crate::validate), launches asynchronously and never synchronises the host.
@@ -25,30 +28,45 @@
 //! JIT and its PTX ISA limit play no part; the driver needs only to support the device
 //! (CUDA 12 or 13 drivers). Without a GPU nothing here was executed: see BENCHMARKS.md.
 
-mod device;
-pub mod kernels;
+// Shared by every executor (also built by the `cuda-emulator` feature, without cudarc).
 mod params;
+pub mod plan;
+pub mod spec;
 
+#[cfg(feature = "cuda")]
+mod device;
+#[cfg(feature = "cuda")]
+pub mod kernels;
+
+#[cfg(feature = "cuda")]
 use std::sync::{Arc, Mutex};
+#[cfg(feature = "cuda")]
 use std::time::Duration;
 
+#[cfg(feature = "cuda")]
 use cudarc::driver::sys::CUevent_flags;
+#[cfg(feature = "cuda")]
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 
+#[cfg(feature = "cuda")]
 pub use device::{CudaAttention, CudaElement, DeviceArgs, DeviceParams, Workspace};
-pub use kernels::{
-    Arch, CompileError, CompiledModule, HeadDimTile, KernelPath, KernelResources, NvrtcVersion,
-    Specialization,
-};
+#[cfg(feature = "cuda")]
+pub use kernels::{CompileError, CompiledModule, KernelResources, NvrtcVersion};
+pub use plan::{Addresses, Launch, LaunchPlan, WorkspaceLayout};
+pub use spec::{Arch, HeadDimTile, KernelPath, Specialization};
 
+#[cfg(feature = "cuda")]
 use crate::contract::{
     Backend, DType, Error, HostInputs, HostOutputs, HostTensor, Layout, Layouts, Problem, Result,
 };
+#[cfg(feature = "cuda")]
 use crate::parity;
 
 /// The backend's name in messages.
+#[cfg(feature = "cuda")]
 pub(crate) const BACKEND: &str = "cuda";
 
+#[cfg(feature = "cuda")]
 pub(crate) fn backend_error(message: String) -> Error {
     Error::Backend {
         backend: BACKEND.to_string(),
@@ -60,6 +78,7 @@ pub(crate) fn backend_error(message: String) -> Error {
 ///
 /// # Errors
 /// [`Error::Backend`] naming the missing piece; never panics.
+#[cfg(feature = "cuda")]
 pub fn detect() -> Result<Arc<CudaContext>> {
     // SAFETY: only dlopens libcuda by name and reports whether it was found; every driver
     // call below happens after this check (with no libcuda, cudarc panics on the first call).
@@ -85,6 +104,7 @@ pub fn detect() -> Result<Arc<CudaContext>> {
 
 /// The CUDA backend at host level: uploads, runs [`CudaAttention::forward`] on its own stream,
 /// downloads. Outputs start NaN-poisoned, so an element a kernel never writes fails parity.
+#[cfg(feature = "cuda")]
 pub struct CudaBackend {
     attention: CudaAttention,
     stream: Arc<CudaStream>,
@@ -92,6 +112,7 @@ pub struct CudaBackend {
     workspace: Mutex<Workspace>,
 }
 
+#[cfg(feature = "cuda")]
 impl CudaBackend {
     /// Opens device 0.
     ///
@@ -220,11 +241,13 @@ impl CudaBackend {
     }
 }
 
+#[cfg(feature = "cuda")]
 fn driver_error(e: cudarc::driver::DriverError) -> Error {
     backend_error(e.to_string())
 }
 
 /// One host-level call's buffers on the device.
+#[cfg(feature = "cuda")]
 struct Resident<T> {
     q: CudaSlice<T>,
     k: CudaSlice<T>,
@@ -241,6 +264,7 @@ struct Resident<T> {
     layouts: Layouts,
 }
 
+#[cfg(feature = "cuda")]
 impl<T: CudaElement> Resident<T> {
     fn args(&mut self) -> DeviceArgs<'_, T> {
         DeviceArgs {
@@ -263,6 +287,7 @@ impl<T: CudaElement> Resident<T> {
     }
 }
 
+#[cfg(feature = "cuda")]
 impl Backend for CudaBackend {
     fn name(&self) -> String {
         format!("cuda ({})", self.device_name)

@@ -540,3 +540,91 @@ pub fn engine_parity_sweep(backend: &dyn Backend, limits: &Limits) -> usize {
     }
     ran.get()
 }
+
+/// The CUDA backend's fixed cases, run on a GPU (tests/cuda_parity.rs) and on the emulator
+/// (tests/cuda_emu_parity.rs): causal with Nq > Nk (rows that see no key), decode (Nq = 1),
+/// a sink variant with statistics, both tuned head dims, lengths past one and two tiles, the
+/// ClippedSoftmax second pass on f32, the d = 256 tile. All with `HeadsAndKeys`.
+pub fn cuda_fixed_problems() -> Vec<Problem> {
+    let cases = [
+        (
+            Shape::new(1, 4, 2, 130, 70, 64),
+            DType::Bf16,
+            Variant::KvSink,
+            Mask::Causal,
+        ),
+        (
+            Shape::new(2, 2, 1, 1, 300, 128),
+            DType::F16,
+            Variant::Softmax,
+            Mask::None,
+        ),
+        (
+            Shape::new(1, 2, 2, 90, 90, 128),
+            DType::Bf16,
+            Variant::ContextScale {
+                gate: Gate::TwoSigmoid,
+                granularity: GateGranularity::PerChannel,
+            },
+            Mask::Causal,
+        ),
+        (
+            Shape::new(1, 3, 1, 65, 129, 72),
+            DType::F32,
+            Variant::ClippedSoftmax {
+                zeta: 1.1,
+                gamma: -0.1,
+            },
+            Mask::Causal,
+        ),
+        (
+            Shape::new(1, 2, 1, 200, 64, 256),
+            DType::F16,
+            Variant::LogitSink,
+            Mask::Causal,
+        ),
+    ];
+    cases
+        .into_iter()
+        .map(|(shape, dtype, variant, mask)| {
+            Problem::new(shape, dtype)
+                .with_variant(variant)
+                .with_mask(mask)
+                .with_stats(StatsLevel::HeadsAndKeys)
+        })
+        .collect()
+}
+
+/// Every head-dim tile of the CUDA tensor-core kernel (d = 8 ... 256: the first and last d of
+/// each tile and dims that are not a multiple of 16) in f16, bf16 and f32 (the SIMT kernel),
+/// the variants in turn, causal and not, softcap on a third, keys past one 64-key tile, massive
+/// activations on a quarter and views on a fifth. Run on a GPU and on the emulator.
+pub fn cuda_tile_cases() -> Vec<Case> {
+    let variants = Variant::all_default();
+    let dims = [8, 24, 64, 72, 128, 136, 200, 256];
+    let mut out = Vec::new();
+    let mut n = 0;
+    for (i, &d) in dims.iter().enumerate() {
+        for dtype in [DType::F16, DType::Bf16, DType::F32] {
+            let variant = variants[(i * 3 + n) % variants.len()];
+            n += 1;
+            let mut problem = Problem::new(Shape::new(1, 2, 1, 19, 70, d), dtype)
+                .with_variant(variant)
+                .with_mask(if n % 2 == 0 { Mask::Causal } else { Mask::None })
+                .with_stats(StatsLevel::HeadsAndKeys);
+            if n % 3 == 0 {
+                problem = problem.with_softcap(20.0);
+            }
+            out.push(Case {
+                problem,
+                spec: InputSpec {
+                    seed: 40 + n as u64,
+                    massive: n % 4 == 0,
+                    ..InputSpec::default()
+                },
+                views: n % 5 == 0,
+            });
+        }
+    }
+    out
+}

@@ -133,7 +133,7 @@ fn check_json(c: &Check) -> serde_json::Value {
 
 /// Runs the sweep, prints the table, writes the JSON; fails when any case failed.
 pub fn parity(args: &ParityArgs) -> CliResult {
-    let discovery = outlier_attn::discover();
+    let discovery = outlier_attn::discover_named(&args.backend);
     let backends = common::select(&discovery, &args.backend)?;
     let coverage = if args.full {
         Coverage::Full

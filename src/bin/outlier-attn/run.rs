@@ -34,7 +34,7 @@ pub struct RunArgs {
 
 /// Reads the call, runs it, writes the outputs and prints the parity report.
 pub fn run(args: &RunArgs) -> CliResult {
-    let discovery = outlier_attn::discover();
+    let discovery = outlier_attn::discover_named(args.backend.as_slice());
     let backend = common::select_one(&discovery, args.backend.as_ref())?;
     let path = &args.input;
     let bytes = safetensors_io::read_file(path).map_err(|e| CliError::file(path, e))?;
