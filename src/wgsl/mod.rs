@@ -30,5 +30,9 @@ mod device;
 mod host;
 mod kernel;
 
+/// The wgpu this crate is built against (30): an engine on the same semver version shares its
+/// `Device`, `Buffer` and `CommandEncoder` with this crate.
+pub use ::wgpu;
+
 pub use device::{DeviceArgs, DeviceSlice, DeviceTensor, WgslAttention, WgslOptions};
 pub use host::WgslBackend;
