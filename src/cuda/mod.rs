@@ -28,6 +28,7 @@
 //! JIT and its PTX ISA limit play no part; the driver needs only to support the device
 //! (CUDA 12 or 13 drivers). Without a GPU nothing here was executed: see BENCHMARKS.md.
 
+mod args;
 mod device;
 pub mod kernels;
 mod params;

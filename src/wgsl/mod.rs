@@ -26,6 +26,7 @@
 //! Statistics are deterministic: each query block writes a partial record, and a combine pass
 //! folds them in block order; no float atomics anywhere.
 
+mod args;
 mod device;
 mod host;
 mod kernel;
