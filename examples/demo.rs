@@ -120,8 +120,8 @@ fn real_model(backend: &dyn outlier_attn::Backend) -> Result<(), outlier_attn::E
         Ok(dump) => dump,
         Err(e) => {
             println!(
-                "\n(real model skipped: {path}: {e}; run from a checkout of the repository, or pass the \
-                 path of its {MINILM_FIXTURE})"
+                "\n(real model skipped: {path}: {e}; run from a checkout of the repository, \
+                 or pass the path of its {MINILM_FIXTURE})"
             );
             return Ok(());
         }

@@ -119,7 +119,7 @@ pub struct Prepared {
     pub spec: Specialization,
     /// Read from the disk cache, compiled and stored, or compiled with the store failing.
     pub cache: CacheOutcome,
-    /// Seconds NVRTC took in this process (0 for a cache hit or a module already loaded).
+    /// Seconds NVRTC took when this process first loaded the module (0 for a cache hit).
     pub compile_seconds: f64,
 }
 
@@ -192,8 +192,8 @@ impl CudaAttention {
     ///
     /// # Errors
     /// [`Error::HeadDim`] for a head dim the contract refuses (not a multiple of
-    /// [`HEAD_DIM_MULTIPLE`](crate::HEAD_DIM_MULTIPLE) up to [`MAX_HEAD_DIM`](crate::MAX_HEAD_DIM));
-    /// those of [`prepare`](Self::prepare).
+    /// [`HEAD_DIM_MULTIPLE`](crate::HEAD_DIM_MULTIPLE) up to
+    /// [`MAX_HEAD_DIM`](crate::MAX_HEAD_DIM)); those of [`prepare`](Self::prepare).
     pub fn prepare_model(&self, dtype: DType, head_dim: usize) -> Result<Vec<Prepared>> {
         use crate::contract::{HEAD_DIM_MULTIPLE, MAX_HEAD_DIM};
         if head_dim == 0 || head_dim % HEAD_DIM_MULTIPLE != 0 || head_dim > MAX_HEAD_DIM {

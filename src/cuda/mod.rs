@@ -20,9 +20,9 @@
 //! re-exported so that it can name the same version.
 //!
 //! # CUDA versions
-//! With the default features cudarc binds the CUDA 12.8 API and opens `libnvrtc.so.12` or `libnvrtc.so` by
-//! name (`LD_LIBRARY_PATH` applies); `libnvrtc.so.13` is used when linked as `libnvrtc.so`
-//! (scripts/h200/run.sh does this with the toolkit's own NVRTC). Verified here: NVRTC 12.9
+//! With the default features cudarc binds the CUDA 12.8 API and opens `libnvrtc.so.12` or
+//! `libnvrtc.so` by name (`LD_LIBRARY_PATH` applies); `libnvrtc.so.13` is used when linked as
+//! `libnvrtc.so` (scripts/h200/run.sh does this with the toolkit's own NVRTC). Verified here: NVRTC 12.9
 //! (PyPI `nvidia-cuda-nvrtc-cu12`) and 13.5 (`nvidia-cuda-nvrtc`). Modules are compiled to
 //! cubins (SASS) for the device's exact compute capability, never to PTX, so the driver's PTX
 //! JIT and its PTX ISA limit play no part; the driver needs only to support the device
@@ -83,7 +83,8 @@ pub fn driver_present() -> bool {
 /// Finds device 0, explaining what is missing: no libcuda, no device, no NVRTC.
 ///
 /// # Errors
-/// [`Error::Backend`] naming the missing piece; never panics.
+/// [`Error::Backend`] naming the missing piece; never panics with the feature
+/// `cuda-dynamic-loading` (without it, see [`driver_present`]).
 pub fn detect() -> Result<Arc<CudaContext>> {
     // Every driver call below happens after this check.
     if !driver_present() {
