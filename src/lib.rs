@@ -18,6 +18,18 @@
 //!   emulator of the CUDA they use, through the CUDA backend's launch plan; listed by
 //!   [`discover`] only when asked for by name.
 //!
+//! # For engines
+//! The device-level entries take the engine's own device, stream or encoder and buffers:
+//! `cuda::CudaAttention::forward` (feature `cuda`) and `wgsl::WgslAttention::encode` (feature
+//! `wgpu`), with `DeviceArgs::dense` and its `with_` methods to build a call's arguments, and
+//! `cuda::CudaAttention::prepare_model` to load the kernels before the first forward. cudarc
+//! and wgpu are re-exported as `cuda::cudarc` and `wgsl::wgpu`. A CUDA engine with cudarc
+//! features of its own depends on this crate with `default-features = false`: the defaults
+//! choose cudarc's linking mode (run-time loading) and CUDA version (12.8), which must agree
+//! across a build. The README's "For engine authors" has the one-line dependency for each stack
+//! and the reasons; `examples/wgpu_engine.rs` and `examples/cuda_engine.rs` are a prefill and a
+//! decode step on each.
+//!
 //! # Variants
 //! With s_ij = σ·q_i·k_j (softcapped if asked), p_ij = softmax_j(s_ij) over the visible keys
 //! and A_i = Σ_j p_ij v_j:
