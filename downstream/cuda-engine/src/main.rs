@@ -13,7 +13,9 @@ use std::sync::Arc;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use half::bf16;
 use outlier_attn::cuda::{CudaAttention, DeviceArgs, Workspace};
-use outlier_attn::{DType, HeadStats, Layout, Layouts, Mask, Problem, Shape, Stat, StatsLevel};
+use outlier_attn::{
+    DType, HeadStats, Layout, Layouts, Mask, Params, Problem, Shape, Stat, StatsLevel,
+};
 
 /// One attention layer of the engine, with its buffers.
 struct AttentionLayer {
@@ -50,6 +52,7 @@ impl AttentionLayer {
             k: at(hq),
             v: at(hq + hkv),
             o: Layout::contiguous(tokens, hq, d),
+            params: Params::none(),
         };
         let mut o = stream.alloc_zeros::<bf16>(tokens * hq * d)?;
         let mut lse = stream.alloc_zeros::<f32>(shape.lse_len())?;
