@@ -60,6 +60,11 @@
 //! - `ClippedSoftmax`: a row whose clipped weights are all 0 has an all-zero distribution
 //!   (it contributes 0 to `first_key_mass`, `key_mass` and the entropy, and still counts as a row).
 //! - `gate_min/mean/max` run over the rows counted by the statistics (those that see a key).
+//! - NaN in Q, K or V propagates to every output it reaches: the rows' O and LSE, and every
+//!   statistic that sums over them (the means, `mean_entropy` included, the key mass); a
+//!   ClippedSoftmax weight of NaN stays NaN. Maxima and minima (`max_score`, the absmax
+//!   values and their channels, `gate_min`/`gate_max`) ignore NaN, as GPU `max`/`fmax` do, so
+//!   that one NaN does not hide where the outliers are.
 //! - A statistics or key-mass buffer given for a level that does not write it is refused
 //!   ([`Error::UnexpectedOutput`]) rather than silently left alone. An output layout whose
 //!   strides make elements alias is refused ([`Error::OverlappingOutput`]).
