@@ -215,7 +215,7 @@ fn entropy<R: Real>(probs: impl IntoIterator<Item = R>) -> R {
     for p in probs {
         if p > R::ZERO {
             h += -(p * p.ln());
-        } else if !(p <= R::ZERO) {
+        } else if p.partial_cmp(&R::ZERO).is_none() {
             return R::of(f64::NAN);
         }
     }
