@@ -9,18 +9,40 @@
 
 namespace simt {
 
-constexpr int kWarps = 8;
+constexpr int kWarps = kHostSimtWarps;             // from the host (src/cuda/spec.rs)
 constexpr int kThreads = kWarps * kWarpSize;
 constexpr int kBlockN = kWarpSize / 2;             // keys per tile: two lanes per key
 constexpr int kMaxHeadDim = 256;
 constexpr int kMaxChannelsPerLane = kMaxHeadDim / kWarpSize;
 
 static_assert(kBlockN * 2 == kWarpSize, "two lanes score each key");
+static_assert(kBlockN == kHostSimtBlockN, "the host sizes shared memory for this tile");
 
 // Shared memory for head dim d, in bytes: K and V tiles with rows padded to d + 1 floats (so
 // that the lanes reading one channel of 16 keys hit 16 banks), this block's Q rows, scratch.
 // The host computes the same sum (src/cuda/kernels.rs); at d = 256 it is under 48 KiB.
 DEVICE int tile_stride(int d) { return d + 1; }
+
+// q·k of this lane's key: its half of the channels, then the other half from the lane that
+// holds it. The forward pass and the key-mass pass both take their scores from here.
+DEVICE float key_dot(smem_ptr<const float> q_row, smem_ptr<const float> k_row, int c_begin, int c_end) {
+    float dot = 0.f;
+    for (int c = c_begin; c < c_end; ++c) dot += q_row[c] * k_row[c];
+    return dot + __shfl_xor_sync(kFullMask, dot, kBlockN);
+}
+
+// Converts keys [n0, n0 + kBlockN) of K (and V when `with_v`) to f32 in shared memory; keys past
+// Nk are zero.
+DEVICE void load_kv_tile(const AttnParams& p, smem_ptr<float> s_k, smem_ptr<float> s_v, int b, int g_kv, int n0,
+                         bool with_v) {
+    const int d = p.head_dim, stride = tile_stride(d);
+    for (int idx = threadIdx.x; idx < kBlockN * d; idx += kThreads) {
+        const int r = idx / d, c = idx % d;
+        const bool valid = n0 + r < p.kv_len;
+        s_k[r * stride + c] = valid ? to_float(p.k[row_offset(p.lk, b, n0 + r, g_kv) + c]) : 0.f;
+        if (with_v) s_v[r * stride + c] = valid ? to_float(p.v[row_offset(p.lv, b, n0 + r, g_kv) + c]) : 0.f;
+    }
+}
 
 }  // namespace simt
 
@@ -29,13 +51,12 @@ DEVICE int tile_stride(int d) { return d + 1; }
 extern "C" __global__ void __launch_bounds__(simt::kThreads)
 attention_simt(const AttnParams p) {
     using namespace simt;
-    extern __shared__ __align__(16) float smem_f[];
     const int d = p.head_dim;
     const int stride = tile_stride(d);
-    float* s_k = smem_f;                            // [kBlockN][d + 1]
-    float* s_v = s_k + kBlockN * stride;            // [kBlockN][d + 1]
-    float* s_q = s_v + kBlockN * stride;            // [kWarps][d]
-    float* s_scratch = s_q + kWarps * d;            // [kWarps][kPartialCount]
+    const smem_ptr<float> s_k = dynamic_smem<float>();        // [kBlockN][d + 1]
+    const smem_ptr<float> s_v = s_k + kBlockN * stride;       // [kBlockN][d + 1]
+    const smem_ptr<float> s_q = s_v + kBlockN * stride;       // [kWarps][d]
+    const smem_ptr<float> s_scratch = s_q + kWarps * d;       // [kWarps][kPartialCount]
 
     const int bh = blockIdx.y;
     const int b = bh / p.q_heads, h = bh % p.q_heads;
@@ -48,7 +69,7 @@ attention_simt(const AttnParams p) {
     const int half = lane / kBlockN;     // which half of the channels it sums
     const int c_begin = half * (d / 2), c_end = c_begin + d / 2;
 
-    float* q_row = s_q + warp * d;
+    const smem_ptr<float> q_row = s_q + warp * d;
     for (int c = lane; c < d; c += kWarpSize) {
         q_row[c] = row_valid ? to_float(p.q[row_offset(p.lq, b, row, h) + c]) : 0.f;
     }
@@ -89,17 +110,10 @@ attention_simt(const AttnParams p) {
         for (int n = 0; n < n_tiles; ++n) {
             const int n0 = n * kBlockN;
             __syncthreads();  // everyone is done with the previous tile
-            for (int idx = threadIdx.x; idx < kBlockN * d; idx += kThreads) {
-                const int r = idx / d, c = idx % d;
-                const bool valid = n0 + r < p.kv_len;
-                s_k[r * stride + c] = valid ? to_float(p.k[row_offset(p.lk, b, n0 + r, g_kv) + c]) : 0.f;
-                if (with_v) s_v[r * stride + c] = valid ? to_float(p.v[row_offset(p.lv, b, n0 + r, g_kv) + c]) : 0.f;
-            }
+            load_kv_tile(p, s_k, s_v, b, g_kv, n0, with_v);
             __syncthreads();
 
-            float dot = 0.f;
-            for (int c = c_begin; c < c_end; ++c) dot += q_row[c] * s_k[kv * stride + c];
-            dot += __shfl_xor_sync(kFullMask, dot, kBlockN);
+            const float dot = key_dot(q_row, s_k + kv * stride, c_begin, c_end);
             const int j = n0 + kv;
             float x = j < my_key_end ? score_of(dot, p) : neg_inf();
             if (p.stats_on && !clip_pass && half == 0) st.max_score = fmaxf(st.max_score, x);
@@ -152,7 +166,7 @@ attention_simt(const AttnParams p) {
             bs.add_row(res, st.max_score);
             if (scaled && !p.gate_per_channel) bs.add_gate(gamma_head);
         }
-        elem_t* o_row = p.o + row_offset(p.lo, b, row, h);
+        const gmem_ptr<elem_t> o_row = p.o + row_offset(p.lo, b, row, h);
 #pragma unroll
         for (int u = 0; u < kMaxChannelsPerLane; ++u) {
             const int c = lane + u * kWarpSize;
@@ -166,6 +180,34 @@ attention_simt(const AttnParams p) {
             }
             o_row[c] = from_float(val);
         }
+    }
+
+    // HeadsAndKeys: each key's probability summed over this block's rows, from the very scores
+    // the pass above normalised (key_dot, the row's own m and l); see attention_tc.cu for why a
+    // separate recomputation was wrong. The per-block sums are added in block order by `key_mass`.
+    if (p.key_mass) {
+        const float inv_l = st.l > 0.f ? 1.f / st.l : 0.f;
+        const smem_ptr<float> s_cols = s_v;  // [kWarps][kBlockN]; V is not read again
+        const gmem_ptr<float> partial = p.key_mass_partials + ((u64)bh * p.m_blocks + blockIdx.x) * p.kv_len;
+        for (int n = 0; n < n_tiles; ++n) {
+            const int n0 = n * kBlockN;
+            __syncthreads();  // the previous K tile and column sums are consumed
+            load_kv_tile(p, s_k, s_v, b, g_kv, n0, false);
+            __syncthreads();
+            const float dot = key_dot(q_row, s_k + kv * stride, c_begin, c_end);
+            // As the pass above turns a score into a logit.
+            const float x = n0 + kv < my_key_end ? score_of(dot, p) : neg_inf();
+            const float prob = row_valid ? key_probability(p, st, logit_of(p, x), inv_l) : 0.f;
+            if (half == 0) s_cols[warp * kBlockN + kv] = prob;
+            __syncthreads();
+            if (threadIdx.x < kBlockN && n0 + threadIdx.x < p.kv_len) {
+                float sum = 0.f;
+                for (int w = 0; w < kWarps; ++w) sum += s_cols[w * kBlockN + threadIdx.x];
+                partial[n0 + threadIdx.x] = sum;
+            }
+        }
+        // Keys past the last tile: no row of this block sees them.
+        for (int j = n_tiles * kBlockN + threadIdx.x; j < p.kv_len; j += kThreads) partial[j] = 0.f;
     }
     if (p.stats_on) write_partials<kWarps>(p, bs, s_scratch, bh, blockIdx.x);
 }

@@ -31,15 +31,14 @@
 
 namespace tc {
 
+// The tile sizes come from the host (kHost*, written by src/cuda/spec.rs, which explains them).
 constexpr int kHeadDimTile = HEAD_DIM_TILE;  // d is run-time; channels past it are zero-filled
-constexpr int kWarps = 4;
+constexpr int kWarps = kHostTcWarps;
 constexpr int kThreads = kWarps * kWarpSize;
 constexpr int kRowsPerWarp = 16;                      // the m of m16n8k16
 constexpr int kBlockM = kWarps * kRowsPerWarp;        // 64 query rows per block
-// Keys per tile: 64 keeps S at 32 registers per thread; at d = 256 the O accumulator alone is
-// 128 registers, so the tile halves to stay within the register file.
-constexpr int kBlockN = kHeadDimTile <= 128 ? 64 : 32;
-constexpr int kSmemPad = 8;
+constexpr int kBlockN = kHostTcBlockN;                // keys per K/V tile: 64, or 32 at d = 256
+constexpr int kSmemPad = kHostTcSmemPad;
 constexpr int kRowStride = kHeadDimTile + kSmemPad;   // elements
 constexpr int kChunk = 8;                             // elements per 16-byte copy
 constexpr int kChunksPerRow = kHeadDimTile / kChunk;
@@ -56,8 +55,41 @@ static_assert((kRowStride * 2 / 16) % 2 == 1, "row stride must be an odd number 
 // an sm_86/sm_89 block may have). The statistics scratch reuses Q's rows at the end.
 constexpr int kSmemBytes = (kBlockM * kRowStride + 4 * kTileElems) * 2;
 static_assert(kWarps * kPartialCount * 4 <= kBlockM * kRowStride * 2, "scratch fits in Q's rows");
-static_assert(kSmemBytes <= 99 * 1024, "fits every sm_8x/sm_9x block (src/cuda/kernels.rs mirrors it)");
+static_assert(kSmemBytes <= 99 * 1024, "fits every sm_8x/sm_9x block");
+static_assert(kSmemBytes == kHostTcSmemBytes, "the host launches with this much dynamic shared memory");
 
+// The inline-PTX wrappers. Under OUTLIER_ATTN_EMU each calls the emulator's instruction of the
+// same name (cuda/emu/ptx.h) with the operands in the order the asm statement gives them.
+#if defined(OUTLIER_ATTN_EMU)
+DEVICE void cp_async_16(smem_ptr<elem_t> dst, gmem_ptr<const elem_t> src, bool valid) {
+    emu::cp_async_cg_shared_global_16(dst.addr(), reinterpret_cast<uintptr_t>(src.raw()), valid ? 16 : 0);
+}
+DEVICE void cp_async_commit() { emu::cp_async_commit_group(); }
+template <int n>
+DEVICE void cp_async_wait() { emu::cp_async_wait_group(n); }
+DEVICE void ldmatrix_x4(unsigned (&r)[4], smem_ptr<const elem_t> p) {
+    emu::ldmatrix_sync_aligned_m8n8_shared_b16<4, false>(r, p.addr());
+}
+DEVICE void ldmatrix_x4_trans(unsigned (&r)[4], smem_ptr<const elem_t> p) {
+    emu::ldmatrix_sync_aligned_m8n8_shared_b16<4, true>(r, p.addr());
+}
+DEVICE void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    const unsigned b[2] = {b0, b1};
+    const float c[4] = {d[0], d[1], d[2], d[3]};
+#if defined(ELEM_F16)
+    emu::mma_sync_aligned_m16n8k16_row_col_f32<emu::MmaType::F16>(d, a, b, c);
+#else
+    emu::mma_sync_aligned_m16n8k16_row_col_f32<emu::MmaType::Bf16>(d, a, b, c);
+#endif
+}
+DEVICE unsigned pack2(float lo, float hi) {
+#if defined(ELEM_F16)
+    return emu::cvt_rn_f16x2_f32(hi, lo);
+#else
+    return emu::cvt_rn_bf16x2_f32(hi, lo);
+#endif
+}
+#else
 DEVICE unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
 
 DEVICE void cp_async_16(void* dst, const void* src, bool valid) {
@@ -100,20 +132,21 @@ DEVICE unsigned pack2(float lo, float hi) {
 #endif
     return r;
 }
+#endif  // OUTLIER_ATTN_EMU
 
 // Copies rows [row0, row0 + kRows) of one head into shared memory (stride kRowStride);
 // rows at or past `rows` and channels at or past d are zero-filled, so that padding adds
 // nothing to a dot product and multiplies no garbage into O.
 template <int kRows>
-DEVICE void load_tile(elem_t* s_tile, const elem_t* g_base, const TensorLayout& layout, int b, int h,
-                      int row0, int rows, const AttnParams& p) {
-    const elem_t* g_origin = g_base + layout.offset;  // a valid, aligned address for zero-fills
+DEVICE void load_tile(smem_ptr<elem_t> s_tile, gmem_ptr<const elem_t> g_base, const TensorLayout& layout, int b,
+                      int h, int row0, int rows, const AttnParams& p) {
+    const gmem_ptr<const elem_t> g_origin = g_base + layout.offset;  // a valid, aligned address for zero-fills
     for (int idx = threadIdx.x; idx < kRows * kChunksPerRow; idx += kThreads) {
         const int r = idx / kChunksPerRow;
         const int c = (idx % kChunksPerRow) * kChunk;
         const bool valid = row0 + r < rows && c < p.head_dim;  // d % 8 == 0: whole chunks
-        elem_t* dst = s_tile + r * kRowStride + c;
-        const elem_t* src = valid ? g_base + row_offset(layout, b, row0 + r, h) + c : g_origin;
+        const smem_ptr<elem_t> dst = s_tile + r * kRowStride + c;
+        const gmem_ptr<const elem_t> src = valid ? g_base + row_offset(layout, b, row0 + r, h) + c : g_origin;
         if (p.aligned) {
             cp_async_16(dst, src, valid);
         } else {
@@ -131,17 +164,11 @@ struct Rows {
     int key_end[2];
 };
 
-// One K/V tile of the main loop. Every tile is masked (a compare and a select per score):
-// separate masked and unmasked instantiations took ptxas from 11.1 s to 16.7 s for bf16 at
-// d = 128 on sm_90 (first-use compile time), for a saving small next to the exponentials.
-DEVICE void attend_tile(const AttnParams& p, Rows& rows, float (&acc_o)[kDTiles][4],
-                        const unsigned (&q_frag)[kKSteps][4], const elem_t* s_k, const elem_t* s_v,
-                        int n0, bool clip_pass, bool with_v) {
+// S = Q·Kᵀ for this warp's 16 rows and the tile's kBlockN keys (unscaled dot products).
+// The forward pass and the key-mass pass both take S from here: the same mma sequence on the
+// same fragments, so the same bits.
+DEVICE void tile_scores(float (&s)[kNTiles][4], const unsigned (&q_frag)[kKSteps][4], smem_ptr<const elem_t> s_k) {
     const int lane = threadIdx.x % kWarpSize;
-    const int t = lane % 4;
-
-    // S = Q·Kᵀ for this warp's 16 rows and the tile's kBlockN keys.
-    float s[kNTiles][4];
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
     // Channels past d are zero in shared memory, so a partial k-step adds nothing.
@@ -159,6 +186,49 @@ DEVICE void attend_tile(const AttnParams& p, Rows& rows, float (&acc_o)[kDTiles]
             mma_16816(s[2 * np + 1], q_frag[kk], b[2], b[3]);
         }
     }
+}
+
+// HeadsAndKeys: the probabilities of the tile's keys summed over this warp's rows, into
+// s_cols[warp][key]. `live` excludes the block's rows past Nq; `inv_l` = 1/l of each row.
+DEVICE void key_mass_tile(const AttnParams& p, const Rows& rows, const bool (&live)[2], const float (&inv_l)[2],
+                          const unsigned (&q_frag)[kKSteps][4], smem_ptr<const elem_t> s_k, int n0,
+                          smem_ptr<float> s_cols) {
+    const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+    const int g = lane / 4, t = lane % 4;
+    float s[kNTiles][4];
+    tile_scores(s, q_frag, s_k);
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int j = n0 + nt * 8 + 2 * t + e;
+            float col = 0.f;
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                // As attend_tile turns a score into a logit.
+                float x = score_of(s[nt][2 * r + e], p);
+                if (j >= rows.key_end[r]) x = neg_inf();
+                x = logit_of(p, x);
+                if (live[r]) col += key_probability(p, rows.st[r], x, inv_l[r]);
+            }
+            // The eight row groups of the column: lanes t, t + 4, ..., t + 28.
+            for (int off = 4; off < kWarpSize; off <<= 1) col += __shfl_xor_sync(kFullMask, col, off);
+            if (g == 0) s_cols[warp * kBlockN + nt * 8 + 2 * t + e] = col;
+        }
+    }
+}
+
+// One K/V tile of the main loop. Every tile is masked (a compare and a select per score):
+// separate masked and unmasked instantiations took ptxas from 11.1 s to 16.7 s for bf16 at
+// d = 128 on sm_90 (first-use compile time), for a saving small next to the exponentials.
+DEVICE void attend_tile(const AttnParams& p, Rows& rows, float (&acc_o)[kDTiles][4],
+                        const unsigned (&q_frag)[kKSteps][4], smem_ptr<const elem_t> s_k, smem_ptr<const elem_t> s_v,
+                        int n0, bool clip_pass, bool with_v) {
+    const int lane = threadIdx.x % kWarpSize;
+    const int t = lane % 4;
+
+    float s[kNTiles][4];
+    tile_scores(s, q_frag, s_k);
 
     // Scores, mask, logits; then the online-softmax step, one row at a time.
 #pragma unroll
@@ -232,11 +302,10 @@ DEVICE void attend_tile(const AttnParams& p, Rows& rows, float (&acc_o)[kDTiles]
 extern "C" __global__ void __launch_bounds__(tc::kThreads)
 attention_tc(const AttnParams p) {
     using namespace tc;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    elem_t* s_q = reinterpret_cast<elem_t*>(smem_raw);             // [kBlockM][kRowStride]
-    elem_t* s_k = s_q + kBlockM * kRowStride;                        // [2][kBlockN][kRowStride]
-    elem_t* s_v = s_k + 2 * kTileElems;                              // [2][kBlockN][kRowStride]
-    float* s_scratch = reinterpret_cast<float*>(s_q);  // [kWarps][kPartialCount], once Q is in registers
+    const smem_ptr<elem_t> s_q = dynamic_smem<elem_t>();                // [kBlockM][kRowStride]
+    const smem_ptr<elem_t> s_k = s_q + kBlockM * kRowStride;              // [2][kBlockN][kRowStride]
+    const smem_ptr<elem_t> s_v = s_k + 2 * kTileElems;                    // [2][kBlockN][kRowStride]
+    const smem_ptr<float> s_scratch = smem_cast<float>(s_q);  // [kWarps][kPartialCount], once Q is in registers
 
     const int m_block = blockIdx.x;
     const int bh = blockIdx.y;
@@ -290,7 +359,7 @@ attention_tc(const AttnParams p) {
         for (int rr = 0; rr < kRowsPerWarp; ++rr) {
             float dot = 0.f;
             if (p.variant == kContextBias || p.variant == kKvSink) {
-                const elem_t* q_row = s_q + (warp * kRowsPerWarp + rr) * kRowStride;
+                const smem_ptr<const elem_t> q_row = s_q + (warp * kRowsPerWarp + rr) * kRowStride;
                 for (int c = lane; c < p.head_dim; c += kWarpSize) dot += to_float(q_row[c]) * p.k_sink[h * p.head_dim + c];
                 dot = row_sum<kWarpSize>(dot);
             }
@@ -377,7 +446,7 @@ attention_tc(const AttnParams p) {
             bs.add_row(res, rows.st[r].max_score);
             if (scaled && !p.gate_per_channel) bs.add_gate(gamma_head);
         }
-        elem_t* o_row = p.o + row_offset(p.lo, b, row, h);
+        const gmem_ptr<elem_t> o_row = p.o + row_offset(p.lo, b, row, h);
 #pragma unroll
         for (int dt = 0; dt < kDTiles; ++dt) {
             const int c = dt * 8 + 2 * t;
@@ -394,6 +463,40 @@ attention_tc(const AttnParams p) {
                 o_row[c + e] = from_float(val);
             }
         }
+    }
+
+    // HeadsAndKeys: each key's probability summed over this block's rows, from the very scores
+    // the passes above normalised (the same tile_scores, the row's own m and l). Fixed while
+    // running these kernels on the CPU emulator: a separate kernel recomputed the scores with a
+    // sequential f32 dot product and took p = e^{s − LSE}; under massive activations (|s| ~ 1e6,
+    // ulp 0.125) its scores and the rounded LSE disagreed with the forward pass by 1/16, a 6 %
+    // error in every probability. The per-block sums are added in block order by `key_mass`.
+    if (p.key_mass) {
+        const smem_ptr<float> s_cols = smem_cast<float>(s_v);  // [kWarps][kBlockN]; V is not read again
+        bool live[2];
+        float inv_l[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            live[r] = row0 + warp * kRowsPerWarp + g + 8 * r < p.q_len;
+            inv_l[r] = rows.st[r].l > 0.f ? 1.f / rows.st[r].l : 0.f;
+        }
+        const gmem_ptr<float> partial = p.key_mass_partials + ((u64)bh * p.m_blocks + m_block) * p.kv_len;
+        for (int n = 0; n < n_tiles; ++n) {
+            __syncthreads();  // the previous K tile and column sums are consumed
+            load_tile<kBlockN>(s_k, p.k, p.lk, b, g_kv, n * kBlockN, p.kv_len, p);
+            cp_async_commit();
+            cp_async_wait<0>();
+            __syncthreads();
+            key_mass_tile(p, rows, live, inv_l, q_frag, s_k, n * kBlockN, s_cols);
+            __syncthreads();
+            for (int c = threadIdx.x; c < kBlockN && n * kBlockN + c < p.kv_len; c += kThreads) {
+                float sum = 0.f;
+                for (int w = 0; w < kWarps; ++w) sum += s_cols[w * kBlockN + c];
+                partial[n * kBlockN + c] = sum;
+            }
+        }
+        // Keys past the last tile: no row of this block sees them.
+        for (int j = n_tiles * kBlockN + threadIdx.x; j < p.kv_len; j += kThreads) partial[j] = 0.f;
     }
     if (p.stats_on) write_partials<kWarps>(p, bs, s_scratch, bh, m_block);
 }

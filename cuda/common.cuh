@@ -1,7 +1,8 @@
 // outlier-attn CUDA backend: what every kernel shares.
 //
 // The host prepends the specialisation defines (ELEM_F32 | ELEM_F16 | ELEM_BF16 and, for the
-// tensor-core kernel, HEAD_DIM_TILE) and concatenates this file with the kernel files; no
+// tensor-core kernel, HEAD_DIM_TILE) and the launch geometry (kHost* constants, written by
+// src/cuda/spec.rs), and concatenates this file with the kernel files; no
 // CUDA header is included, so libnvrtc alone compiles it. Conversions go through PTX.
 //
 // Everything that costs nothing measurable at run time (variant, mask, softcap, scale, gate,
@@ -10,6 +11,30 @@
 typedef unsigned long long u64;
 
 #define DEVICE __device__ __forceinline__
+
+// Memory spaces. On the GPU these are plain pointers; the emulator (cuda/emu, OUTLIER_ATTN_EMU)
+// defines them as pointers that check every access against the buffer or shared array they
+// point into, so every pointer to global or shared memory is declared with one of them.
+//   gmem_ptr<T>       global memory (the buffers in AttnParams and pointers derived from them)
+//   smem_ptr<T>       shared memory
+//   dynamic_smem<T>() the block's dynamic shared memory (extern __shared__)
+//   STATIC_SMEM(T, name, count)  a static __shared__ T name[count]
+#if !defined(OUTLIER_ATTN_EMU)
+template <class T>
+using gmem_ptr = T*;
+template <class T>
+using smem_ptr = T*;
+template <class T, class U>
+DEVICE T* smem_cast(U* p) { return reinterpret_cast<T*>(p); }
+template <class T>
+DEVICE T* dynamic_smem() {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    return reinterpret_cast<T*>(smem_raw);
+}
+#define STATIC_SMEM(type, name, count) \
+    __shared__ type name##_array[count]; \
+    type* const name = name##_array
+#endif
 
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kWarpSize = 32;
@@ -29,14 +54,22 @@ DEVICE elem_t from_float(float x) { return x; }
 #elif defined(ELEM_F16)
 typedef unsigned short elem_t;
 DEVICE float to_float(elem_t x) {
+#if defined(OUTLIER_ATTN_EMU)
+    return emu::cvt_f32_f16(x);
+#else
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x));
     return f;
+#endif
 }
 DEVICE elem_t from_float(float x) {
+#if defined(OUTLIER_ATTN_EMU)
+    return emu::cvt_rn_f16_f32(x);
+#else
     unsigned short h;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
     return h;
+#endif
 }
 #elif defined(ELEM_BF16)
 typedef unsigned short elem_t;
@@ -75,19 +108,20 @@ struct TensorLayout {
 };
 
 struct AttnParams {
-    const elem_t* q;
-    const elem_t* k;
-    const elem_t* v;
-    elem_t* o;
-    float* lse;                // [B, Hq, Nq]
-    const float* k_sink;       // [Hq, d] (ContextBias, KvSink)
-    const float* v_param;      // [Hq, d] v' of ContextBias/KvSink or the bias of ValueBias
-    const float* sink_logits;  // [Hq] (LogitSink)
-    const elem_t* gate;        // [B, Nq, Hq] or [B, Nq, Hq, d] (ContextScale)
-    float* stats;              // [B, Hq, kStatCount]
-    float* key_mass;           // [B, Hq, Nk]
-    float* partials;           // workspace [B, Hq, m_blocks, kPartialCount]
-    float* row_weight_sum;     // workspace [B, Hq, Nq]: W of ClippedSoftmax, for the key mass
+    gmem_ptr<const elem_t> q;
+    gmem_ptr<const elem_t> k;
+    gmem_ptr<const elem_t> v;
+    gmem_ptr<elem_t> o;
+    gmem_ptr<float> lse;                // [B, Hq, Nq]
+    gmem_ptr<const float> k_sink;       // [Hq, d] (ContextBias, KvSink)
+    gmem_ptr<const float> v_param;      // [Hq, d] v' of ContextBias/KvSink or the bias of ValueBias
+    gmem_ptr<const float> sink_logits;  // [Hq] (LogitSink)
+    gmem_ptr<const elem_t> gate;        // [B, Nq, Hq] or [B, Nq, Hq, d] (ContextScale)
+    gmem_ptr<float> stats;              // [B, Hq, kStatCount]
+    gmem_ptr<float> key_mass;           // [B, Hq, Nk]
+    gmem_ptr<float> partials;           // workspace [B, Hq, m_blocks, kPartialCount]
+    gmem_ptr<float> row_weight_sum;     // workspace [B, Hq, Nq]: W of ClippedSoftmax
+    gmem_ptr<float> key_mass_partials;  // workspace [B, Hq, m_blocks, Nk]: each query block's key mass
     TensorLayout lq, lk, lv, lo;
     int batch, q_heads, kv_heads, q_len, kv_len, head_dim;
     int group;       // Hq / Hkv
@@ -101,7 +135,7 @@ struct AttnParams {
     float scale, softcap, sigmoid_bias, clip_zeta, clip_gamma;
     int stats_on;    // 1: Heads or HeadsAndKeys (uniform branches, not a specialisation)
 };
-static_assert(sizeof(AttnParams) == 312, "KernelParams in src/cuda/params.rs mirrors this");
+static_assert(sizeof(AttnParams) == 320, "KernelParams in src/cuda/params.rs mirrors this");
 
 // Statistics record, in Stat::ALL order (src/contract/stats.rs).
 enum StatIndex : int {
@@ -118,6 +152,7 @@ enum PartialIndex : int {
     kPartGateMin, kPartGateMax, kPartGateSum, kPartGateCount,
     kPartialCount
 };
+static_assert(kPartialCount == kHostPartialCount, "the host sizes the workspace for this record");
 
 DEVICE bool has_sink(int variant) {
     return variant == kContextBias || variant == kKvSink || variant == kLogitSink || variant == kSoftmax1;
@@ -316,6 +351,17 @@ DEVICE RowResult finish_row(const AttnParams& p, const OnlineRow& r, bool sees_k
     return out;
 }
 
+// The probability of a key of logit x (−inf when masked) in a finished row `st`, as the
+// statistics define it: e^{x−m}/l (`inv_l` = 1/l), and for ClippedSoftmax w/W with the clipped
+// weight w computed exactly as its second pass applies it.
+DEVICE float key_probability(const AttnParams& p, const OnlineRow& st, float x, float inv_l) {
+    if (x == neg_inf()) return 0.f;
+    const float prob = exp2f((x - st.m) * kLog2e) * inv_l;
+    if (p.variant != kClippedSoftmax) return prob;
+    const float w = fminf(fmaxf((p.clip_zeta - p.clip_gamma) * prob + p.clip_gamma, 0.f), 1.f);
+    return st.weight_sum > 0.f ? w / st.weight_sum : 0.f;
+}
+
 // w ln w (0 for w = 0); out of line, as it serves one variant only.
 __device__ __noinline__ float w_log_w(float w) { return w > 0.f ? w * logf(w) : 0.f; }
 
@@ -389,7 +435,7 @@ struct BlockStats {
 // `scratch` holds kPartialCount floats per warp and may alias memory the block read before;
 // every thread of the block must call this.
 template <int kWarps>
-DEVICE void write_partials(const AttnParams& p, BlockStats s, float* scratch, int bh, int m_block) {
+DEVICE void write_partials(const AttnParams& p, BlockStats s, smem_ptr<float> scratch, int bh, int m_block) {
     __syncthreads();
     float v[kPartialCount] = {s.rows, s.first_key, s.sink, s.entropy, s.row_mass, s.max_score,
                               s.gate_min, s.gate_max, s.gate_sum, s.gate_count};

@@ -8,15 +8,17 @@
 
 namespace stats {
 
-constexpr int kWarps = 8;
-constexpr int kThreads = kWarps * kWarpSize;
+constexpr int kThreads = kHostStatsThreads;  // from the host (src/cuda/spec.rs)
+constexpr int kWarps = kThreads / kWarpSize;
 constexpr int kMaxHeadDim = 256;
 constexpr int kMaxChannelsPerLane = kMaxHeadDim / kWarpSize;
-constexpr int kScanRows = 128;  // rows of each tensor per channel_partials block
+constexpr int kScanRows = kHostScanRows;  // rows of each tensor per channel_partials block
 constexpr int kTensors = 3;     // Q, K, V
 // One chunk's record per tensor: max |x| per channel, then Σ|x|, Σ‖row‖, ‖row 0‖ (chunk 0).
 constexpr int kChanMax = 0, kChanAbsSum = kMaxHeadDim, kChanNormSum = kMaxHeadDim + 1,
               kChanNorm0 = kMaxHeadDim + 2, kChanRecord = kMaxHeadDim + 4;
+static_assert(kChanRecord == kHostChanRecord, "the host sizes the workspace for this record");
+static_assert(kThreads % kWarpSize == 0, "whole warps");
 
 DEVICE int scan_chunks(const AttnParams& p) {
     return (max(p.q_len, p.kv_len) + kScanRows - 1) / kScanRows;
@@ -24,23 +26,23 @@ DEVICE int scan_chunks(const AttnParams& p) {
 
 // The chunk records live in the workspace after the per-block partials and the row weights:
 // [B, Hq, chunks, kTensors, kChanRecord].
-DEVICE float* chunk_record(const AttnParams& p, int bh, int chunk, int tensor) {
-    float* base = p.row_weight_sum + (u64)p.batch * p.q_heads * p.q_len;
+DEVICE gmem_ptr<float> chunk_record(const AttnParams& p, int bh, int chunk, int tensor) {
+    const gmem_ptr<float> base = p.row_weight_sum + (u64)p.batch * p.q_heads * p.q_len;
     return base + (((u64)bh * scan_chunks(p) + chunk) * kTensors + tensor) * kChanRecord;
 }
 
 // Scans rows [begin, end) of one head: warp w takes rows begin + w, begin + w + kWarps, ...,
 // lane l channels l, l + 32, ...; then the block's warps are combined into `out` (a chunk
 // record). `s_absmax` holds kWarps·kMaxHeadDim floats, `s_sums` 3·kThreads.
-DEVICE void scan_chunk(const elem_t* base, const TensorLayout& layout, int b, int h, int begin, int end,
-                       int d, float* out, float* s_absmax, float* s_sums) {
+DEVICE void scan_chunk(gmem_ptr<const elem_t> base, const TensorLayout& layout, int b, int h, int begin, int end,
+                       int d, gmem_ptr<float> out, smem_ptr<float> s_absmax, smem_ptr<float> s_sums) {
     const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
     float absmax[kMaxChannelsPerLane];
 #pragma unroll
     for (int u = 0; u < kMaxChannelsPerLane; ++u) absmax[u] = 0.f;
     float abssum = 0.f, norm_sum = 0.f, norm0 = 0.f;
     for (int n = begin + warp; n < end; n += kWarps) {
-        const elem_t* row = base + row_offset(layout, b, n, h);
+        const gmem_ptr<const elem_t> row = base + row_offset(layout, b, n, h);
         float sq = 0.f;
 #pragma unroll
         for (int u = 0; u < kMaxChannelsPerLane; ++u) {
@@ -90,7 +92,7 @@ struct ChannelResult {
     float absmax, absmean, argmax, norm_mean, norm0;
 };
 
-DEVICE ChannelResult combine_chunks(const AttnParams& p, int bh, int tensor, int rows, float* s_absmax) {
+DEVICE ChannelResult combine_chunks(const AttnParams& p, int bh, int tensor, int rows, smem_ptr<float> s_absmax) {
     const int chunks = scan_chunks(p), d = p.head_dim;
     for (int c = threadIdx.x; c < d; c += kThreads) {
         float m = 0.f;
@@ -110,7 +112,7 @@ DEVICE ChannelResult combine_chunks(const AttnParams& p, int bh, int tensor, int
         }
         float sum = 0.f, norm_sum = 0.f;
         for (int k = 0; k < chunks; ++k) {
-            const float* rec = chunk_record(p, bh, k, tensor);
+            const gmem_ptr<const float> rec = chunk_record(p, bh, k, tensor);
             sum += rec[kChanAbsSum];
             norm_sum += rec[kChanNormSum];
         }
@@ -131,8 +133,8 @@ DEVICE ChannelResult combine_chunks(const AttnParams& p, int bh, int tensor, int
 extern "C" __global__ void __launch_bounds__(stats::kThreads)
 channel_partials(const AttnParams p) {
     using namespace stats;
-    __shared__ float s_absmax[kWarps * kMaxHeadDim];
-    __shared__ float s_sums[3 * kThreads];
+    STATIC_SMEM(float, s_absmax, kWarps * kMaxHeadDim);
+    STATIC_SMEM(float, s_sums, 3 * kThreads);
     const int chunk = blockIdx.x, bh = blockIdx.y;
     const int b = bh / p.q_heads, h = bh % p.q_heads;
     const int g_kv = h / p.group;
@@ -150,7 +152,7 @@ channel_partials(const AttnParams p) {
 extern "C" __global__ void __launch_bounds__(stats::kThreads)
 finalize_stats(const AttnParams p) {
     using namespace stats;
-    __shared__ float s_absmax[kMaxHeadDim];
+    STATIC_SMEM(float, s_absmax, kMaxHeadDim);
     const int bh = blockIdx.x;
 
     const ChannelResult q = combine_chunks(p, bh, 0, p.q_len, s_absmax);
@@ -161,7 +163,7 @@ finalize_stats(const AttnParams p) {
     float part[kPartialCount];
     for (int f = 0; f < kPartialCount; ++f) part[f] = p.partials[(u64)bh * p.m_blocks * kPartialCount + f];
     for (int m = 1; m < p.m_blocks; ++m) {
-        const float* rec = p.partials + ((u64)bh * p.m_blocks + m) * kPartialCount;
+        const gmem_ptr<const float> rec = p.partials + ((u64)bh * p.m_blocks + m) * kPartialCount;
         for (int f = 0; f < kPartialCount; ++f) {
             if (f == kPartMaxScore || f == kPartGateMax) part[f] = fmaxf(part[f], rec[f]);
             else if (f == kPartGateMin) part[f] = fminf(part[f], rec[f]);
@@ -170,7 +172,7 @@ finalize_stats(const AttnParams p) {
     }
     // Means over the counted rows: 0/0 = NaN for a head with none, as in the reference.
     const float n = part[kPartRows];
-    float* out = p.stats + (u64)bh * kStatCount;
+    const gmem_ptr<float> out = p.stats + (u64)bh * kStatCount;
     out[kFirstKeyMass] = part[kPartFirstKey] / n;
     out[kSinkMass] = part[kPartSink] / n;
     out[kMaxScore] = part[kPartMaxScore];
@@ -191,56 +193,16 @@ finalize_stats(const AttnParams p) {
     out[kRowMassMean] = part[kPartRowMass] / n;
 }
 
-// The key mass of HeadsAndKeys: Σ_i p_ij for each key j, recomputing the scores in a second
-// pass from the LSE the forward kernel wrote (and W for ClippedSoftmax). Thread (w, l) of a
-// block holds key l of the block's kKeys and sums the rows i ≡ w (mod kWarps); the warps'
-// sums are added in warp order. grid: (ceil(Nk / 32), B·Hq); block: stats::kThreads;
-// dynamic shared memory: 32·(d + 1) + kWarps·32 floats.
+// The key mass of HeadsAndKeys: the forward kernel's per-query-block sums
+// (key_mass_partials), added in block order. grid: (ceil(Nk / kThreads), B·Hq); block:
+// stats::kThreads.
 extern "C" __global__ void __launch_bounds__(stats::kThreads)
 key_mass(const AttnParams p) {
     using namespace stats;
-    constexpr int kKeys = kWarpSize;
-    extern __shared__ __align__(16) float smem_f[];
-    const int d = p.head_dim;
-    float* s_k = smem_f;                       // [kKeys][d + 1]
-    float* s_part = s_k + kKeys * (d + 1);     // [kWarps][kKeys]
     const int bh = blockIdx.y;
-    const int b = bh / p.q_heads, h = bh % p.q_heads;
-    const int g_kv = h / p.group;
-    const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-    const int j0 = blockIdx.x * kKeys;
-    const int j = j0 + lane;
-
-    for (int idx = threadIdx.x; idx < kKeys * d; idx += kThreads) {
-        const int r = idx / d, c = idx % d;
-        s_k[r * (d + 1) + c] = j0 + r < p.kv_len ? to_float(p.k[row_offset(p.lk, b, j0 + r, g_kv) + c]) : 0.f;
-    }
-    __syncthreads();
-
-    float mass = 0.f;
-    if (j < p.kv_len) {
-        for (int i = warp; i < p.q_len; i += kWarps) {
-            if (j >= key_end(p, i)) continue;
-            const float lse = p.lse[(u64)bh * p.q_len + i];
-            if (lse == neg_inf()) continue;
-            const elem_t* q_row = p.q + row_offset(p.lq, b, i, h);
-            float dot = 0.f;
-            for (int c = 0; c < d; ++c) dot += to_float(q_row[c]) * s_k[lane * (d + 1) + c];
-            const float x = logit_of(p, score_of(dot, p));
-            float prob = expf(x - lse);
-            if (p.variant == kClippedSoftmax) {
-                const float W = p.row_weight_sum[(u64)bh * p.q_len + i];
-                const float w = fminf(fmaxf((p.clip_zeta - p.clip_gamma) * prob + p.clip_gamma, 0.f), 1.f);
-                prob = W > 0.f ? w / W : 0.f;
-            }
-            mass += prob;
-        }
-    }
-    s_part[warp * kKeys + lane] = mass;
-    __syncthreads();
-    if (warp == 0 && j < p.kv_len) {
-        float total = 0.f;
-        for (int w = 0; w < kWarps; ++w) total += s_part[w * kKeys + lane];
-        p.key_mass[(u64)bh * p.kv_len + j] = total;
-    }
+    const int j = blockIdx.x * kThreads + threadIdx.x;
+    if (j >= p.kv_len) return;
+    float total = 0.f;
+    for (int m = 0; m < p.m_blocks; ++m) total += p.key_mass_partials[((u64)bh * p.m_blocks + m) * p.kv_len + j];
+    p.key_mass[(u64)bh * p.kv_len + j] = total;
 }

@@ -13,7 +13,22 @@
 //! - `safetensors_io` (feature `safetensors`): attention inputs and model dumps read from
 //!   safetensors files, outputs written to them;
 //! - one module per GPU backend, behind its cargo feature, depending on the contract only;
-//!   [`discover`] finds the ones present.
+//!   [`discover`] finds the ones present;
+//! - `cuda_emu` (feature `cuda-emulator`): the CUDA kernels built for the host and run on a CPU
+//!   emulator of the CUDA they use, through the CUDA backend's launch plan; listed by
+//!   [`discover`] only when asked for by name.
+//!
+//! # For engines
+//! The device-level entries take the engine's own device, stream or encoder and buffers:
+//! `cuda::CudaAttention::forward` (feature `cuda`) and `wgsl::WgslAttention::encode` (feature
+//! `wgpu`), with `DeviceArgs::dense` and its `with_` methods to build a call's arguments, and
+//! `cuda::CudaAttention::prepare_model` to load the kernels before the first forward. cudarc
+//! and wgpu are re-exported as `cuda::cudarc` and `wgsl::wgpu`. A CUDA engine with cudarc
+//! features of its own depends on this crate with `default-features = false`: the defaults
+//! choose cudarc's linking mode (run-time loading) and CUDA version (12.8), which must agree
+//! across a build. The README's "For engine authors" has the one-line dependency for each stack
+//! and the reasons; `examples/wgpu_engine.rs` and `examples/cuda_engine.rs` are a prefill and a
+//! decode step on each.
 //!
 //! # Variants
 //! With s_ij = σ·q_i·k_j (softcapped if asked), p_ij = softmax_j(s_ij) over the visible keys
@@ -45,16 +60,44 @@
 //! - `ClippedSoftmax`: a row whose clipped weights are all 0 has an all-zero distribution
 //!   (it contributes 0 to `first_key_mass`, `key_mass` and the entropy, and still counts as a row).
 //! - `gate_min/mean/max` run over the rows counted by the statistics (those that see a key).
-//! - LSE is always written; a statistics or key-mass buffer given for a level that does not
-//!   write it is refused ([`Error::UnexpectedOutput`]) rather than silently left alone. An
-//!   output layout whose strides make elements alias is refused ([`Error::OverlappingOutput`]).
+//! - NaN in Q, K or V propagates to every output it reaches: the rows' O and LSE, and every
+//!   statistic that sums over them (the means, `mean_entropy` included, the key mass); a
+//!   ClippedSoftmax weight of NaN stays NaN. Maxima and minima (`max_score`, the absmax
+//!   values and their channels, `gate_min`/`gate_max`) ignore NaN, as GPU `max`/`fmax` do, so
+//!   that one NaN does not hide where the outliers are.
+//! - A statistics or key-mass buffer given for a level that does not write it is refused
+//!   ([`Error::UnexpectedOutput`]) rather than silently left alone. An output layout whose
+//!   strides make elements alias is refused ([`Error::OverlappingOutput`]).
+//!
+//! # Engine-shaped calls (DESIGN.md section 6), decisions
+//! - [`Sequences`] says how Q and K/V hold the B sequences; the shape's `q_len` and `kv_len`
+//!   are the longest sequences (FlashAttention's max_seqlen_q/k), the capacity for a dense
+//!   cache with `seqlens_k`. The key mass of a paged call is `[B, Hq, kv_len]` with the declared
+//!   `kv_len` (DESIGN.md's max_b Nk_b when the caller declares it exactly, as `run` does).
+//! - `Sigmoid`'s default β is −ln Nk_b of each sequence, computed in f32
+//!   ([`Validated::sigmoid_bias_for`]).
+//! - Sequences may be empty (cumulative lengths may repeat). A sequence with no queries writes
+//!   nothing and its records have no row to describe: row means are NaN, `max_score` is −inf,
+//!   its Q statistics NaN. A sequence with no keys has rows that see no key (DESIGN.md section
+//!   2 says what they give) and NaN K/V statistics and `v0_norm_ratio`.
+//! - A [`Mask::Window`] that is no window at all, or only causal, is [`Mask::None`] or
+//!   [`Mask::Causal`] after validation ([`Mask::window`]); FlashAttention's −1 is `None`
+//!   ([`Mask::from_signed`]). A window masks keys only; sinks are never masked.
+//! - Host-level calls check the index tensors' values ([`validate_indices`]); entries of
+//!   `block_table` past the pages a sequence uses are never read and never checked (engines
+//!   leave −1 there). Device-level calls see only their lengths.
+//! - The LSE buffer is optional at the device level ([`Args::lse`]); host-level calls always
+//!   return it. A dense parameter must hold exactly its elements; one given as a view (an
+//!   offset and strides in [`Layouts::params`]) may sit anywhere inside a larger buffer.
 #![warn(missing_docs)]
 
 mod backends;
 pub mod cases;
 pub mod contract;
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "cuda-emulator"))]
 pub mod cuda;
+#[cfg(feature = "cuda-emulator")]
+pub mod cuda_emu;
 pub mod parity;
 pub mod reference;
 #[cfg(feature = "safetensors")]
@@ -63,5 +106,5 @@ pub mod suites;
 #[cfg(feature = "wgpu")]
 pub mod wgsl;
 
-pub use backends::{Discovery, discover};
+pub use backends::{Discovery, ON_REQUEST, discover, discover_named};
 pub use contract::*;

@@ -8,19 +8,21 @@
 use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
 
 use crate::contract::{
-    Backend, DType, HostInputs, HostOutputs, HostTensor, Problem, Result, Stat, Validated, Variant,
+    Backend, DType, HostInputs, HostOutputs, HostTensor, Layout, Problem, Result, SeqMap, Stat,
+    TensorName, Validated, Variant,
 };
 
 /// The reference outputs in f64.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExactOutputs {
-    /// O, dense `[B, Nq, Hq, d]`.
+    /// O, dense in Q's sequence layout (`[B, Nq, Hq, d]` or `[total_q, Hq, d]`).
     pub o: Vec<f64>,
-    /// LSE `[B, Hq, Nq]`.
+    /// LSE `[B, Hq, Nq]` (or `[Hq, total_q]` for packed Q).
     pub lse: Vec<f64>,
     /// Statistics `[B, Hq, Stat::COUNT]`; empty when the level is `Off`.
     pub stats: Vec<f64>,
-    /// Key mass `[B, Hq, Nk]`; empty unless the level is `HeadsAndKeys`.
+    /// Key mass ([`Problem::key_mass_len`](crate::Problem::key_mass_len)); empty unless the
+    /// level is `HeadsAndKeys`.
     pub key_mass: Vec<f64>,
     /// Per (batch, head): how far max |q| and max |k| stand above the largest value in any
     /// other channel. The parity rule checks an argmax channel only where this margin exceeds
@@ -55,7 +57,7 @@ impl Backend for Reference {
 /// Every refusal of [`validate`](crate::validate).
 pub fn forward(problem: &Problem, inputs: &HostInputs) -> Result<ExactOutputs> {
     let checked = inputs.validate(problem)?;
-    let raw = compute::<f64>(&checked, inputs, None);
+    let raw = compute::<f64>(&checked, inputs, None)?;
     Ok(ExactOutputs {
         o: raw.o,
         lse: raw.lse,
@@ -73,7 +75,7 @@ pub fn forward(problem: &Problem, inputs: &HostInputs) -> Result<ExactOutputs> {
 /// Every refusal of [`validate`](crate::validate).
 pub fn baseline(problem: &Problem, inputs: &HostInputs) -> Result<HostOutputs> {
     let checked = inputs.validate(problem)?;
-    let raw = compute::<f32>(&checked, inputs, Some(problem.dtype));
+    let raw = compute::<f32>(&checked, inputs, Some(problem.dtype))?;
     Ok(HostOutputs {
         o: HostTensor::from_f64(
             problem.dtype,
@@ -207,14 +209,28 @@ fn log_sigmoid<R: Real>(x: R) -> R {
     }
 }
 
+/// −Σ p ln p over the positive probabilities (0 ln 0 = 0); NaN if any probability is NaN.
 fn entropy<R: Real>(probs: impl IntoIterator<Item = R>) -> R {
     let mut h = R::ZERO;
     for p in probs {
         if p > R::ZERO {
             h += -(p * p.ln());
+        } else if p.partial_cmp(&R::ZERO).is_none() {
+            return R::of(f64::NAN);
         }
     }
     h
+}
+
+/// x clipped to [0, 1]; NaN stays NaN.
+fn clip01<R: Real>(x: R) -> R {
+    if x < R::ZERO {
+        R::ZERO
+    } else if x > R::ONE {
+        R::ONE
+    } else {
+        x
+    }
 }
 
 /// `acc += w · v` with `w` rounded as the baseline requires before P·V.
@@ -306,7 +322,7 @@ fn row<R: Real>(
                 let (zeta, gamma) = (R::of(zeta as f64), R::of(gamma as f64));
                 probs
                     .iter()
-                    .map(|&p| ((zeta - gamma) * p + gamma).max(R::ZERO).min(R::ONE))
+                    .map(|&p| clip01((zeta - gamma) * p + gamma))
                     .collect()
             }
             _ => probs.clone(),
@@ -318,10 +334,10 @@ fn row<R: Real>(
         }
         row.row_mass = mass;
         row.probs = match variant {
-            Variant::ClippedSoftmax { .. } if mass > R::ZERO => {
-                weights.iter().map(|&w| w / mass).collect()
-            }
-            Variant::ClippedSoftmax { .. } => vec![R::ZERO; weights.len()],
+            // A row whose clipped weights are all 0 has an all-zero distribution; a NaN mass
+            // (NaN inputs) stays NaN.
+            Variant::ClippedSoftmax { .. } if mass == R::ZERO => vec![R::ZERO; weights.len()],
+            Variant::ClippedSoftmax { .. } => weights.iter().map(|&w| w / mass).collect(),
             _ => probs,
         };
         if let (Variant::KvSink, Some(v_sink)) = (variant, x.v_param) {
@@ -384,13 +400,18 @@ fn gate_apply<R: Real>(gate: crate::contract::Gate, z: R) -> R {
 }
 
 /// max |x|, mean |x|, the lowest channel holding the max, and the margin of that max over every
-/// other channel's max, for the `count` rows of `d` channels starting at `rows(i)`.
+/// other channel's max, for the `count` rows of `d` channels starting at `rows(i)`. Over no
+/// rows at all (a sequence without queries or keys) every value is NaN.
 fn channel_stats<R: Real>(
     data: &[R],
     count: usize,
     d: usize,
     rows: impl Fn(usize) -> usize,
-) -> (R, R, usize, f64) {
+) -> (R, R, R, f64) {
+    if count == 0 {
+        let nan = R::of(f64::NAN);
+        return (nan, nan, nan, f64::NAN);
+    }
     let mut per_channel = vec![R::ZERO; d];
     let mut sum = R::ZERO;
     for i in 0..count {
@@ -415,26 +436,34 @@ fn channel_stats<R: Real>(
     (
         max,
         sum / R::of((count * d) as f64),
-        arg,
+        R::of(arg as f64),
         max.to_f64() - others,
     )
 }
 
-/// The reference computation in arithmetic `R`; `weight_dtype` rounds the weights before P·V
-/// (the baseline) or is `None` (the reference).
+/// The layout of a parameter: the view the caller gave, or the dense tensor of `dims`.
+fn param_layout(given: Option<&Layout>, dims: [usize; 4]) -> Layout {
+    let [_, tokens, heads, width] = dims;
+    given
+        .copied()
+        .unwrap_or_else(|| Layout::contiguous(tokens, heads, width))
+}
+
+/// The reference computation in arithmetic `R`, one sequence at a time; `weight_dtype` rounds
+/// the weights before P·V (the baseline) or is `None` (the reference).
 fn compute<R: Real>(
     checked: &Validated,
     inputs: &HostInputs,
     weight_dtype: Option<DType>,
-) -> Raw<R> {
+) -> Result<Raw<R>> {
     let problem = checked.problem();
     let s = checked.shape();
     let layouts = checked.layouts();
+    let seqs = SeqMap::new(s, &problem.seqs, &inputs.indices)?;
     let variant = &problem.variant;
-    let (d, nq, nk, hq) = (s.head_dim, s.q_len, s.kv_len, s.q_heads);
+    let (d, hq) = (s.head_dim, s.q_heads);
     let scale = R::of(checked.scale() as f64);
     let softcap = checked.softcap().map(|c| R::of(c as f64));
-    let sigmoid_bias = R::of(checked.sigmoid_bias() as f64);
 
     let q: Vec<R> = to_real(&inputs.q);
     let k: Vec<R> = to_real(&inputs.k);
@@ -444,23 +473,34 @@ fn compute<R: Real>(
     let v_param = param(inputs.params.v_sink.as_ref()).or(param(inputs.params.v_bias.as_ref()));
     let theta = param(inputs.params.sink_logits.as_ref());
     let gate = param(inputs.params.gate.as_ref());
-    let gate_width = if problem.gate_len() == s.batch * nq * hq {
-        1
-    } else {
-        d
-    };
+    let per_head = [1, 1, hq, d];
+    let k_sink_layout = param_layout(layouts.params.k_sink.as_ref(), per_head);
+    let v_param_layout = param_layout(
+        layouts
+            .params
+            .v_sink
+            .as_ref()
+            .or(layouts.params.v_bias.as_ref()),
+        per_head,
+    );
+    let theta_layout = param_layout(layouts.params.sink_logits.as_ref(), [1, 1, hq, 1]);
+    let gate_dims = problem.gate_dims().unwrap_or([1, 1, 1, 1]);
+    let gate_width = gate_dims[3];
+    let gate_layout = param_layout(layouts.params.gate.as_ref(), gate_dims);
+    let [_, o_tokens, _, _] = problem.tensor_dims(TensorName::O);
+    let o_layout = Layout::contiguous(o_tokens, hq, d);
 
     let stats_on = problem.stats.heads();
     let mut raw = Raw {
-        o: vec![R::ZERO; s.batch * nq * hq * d],
-        lse: vec![R::ZERO; s.lse_len()],
+        o: vec![R::ZERO; problem.q_tokens() * hq * d],
+        lse: vec![R::ZERO; problem.lse_len()],
         stats: if stats_on {
             vec![R::ZERO; s.heads_total() * Stat::COUNT]
         } else {
             Vec::new()
         },
         key_mass: if problem.stats.keys() {
-            vec![R::ZERO; s.key_mass_len()]
+            vec![R::ZERO; problem.key_mass_len()]
         } else {
             Vec::new()
         },
@@ -479,12 +519,26 @@ fn compute<R: Real>(
         }
     };
 
-    for b in 0..s.batch {
+    for (b, span) in seqs.spans().iter().enumerate() {
+        let (nq, nk) = (span.q_len, span.kv_len);
+        let sigmoid_bias = R::of(checked.sigmoid_bias_for(nk) as f64);
+        let q_at = |i: usize, h: usize| {
+            let (outer, token) = seqs.q_pos(b, i);
+            layouts.q.index(outer, token, h, 0)
+        };
         for h in 0..hq {
             let g = s.kv_head(h);
             let head = b * hq + h;
-            let k_row = |j: usize| &k[layouts.k.index(b, j, g, 0)..][..d];
-            let v_row = |j: usize| &v[layouts.v.index(b, j, g, 0)..][..d];
+            let k_at = |j: usize| {
+                let (outer, token) = seqs.kv_pos(b, j);
+                layouts.k.index(outer, token, g, 0)
+            };
+            let v_at = |j: usize| {
+                let (outer, token) = seqs.kv_pos(b, j);
+                layouts.v.index(outer, token, g, 0)
+            };
+            let k_row = |j: usize| &k[k_at(j)..][..d];
+            let v_row = |j: usize| &v[v_at(j)..][..d];
 
             let mut counted = 0usize;
             let (mut first, mut sink_mass, mut ent, mut row_mass) =
@@ -494,23 +548,21 @@ fn compute<R: Real>(
                 (R::of(f64::INFINITY), R::NEG_INFINITY, R::ZERO, 0usize);
 
             for i in 0..nq {
-                let qi = &q[layouts.q.index(b, i, h, 0)..][..d];
-                let visible: Vec<usize> = (0..nk)
-                    .filter(|&j| problem.mask == crate::Mask::None || s.causal_visible(i, j))
-                    .collect();
-                let scores: Vec<R> = visible.iter().map(|&j| score(qi, k_row(j))).collect();
-                let values: Vec<&[R]> = visible.iter().map(|&j| v_row(j)).collect();
+                let qi = &q[q_at(i, h)..][..d];
+                let visible = problem.mask.key_range(i, nq, nk);
+                let scores: Vec<R> = visible.clone().map(|j| score(qi, k_row(j))).collect();
+                let values: Vec<&[R]> = visible.clone().map(v_row).collect();
                 let sink_logit = match variant {
-                    Variant::ContextBias | Variant::KvSink => {
-                        k_sink.as_ref().map(|ks| score(qi, &ks[h * d..][..d]))
-                    }
-                    Variant::LogitSink => theta.as_ref().map(|t| t[h]),
+                    Variant::ContextBias | Variant::KvSink => k_sink
+                        .as_ref()
+                        .map(|ks| score(qi, &ks[k_sink_layout.index(0, 0, h, 0)..][..d])),
+                    Variant::LogitSink => theta.as_ref().map(|t| t[theta_layout.index(0, 0, h, 0)]),
                     Variant::Softmax1 => Some(R::ZERO),
                     _ => None,
                 };
                 let gate_z = gate.as_ref().map(|z| {
-                    let start = ((b * nq + i) * hq + h) * gate_width;
-                    &z[start..start + gate_width]
+                    let (outer, token) = seqs.q_pos(b, i);
+                    &z[gate_layout.index(outer, token, h, 0)..][..gate_width]
                 });
                 let r = row(
                     variant,
@@ -519,21 +571,24 @@ fn compute<R: Real>(
                         scores: &scores,
                         values: &values,
                         sink_logit,
-                        v_param: v_param.as_ref().map(|p| &p[h * d..][..d]),
+                        v_param: v_param
+                            .as_ref()
+                            .map(|p| &p[v_param_layout.index(0, 0, h, 0)..][..d]),
                         gate_z,
                     },
                     d,
                     weight_dtype,
                 );
-                let o_start = ((b * nq + i) * hq + h) * d;
+                let (outer, token) = seqs.q_pos(b, i);
+                let o_start = o_layout.index(outer, token, h, 0);
                 raw.o[o_start..o_start + d].copy_from_slice(&r.out);
-                raw.lse[head * nq + i] = r.lse;
+                raw.lse[seqs.lse_index(b, h, i)] = r.lse;
 
                 if !(stats_on && r.counted) {
                     continue;
                 }
                 counted += 1;
-                if visible.first() == Some(&0) {
+                if visible.start == 0 && !visible.is_empty() {
                     first += r.probs[0];
                 }
                 sink_mass += r.sink_mass;
@@ -549,8 +604,8 @@ fn compute<R: Real>(
                     g_count += 1;
                 }
                 if problem.stats.keys() {
-                    for (&j, &p) in visible.iter().zip(&r.probs) {
-                        raw.key_mass[head * nk + j] += p;
+                    for (j, &p) in visible.clone().zip(&r.probs) {
+                        raw.key_mass[seqs.key_mass_index(b, h, j)] += p;
                     }
                 }
             }
@@ -559,11 +614,9 @@ fn compute<R: Real>(
             }
 
             let n = R::of(counted as f64);
-            let (q_max, q_mean, q_arg, q_margin) =
-                channel_stats(&q, nq, d, |i| layouts.q.index(b, i, h, 0));
-            let (k_max, k_mean, k_arg, k_margin) =
-                channel_stats(&k, nk, d, |j| layouts.k.index(b, j, g, 0));
-            let (v_max, v_mean, _, _) = channel_stats(&v, nk, d, |j| layouts.v.index(b, j, g, 0));
+            let (q_max, q_mean, q_arg, q_margin) = channel_stats(&q, nq, d, |i| q_at(i, h));
+            let (k_max, k_mean, k_arg, k_margin) = channel_stats(&k, nk, d, k_at);
+            let (v_max, v_mean, _, _) = channel_stats(&v, nk, d, v_at);
             let norm = |x: &[R]| {
                 let mut ss = R::ZERO;
                 for &a in x {
@@ -576,6 +629,11 @@ fn compute<R: Real>(
                 norm_sum += norm(v_row(j));
             }
             let nan = R::of(f64::NAN);
+            let v0_ratio = if nk > 0 {
+                norm(v_row(0)) / (norm_sum / R::of(nk as f64))
+            } else {
+                nan
+            };
             let (gate_min, gate_mean, gate_max) = if g_count > 0 {
                 (g_min, g_sum / R::of(g_count as f64), g_max)
             } else {
@@ -590,16 +648,13 @@ fn compute<R: Real>(
             put(Stat::MeanEntropy, ent / n);
             put(Stat::QAbsMax, q_max);
             put(Stat::QAbsMean, q_mean);
-            put(Stat::QArgmaxChannel, R::of(q_arg as f64));
+            put(Stat::QArgmaxChannel, q_arg);
             put(Stat::KAbsMax, k_max);
             put(Stat::KAbsMean, k_mean);
-            put(Stat::KArgmaxChannel, R::of(k_arg as f64));
+            put(Stat::KArgmaxChannel, k_arg);
             put(Stat::VAbsMax, v_max);
             put(Stat::VAbsMean, v_mean);
-            put(
-                Stat::V0NormRatio,
-                norm(v_row(0)) / (norm_sum / R::of(nk as f64)),
-            );
+            put(Stat::V0NormRatio, v0_ratio);
             put(Stat::GateMin, gate_min);
             put(Stat::GateMean, gate_mean);
             put(Stat::GateMax, gate_max);
@@ -607,5 +662,5 @@ fn compute<R: Real>(
             raw.margins.push([q_margin, k_margin]);
         }
     }
-    raw
+    Ok(raw)
 }

@@ -6,6 +6,13 @@
 //!   f16 or bf16, one dtype for the three) and the variant's parameters `k_sink`, `v_sink`,
 //!   `v_bias` (`[Hq, d]`), `sink_logits` (`[Hq]`) and `gate` (`[B, Nq, Hq]` or `[B, Nq, Hq, d]`,
 //!   the dtype of `q`). Learned parameters stored as f16 or bf16 are widened to f32 (exactly).
+//!   Engine-shaped calls (DESIGN.md section 6) are told by the tensors present, index tensors
+//!   being i32: packed Q `q` `[total_q, Hq, d]` with `cu_seqlens_q` `[B + 1]`; packed K/V `k`,
+//!   `v` `[total_k, Hkv, d]` with `cu_seqlens_k` `[B + 1]`; a dense cache with lengths adds
+//!   `seqlens_k` `[B]` to `k`, `v` `[B, Nk, Hkv, d]`; a paged cache is `k_cache`, `v_cache`
+//!   `[pages, page_size, Hkv, d]` with `block_table` `[B, max_pages]` and `seqlens_k` `[B]`; a
+//!   packed gate is `[total_q, Hq]` or `[total_q, Hq, d]`. Nq and Nk of the call are its longest
+//!   sequences.
 //! - **a model dump** ([`ModelDump`]), as `outlier-attn inspect` and the MiniLM fixture use it:
 //!   `layers.{i}.q`, `layers.{i}.k`, `layers.{i}.v` for each layer `i`, optionally the
 //!   framework's own attention output `layers.{i}.o` (`[B, Nq, Hq, d]`) and probabilities
@@ -24,16 +31,15 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::contract::{
-    DType, GateGranularity, HostInputs, HostOutputs, HostTensor, Params, Problem, Shape, Stat,
-    TensorName, Variant,
+    DType, Dim, GateGranularity, HostInputs, HostOutputs, HostTensor, KvSeqs, Params, Problem,
+    QuerySeqs, SeqIndices, Sequences, Shape, Stat, TensorName, Variant,
 };
 
-/// Path of the all-MiniLM-L6-v2 fixture in a checkout of this crate (see its README): Q/K/V of
-/// the six layers for two sentences, with PyTorch's attention outputs and probabilities.
-pub const MINILM_FIXTURE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/all-MiniLM-L6-v2.safetensors"
-);
+/// Path of the all-MiniLM-L6-v2 fixture relative to the root of a checkout of this crate's
+/// repository (see its README): Q/K/V of the six layers for two sentences, with PyTorch's
+/// attention outputs and probabilities. The published package leaves the file out (1 MB); the
+/// demo and the tool take its path.
+pub const MINILM_FIXTURE: &str = "tests/fixtures/all-MiniLM-L6-v2.safetensors";
 
 /// Why a file could not be read as attention inputs.
 #[derive(Debug, thiserror::Error)]
@@ -150,46 +156,99 @@ fn expect_dims(name: &str, got: &[usize], expected: &[usize], spelt: String) -> 
     }
 }
 
-/// Reads Q, K and V named `prefix` + `q`/`k`/`v` and checks their dims against each other.
+/// Reads dense Q, K and V named `prefix` + `q`/`k`/`v` (a model dump's layers) and checks
+/// their dims against each other.
 fn read_qkv(st: &SafeTensors<'_>, prefix: &str) -> FileResult<(Shape, [HostTensor; 3])> {
     let hint = " (attention inputs are q, k, v laid out [B, N, H, d])";
     let (qd, q) = tensor(st, &format!("{prefix}q"), hint)?;
     let (kd, k) = tensor(st, &format!("{prefix}k"), hint)?;
     let (vd, v) = tensor(st, &format!("{prefix}v"), hint)?;
     for (name, dims) in [("q", &qd), ("k", &kd), ("v", &vd)] {
-        if dims.len() != 4 {
-            return Err(FileError::Shape {
-                name: format!("{prefix}{name}"),
-                got: dims.clone(),
-                expected: "rank 4 [B, N, H, d]".to_string(),
-            });
-        }
+        expect_rank(&format!("{prefix}{name}"), dims, 4, "rank 4 [B, N, H, d]")?;
     }
     let shape = Shape::from_dims(&qd, &kd, &vd)?;
     Ok((shape, [q, k, v]))
 }
 
+/// An i32 index tensor, if the file has it.
+///
+/// # Errors
+/// [`FileError::DType`] for any other element type.
+fn index_tensor(st: &SafeTensors<'_>, name: &str) -> FileResult<Option<(Vec<usize>, Vec<i32>)>> {
+    let Ok(view) = st.tensor(name) else {
+        return Ok(None);
+    };
+    if view.dtype() != Dtype::I32 {
+        return Err(FileError::DType {
+            name: name.to_string(),
+            got: view.dtype().to_string(),
+            expected: "I32",
+        });
+    }
+    let values = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok(Some((view.shape().to_vec(), values)))
+}
+
+fn expect_rank(name: &str, dims: &[usize], rank: usize, spelt: &str) -> FileResult<()> {
+    if dims.len() == rank {
+        Ok(())
+    } else {
+        Err(FileError::Shape {
+            name: name.to_string(),
+            got: dims.to_vec(),
+            expected: spelt.to_string(),
+        })
+    }
+}
+
+/// The longest sequence that cumulative lengths describe (0 when they describe none; bad
+/// entries are left for validation to name).
+fn longest(cu: &[i32]) -> usize {
+    cu.windows(2)
+        .map(|w| (w[1] as i64 - w[0] as i64).max(0) as usize)
+        .max()
+        .unwrap_or(0)
+}
+
 /// One call read from a file: what `outlier-attn run` replays.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Call {
-    /// Sizes, from the dims of `q`, `k` and `v`.
+    /// Sizes: B and the heads from the tensors, Nq and Nk the longest sequences (the dense
+    /// tensors' lengths, the cache's capacity for a dense cache with `seqlens_k`).
     pub shape: Shape,
     /// The dtype of `q`.
     pub dtype: DType,
     /// The variant asked for, with the gate granularity of `ContextScale` taken from the rank
     /// of `gate`.
     pub variant: Variant,
-    /// Q, K, V dense and the variant's parameters.
+    /// The sequence layout, from which tensors the file holds.
+    pub seqs: Sequences,
+    /// Q, K, V dense in their layouts, the variant's parameters and the index tensors.
     pub inputs: HostInputs,
     /// Tensors in the file the variant does not read.
     pub ignored: Vec<String>,
 }
 
+impl Call {
+    /// The call's problem: shape, dtype, variant and sequences, no mask, default scalars, no
+    /// statistics (the caller adds those).
+    pub fn problem(&self) -> Problem {
+        Problem::new(self.shape, self.dtype)
+            .with_variant(self.variant)
+            .with_seqs(self.seqs)
+    }
+}
+
 /// Reads one call for `variant` from safetensors bytes (layout in the module docs).
 ///
 /// # Errors
-/// A [`FileError`] for a malformed file, a missing tensor, a dtype other than f32/f16/bf16, or
-/// dims that disagree; [`FileError::Contract`] for what the contract refuses.
+/// A [`FileError`] for a malformed file, a missing tensor, a dtype other than f32/f16/bf16 (i32
+/// for index tensors), or dims that disagree; [`FileError::Contract`] for what the contract
+/// refuses.
 pub fn read_call(bytes: &[u8], variant: Variant) -> FileResult<Call> {
     read_call_at(bytes, "", variant)
 }
@@ -201,34 +260,192 @@ pub fn read_call(bytes: &[u8], variant: Variant) -> FileResult<Call> {
 /// As [`read_call`].
 pub fn read_call_at(bytes: &[u8], prefix: &str, variant: Variant) -> FileResult<Call> {
     let st = parse(bytes)?;
-    let (shape, [q, k, v]) = read_qkv(&st, prefix)?;
+    let name = |n: &str| format!("{prefix}{n}");
+    let has = |n: &str| st.tensor(&name(n)).is_ok();
+    let mut used: Vec<&str> = vec!["q"];
+    let mut indices = SeqIndices::none();
+    for (tensor, slot) in [
+        ("cu_seqlens_q", &mut indices.cu_seqlens_q),
+        ("cu_seqlens_k", &mut indices.cu_seqlens_k),
+        ("seqlens_k", &mut indices.seqlens_k),
+        ("block_table", &mut indices.block_table),
+    ] {
+        if let Some((dims, values)) = index_tensor(&st, &name(tensor))? {
+            let rank = if tensor == "block_table" { 2 } else { 1 };
+            let spelt = if rank == 2 {
+                "rank 2 [B, max_pages]"
+            } else {
+                "rank 1"
+            };
+            expect_rank(&name(tensor), &dims, rank, spelt)?;
+            *slot = Some((dims, values));
+            used.push(tensor);
+        }
+    }
+
+    // Q: dense [B, Nq, Hq, d] or packed [total_q, Hq, d] with cu_seqlens_q.
+    let hint = " (attention inputs are q, k, v laid out [B, N, H, d], or packed [total, H, d] with cu_seqlens_q / cu_seqlens_k, or a paged k_cache, v_cache [pages, page_size, H, d] with block_table and seqlens_k)";
+    let (qd, q) = tensor(&st, &name("q"), hint)?;
+    let (batch, q_len, q_seqs) = match qd.len() {
+        4 => (qd[0], qd[1], QuerySeqs::Dense),
+        3 => {
+            let Some((_, cu)) = &indices.cu_seqlens_q else {
+                return Err(FileError::Missing {
+                    name: name("cu_seqlens_q"),
+                    hint: " (q is packed [total_q, Hq, d])".to_string(),
+                });
+            };
+            (
+                cu.len().saturating_sub(1),
+                longest(cu),
+                QuerySeqs::Packed { total: qd[0] },
+            )
+        }
+        _ => {
+            return Err(FileError::Shape {
+                name: name("q"),
+                got: qd,
+                expected: "rank 4 [B, Nq, Hq, d] or rank 3 [total_q, Hq, d]".to_string(),
+            });
+        }
+    };
+    let (hq, d) = (qd[qd.len() - 2], qd[qd.len() - 1]);
+
+    // K and V: paged, packed or dense.
+    let paged = has("k_cache");
+    let (k_name, v_name) = if paged {
+        ("k_cache", "v_cache")
+    } else {
+        ("k", "v")
+    };
+    used.extend([k_name, v_name]);
+    let (kd, k) = tensor(&st, &name(k_name), hint)?;
+    let (vd, v) = tensor(&st, &name(v_name), hint)?;
+    if vd.len() != kd.len() {
+        return Err(FileError::Shape {
+            name: name(v_name),
+            got: vd,
+            expected: format!("{kd:?}, the shape of `{}`", name(k_name)),
+        });
+    }
+    // Dims of a rank-3 (packed) tensor are the last three of [batch, seq, heads, channels].
+    let all = [Dim::Batch, Dim::Seq, Dim::Heads, Dim::Channels];
+    for (dim, (&got, &expected)) in all[4 - kd.len().min(4)..].iter().zip(vd.iter().zip(&kd)) {
+        if got != expected {
+            return Err(crate::Error::ShapeMismatch {
+                tensor: TensorName::V,
+                dim: *dim,
+                got,
+                expected,
+                other: TensorName::K,
+            }
+            .into());
+        }
+    }
+    let lens_k = indices.seqlens_k.as_ref().map(|(_, v)| v.clone());
+    let (kv_len, kv_seqs) = if paged {
+        expect_rank(&name(k_name), &kd, 4, "rank 4 [pages, page_size, Hkv, d]")?;
+        let max_pages = match &indices.block_table {
+            Some((dims, _)) => dims[1],
+            None => {
+                return Err(FileError::Missing {
+                    name: name("block_table"),
+                    hint: " (k_cache is paged)".to_string(),
+                });
+            }
+        };
+        let capacity = max_pages * kd[1];
+        let longest_k = lens_k.iter().flatten().map(|&n| n.max(0) as usize).max();
+        (
+            longest_k.unwrap_or(0).min(capacity),
+            KvSeqs::Paged {
+                pages: kd[0],
+                page_size: kd[1],
+                max_pages,
+            },
+        )
+    } else if kd.len() == 3 {
+        let Some((_, cu)) = &indices.cu_seqlens_k else {
+            return Err(FileError::Missing {
+                name: name("cu_seqlens_k"),
+                hint: " (k is packed [total_k, Hkv, d])".to_string(),
+            });
+        };
+        (longest(cu), KvSeqs::Packed { total: kd[0] })
+    } else {
+        expect_rank(
+            &name(k_name),
+            &kd,
+            4,
+            "rank 4 [B, Nk, Hkv, d] or rank 3 [total_k, Hkv, d]",
+        )?;
+        if matches!(q_seqs, QuerySeqs::Dense) && kd[0] != batch {
+            return Err(crate::Error::ShapeMismatch {
+                tensor: TensorName::K,
+                dim: Dim::Batch,
+                got: kd[0],
+                expected: batch,
+                other: TensorName::Q,
+            }
+            .into());
+        }
+        let kv = if lens_k.is_some() {
+            KvSeqs::DenseWithLens
+        } else {
+            KvSeqs::Dense
+        };
+        (kd[1], kv)
+    };
+    let (hkv, kv_d) = (kd[kd.len() - 2], kd[kd.len() - 1]);
+    if kv_d != d {
+        return Err(crate::Error::ShapeMismatch {
+            tensor: TensorName::K,
+            dim: Dim::Channels,
+            got: kv_d,
+            expected: d,
+            other: TensorName::Q,
+        }
+        .into());
+    }
+    let shape = Shape::new(batch, hq, hkv, q_len, kv_len, d);
+    let seqs = Sequences {
+        q: q_seqs,
+        kv: kv_seqs,
+    };
     let dtype = q.dtype();
     let mut variant = variant;
     let mut params = Params::none();
-    let (hq, d) = (shape.q_heads, shape.head_dim);
-    for &name in variant.params() {
-        let full = format!("{prefix}{}", name.as_str());
+    let tokens = match q_seqs {
+        QuerySeqs::Dense => vec![batch, q_len],
+        QuerySeqs::Packed { total } => vec![total],
+    };
+    let tokens_spelt = match q_seqs {
+        QuerySeqs::Dense => format!("B={batch}, Nq={q_len}"),
+        QuerySeqs::Packed { total } => format!("total_q={total}"),
+    };
+    for &param in variant.params() {
+        let full = name(param.as_str());
         let key = full.as_str();
         let hint = format!(" (the {} variant needs it)", variant.name());
         let (dims, data) = tensor(&st, key, &hint)?;
-        let data = match name {
+        let data = match param {
             TensorName::SinkLogits => {
                 expect_dims(key, &dims, &[hq], format!("[Hq={hq}]"))?;
                 widen(data)
             }
             TensorName::Gate => {
-                let per_head = [shape.batch, shape.q_len, hq];
+                let per_head: Vec<usize> = tokens.iter().copied().chain([hq]).collect();
+                let per_channel: Vec<usize> = tokens.iter().copied().chain([hq, d]).collect();
                 let granularity = if dims == per_head {
                     GateGranularity::PerHead
-                } else if dims == [shape.batch, shape.q_len, hq, d] {
+                } else if dims == per_channel {
                     GateGranularity::PerChannel
                 } else {
                     return Err(FileError::Shape {
                         name: key.to_string(),
                         got: dims,
                         expected: format!(
-                            "[B={}, Nq={}, Hq={hq}] or [B={}, Nq={}, Hq={hq}, d={d}]",
-                            shape.batch, shape.q_len, shape.batch, shape.q_len
+                            "[{tokens_spelt}, Hq={hq}] or [{tokens_spelt}, Hq={hq}, d={d}]"
                         ),
                     });
                 };
@@ -242,7 +459,7 @@ pub fn read_call_at(bytes: &[u8], prefix: &str, variant: Variant) -> FileResult<
                 widen(data)
             }
         };
-        match name {
+        match param {
             TensorName::KSink => params.k_sink = Some(data),
             TensorName::VSink => params.v_sink = Some(data),
             TensorName::VBias => params.v_bias = Some(data),
@@ -250,10 +467,7 @@ pub fn read_call_at(bytes: &[u8], prefix: &str, variant: Variant) -> FileResult<
             _ => params.gate = Some(data),
         }
     }
-    let used: Vec<&str> = ["q", "k", "v"]
-        .into_iter()
-        .chain(variant.params().iter().map(|p| p.as_str()))
-        .collect();
+    used.extend(variant.params().iter().map(|p| p.as_str()));
     let mut ignored: Vec<String> = st
         .names()
         .into_iter()
@@ -264,12 +478,17 @@ pub fn read_call_at(bytes: &[u8], prefix: &str, variant: Variant) -> FileResult<
         .map(str::to_string)
         .collect();
     ignored.sort();
-    let problem = Problem::new(shape, dtype).with_variant(variant);
-    let inputs = HostInputs::dense(&problem, q, k, v).with_params(params);
+    let problem = Problem::new(shape, dtype)
+        .with_variant(variant)
+        .with_seqs(seqs);
+    let inputs = HostInputs::dense(&problem, q, k, v)
+        .with_params(params)
+        .with_indices(indices.map(|(_, values)| values.clone()));
     Ok(Call {
         shape,
         dtype,
         variant,
+        seqs,
         inputs,
         ignored,
     })
@@ -406,9 +625,10 @@ fn parse_tokens(json: &str, shape: &Shape) -> FileResult<Vec<Vec<String>>> {
     Ok(tokens)
 }
 
-/// The outputs of one call as safetensors bytes: `o` (the problem's dtype, `[B, Nq, Hq, d]`),
-/// `lse` (`[B, Hq, Nq]`), `stats` (`[B, Hq, Stat::COUNT]`, names in the metadata entry `stats`)
-/// and `key_mass` (`[B, Hq, Nk]`) when computed; `metadata` is added to the header.
+/// The outputs of one call as safetensors bytes: `o` (the problem's dtype, in Q's layout:
+/// `[B, Nq, Hq, d]` or `[total_q, Hq, d]`), `lse` (`[B, Hq, Nq]` or `[Hq, total_q]`), `stats`
+/// (`[B, Hq, Stat::COUNT]`, names in the metadata entry `stats`) and `key_mass` (`[B, Hq, Nk]`,
+/// or `[Hq, total_k]` for packed K) when computed; `metadata` is added to the header.
 ///
 /// # Errors
 /// [`FileError::Format`] if an output's length does not match the problem.
@@ -424,19 +644,20 @@ pub fn write_outputs(
         DType::F16 => Dtype::F16,
         DType::Bf16 => Dtype::BF16,
     };
-    let mut owned: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
-        (
-            "o",
-            dtype,
+    let (o_dims, lse_dims) = match problem.seqs.q {
+        QuerySeqs::Dense => (
             vec![s.batch, s.q_len, s.q_heads, s.head_dim],
-            outputs.o.as_bytes().to_vec(),
-        ),
-        (
-            "lse",
-            Dtype::F32,
             vec![s.batch, s.q_heads, s.q_len],
-            f32_bytes(&outputs.lse),
         ),
+        QuerySeqs::Packed { total } => (vec![total, s.q_heads, s.head_dim], vec![s.q_heads, total]),
+    };
+    let key_mass_dims = match problem.seqs.kv {
+        KvSeqs::Packed { total } => vec![s.q_heads, total],
+        _ => vec![s.batch, s.q_heads, s.kv_len],
+    };
+    let mut owned: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
+        ("o", dtype, o_dims, outputs.o.as_bytes().to_vec()),
+        ("lse", Dtype::F32, lse_dims, f32_bytes(&outputs.lse)),
     ];
     if let Some(stats) = &outputs.stats {
         owned.push((
@@ -447,12 +668,7 @@ pub fn write_outputs(
         ));
     }
     if let Some(km) = &outputs.key_mass {
-        owned.push((
-            "key_mass",
-            Dtype::F32,
-            vec![s.batch, s.q_heads, s.kv_len],
-            f32_bytes(km),
-        ));
+        owned.push(("key_mass", Dtype::F32, key_mass_dims, f32_bytes(km)));
     }
     let mut views = Vec::with_capacity(owned.len());
     for (name, dtype, dims, bytes) in &owned {
@@ -529,6 +745,113 @@ mod tests {
         assert_eq!(st.tensor("o").unwrap().data(), out.o.as_bytes());
         assert_eq!(st.tensor("stats").unwrap().shape(), &[1, 4, Stat::COUNT]);
         assert_eq!(st.tensor("key_mass").unwrap().shape(), &[1, 4, 7]);
+    }
+
+    #[test]
+    fn engine_shaped_calls_round_trip_through_a_file() {
+        use crate::cases::{KvStorage, SeqCase, engine_inputs};
+        let template = Problem::new(Shape::new(1, 4, 2, 1, 1, 16), DType::F16).with_variant(
+            Variant::ContextScale {
+                gate: crate::Gate::Sigmoid,
+                granularity: GateGranularity::PerChannel,
+            },
+        );
+        for (packed_q, kv) in [
+            (true, KvStorage::Packed),
+            (
+                false,
+                KvStorage::Paged {
+                    page_size: 4,
+                    spare_pages: 1,
+                },
+            ),
+            (true, KvStorage::DenseWithLens { spare: 2 }),
+        ] {
+            let q_lens = if packed_q { vec![3, 1, 2] } else { vec![2; 3] };
+            let seqs = SeqCase {
+                q_lens,
+                kv_lens: vec![5, 9, 2],
+                packed_q,
+                kv,
+            };
+            let (problem, inputs) = engine_inputs(&template, &seqs, &InputSpec::default());
+            let dims = |t: TensorName| -> Vec<usize> {
+                let d = problem.tensor_dims(t);
+                match (t, problem.seqs.q, problem.seqs.kv) {
+                    (TensorName::Q, QuerySeqs::Packed { .. }, _)
+                    | (TensorName::K | TensorName::V, _, KvSeqs::Packed { .. }) => d[1..].to_vec(),
+                    _ => d.to_vec(),
+                }
+            };
+            let mut gate_dims = dims(TensorName::Q);
+            let gate_len = gate_dims.len();
+            gate_dims[gate_len - 1] = 16;
+            let i32_tensor = |v: &Vec<i32>| {
+                HostTensor::F32(v.iter().map(|&x| f32::from_bits(x as u32)).collect())
+            };
+            let (k_name, v_name) = match kv {
+                KvStorage::Paged { .. } => ("k_cache", "v_cache"),
+                _ => ("k", "v"),
+            };
+            let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![
+                (
+                    "q".into(),
+                    Dtype::F16,
+                    dims(TensorName::Q),
+                    inputs.q.as_bytes().to_vec(),
+                ),
+                (
+                    k_name.into(),
+                    Dtype::F16,
+                    dims(TensorName::K),
+                    inputs.k.as_bytes().to_vec(),
+                ),
+                (
+                    v_name.into(),
+                    Dtype::F16,
+                    dims(TensorName::V),
+                    inputs.v.as_bytes().to_vec(),
+                ),
+                (
+                    "gate".into(),
+                    Dtype::F16,
+                    gate_dims,
+                    inputs.params.gate.as_ref().unwrap().as_bytes().to_vec(),
+                ),
+            ];
+            for (name, slot) in inputs.indices.slots() {
+                if let Some(values) = slot {
+                    let shape = if name == TensorName::BlockTable {
+                        vec![3, values.len() / 3]
+                    } else {
+                        vec![values.len()]
+                    };
+                    owned.push((
+                        name.as_str().into(),
+                        Dtype::I32,
+                        shape,
+                        i32_tensor(values).as_bytes().to_vec(),
+                    ));
+                }
+            }
+            let views: Vec<(&str, TensorView<'_>)> = owned
+                .iter()
+                .map(|(n, d, dims, b)| (n.as_str(), TensorView::new(*d, dims.clone(), b).unwrap()))
+                .collect();
+            let bytes = safetensors::serialize(views, None).unwrap();
+            let call = read_call(&bytes, template.variant).unwrap();
+            assert_eq!(call.problem(), problem, "{}", seqs.label());
+            // Bitwise: the caches hold NaN in the slots no sequence uses.
+            let (a, b) = (&call.inputs, &inputs);
+            for (x, y) in [(&a.q, &b.q), (&a.k, &b.k), (&a.v, &b.v)] {
+                assert!(x.as_bytes() == y.as_bytes(), "{}", seqs.label());
+            }
+            let gate = |i: &HostInputs| i.params.gate.as_ref().map(|g| g.as_bytes().to_vec());
+            assert!(gate(a) == gate(b));
+            assert_eq!(a.layouts, b.layouts, "{}", seqs.label());
+            assert_eq!(a.indices, b.indices, "{}", seqs.label());
+            assert!(call.ignored.is_empty());
+        }
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! Named sets of problems shared by the `outlier-attn` tool's `parity` and `bench` commands and
 //! by the criterion benches, so that a figure in BENCHMARKS.md and a case in a sweep can be
-//! named the same way everywhere ([`cases::label`](crate::cases::label)).
+//! named the same way everywhere ([`cases::label`]).
 
 use std::time::{Duration, Instant};
 
-use crate::cases::InputSpec;
+use crate::cases::{self, InputSpec, KvStorage, SeqCase};
 use crate::contract::{
     Backend, DType, Gate, GateGranularity, HostInputs, Mask, Problem, Result, Shape, StatsLevel,
     Variant,
@@ -21,13 +21,34 @@ pub enum Coverage {
     Full,
 }
 
-/// One case of the parity sweep: the problem and how its inputs are drawn.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// One case of the parity sweep: the problem, how its inputs are drawn, and for an
+/// engine-shaped case (DESIGN.md section 6) its sequences.
+#[derive(Clone, Debug, PartialEq)]
 pub struct ParityCase {
-    /// The problem.
+    /// The problem (for an engine-shaped case, the call [`cases::engine_inputs`] builds).
     pub problem: Problem,
     /// The input draw (seed, massive activations).
     pub spec: InputSpec,
+    /// The sequences of an engine-shaped case; `None` for a dense one.
+    pub seqs: Option<SeqCase>,
+}
+
+impl ParityCase {
+    /// The inputs of this case.
+    pub fn inputs(&self) -> HostInputs {
+        match &self.seqs {
+            None => cases::random_inputs(&self.problem, &self.spec),
+            Some(seqs) => cases::engine_inputs(&self.problem, seqs, &self.spec).1,
+        }
+    }
+
+    /// The label: [`cases::label`] of the problem, and the sequences' lengths.
+    pub fn label(&self) -> String {
+        match &self.seqs {
+            None => cases::label(&self.problem),
+            Some(seqs) => format!("{} {}", cases::label(&self.problem), seqs.label()),
+        }
+    }
 }
 
 /// The shapes of the parity sweep, as `Shape::new(B, Hq, Hkv, Nq, Nk, d)`: decode with MQA,
@@ -98,10 +119,117 @@ pub fn parity_cases(coverage: Coverage) -> Vec<ParityCase> {
                             massive: n % 4 == 3,
                             ..InputSpec::default()
                         },
+                        seqs: None,
                     });
                     n += 1;
                 }
             }
+        }
+    }
+    out.extend(engine_cases(coverage));
+    out
+}
+
+/// The engine-shaped batches of the parity sweep (DESIGN.md section 6), as `(mask, batch)`:
+/// packed prefill, batched decode over paged caches of page sizes 1, 16 and 256 and over a
+/// dense cache with lengths, windows shorter than, equal to and longer than the sequences
+/// (with and without sinks), and sequences of one token next to long ones.
+pub fn engine_batches() -> Vec<(Mask, SeqCase)> {
+    let seqs = |q: &[usize], k: &[usize], packed_q: bool, kv: KvStorage| SeqCase {
+        q_lens: q.to_vec(),
+        kv_lens: k.to_vec(),
+        packed_q,
+        kv,
+    };
+    let paged = |page_size| KvStorage::Paged {
+        page_size,
+        spare_pages: 2,
+    };
+    vec![
+        (
+            Mask::Causal,
+            seqs(&[5, 1, 17], &[5, 40, 17], true, KvStorage::Packed),
+        ),
+        (
+            Mask::None,
+            seqs(&[1; 4], &[1, 16, 37, 70], false, paged(16)),
+        ),
+        (Mask::None, seqs(&[1; 3], &[9, 1, 23], false, paged(1))),
+        (Mask::Causal, seqs(&[2; 2], &[30, 3], false, paged(256))),
+        (
+            Mask::None,
+            seqs(
+                &[3; 3],
+                &[7, 33, 1],
+                false,
+                KvStorage::DenseWithLens { spare: 4 },
+            ),
+        ),
+        // A window shorter than, then equal to, then longer than the sequences.
+        (
+            Mask::window(Some(7), Some(0)),
+            seqs(&[20, 12], &[20, 40], true, KvStorage::Packed),
+        ),
+        (
+            Mask::window(Some(15), Some(0)),
+            seqs(&[16, 1], &[16, 16], true, paged(4)),
+        ),
+        (
+            Mask::window(Some(64), Some(3)),
+            seqs(
+                &[9; 2],
+                &[9, 30],
+                false,
+                KvStorage::DenseWithLens { spare: 0 },
+            ),
+        ),
+        (
+            Mask::window(Some(4), Some(2)),
+            seqs(&[1; 3], &[1, 50, 5], false, paged(16)),
+        ),
+    ]
+}
+
+/// Engine-shaped cases: each batch of [`engine_batches`] with the variants rotating (every
+/// variant on each batch for [`Coverage::Full`]), GQA 4:2, head dims 64 and 128, statistics
+/// levels rotating. The gpt-oss form (`LogitSink` with a window) and Qwen3-Next's
+/// (`ContextScale` with a per-channel `Sigmoid` gate) are always among them.
+pub fn engine_cases(coverage: Coverage) -> Vec<ParityCase> {
+    let variants = sweep_variants();
+    let qwen = Variant::ContextScale {
+        gate: Gate::Sigmoid,
+        granularity: GateGranularity::PerChannel,
+    };
+    let mut out = Vec::new();
+    for (n, (mask, seqs)) in engine_batches().into_iter().enumerate() {
+        let chosen: Vec<Variant> = match coverage {
+            Coverage::Full => variants.clone(),
+            Coverage::Quick => match n {
+                5 => vec![Variant::LogitSink],
+                0 => vec![qwen],
+                _ => vec![variants[n % variants.len()]],
+            },
+        };
+        for (m, variant) in chosen.into_iter().enumerate() {
+            let k = n + m;
+            let template = Problem::new(
+                Shape::new(1, 4, 2, 1, 1, [64, 128][k % 2]),
+                DType::ALL[k % DType::ALL.len()],
+            )
+            .with_variant(variant)
+            .with_mask(mask)
+            .with_stats(LEVELS[k % LEVELS.len()]);
+            let spec = InputSpec {
+                seed: 1000 + k as u64,
+                massive: k % 4 == 3,
+                ..InputSpec::default()
+            };
+            let problem = cases::engine_inputs(&template, &seqs, &spec).0;
+            out.push(ParityCase {
+                problem,
+                spec,
+                seqs: Some(seqs.clone()),
+            });
         }
     }
     out
@@ -185,7 +313,10 @@ mod tests {
     #[test]
     fn quick_sweep_covers_every_variant_dtype_mask_level_and_shape() {
         let cases = parity_cases(Coverage::Quick);
-        assert_eq!(cases.len(), sweep_variants().len() * 3 * 2);
+        assert_eq!(
+            cases.len(),
+            sweep_variants().len() * 3 * 2 + engine_batches().len()
+        );
         for level in LEVELS {
             assert!(cases.iter().any(|c| c.problem.stats == level));
         }
@@ -198,8 +329,41 @@ mod tests {
 
     #[test]
     fn full_sweep_is_the_product() {
-        let n = sweep_variants().len() * 3 * 2 * PARITY_SHAPES.len() * LEVELS.len();
+        let n = sweep_variants().len() * 3 * 2 * PARITY_SHAPES.len() * LEVELS.len()
+            + engine_batches().len() * sweep_variants().len();
         assert_eq!(parity_cases(Coverage::Full).len(), n);
+    }
+
+    #[test]
+    fn engine_cases_cover_every_layout_and_the_model_forms() {
+        use crate::contract::{KvSeqs, QuerySeqs};
+        let cases = engine_cases(Coverage::Quick);
+        let has = |f: &dyn Fn(&ParityCase) -> bool| cases.iter().any(f);
+        assert!(has(&|c| matches!(
+            c.problem.seqs.q,
+            QuerySeqs::Packed { .. }
+        )));
+        assert!(has(&|c| matches!(c.problem.seqs.kv, KvSeqs::Packed { .. })));
+        assert!(has(&|c| matches!(c.problem.seqs.kv, KvSeqs::DenseWithLens)));
+        for size in [1, 16, 256] {
+            assert!(has(&|c| matches!(
+                c.problem.seqs.kv,
+                KvSeqs::Paged { page_size, .. } if page_size == size
+            )));
+        }
+        assert!(has(&|c| c.problem.variant == Variant::LogitSink
+            && matches!(c.problem.mask, Mask::Window { .. })));
+        assert!(has(&|c| matches!(
+            c.problem.variant,
+            Variant::ContextScale {
+                gate: Gate::Sigmoid,
+                granularity: GateGranularity::PerChannel
+            }
+        )));
+        for case in &cases {
+            let inputs = case.inputs();
+            inputs.validate(&case.problem).expect("a valid call");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The CUDA backend against the reference: the shared parity sweep (every variant, dtype,
 //! mask, statistics level, GQA, Nq = 1 / Nk = 1, massive activations, views), a sweep with
-//! lengths and head dims past one tile, determinism and views. Runs wherever a GPU is present;
+//! lengths and head dims past one tile, every head-dim tile, determinism and views: the suite
+//! tests/cuda_emu_parity.rs runs on the CPU emulator (when the two disagree, the GPU is right). Runs wherever a GPU is present;
 //! elsewhere it skips with a message, or fails when `OUTLIER_ATTN_REQUIRE` names `cuda`.
 #![cfg(feature = "cuda")]
 mod common;
@@ -8,9 +9,7 @@ mod common;
 use std::sync::OnceLock;
 
 use outlier_attn::cuda::CudaBackend;
-use outlier_attn::{
-    Backend, DType, Gate, GateGranularity, Mask, Problem, Shape, StatsLevel, Variant,
-};
+use outlier_attn::{Backend, DType};
 use proptest::test_runner::TestRunner;
 
 /// The backend, opened once per test process; `None` (after the skip message) when absent.
@@ -71,8 +70,17 @@ fn cuda_is_deterministic_and_reads_views() {
         .unwrap();
 }
 
-/// Fixed cases the random sweep may draw rarely: causal with Nq > Nk (rows that see no key),
-/// decode (Nq = 1), a sink variant with statistics, both tuned head dims.
+/// Every head-dim tile and variant (shared with the emulator's tests).
+#[test]
+fn cuda_every_tile_and_variant() {
+    let Some(b) = backend() else { return };
+    for case in common::cuda_tile_cases() {
+        if let Err(e) = common::check_case(b, &case) {
+            panic!("{e}");
+        }
+    }
+}
+
 /// NaN and ±Inf in one query row, one key or one channel of V, and a −inf sink logit: NaN and
 /// Inf exactly where the reference has them (the shared sweep every backend is held to).
 #[test]
@@ -81,53 +89,12 @@ fn cuda_propagates_nonfinite_inputs_as_the_reference() {
     common::assert_nonfinite_propagate(b);
 }
 
+/// Fixed cases the random sweep may draw rarely (shared with the emulator's tests).
 #[test]
 fn cuda_fixed_cases() {
     let Some(b) = backend() else { return };
-    let cases = [
-        (
-            Shape::new(1, 4, 2, 130, 70, 64),
-            DType::Bf16,
-            Variant::KvSink,
-            Mask::Causal,
-        ),
-        (
-            Shape::new(2, 2, 1, 1, 300, 128),
-            DType::F16,
-            Variant::Softmax,
-            Mask::None,
-        ),
-        (
-            Shape::new(1, 2, 2, 90, 90, 128),
-            DType::Bf16,
-            Variant::ContextScale {
-                gate: Gate::TwoSigmoid,
-                granularity: GateGranularity::PerChannel,
-            },
-            Mask::Causal,
-        ),
-        (
-            Shape::new(1, 3, 1, 65, 129, 72),
-            DType::F32,
-            Variant::ClippedSoftmax {
-                zeta: 1.1,
-                gamma: -0.1,
-            },
-            Mask::Causal,
-        ),
-        (
-            Shape::new(1, 2, 1, 200, 64, 256),
-            DType::F16,
-            Variant::LogitSink,
-            Mask::Causal,
-        ),
-    ];
-    for (i, (shape, dtype, variant, mask)) in cases.into_iter().enumerate() {
-        let problem = Problem::new(shape, dtype)
-            .with_variant(variant)
-            .with_mask(mask)
-            .with_stats(StatsLevel::HeadsAndKeys);
-        common::assert_views_match(b, &problem, 1000 + i as u64);
+    for (i, problem) in common::cuda_fixed_problems().iter().enumerate() {
+        common::assert_views_match(b, problem, 1000 + i as u64);
     }
 }
 
@@ -144,9 +111,15 @@ fn cuda_module_compile_time() {
         .map(|dir| kernels::cache_path(&dir, spec, attn.arch(), attn.nvrtc_version()).exists())
         .unwrap_or(false);
     let start = std::time::Instant::now();
-    attn.prepare(spec).expect("compile and load");
+    let prepared = attn.prepare(spec).expect("compile and load");
+    assert_eq!(
+        matches!(prepared.cache, kernels::CacheOutcome::Hit(_)),
+        cached,
+        "{:?}",
+        prepared.cache
+    );
     eprintln!(
-        "outlier-attn-compile spec={spec} arch={} nvrtc={} {} seconds={:.3}",
+        "outlier-attn-compile spec={spec} arch={} nvrtc={} {} seconds={:.3} cache={:?}",
         attn.arch(),
         attn.nvrtc_version(),
         if cached {
@@ -154,7 +127,8 @@ fn cuda_module_compile_time() {
         } else {
             "cold (nvrtc)"
         },
-        start.elapsed().as_secs_f64()
+        start.elapsed().as_secs_f64(),
+        prepared.cache
     );
 }
 

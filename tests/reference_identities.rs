@@ -25,7 +25,7 @@ fn arb_base() -> impl Strategy<Value = Problem> {
     (
         arb_shape(&limits()),
         proptest::sample::select(DType::ALL.to_vec()),
-        prop_oneof![Just(Mask::None), Just(Mask::Causal)],
+        common::arb_mask(),
         prop_oneof![Just(None), (2.0f32..30.0).prop_map(Some)],
         prop_oneof![Just(None), (0.05f32..1.0).prop_map(Some)],
     )
@@ -37,6 +37,7 @@ fn arb_base() -> impl Strategy<Value = Problem> {
             scale,
             softcap,
             stats: StatsLevel::HeadsAndKeys,
+            seqs: outlier_attn::Sequences::DENSE,
         })
 }
 
@@ -240,16 +241,17 @@ proptest! {
         }
     }
 
-    /// The bottom-right causal mask: row i is the unmasked problem of that one query over the
-    /// keys 0..=i + (Nk − Nq), built by hand; rows that see no key follow DESIGN.md.
+    /// The bottom-right causal mask and sliding windows: row i is the unmasked problem of that
+    /// one query over the band of keys [i + Nk − Nq − left, i + Nk − Nq + right], built by hand
+    /// ([`common::band`]); rows that see no key follow DESIGN.md.
     #[test]
-    fn causal_rows_match_hand_built_prefixes(base in arb_base(), seed in any::<u64>(), variant in common::arb_variant()) {
-        // β of Sigmoid defaults to −ln(full Nk), which a prefix would change: pin it.
+    fn masked_rows_match_hand_built_bands(base in arb_base(), seed in any::<u64>(), variant in common::arb_variant(), mask in common::arb_mask()) {
+        // β of Sigmoid defaults to −ln(full Nk), which a band would change: pin it.
         let variant = match variant {
             Variant::Sigmoid { bias: None } => Variant::Sigmoid { bias: Some(-(base.shape.kv_len as f32).ln()) },
             v => v,
         };
-        let problem = base.with_variant(variant).with_mask(Mask::Causal).with_stats(StatsLevel::Off);
+        let problem = base.with_variant(variant).with_mask(mask).with_stats(StatsLevel::Off);
         let s = problem.shape;
         let d = s.head_dim;
         let inputs = random_inputs(&problem, &InputSpec { seed, ..InputSpec::default() });
@@ -260,17 +262,17 @@ proptest! {
 
         for b in 0..s.batch {
             for i in 0..s.q_len {
-                let visible = (i + s.kv_len).checked_sub(s.q_len).map(|last| last + 1);
-                let Some(n_keys) = visible else {
+                let Some((first, last)) = common::band(mask, i, s.q_len, s.kv_len) else {
                     check_empty_row(&problem, &inputs, &full, b, i)?;
                     continue;
                 };
+                let n_keys = last + 1 - first;
                 let one = Problem { shape: Shape { batch: 1, q_len: 1, kv_len: n_keys, ..s }, mask: Mask::None, ..problem };
                 let qrow = s.q_heads * d;
                 let krow = s.kv_heads * d;
                 let q1 = &q[(b * s.q_len + i) * qrow..][..qrow];
-                let k1 = &k[b * s.kv_len * krow..][..n_keys * krow];
-                let v1 = &v[b * s.kv_len * krow..][..n_keys * krow];
+                let k1 = &k[(b * s.kv_len + first) * krow..][..n_keys * krow];
+                let v1 = &v[(b * s.kv_len + first) * krow..][..n_keys * krow];
                 let mut params = inputs.params.clone();
                 if let Some(g) = &gate {
                     let w = s.q_heads * gate_width;
@@ -285,7 +287,7 @@ proptest! {
                 let r = exact(&one, &row_inputs);
                 for h in 0..s.q_heads {
                     let at = ((b * s.q_len + i) * s.q_heads + h) * d;
-                    assert_all_close("causal row o", &full.o[at..at + d], &r.o[h * d..(h + 1) * d])?;
+                    assert_all_close("masked row o", &full.o[at..at + d], &r.o[h * d..(h + 1) * d])?;
                     let lse_at = (b * s.q_heads + h) * s.q_len + i;
                     prop_assert!(close(full.lse[lse_at], r.lse[h]), "lse row {}: {} vs {}", i, full.lse[lse_at], r.lse[h]);
                 }
@@ -423,9 +425,10 @@ fn materialise(problem: &Problem, inputs: &HostInputs) -> Direct {
             let mut rows = 0.0;
             for i in 0..s.q_len {
                 let qi = &q[((b * s.q_len + i) * s.q_heads + h) * d..][..d];
-                let visible: Vec<usize> = (0..s.kv_len)
-                    .filter(|&j| problem.mask == Mask::None || j + s.q_len <= i + s.kv_len)
-                    .collect();
+                let visible: Vec<usize> = match common::band(problem.mask, i, s.q_len, s.kv_len) {
+                    Some((first, last)) => (first..=last).collect(),
+                    None => Vec::new(),
+                };
                 let scores: Vec<f64> = visible
                     .iter()
                     .map(|&j| {
@@ -530,4 +533,58 @@ fn materialise(problem: &Problem, inputs: &HostInputs) -> Direct {
         }
     }
     out
+}
+
+/// NaN in one query row reaches that row's output and LSE and every statistic that sums over
+/// rows, for every variant; the other rows stay finite; maxima ignore it (crate docs).
+#[test]
+fn nan_in_one_query_row_propagates_to_what_it_reaches() {
+    for variant in outlier_attn::suites::sweep_variants() {
+        let problem = Problem::new(Shape::new(1, 1, 1, 3, 5, 8), DType::F32)
+            .with_variant(variant)
+            .with_stats(StatsLevel::HeadsAndKeys);
+        let mut inputs = random_inputs(&problem, &InputSpec::default());
+        inputs.q.set(8, f64::NAN); // row 1, channel 0
+        let out = exact(&problem, &inputs);
+        let name = variant.name();
+        for i in 0..3 {
+            let row = &out.o[i * 8..(i + 1) * 8];
+            if i == 1 {
+                assert!(row.iter().all(|x| x.is_nan()), "{name}: o row 1 {row:?}");
+                assert!(out.lse[i].is_nan(), "{name}: lse row 1 {}", out.lse[i]);
+            } else {
+                assert!(
+                    row.iter().all(|x| x.is_finite()),
+                    "{name}: o row {i} {row:?}"
+                );
+                assert!(!out.lse[i].is_nan(), "{name}: lse row {i}");
+            }
+        }
+        for st in [
+            Stat::FirstKeyMass,
+            Stat::MeanEntropy,
+            Stat::RowMassMean,
+            Stat::QAbsMean,
+        ] {
+            assert!(
+                stat(&out, 0, st).is_nan(),
+                "{name}: {} = {}",
+                st.name(),
+                stat(&out, 0, st)
+            );
+        }
+        assert!(
+            out.key_mass.iter().all(|x| x.is_nan()),
+            "{name}: key_mass {:?}",
+            out.key_mass
+        );
+        for st in [Stat::MaxScore, Stat::QAbsMax, Stat::KAbsMax] {
+            assert!(
+                stat(&out, 0, st).is_finite(),
+                "{name}: {} = {}",
+                st.name(),
+                stat(&out, 0, st)
+            );
+        }
+    }
 }

@@ -55,10 +55,12 @@ fn args(p: &Problem) -> Args {
         k: tensor(TensorName::K, layouts.k),
         v: tensor(TensorName::V, layouts.v),
         o: tensor(TensorName::O, layouts.o),
-        lse: f32s(s.lse_len()),
+        lse: Some(f32s(s.lse_len())),
         stats: p.stats.heads().then(|| f32s(s.heads_total() * Stat::COUNT)),
         key_mass: p.stats.keys().then(|| f32s(s.key_mass_len())),
         params,
+        param_layouts: Params::none(),
+        indices: outlier_attn::SeqIndices::none(),
     }
 }
 
@@ -303,7 +305,7 @@ fn dtypes_are_checked() {
             ..
         }
     ));
-    let err = refuse(&p, |a| a.lse.dtype = DType::F16, &["lse"]);
+    let err = refuse(&p, |a| a.lse.as_mut().unwrap().dtype = DType::F16, &["lse"]);
     assert!(matches!(
         err,
         Error::DType {
@@ -456,7 +458,7 @@ fn variant_parameters_are_checked() {
 #[test]
 fn output_buffers_are_checked() {
     let p = problem(Variant::Softmax, StatsLevel::HeadsAndKeys);
-    let err = refuse(&p, |a| a.lse.len += 1, &["lse", "Nq=5"]);
+    let err = refuse(&p, |a| a.lse.as_mut().unwrap().len += 1, &["lse", "Nq=5"]);
     assert!(matches!(
         err,
         Error::Size {
@@ -547,14 +549,15 @@ proptest! {
         param_len in 0usize..64,
     ) {
         let s = Shape::new(dims[0], dims[1], dims[2], dims[3], dims[4], d);
-        let p = Problem { shape: s, dtype: DType::F32, variant, mask: outlier_attn::Mask::Causal, scale, softcap, stats };
+        let p = Problem { shape: s, dtype: DType::F32, variant, mask: outlier_attn::Mask::Causal, scale, softcap, stats, seqs: outlier_attn::Sequences::DENSE };
         let tensor = |i: usize| HostTensor::filled(DType::F32, lens[i], 0.5);
         let mut inputs = outlier_attn::HostInputs {
             q: tensor(0),
             k: tensor(1),
             v: tensor(2),
-            layouts: Layouts { q: layouts[0], k: layouts[1], v: layouts[2], o: layouts[3] },
+            layouts: Layouts { q: layouts[0], k: layouts[1], v: layouts[2], o: layouts[3], params: Params::none() },
             params: Params::none(),
+            indices: outlier_attn::SeqIndices::none(),
         };
         for name in variant.params() {
             let t = Some(HostTensor::filled(DType::F32, param_len, 0.1));
@@ -568,5 +571,458 @@ proptest! {
         }
         let _ = reference::forward(&p, &inputs);
         let _ = reference::baseline(&p, &inputs);
+    }
+}
+
+/// A valid engine-shaped call to break: packed Q of 3 sequences over a paged cache of 4-token
+/// pages, LogitSink, with statistics.
+fn paged_call() -> (Problem, outlier_attn::HostInputs) {
+    let template = Problem::new(Shape::new(1, 4, 2, 1, 1, 8), DType::F32)
+        .with_variant(Variant::LogitSink)
+        .with_mask(outlier_attn::Mask::Causal)
+        .with_stats(StatsLevel::HeadsAndKeys);
+    outlier_attn::cases::engine_inputs(
+        &template,
+        &outlier_attn::cases::SeqCase {
+            q_lens: vec![2, 1, 3],
+            kv_lens: vec![5, 9, 3],
+            packed_q: true,
+            kv: outlier_attn::cases::KvStorage::Paged {
+                page_size: 4,
+                spare_pages: 2,
+            },
+        },
+        &InputSpec::default(),
+    )
+}
+
+/// As [`paged_call`] with packed K/V.
+fn packed_call() -> (Problem, outlier_attn::HostInputs) {
+    let (template, _) = paged_call();
+    outlier_attn::cases::engine_inputs(
+        &template,
+        &outlier_attn::cases::SeqCase {
+            q_lens: vec![2, 1, 3],
+            kv_lens: vec![5, 9, 3],
+            packed_q: true,
+            kv: outlier_attn::cases::KvStorage::Packed,
+        },
+        &InputSpec::default(),
+    )
+}
+
+/// Host validation of `inputs` changed by `f` must refuse with an error naming `names`.
+fn refuse_host(
+    p: &Problem,
+    inputs: &outlier_attn::HostInputs,
+    f: impl FnOnce(&mut Problem, &mut outlier_attn::HostInputs),
+    names: &[&str],
+) -> Error {
+    let (mut p, mut inputs) = (*p, inputs.clone());
+    f(&mut p, &mut inputs);
+    let err = inputs.validate(&p).expect_err("must be refused");
+    let msg = err.to_string();
+    for n in names {
+        assert!(msg.contains(n), "message {msg:?} does not name {n:?}");
+    }
+    // The reference refuses the same way, and never panics.
+    assert_eq!(reference::forward(&p, &inputs).err(), Some(err.clone()));
+    err
+}
+
+#[test]
+fn engine_shaped_calls_are_valid_as_built() {
+    for (p, inputs) in [paged_call(), packed_call()] {
+        inputs.validate(&p).expect("valid");
+        reference::forward(&p, &inputs).expect("valid");
+    }
+}
+
+#[test]
+fn cumulative_lengths_are_checked() {
+    let (p, inputs) = packed_call();
+    fn cu_q(i: &mut outlier_attn::HostInputs) -> &mut Vec<i32> {
+        i.indices.cu_seqlens_q.as_mut().unwrap()
+    }
+    fn cu_k(i: &mut outlier_attn::HostInputs) -> &mut Vec<i32> {
+        i.indices.cu_seqlens_k.as_mut().unwrap()
+    }
+    type Pick = fn(&mut outlier_attn::HostInputs) -> &mut Vec<i32>;
+    for (tensor, cu) in [
+        ("cu_seqlens_q", cu_q as Pick),
+        ("cu_seqlens_k", cu_k as Pick),
+    ] {
+        let err = refuse_host(&p, &inputs, |_, i| cu(i)[0] = 1, &[tensor, "start at 0"]);
+        assert!(matches!(err, Error::SeqStart { value: 1, .. }));
+        let err = refuse_host(
+            &p,
+            &inputs,
+            |_, i| cu(i)[2] = 1,
+            &[tensor, "[2]", "decrease"],
+        );
+        assert!(
+            matches!(
+                err,
+                Error::SeqOrder {
+                    index: 2,
+                    value: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let err = refuse_host(&p, &inputs, |_, i| cu(i)[3] -= 1, &[tensor, "total"]);
+        assert!(matches!(err, Error::SeqEnd { .. }), "{err:?}");
+        // B disagreeing between the index tensors: one entry too many.
+        let err = refuse_host(&p, &inputs, |_, i| cu(i).push(0), &[tensor, "B+1=4"]);
+        assert!(
+            matches!(
+                err,
+                Error::Size {
+                    expected: 4,
+                    got: 5,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+    // A sequence longer than the call declares (Nq = 3 is the longest).
+    let err = refuse_host(
+        &p,
+        &inputs,
+        |p, _| p.shape.q_len = 2,
+        &["cu_seqlens_q", "sequence 2", "length 3"],
+    );
+    assert!(
+        matches!(
+            err,
+            Error::SeqLen {
+                batch: 2,
+                len: 3,
+                max: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // A packed tensor of no tokens.
+    let err = refuse_host(
+        &p,
+        &inputs,
+        |p, _| p.seqs.q = outlier_attn::QuerySeqs::Packed { total: 0 },
+        &["q", "sequence (dim 1)"],
+    );
+    assert!(matches!(err, Error::ZeroDim { .. }), "{err:?}");
+}
+
+#[test]
+fn paged_caches_are_checked() {
+    let (p, inputs) = paged_call();
+    let outlier_attn::KvSeqs::Paged {
+        pages,
+        page_size,
+        max_pages,
+    } = p.seqs.kv
+    else {
+        unreachable!()
+    };
+    fn table(i: &mut outlier_attn::HostInputs) -> &mut Vec<i32> {
+        i.indices.block_table.as_mut().unwrap()
+    }
+    // Sequence 1 has 9 keys: pages 0, 1 and 2 of its row are read.
+    let err = refuse_host(
+        &p,
+        &inputs,
+        |_, i| table(i)[max_pages + 2] = pages as i32,
+        &["block_table[1, 2]", "outside"],
+    );
+    assert!(
+        matches!(
+            err,
+            Error::PageIndex {
+                batch: 1,
+                page: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = refuse_host(
+        &p,
+        &inputs,
+        |_, i| table(i)[max_pages] = -1,
+        &["block_table[1, 0]"],
+    );
+    assert!(matches!(err, Error::PageIndex { value: -1, .. }), "{err:?}");
+    // Entries past the pages a sequence uses are never read: anything goes there.
+    let mut lax = inputs.clone();
+    table(&mut lax)[2 * max_pages + 2] = 1_000_000;
+    lax.validate(&p).expect("unused entries are not checked");
+    // A sequence longer than its cache, and a negative length.
+    let err = refuse_host(
+        &p,
+        &inputs,
+        |_, i| i.indices.seqlens_k.as_mut().unwrap()[0] = (max_pages * page_size + 1) as i32,
+        &["seqlens_k", "sequence 0"],
+    );
+    assert!(matches!(err, Error::SeqLen { batch: 0, .. }), "{err:?}");
+    let err = refuse_host(
+        &p,
+        &inputs,
+        |_, i| i.indices.seqlens_k.as_mut().unwrap()[2] = -1,
+        &["seqlens_k", "sequence 2", "length -1"],
+    );
+    assert!(
+        matches!(
+            err,
+            Error::SeqLen {
+                batch: 2,
+                len: -1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // The layout's settings.
+    for (field, kv) in [
+        (
+            "page_size",
+            outlier_attn::KvSeqs::Paged {
+                pages,
+                page_size: 0,
+                max_pages,
+            },
+        ),
+        (
+            "pages",
+            outlier_attn::KvSeqs::Paged {
+                pages: 0,
+                page_size,
+                max_pages,
+            },
+        ),
+        (
+            "max_pages",
+            outlier_attn::KvSeqs::Paged {
+                pages,
+                page_size,
+                max_pages: 1,
+            },
+        ),
+    ] {
+        let err = refuse_host(&p, &inputs, |p, _| p.seqs.kv = kv, &[field]);
+        assert!(matches!(err, Error::Paging { .. }), "{field}: {err:?}");
+    }
+    // Index tensors missing, unexpected, or of the wrong length.
+    let err = refuse_host(
+        &p,
+        &inputs,
+        |_, i| i.indices.block_table = None,
+        &["block_table", "required"],
+    );
+    assert!(matches!(err, Error::MissingIndex { .. }));
+    let err = refuse_host(
+        &p,
+        &inputs,
+        |_, i| i.indices.cu_seqlens_k = Some(vec![0, 5, 14, 17]),
+        &["cu_seqlens_k", "does not read"],
+    );
+    assert!(matches!(err, Error::UnexpectedIndex { .. }));
+    let err = refuse_host(
+        &p,
+        &inputs,
+        |_, i| {
+            i.indices.seqlens_k.as_mut().unwrap().pop();
+        },
+        &["seqlens_k", "B=3"],
+    );
+    assert!(matches!(
+        err,
+        Error::Size {
+            expected: 3,
+            got: 2,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn windows_in_the_signed_convention_are_checked() {
+    use outlier_attn::Mask;
+    assert_eq!(Mask::from_signed(-1, -1), Ok(Mask::None));
+    assert_eq!(Mask::from_signed(-1, 0), Ok(Mask::Causal));
+    assert_eq!(
+        Mask::from_signed(127, 0),
+        Ok(Mask::Window {
+            left: Some(127),
+            right: Some(0)
+        })
+    );
+    for (left, right, side) in [(-2, 0, "left"), (3, -7, "right")] {
+        let err = Mask::from_signed(left, right).expect_err("below -1");
+        assert!(matches!(err, Error::Window { .. }));
+        assert!(err.to_string().contains(side), "{err}");
+    }
+}
+
+#[test]
+fn outputs_and_gate_views_of_engine_shaped_calls_are_checked() {
+    let (p, _) = packed_call();
+    let p = p.with_variant(Variant::ContextScale {
+        gate: Gate::Sigmoid,
+        granularity: GateGranularity::PerChannel,
+    });
+    let mut a = args(&p);
+    let tokens = 6;
+    let (hq, d) = (p.shape.q_heads, p.shape.head_dim);
+    a.indices = packed_call().1.indices.lens();
+    let dims = |t| p.tensor_dims(t);
+    for (arg, t) in [
+        (&mut a.q, TensorName::Q),
+        (&mut a.o, TensorName::O),
+        (&mut a.k, TensorName::K),
+        (&mut a.v, TensorName::V),
+    ] {
+        arg.layout = Layout::contiguous(dims(t)[1], dims(t)[2], d);
+        arg.len = dims(t).iter().product();
+    }
+    a.lse = Some(BufferArg {
+        dtype: DType::F32,
+        len: hq * tokens,
+    });
+    a.key_mass = Some(BufferArg {
+        dtype: DType::F32,
+        len: hq * 17,
+    });
+    a.params.gate = Some(BufferArg {
+        dtype: DType::F32,
+        len: tokens * hq * d,
+    });
+    validate(&p, &a).expect("valid packed call");
+    // No LSE buffer: accepted, and said so.
+    let mut no_lse = a.clone();
+    no_lse.lse = None;
+    let checked = validate(&p, &no_lse).expect("an LSE is optional");
+    assert!(!checked.writes_lse());
+    assert!(checked.engine_features().contains(&"no LSE buffer"));
+    let refuse_a = |f: &dyn Fn(&mut Args), names: &[&str]| {
+        let mut b = a.clone();
+        f(&mut b);
+        let err = validate(&p, &b).expect_err("must be refused");
+        for n in names {
+            assert!(err.to_string().contains(n), "{err} does not name {n}");
+        }
+        err
+    };
+    let err = refuse_a(&|a| a.lse.as_mut().unwrap().len += 1, &["lse", "total_q=6"]);
+    assert!(matches!(err, Error::Size { .. }));
+    let err = refuse_a(
+        &|a| a.key_mass.as_mut().unwrap().len = 3 * hq * 9,
+        &["key_mass", "total_k=17"],
+    );
+    assert!(matches!(err, Error::Size { .. }));
+    // A gate view: inside its buffer, channels contiguous.
+    let wide = Layout {
+        offset: d as u64,
+        strides: Strides {
+            batch: 0,
+            seq: (hq * 2 * d) as u64,
+            head: (2 * d) as u64,
+            channel: 1,
+        },
+    };
+    let mut viewed = a.clone();
+    viewed.params.gate = Some(BufferArg {
+        dtype: DType::F32,
+        len: tokens * hq * 2 * d,
+    });
+    viewed.param_layouts.gate = Some(wide);
+    let checked = validate(&p, &viewed).expect("a gate view");
+    assert!(
+        checked
+            .engine_features()
+            .contains(&"strided parameter views")
+    );
+    let mut short = viewed.clone();
+    short.params.gate.as_mut().unwrap().len -= 1;
+    let err = validate(&p, &short).expect_err("one element short");
+    assert!(
+        matches!(
+            err,
+            Error::BufferTooShort {
+                tensor: TensorName::Gate,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let mut strided = viewed.clone();
+    strided.param_layouts.gate.as_mut().unwrap().strides.channel = 2;
+    let err = validate(&p, &strided).expect_err("channels not contiguous");
+    assert!(
+        matches!(
+            err,
+            Error::ChannelStride {
+                tensor: TensorName::Gate,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+proptest! {
+    #![proptest_config(common::config())]
+
+    /// Arbitrary sequence layouts and index tensors, valid or not: validation answers, and
+    /// whatever it accepts the reference runs without panicking or reading out of bounds.
+    #[test]
+    fn no_index_tensor_panics(
+        b in 1usize..4,
+        nq in 1usize..6,
+        nk in 1usize..12,
+        packed_q in prop_oneof![Just(None), (0usize..14).prop_map(Some)],
+        kv in 0..4u8,
+        total_k in 0usize..20,
+        pages in 0usize..6,
+        page_size in 0usize..6,
+        max_pages in 0usize..5,
+        values in proptest::collection::vec(proptest::collection::vec(-3i32..24, 0..16), 4),
+        present in proptest::collection::vec(any::<bool>(), 4),
+    ) {
+        use outlier_attn::{KvSeqs, QuerySeqs, SeqIndices, Sequences};
+        let seqs = Sequences {
+            q: packed_q.map_or(QuerySeqs::Dense, |total| QuerySeqs::Packed { total }),
+            kv: match kv {
+                0 => KvSeqs::Dense,
+                1 => KvSeqs::DenseWithLens,
+                2 => KvSeqs::Packed { total: total_k },
+                _ => KvSeqs::Paged { pages, page_size, max_pages },
+            },
+        };
+        let p = Problem::new(Shape::new(b, 2, 1, nq, nk, 8), DType::F32)
+            .with_variant(Variant::Softmax)
+            .with_mask(outlier_attn::Mask::window(Some(2), None))
+            .with_stats(StatsLevel::HeadsAndKeys)
+            .with_seqs(seqs);
+        let filled = |t| HostTensor::filled(DType::F32, p.tensor_dims(t).iter().product::<usize>().min(4000), 0.25);
+        let mut inputs = outlier_attn::HostInputs::dense(&p, filled(TensorName::Q), filled(TensorName::K), filled(TensorName::V));
+        let [_, qt, _, _] = p.tensor_dims(TensorName::Q);
+        let [_, kt, _, _] = p.tensor_dims(TensorName::K);
+        inputs.layouts.q = Layout::contiguous(qt, 2, 8);
+        inputs.layouts.k = Layout::contiguous(kt, 1, 8);
+        inputs.layouts.v = inputs.layouts.k;
+        let pick = |i: usize| present[i].then(|| values[i].clone());
+        inputs.indices = SeqIndices {
+            cu_seqlens_q: pick(0),
+            cu_seqlens_k: pick(1),
+            seqlens_k: pick(2),
+            block_table: pick(3),
+        };
+        let _ = inputs.validate(&p);
+        let _ = reference::forward(&p, &inputs);
+        let _ = reference::baseline(&p, &inputs);
+        let _ = outlier_attn::SeqMap::new(&p.shape, &p.seqs, &inputs.indices);
     }
 }

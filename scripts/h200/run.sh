@@ -4,7 +4,9 @@
 # whole run stays under 8 minutes:
 #   1. module compile time: cold (empty disk cache), every specialisation in parallel (so no
 #      later step waits for NVRTC), then warm (a second process start reads the disk cache);
-#   2. the CUDA parity proptests (OUTLIER_ATTN_REQUIRE=cuda: a missing GPU fails);
+#   2. the CUDA parity proptests (OUTLIER_ATTN_REQUIRE=cuda: a missing GPU fails): the suite
+#      CI runs on the CPU emulator (tests/cuda_emu_parity.rs); where the two disagree, the GPU
+#      is right;
 #   3. compute-sanitizer memcheck and racecheck on the fixed cases (a small sweep);
 #   4. the benchmark, then PyTorch's scaled_dot_product_attention (flash) on the same shapes,
 #      and the table of TFLOP/s and ratios (compare.py).

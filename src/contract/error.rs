@@ -144,6 +144,102 @@ pub enum Error {
         /// The level asked for.
         level: &'static str,
     },
+    /// Cumulative sequence lengths that do not start at 0.
+    #[error("{tensor}[0] = {value}: cumulative sequence lengths must start at 0")]
+    SeqStart {
+        /// `cu_seqlens_q` or `cu_seqlens_k`.
+        tensor: TensorName,
+        /// The first entry.
+        value: i64,
+    },
+    /// Cumulative sequence lengths that decrease.
+    #[error(
+        "{tensor}[{index}] = {value} is below the entry before it ({previous}): cumulative sequence lengths must not decrease"
+    )]
+    SeqOrder {
+        /// `cu_seqlens_q` or `cu_seqlens_k`.
+        tensor: TensorName,
+        /// The entry that decreases.
+        index: usize,
+        /// Its value.
+        value: i64,
+        /// The entry before it.
+        previous: i64,
+    },
+    /// Cumulative sequence lengths whose last entry is not the packed tensor's length.
+    #[error(
+        "{tensor}[B] = {value}, but the packed tensor holds {total} tokens: the last entry must equal the total"
+    )]
+    SeqEnd {
+        /// `cu_seqlens_q` or `cu_seqlens_k`.
+        tensor: TensorName,
+        /// The last entry.
+        value: i64,
+        /// Tokens in the packed tensor (its dimension 0).
+        total: usize,
+    },
+    /// A sequence longer than the call declares or its cache holds, or of negative length.
+    #[error("{tensor}: sequence {batch} has length {len}, outside [0, {max}] ({limit})")]
+    SeqLen {
+        /// The index tensor that gives the length.
+        tensor: TensorName,
+        /// The sequence.
+        batch: usize,
+        /// Its length.
+        len: i64,
+        /// The largest length allowed.
+        max: usize,
+        /// What bounds it.
+        limit: &'static str,
+    },
+    /// A block-table entry, among the pages a sequence uses, outside the caches.
+    #[error(
+        "block_table[{batch}, {page}] = {value} is outside [0, {pages}), the pages of the k/v caches (dim 0)"
+    )]
+    PageIndex {
+        /// The sequence.
+        batch: usize,
+        /// The logical page.
+        page: usize,
+        /// The entry.
+        value: i64,
+        /// Physical pages in the caches.
+        pages: usize,
+    },
+    /// A paged-cache setting out of range.
+    #[error("paged cache: {field} = {value} is invalid: it must be {requirement}")]
+    Paging {
+        /// `page_size`, `pages` or `max_pages`.
+        field: &'static str,
+        /// The value given.
+        value: usize,
+        /// What it must be.
+        requirement: String,
+    },
+    /// An index tensor the sequence layout reads was not given.
+    #[error("{tensor}: required by the {layout} sequence layout")]
+    MissingIndex {
+        /// The index tensor.
+        tensor: TensorName,
+        /// The layout ([`Sequences::label`](crate::Sequences::label)).
+        layout: String,
+    },
+    /// An index tensor the sequence layout does not read was given.
+    #[error("{tensor}: given, but the {layout} sequence layout does not read it")]
+    UnexpectedIndex {
+        /// The index tensor.
+        tensor: TensorName,
+        /// The layout ([`Sequences::label`](crate::Sequences::label)).
+        layout: String,
+    },
+    /// A window bound given in FlashAttention's signed convention that is below −1.
+    #[error("window {side} = {value} is invalid: it must be >= 0, or -1 for no bound")]
+    Window {
+        /// `left` or `right`.
+        side: &'static str,
+        /// The value given.
+        value: i64,
+    },
     /// A backend cannot run a valid problem (a dtype its device lacks, say).
     #[error("{backend}: cannot run this problem: {reason}")]
     Unsupported {

@@ -3,36 +3,43 @@
 use super::dtype::{DType, HostTensor};
 use super::error::Result;
 use super::problem::{Args, BufferArg, Problem, TensorArg, Validated, validate};
-use super::shape::{Layout, Layouts};
+use super::seqs::{SeqIndices, validate_indices};
+use super::shape::{Layout, Layouts, TensorName};
 use super::stats::{HeadStats, Stat};
 use super::variant::Params;
 
-/// The inputs of one call on the host: Q, K, V (any dtype, any valid layout) and the variant's
-/// parameters.
+/// The inputs of one call on the host: Q, K, V (any dtype, any valid layout), the variant's
+/// parameters and the index tensors of the sequence layout.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostInputs {
-    /// Q `[B, Nq, Hq, d]` as laid out by `layouts.q`.
+    /// Q `[B, Nq, Hq, d]` (or packed `[total_q, Hq, d]`) as laid out by `layouts.q`.
     pub q: HostTensor,
-    /// K `[B, Nk, Hkv, d]` as laid out by `layouts.k`.
+    /// K `[B, Nk, Hkv, d]` (packed `[total_k, Hkv, d]`, paged `[pages, page_size, Hkv, d]`)
+    /// as laid out by `layouts.k`.
     pub k: HostTensor,
-    /// V `[B, Nk, Hkv, d]` as laid out by `layouts.v`.
+    /// V, shaped as K, as laid out by `layouts.v`.
     pub v: HostTensor,
-    /// Layouts of Q, K, V; `layouts.o` is where the output would go on a device and is ignored
-    /// by host-level calls, which return O dense.
+    /// Layouts of Q, K, V and of parameters given as views; `layouts.o` is where the output
+    /// would go on a device and is ignored by host-level calls, which return O dense.
     pub layouts: Layouts,
     /// The variant's learned tensors.
     pub params: Params<HostTensor>,
+    /// The index tensors the sequence layout reads (none for dense calls).
+    pub indices: SeqIndices<Vec<i32>>,
 }
 
 impl HostInputs {
-    /// Dense `[B, N, H, d]` inputs with no parameters.
+    /// Contiguous inputs in the problem's sequence layout (`[B, N, H, d]` for a dense call,
+    /// `[total, H, d]` packed, `[pages, page_size, Hkv, d]` paged), with no parameters and no
+    /// index tensors.
     pub fn dense(problem: &Problem, q: HostTensor, k: HostTensor, v: HostTensor) -> HostInputs {
         HostInputs {
             q,
             k,
             v,
-            layouts: Layouts::contiguous(&problem.shape),
+            layouts: problem.contiguous_layouts(),
             params: Params::none(),
+            indices: SeqIndices::none(),
         }
     }
 
@@ -42,10 +49,18 @@ impl HostInputs {
         self
     }
 
-    /// Validates `problem` against these inputs and a dense host output of the right size.
+    /// With index tensors.
+    pub fn with_indices(mut self, indices: SeqIndices<Vec<i32>>) -> HostInputs {
+        self.indices = indices;
+        self
+    }
+
+    /// Validates `problem` against these inputs and a dense host output of the right size,
+    /// and the values of the index tensors: a host-level call checks every index before any
+    /// kernel runs.
     ///
     /// # Errors
-    /// Every refusal of [`validate`].
+    /// Every refusal of [`validate`] and of [`validate_indices`].
     pub fn validate(&self, problem: &Problem) -> Result<Validated> {
         let s = &problem.shape;
         let tensor = |t: &HostTensor, layout: Layout| TensorArg {
@@ -57,41 +72,51 @@ impl HostInputs {
             dtype: DType::F32,
             len,
         };
-        let o_layout = Layout::contiguous(s.q_len, s.q_heads, s.head_dim);
+        let [_, o_tokens, _, _] = problem.tensor_dims(TensorName::O);
+        let o_layout = Layout::contiguous(o_tokens, s.q_heads, s.head_dim);
         let args = Args {
             q: tensor(&self.q, self.layouts.q),
             k: tensor(&self.k, self.layouts.k),
             v: tensor(&self.v, self.layouts.v),
             o: TensorArg {
                 dtype: problem.dtype,
-                len: s.batch * s.q_len * s.q_heads * s.head_dim,
+                len: problem.q_tokens() * s.q_heads * s.head_dim,
                 layout: o_layout,
             },
-            lse: f32_buffer(s.lse_len()),
+            lse: Some(f32_buffer(problem.lse_len())),
             stats: problem
                 .stats
                 .heads()
                 .then(|| f32_buffer(s.heads_total() * Stat::COUNT)),
-            key_mass: problem.stats.keys().then(|| f32_buffer(s.key_mass_len())),
+            key_mass: problem
+                .stats
+                .keys()
+                .then(|| f32_buffer(problem.key_mass_len())),
             params: self.params.map(|t| BufferArg {
                 dtype: t.dtype(),
                 len: t.len(),
             }),
+            param_layouts: self.layouts.params,
+            indices: self.indices.lens(),
         };
-        validate(problem, &args)
+        let checked = validate(problem, &args)?;
+        validate_indices(s, &problem.seqs, &self.indices)?;
+        Ok(checked)
     }
 }
 
 /// The outputs of one call on the host.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostOutputs {
-    /// O, dense `[B, Nq, Hq, d]`, in the problem's dtype.
+    /// O, dense in Q's sequence layout (`[B, Nq, Hq, d]` or `[total_q, Hq, d]`), in the
+    /// problem's dtype.
     pub o: HostTensor,
-    /// LSE `[B, Hq, Nq]` (natural log).
+    /// LSE `[B, Hq, Nq]` (or `[Hq, total_q]` for packed Q), natural log; host-level calls
+    /// always return it.
     pub lse: Vec<f32>,
     /// Statistics `[B, Hq, Stat::COUNT]` when the level asks for them.
     pub stats: Option<Vec<f32>>,
-    /// Key mass `[B, Hq, Nk]` when the level is `HeadsAndKeys`.
+    /// Key mass ([`Problem::key_mass_len`]) when the level is `HeadsAndKeys`.
     pub key_mass: Option<Vec<f32>>,
 }
 

@@ -1,10 +1,12 @@
 //! The contract every backend implements (DESIGN.md): element types, shapes and layouts,
-//! variants and their parameters, statistics, the errors, and the one validation function.
+//! sequence layouts of engine-shaped calls, variants and their parameters, statistics, the
+//! errors, and the one validation function.
 
 mod dtype;
 mod error;
 mod host;
 mod problem;
+mod seqs;
 mod shape;
 mod stats;
 mod variant;
@@ -13,6 +15,7 @@ pub use dtype::{DType, Element, HostTensor};
 pub use error::{Error, Result};
 pub use host::{Backend, HostInputs, HostOutputs};
 pub use problem::{Args, BufferArg, Mask, Problem, TensorArg, Validated, validate};
+pub use seqs::{KvSeqs, QuerySeqs, SeqIndices, SeqMap, SeqSpan, Sequences, validate_indices};
 pub use shape::{
     Dim, HEAD_DIM_MULTIPLE, Layout, Layouts, MAX_HEAD_DIM, Shape, Strides, TensorName,
 };

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use super::error::{Error, Result};
+use super::variant::Params;
 
 /// The tensors of the contract, as named in error messages and file formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -31,6 +32,14 @@ pub enum TensorName {
     SinkLogits,
     /// Gate input z `[B, Nq, Hq]` or `[B, Nq, Hq, d]`, dtype of Q.
     Gate,
+    /// Cumulative query lengths `[B + 1]`, i32, of packed Q.
+    CuSeqlensQ,
+    /// Cumulative key lengths `[B + 1]`, i32, of packed K/V.
+    CuSeqlensK,
+    /// Key lengths `[B]`, i32, of a dense-with-lengths or paged cache.
+    SeqlensK,
+    /// Physical page of each logical page `[B, max_pages]`, i32, of a paged cache.
+    BlockTable,
 }
 
 impl TensorName {
@@ -49,6 +58,10 @@ impl TensorName {
             TensorName::VBias => "v_bias",
             TensorName::SinkLogits => "sink_logits",
             TensorName::Gate => "gate",
+            TensorName::CuSeqlensQ => "cu_seqlens_q",
+            TensorName::CuSeqlensK => "cu_seqlens_k",
+            TensorName::SeqlensK => "seqlens_k",
+            TensorName::BlockTable => "block_table",
         }
     }
 }
@@ -308,7 +321,7 @@ impl Layout {
     }
 }
 
-/// The layouts of Q, K, V and O.
+/// The layouts of Q, K, V and O, and of the parameters given as views.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Layouts {
     /// Layout of Q.
@@ -319,6 +332,12 @@ pub struct Layouts {
     pub v: Layout,
     /// Layout of O.
     pub o: Layout,
+    /// Layouts of the parameters given as strided views; an absent slot is a dense tensor at
+    /// offset 0. The gate z is viewed as `[B, Nq, Hq, w]` (`[1, total_q, Hq, w]` for packed Q)
+    /// with w = 1 per head or d per channel; `k_sink`, `v_sink`, `v_bias` as `[1, 1, Hq, d]`
+    /// and `sink_logits` as `[1, 1, Hq, 1]`, so only their offset and head stride matter.
+    /// Channels are contiguous wherever w > 1.
+    pub params: Params<Layout>,
 }
 
 impl Layouts {
@@ -331,17 +350,18 @@ impl Layouts {
             k: kv,
             v: kv,
             o: q,
+            params: Params::none(),
         }
     }
 
-    /// The layout of one of Q, K, V, O.
+    /// The layout of one of Q, K, V, O, or of a parameter given as a view.
     pub fn get(&self, tensor: TensorName) -> Option<&Layout> {
         match tensor {
             TensorName::Q => Some(&self.q),
             TensorName::K => Some(&self.k),
             TensorName::V => Some(&self.v),
             TensorName::O => Some(&self.o),
-            _ => None,
+            name => self.params.get(name),
         }
     }
 }

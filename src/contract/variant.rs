@@ -145,8 +145,8 @@ impl fmt::Display for Variant {
 }
 
 /// The learned tensors of the variants, one slot each; `T` is whatever holds them (a host
-/// tensor, a device buffer, or a size for validation).
-#[derive(Clone, Debug, PartialEq)]
+/// tensor, a device buffer, a size for validation, or a view's [`Layout`](crate::Layout)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Params<T> {
     /// k′ `[Hq, d]`, f32: (c), (d).
     pub k_sink: Option<T>,

@@ -12,14 +12,13 @@ use cudarc::nvrtc::Ptx;
 use half::{bf16, f16};
 
 use super::kernels::{
-    self, Arch, CHANNEL_ENTRY, CHANNEL_RECORD, FINALIZE_ENTRY, KEY_MASS_ENTRY, NvrtcVersion,
-    PARTIAL_COUNT, SCAN_ROWS, STATS_THREADS, Specialization,
+    self, Arch, CHANNEL_ENTRY, CacheOutcome, FINALIZE_ENTRY, KEY_MASS_ENTRY, NvrtcVersion,
+    Specialization,
 };
-use super::params::{KernelParams, TensorLayout};
+use super::plan::{Addresses, LaunchPlan};
 use super::{BACKEND, backend_error};
 use crate::contract::{
-    Args, BufferArg, DType, Element, Error, Gate, GateGranularity, Layouts, Mask, Problem, Result,
-    TensorArg, Validated, Variant, validate,
+    Args, BufferArg, DType, Element, Layouts, Problem, Result, TensorArg, validate,
 };
 
 /// An element type the CUDA kernels take: f32, f16 or bf16.
@@ -80,7 +79,9 @@ pub struct DeviceArgs<'a, T> {
 
 /// Scratch memory reused from call to call, needed only with statistics: per-query-block
 /// partial records, the row weights of ClippedSoftmax and the Q/K/V channel-scan chunks
-/// (about 10·B·Hq·Nq/64 + B·Hq·Nq + 780·B·Hq·max(Nq, Nk)/128 floats). It grows when a call
+/// (about 10·B·Hq·Nq/64 + B·Hq·Nq + 780·B·Hq·max(Nq, Nk)/128 floats), and with
+/// `HeadsAndKeys` each query block's key mass (B·Hq·⌈Nq/64⌉·Nk floats; ⌈Nq/8⌉ blocks on the
+/// SIMT path); [`LaunchPlan::workspace`](super::LaunchPlan) lays it out. It grows when a call
 /// needs more and is never shrunk; one workspace serves one stream at a time (calls take it
 /// by `&mut`).
 #[derive(Default)]
@@ -106,7 +107,35 @@ struct Kernels {
     channel: CudaFunction,
     finalize: CudaFunction,
     key_mass: CudaFunction,
+    forward_entry: &'static str,
     _module: Arc<CudaModule>,
+    prepared: Prepared,
+}
+
+/// How one module got onto the device: what [`CudaAttention::prepare`] and
+/// [`CudaAttention::prepare_model`] report.
+#[derive(Clone, Debug, PartialEq)]
+#[must_use = "a module cache that could not be written is reported here"]
+pub struct Prepared {
+    /// The specialisation.
+    pub spec: Specialization,
+    /// Read from the disk cache, compiled and stored, or compiled with the store failing.
+    pub cache: CacheOutcome,
+    /// Seconds NVRTC took when this process first loaded the module (0 for a cache hit).
+    pub compile_seconds: f64,
+}
+
+impl Kernels {
+    /// The function of a plan's launch.
+    fn function(&self, entry: &str) -> Result<&CudaFunction> {
+        match entry {
+            CHANNEL_ENTRY => Ok(&self.channel),
+            FINALIZE_ENTRY => Ok(&self.finalize),
+            KEY_MASS_ENTRY => Ok(&self.key_mass),
+            e if e == self.forward_entry => Ok(&self.forward),
+            other => Err(backend_error(format!("no kernel {other} in the module"))),
+        }
+    }
 }
 
 /// Flash attention on one CUDA device: compiles its kernels on first use (NVRTC, cached in
@@ -124,7 +153,7 @@ impl CudaAttention {
     /// Attention kernels for the device of `ctx`.
     ///
     /// # Errors
-    /// [`Error::Backend`] when libnvrtc is missing or the device cannot be queried.
+    /// [`Error::Backend`](crate::Error::Backend) when libnvrtc is missing or the device cannot be queried.
     pub fn new(ctx: Arc<CudaContext>) -> Result<CudaAttention> {
         let nvrtc = kernels::nvrtc_version()
             .ok_or_else(|| backend_error(kernels::CompileError::NvrtcMissing.to_string()))?;
@@ -163,12 +192,29 @@ impl CudaAttention {
     }
 
     /// Compiles (or reads from the disk cache) and loads the module of `spec`, once per
-    /// process; later calls return the loaded one.
+    /// process; later calls return the loaded one and report how it was first loaded.
     ///
     /// # Errors
-    /// [`Error::Backend`] with NVRTC's log, or the driver's message.
-    pub fn prepare(&self, spec: Specialization) -> Result<()> {
-        self.kernels(spec).map(|_| ())
+    /// [`Error::Backend`](crate::Error::Backend) with NVRTC's log, or the driver's message.
+    pub fn prepare(&self, spec: Specialization) -> Result<Prepared> {
+        self.kernels(spec).map(|k| k.prepared.clone())
+    }
+
+    /// Loads, at start-up, every module a model of this dtype and head dim runs, so that no
+    /// NVRTC compile happens inside its first forward. Variant, mask, softcap, scale and
+    /// statistics level are kernel arguments, so this is one module, whatever the model's
+    /// layers use. A cache that could not be written is in [`Prepared::cache`].
+    ///
+    /// # Errors
+    /// [`Error::HeadDim`](crate::Error::HeadDim) for a head dim the contract refuses (not a multiple of
+    /// [`HEAD_DIM_MULTIPLE`](crate::HEAD_DIM_MULTIPLE) up to
+    /// [`MAX_HEAD_DIM`](crate::MAX_HEAD_DIM)); those of [`prepare`](Self::prepare).
+    pub fn prepare_model(&self, dtype: DType, head_dim: usize) -> Result<Vec<Prepared>> {
+        use crate::contract::{HEAD_DIM_MULTIPLE, MAX_HEAD_DIM};
+        if head_dim == 0 || head_dim % HEAD_DIM_MULTIPLE != 0 || head_dim > MAX_HEAD_DIM {
+            return Err(crate::Error::HeadDim { head_dim });
+        }
+        Ok(vec![self.prepare(self.specialization(dtype, head_dim))?])
     }
 
     fn kernels(&self, spec: Specialization) -> Result<Arc<Kernels>> {
@@ -189,7 +235,7 @@ impl CudaAttention {
                 .map_err(|e| backend_error(format!("{spec}: no kernel {name}: {e}")))
         };
         let forward = function(spec.entry())?;
-        let smem = spec.forward_smem_bytes(256);
+        let smem = LaunchPlan::max_forward_smem(spec);
         if smem > 48 * 1024 {
             forward
                 .set_attribute(
@@ -205,7 +251,13 @@ impl CudaAttention {
             channel: function(CHANNEL_ENTRY)?,
             finalize: function(FINALIZE_ENTRY)?,
             key_mass: function(KEY_MASS_ENTRY)?,
+            forward_entry: spec.entry(),
             _module: module,
+            prepared: Prepared {
+                spec,
+                cache: compiled.cache,
+                compile_seconds: compiled.compile_seconds,
+            },
         });
         Ok(self.lock_modules().entry(spec).or_insert(kernels).clone())
     }
@@ -216,12 +268,13 @@ impl CudaAttention {
         self.modules.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs one forward pass on `stream`: validates, then enqueues the kernels and returns
-    /// without waiting for them. Outputs are ready when the stream reaches this point.
+    /// Runs one forward pass on `stream`: validates, then enqueues the kernels of its
+    /// [`LaunchPlan`] and returns without waiting for them. Outputs are ready when the stream
+    /// reaches this point.
     ///
     /// # Errors
-    /// Every refusal of [`validate`]; [`Error::Unsupported`] for more than 65535 (batch, head)
-    /// pairs; [`Error::Backend`] for compilation or launch failures.
+    /// Every refusal of [`validate`]; [`Error::Unsupported`](crate::Error::Unsupported) for more than 65535 (batch, head)
+    /// pairs; [`Error::Backend`](crate::Error::Backend) for compilation or launch failures.
     pub fn forward<T: CudaElement>(
         &self,
         stream: &Arc<CudaStream>,
@@ -229,37 +282,15 @@ impl CudaAttention {
         mut args: DeviceArgs<'_, T>,
         workspace: &mut Workspace,
     ) -> Result<()> {
+        // The engine-shaped calls of DESIGN.md section 6 are not implemented by these kernels
+        // yet: refused by name before anything else.
+        problem.require_dense(BACKEND)?;
         let checked = validate(problem, &describe(&args))?;
-        let s = checked.shape();
-        let spec = self.specialization(problem.dtype, s.head_dim);
-        let heads = s.batch * s.q_heads;
-        let unsupported = |reason: String| Error::Unsupported {
-            backend: BACKEND.to_string(),
-            reason,
-        };
-        if heads > 65535 {
-            return Err(unsupported(format!(
-                "batch x heads = {heads}, above the grid limit 65535"
-            )));
-        }
-        if [s.q_len, s.kv_len].iter().any(|&n| n > i32::MAX as usize) {
-            return Err(unsupported("a sequence above 2^31 tokens".to_string()));
-        }
+        let plan = LaunchPlan::new(&checked, self.arch)?;
+        let spec = plan.spec;
         let kernels = self.kernels(spec)?;
-        let m_blocks = s.q_len.div_ceil(spec.block_m());
 
-        // Workspace: the forward kernel's partial records, the row weights of ClippedSoftmax,
-        // then the channel scan's chunk records (stats.cu lays them out the same way).
-        let stats_on = problem.stats.heads();
-        let partials_len = heads * m_blocks * PARTIAL_COUNT;
-        let rows_len = heads * s.q_len;
-        let scan_chunks = s.q_len.max(s.kv_len).div_ceil(SCAN_ROWS);
-        let chunks_len = heads * scan_chunks * CHANNEL_RECORD;
-        let needed = if stats_on {
-            partials_len + rows_len + chunks_len
-        } else {
-            0
-        };
+        let needed = plan.workspace.len();
         if needed > 0 && workspace.buffer.as_ref().is_none_or(|b| b.len() < needed) {
             workspace.buffer = None;
             workspace.buffer = Some(
@@ -269,28 +300,24 @@ impl CudaAttention {
             );
         }
 
-        let mut p = kernel_params(&checked, m_blocks);
         // Device addresses; each guard records the buffer's use on this stream when dropped,
         // after the launches below.
+        let mut a = Addresses::default();
         let (q_ptr, _q) = args.q.device_ptr(stream);
         let (k_ptr, _k) = args.k.device_ptr(stream);
         let (v_ptr, _v) = args.v.device_ptr(stream);
         let (o_ptr, _o) = args.o.device_ptr_mut(stream);
         let (lse_ptr, _lse) = args.lse.device_ptr_mut(stream);
-        p.q = q_ptr;
-        p.k = k_ptr;
-        p.v = v_ptr;
-        p.o = o_ptr;
-        p.lse = lse_ptr;
+        (a.q, a.k, a.v, a.o, a.lse) = (q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr);
         let mut guards = Vec::new();
         let params = &args.params;
         for (slot, view) in [
-            (&mut p.k_sink, params.k_sink.as_ref()),
+            (&mut a.k_sink, params.k_sink.as_ref()),
             (
-                &mut p.v_param,
+                &mut a.v_param,
                 params.v_sink.as_ref().or(params.v_bias.as_ref()),
             ),
-            (&mut p.sink_logits, params.sink_logits.as_ref()),
+            (&mut a.sink_logits, params.sink_logits.as_ref()),
         ] {
             if let Some(view) = view {
                 let (ptr, guard) = view.device_ptr(stream);
@@ -300,81 +327,45 @@ impl CudaAttention {
         }
         let gate_guard = params.gate.as_ref().map(|g| {
             let (ptr, guard) = g.device_ptr(stream);
-            p.gate = ptr;
+            a.gate = ptr;
             guard
         });
         let stats_guard = args.stats.as_mut().map(|st| {
             let (ptr, guard) = st.device_ptr_mut(stream);
-            p.stats = ptr;
+            a.stats = ptr;
             guard
         });
         let key_mass_guard = args.key_mass.as_mut().map(|km| {
             let (ptr, guard) = km.device_ptr_mut(stream);
-            p.key_mass = ptr;
+            a.key_mass = ptr;
             guard
         });
         let workspace_guard = match workspace.buffer.as_mut() {
-            Some(buf) if stats_on => {
+            Some(buf) if needed > 0 => {
                 let (ptr, guard) = buf.device_ptr_mut(stream);
-                p.partials = ptr;
-                p.row_weight_sum = ptr + (partials_len * 4) as u64;
+                a.workspace = ptr;
                 Some(guard)
             }
             _ => None,
         };
-        // cp.async moves 16 bytes: every row of Q, K, V must start 16-byte aligned.
-        let elem = problem.dtype.size_bytes() as u64;
-        p.aligned = [(q_ptr, &p.lq), (k_ptr, &p.lk), (v_ptr, &p.lv)]
-            .iter()
-            .all(|(ptr, l)| {
-                ptr % 16 == 0
-                    && [l.offset, l.batch, l.seq, l.head]
-                        .iter()
-                        .all(|&x| x.wrapping_mul(elem) % 16 == 0)
-            }) as i32;
+        let p = plan.arguments(&a);
 
-        let launch = |func: &CudaFunction, grid: (u32, u32), threads: u32, smem: usize| {
+        for l in &plan.launches {
             let cfg = LaunchConfig {
-                grid_dim: (grid.0, grid.1, 1),
-                block_dim: (threads, 1, 1),
-                shared_mem_bytes: smem as u32,
+                grid_dim: (l.grid[0], l.grid[1], l.grid[2]),
+                block_dim: (l.threads, 1, 1),
+                shared_mem_bytes: l.dynamic_smem as u32,
             };
-            let mut builder = stream.launch_builder(func);
+            let mut builder = stream.launch_builder(kernels.function(l.entry)?);
             builder.arg(&p);
             // SAFETY: the kernel takes one AttnParams by value, which KernelParams mirrors;
             // every address in it is a live device buffer of the size `validate` checked
-            // (or 0 where the variant or level reads nothing), and the buffers outlive the
-            // launch because `args` and the workspace are borrowed for this whole call.
+            // (or 0 where the variant or level reads nothing), the workspace holds what the
+            // plan lays out, and the buffers outlive the launch because `args` and the
+            // workspace are borrowed for this whole call.
             unsafe { builder.launch(cfg) }
                 .map(|_| ())
-                .map_err(|e| backend_error(format!("launch of {spec}: {e}")))
-        };
-        let to_u32 = |x: usize| u32::try_from(x).map_err(|_| unsupported(format!("grid of {x}")));
-        launch(
-            &kernels.forward,
-            (to_u32(m_blocks)?, heads as u32),
-            spec.threads(),
-            spec.forward_smem_bytes(s.head_dim),
-        )?;
-        if stats_on {
-            launch(
-                &kernels.channel,
-                (to_u32(scan_chunks)?, heads as u32),
-                STATS_THREADS,
-                0,
-            )?;
-            launch(&kernels.finalize, (heads as u32, 1), STATS_THREADS, 0)?;
-        }
-        if problem.stats.keys() {
-            launch(
-                &kernels.key_mass,
-                (
-                    to_u32(s.kv_len.div_ceil(kernels::KEY_MASS_KEYS))?,
-                    heads as u32,
-                ),
-                STATS_THREADS,
-                kernels::key_mass_smem_bytes(s.head_dim),
-            )?;
+                .map_err(|e| backend_error(format!("launch of {} in {spec}: {e}", l.entry)))?;
         }
         drop((
             guards,
@@ -403,7 +394,7 @@ fn describe<T: CudaElement>(args: &DeviceArgs<'_, T>) -> Args {
         k: tensor(args.k.len(), args.layouts.k),
         v: tensor(args.v.len(), args.layouts.v),
         o: tensor(args.o.len(), args.layouts.o),
-        lse: f32_buffer(args.lse.len()),
+        lse: Some(f32_buffer(args.lse.len())),
         stats: args.stats.as_ref().map(|s| f32_buffer(s.len())),
         key_mass: args.key_mass.as_ref().map(|s| f32_buffer(s.len())),
         params: crate::contract::Params {
@@ -420,118 +411,7 @@ fn describe<T: CudaElement>(args: &DeviceArgs<'_, T>) -> Args {
                 len: x.len(),
             }),
         },
-    }
-}
-
-/// The scalar part of the kernel arguments, from a validated problem.
-fn kernel_params(checked: &Validated, m_blocks: usize) -> KernelParams {
-    let problem = checked.problem();
-    let s = checked.shape();
-    let l = checked.layouts();
-    let (mut zeta, mut gamma) = (1.0, 0.0);
-    let (mut gate_kind, mut per_channel) = (0, 0);
-    let variant = match problem.variant {
-        Variant::Softmax => 0,
-        Variant::ValueBias => 1,
-        Variant::ContextBias => 2,
-        Variant::KvSink => 3,
-        Variant::ContextScale { gate, granularity } => {
-            gate_kind = match gate {
-                Gate::TwoSigmoid => 0,
-                Gate::Sigmoid => 1,
-                Gate::Identity => 2,
-            };
-            per_channel = (granularity == GateGranularity::PerChannel) as i32;
-            4
-        }
-        Variant::Sigmoid { .. } => 5,
-        Variant::LogitSink => 6,
-        Variant::Softmax1 => 7,
-        Variant::ClippedSoftmax { zeta: z, gamma: g } => {
-            (zeta, gamma) = (z, g);
-            8
-        }
-    };
-    // `forward` refused sequences above 2^31; heads fit the grid limit; d <= 256.
-    let int = |x: usize| x as i32;
-    KernelParams {
-        lq: TensorLayout::from(&l.q),
-        lk: TensorLayout::from(&l.k),
-        lv: TensorLayout::from(&l.v),
-        lo: TensorLayout::from(&l.o),
-        batch: int(s.batch),
-        q_heads: int(s.q_heads),
-        kv_heads: int(s.kv_heads),
-        q_len: int(s.q_len),
-        kv_len: int(s.kv_len),
-        head_dim: int(s.head_dim),
-        group: int(s.group_size()),
-        variant,
-        causal: (problem.mask == Mask::Causal) as i32,
-        has_softcap: checked.softcap().is_some() as i32,
-        gate_kind,
-        gate_per_channel: per_channel,
-        aligned: 0,
-        m_blocks: int(m_blocks),
-        scale: checked.scale(),
-        softcap: checked.softcap().unwrap_or(1.0),
-        sigmoid_bias: checked.sigmoid_bias(),
-        clip_zeta: zeta,
-        clip_gamma: gamma,
-        stats_on: problem.stats.heads() as i32,
-        ..KernelParams::default()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::Shape;
-    use crate::cases::{InputSpec, random_inputs};
-
-    fn params_of(problem: &Problem) -> KernelParams {
-        let inputs = random_inputs(problem, &InputSpec::default());
-        let checked = inputs.validate(problem).expect("valid");
-        kernel_params(&checked, 3)
-    }
-
-    /// The codes must follow `VariantCode` and `GateCode` in cuda/common.cuh.
-    #[test]
-    fn variants_and_scalars_reach_the_kernel_arguments() {
-        let shape = Shape::new(2, 4, 2, 5, 7, 24);
-        let base = Problem::new(shape, DType::F16);
-        let codes: Vec<i32> = Variant::all_default()
-            .iter()
-            .map(|&v| params_of(&base.with_variant(v)).variant)
-            .collect();
-        assert_eq!(codes, (0..9).collect::<Vec<_>>());
-
-        let p = params_of(
-            &base
-                .with_variant(Variant::ContextScale {
-                    gate: Gate::Identity,
-                    granularity: GateGranularity::PerChannel,
-                })
-                .with_mask(Mask::Causal)
-                .with_softcap(30.0)
-                .with_stats(crate::StatsLevel::Heads),
-        );
-        assert_eq!((p.gate_kind, p.gate_per_channel), (2, 1));
-        assert_eq!((p.causal, p.has_softcap, p.softcap), (1, 1, 30.0));
-        assert_eq!((p.group, p.m_blocks, p.stats_on), (2, 3, 1));
-        assert_eq!(p.scale, 1.0 / 24f32.sqrt());
-
-        let p = params_of(&base.with_variant(Variant::ClippedSoftmax {
-            zeta: 1.1,
-            gamma: -0.05,
-        }));
-        assert_eq!((p.clip_zeta, p.clip_gamma), (1.1, -0.05));
-        let p = params_of(&base.with_variant(Variant::Sigmoid { bias: None }));
-        assert_eq!(p.sigmoid_bias, -(7f32).ln());
-        assert_eq!(
-            p.lk.seq,
-            (2 * 24) as u64,
-            "K strides come from its own layout"
-        );
+        param_layouts: crate::contract::Params::none(),
+        indices: crate::contract::SeqIndices::none(),
     }
 }

@@ -2,9 +2,12 @@
 //! compiled at run time by NVRTC for the device's own architecture, loaded through cudarc.
 //!
 //! Three layers, as in cudarc:
-//! - [`kernels`]: the sources, the specialisation space ([`Specialization::ALL`], nine modules
-//!   per architecture) and NVRTC compilation to cubins, cached on disk (keyed by source,
-//!   options and NVRTC version). Usable without a GPU: CI compiles every specialisation.
+//! - [`spec`]: the sources and the specialisation space ([`Specialization::ALL`], nine modules
+//!   per architecture); [`plan`]: the [`LaunchPlan`] of a forward pass (grids, blocks, shared
+//!   memory, workspace layout, argument bytes), which every executor takes: cudarc here, the
+//!   CPU emulator in `cuda_emu` (feature `cuda-emulator`). These two build without cudarc.
+//! - [`kernels`]: NVRTC compilation to cubins, cached on disk (keyed by source, options and
+//!   NVRTC version). Usable without a GPU: CI compiles every specialisation.
 //! - [`CudaAttention`]: the device-level API for engines. It takes the caller's stream and
 //!   `CudaView`/`CudaViewMut` buffers plus a reusable [`Workspace`], validates through
 //!   [`validate`](crate::validate), launches asynchronously and never synchronises the host.
@@ -13,42 +16,67 @@
 //! Paths: f16 and bf16 run on tensor cores (mma.sync m16n8k16, ldmatrix, cp.async) from
 //! sm_80; f32, and 16-bit inputs before sm_80, run on a SIMT kernel in true f32 arithmetic.
 //!
-//! libcuda and libnvrtc are loaded at run time (cudarc's `dynamic-loading`), so the crate
-//! builds and its tests run where neither exists; their absence is an [`Error::Backend`].
+//! With the default features libcuda and libnvrtc are loaded at run time (cudarc's
+//! `dynamic-loading`, CUDA 12.8 API), so the crate builds and its tests run where neither
+//! exists, and their absence is an [`Error::Backend`]. An engine that brings its own cudarc
+//! features turns the defaults off (see [`driver_present`] for what changes); [`cudarc`] is
+//! re-exported so that it can name the same version.
 //!
 //! # CUDA versions
-//! cudarc is built against the CUDA 12.8 API and opens `libnvrtc.so.12` or `libnvrtc.so` by
-//! name (`LD_LIBRARY_PATH` applies); `libnvrtc.so.13` is used when linked as `libnvrtc.so`
-//! (scripts/h200/run.sh does this with the toolkit's own NVRTC). Verified here: NVRTC 12.9
+//! With the default features cudarc binds the CUDA 12.8 API and opens `libnvrtc.so.12` or
+//! `libnvrtc.so` by name (`LD_LIBRARY_PATH` applies); `libnvrtc.so.13` is used when linked as
+//! `libnvrtc.so` (scripts/h200/run.sh does this with the toolkit's own NVRTC). Verified here: NVRTC 12.9
 //! (PyPI `nvidia-cuda-nvrtc-cu12`) and 13.5 (`nvidia-cuda-nvrtc`). Modules are compiled to
 //! cubins (SASS) for the device's exact compute capability, never to PTX, so the driver's PTX
 //! JIT and its PTX ISA limit play no part; the driver needs only to support the device
 //! (CUDA 12 or 13 drivers). Without a GPU nothing here was executed: see BENCHMARKS.md.
 
-mod device;
-pub mod kernels;
+// Shared by every executor (also built by the `cuda-emulator` feature, without cudarc).
 mod params;
+pub mod plan;
+pub mod spec;
 
+#[cfg(feature = "cuda")]
+mod args;
+#[cfg(feature = "cuda")]
+mod device;
+#[cfg(feature = "cuda")]
+pub mod kernels;
+
+/// The cudarc this crate is built against (0.19): an engine whose own cudarc is the same
+/// semver version shares its `CudaContext`, `CudaStream` and buffers with this crate.
+#[cfg(feature = "cuda")]
+pub use cudarc;
+
+#[cfg(feature = "cuda")]
 use std::sync::{Arc, Mutex};
+#[cfg(feature = "cuda")]
 use std::time::Duration;
 
+#[cfg(feature = "cuda")]
 use cudarc::driver::sys::CUevent_flags;
+#[cfg(feature = "cuda")]
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 
-pub use device::{CudaAttention, CudaElement, DeviceArgs, DeviceParams, Workspace};
-pub use kernels::{
-    Arch, CompileError, CompiledModule, HeadDimTile, KernelPath, KernelResources, NvrtcVersion,
-    Specialization,
-};
+#[cfg(feature = "cuda")]
+pub use device::{CudaAttention, CudaElement, DeviceArgs, DeviceParams, Prepared, Workspace};
+#[cfg(feature = "cuda")]
+pub use kernels::{CacheOutcome, CompileError, CompiledModule, KernelResources, NvrtcVersion};
+pub use plan::{Addresses, Launch, LaunchPlan, WorkspaceLayout};
+pub use spec::{Arch, HeadDimTile, KernelPath, Specialization};
 
+#[cfg(feature = "cuda")]
 use crate::contract::{
     Backend, DType, Error, HostInputs, HostOutputs, HostTensor, Layout, Layouts, Problem, Result,
 };
+#[cfg(feature = "cuda")]
 use crate::parity;
 
 /// The backend's name in messages.
+#[cfg(feature = "cuda")]
 pub(crate) const BACKEND: &str = "cuda";
 
+#[cfg(feature = "cuda")]
 pub(crate) fn backend_error(message: String) -> Error {
     Error::Backend {
         backend: BACKEND.to_string(),
@@ -56,14 +84,31 @@ pub(crate) fn backend_error(message: String) -> Error {
     }
 }
 
+/// Whether libcuda can be reached.
+///
+/// With the feature `cuda-dynamic-loading` cudarc opens libcuda at the first driver call and
+/// panics where it is missing, so this looks for it first. Without that feature the engine
+/// chose how cudarc finds CUDA and this crate cannot tell which way, so it does not look and
+/// answers `true`: with cudarc linking libcuda (`dynamic-linking`, `static-linking`) it is there
+/// whenever the program runs; with cudarc's dynamic loading chosen by the engine alone, a
+/// missing libcuda panics inside cudarc, as the engine's own first call would.
+pub fn driver_present() -> bool {
+    #[cfg(feature = "cuda-dynamic-loading")]
+    // SAFETY: only dlopens libcuda by name and reports whether it was found.
+    return unsafe { cudarc::driver::sys::is_culib_present() };
+    #[cfg(not(feature = "cuda-dynamic-loading"))]
+    true
+}
+
 /// Finds device 0, explaining what is missing: no libcuda, no device, no NVRTC.
 ///
 /// # Errors
-/// [`Error::Backend`] naming the missing piece; never panics.
+/// [`Error::Backend`] naming the missing piece; never panics with the feature
+/// `cuda-dynamic-loading` (without it, see [`driver_present`]).
+#[cfg(feature = "cuda")]
 pub fn detect() -> Result<Arc<CudaContext>> {
-    // SAFETY: only dlopens libcuda by name and reports whether it was found; every driver
-    // call below happens after this check (with no libcuda, cudarc panics on the first call).
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+    // Every driver call below happens after this check.
+    if !driver_present() {
         return Err(backend_error(
             "libcuda not found (no NVIDIA driver on this machine)".to_string(),
         ));
@@ -85,6 +130,7 @@ pub fn detect() -> Result<Arc<CudaContext>> {
 
 /// The CUDA backend at host level: uploads, runs [`CudaAttention::forward`] on its own stream,
 /// downloads. Outputs start NaN-poisoned, so an element a kernel never writes fails parity.
+#[cfg(feature = "cuda")]
 pub struct CudaBackend {
     attention: CudaAttention,
     stream: Arc<CudaStream>,
@@ -92,6 +138,7 @@ pub struct CudaBackend {
     workspace: Mutex<Workspace>,
 }
 
+#[cfg(feature = "cuda")]
 impl CudaBackend {
     /// Opens device 0.
     ///
@@ -220,11 +267,13 @@ impl CudaBackend {
     }
 }
 
+#[cfg(feature = "cuda")]
 fn driver_error(e: cudarc::driver::DriverError) -> Error {
     backend_error(e.to_string())
 }
 
 /// One host-level call's buffers on the device.
+#[cfg(feature = "cuda")]
 struct Resident<T> {
     q: CudaSlice<T>,
     k: CudaSlice<T>,
@@ -241,6 +290,7 @@ struct Resident<T> {
     layouts: Layouts,
 }
 
+#[cfg(feature = "cuda")]
 impl<T: CudaElement> Resident<T> {
     fn args(&mut self) -> DeviceArgs<'_, T> {
         DeviceArgs {
@@ -263,6 +313,7 @@ impl<T: CudaElement> Resident<T> {
     }
 }
 
+#[cfg(feature = "cuda")]
 impl Backend for CudaBackend {
     fn name(&self) -> String {
         format!("cuda ({})", self.device_name)

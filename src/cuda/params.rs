@@ -1,10 +1,9 @@
 //! The kernel argument block, mirrored field for field from `AttnParams` in cuda/common.cuh.
-
-use cudarc::driver::DeviceRepr;
+//! The GPU and the emulator get the same bytes (`bytemuck::bytes_of`).
 
 /// Offset and strides of one tensor in elements (`TensorLayout` in the kernels).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct TensorLayout {
     pub offset: u64,
     pub batch: u64,
@@ -26,7 +25,7 @@ impl From<&crate::contract::Layout> for TensorLayout {
 /// `AttnParams` of cuda/common.cuh, passed by value to every kernel. Pointers are device
 /// addresses (0 where a buffer is absent); the order and types must match the C struct.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct KernelParams {
     pub q: u64,
     pub k: u64,
@@ -41,6 +40,7 @@ pub(crate) struct KernelParams {
     pub key_mass: u64,
     pub partials: u64,
     pub row_weight_sum: u64,
+    pub key_mass_partials: u64,
     pub lq: TensorLayout,
     pub lk: TensorLayout,
     pub lv: TensorLayout,
@@ -67,10 +67,11 @@ pub(crate) struct KernelParams {
     pub stats_on: i32,
 }
 
+#[cfg(feature = "cuda")]
 // SAFETY: KernelParams is #[repr(C)], made of u64/i32/f32 fields only, and matches the layout
 // of AttnParams in cuda/common.cuh (checked by the size and offset test below), so the driver
 // may copy its bytes into the kernel's parameter space.
-unsafe impl DeviceRepr for KernelParams {}
+unsafe impl cudarc::driver::DeviceRepr for KernelParams {}
 
 #[cfg(test)]
 mod tests {
@@ -79,11 +80,11 @@ mod tests {
 
     #[test]
     fn layout_matches_the_c_struct() {
-        // 13 pointers, 4 layouts of 4 u64, 14 ints, 5 floats, 1 int: 104 + 128 + 80 = 312.
+        // 14 pointers, 4 layouts of 4 u64, 14 ints, 5 floats, 1 int: 112 + 128 + 80 = 320.
         assert_eq!(size_of::<TensorLayout>(), 32);
-        assert_eq!(offset_of!(KernelParams, lq), 104);
-        assert_eq!(offset_of!(KernelParams, batch), 232);
-        assert_eq!(offset_of!(KernelParams, scale), 288);
-        assert_eq!(size_of::<KernelParams>(), 312);
+        assert_eq!(offset_of!(KernelParams, lq), 112);
+        assert_eq!(offset_of!(KernelParams, batch), 240);
+        assert_eq!(offset_of!(KernelParams, scale), 296);
+        assert_eq!(size_of::<KernelParams>(), 320);
     }
 }

@@ -11,8 +11,8 @@ use super::kernel::{
     LAVAPIPE_LOOP_ITERATIONS, LoopTrips, PARTIAL_LEN, Params, ROW_STATE_LEN, tile_rows,
 };
 use crate::contract::{
-    Args, BufferArg, DType, Error, Layout, Params as VariantParams, Problem, Result, TensorArg,
-    TensorName, Validated, Variant, validate,
+    Args, BufferArg, DType, Error, Layout, Params as VariantParams, Problem, Result, SeqIndices,
+    TensorArg, TensorName, Validated, Variant, validate,
 };
 
 /// The backend's name in errors.
@@ -569,6 +569,9 @@ impl WgslAttention {
         args: &DeviceArgs<'_>,
         timestamp_writes: Option<::wgpu::ComputePassTimestampWrites<'_>>,
     ) -> Result<Validated> {
+        // The engine-shaped calls of DESIGN.md section 6 are not implemented by these kernels
+        // yet: refused by name before anything else.
+        problem.require_dense(BACKEND)?;
         let tensor_arg = |t: &DeviceTensor<'_>| TensorArg {
             dtype: t.dtype,
             len: (t.buffer.size() / t.dtype.size_bytes() as u64) as usize,
@@ -607,7 +610,7 @@ impl WgslAttention {
                 k: tensor_arg(&args.k),
                 v: tensor_arg(&args.v),
                 o: tensor_arg(&args.o),
-                lse: slice_arg(TensorName::Lse, &args.lse)?,
+                lse: Some(slice_arg(TensorName::Lse, &args.lse)?),
                 stats: args
                     .stats
                     .as_ref()
@@ -619,8 +622,11 @@ impl WgslAttention {
                     .map(|s| slice_arg(TensorName::KeyMass, s))
                     .transpose()?,
                 params,
+                param_layouts: VariantParams::none(),
+                indices: SeqIndices::none(),
             },
         )?;
+        checked.require_dense(BACKEND)?;
         self.record(encoder, &checked, args, timestamp_writes)?;
         Ok(checked)
     }

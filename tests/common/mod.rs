@@ -103,6 +103,32 @@ pub fn arb_variant() -> impl Strategy<Value = Variant> {
     ]
 }
 
+/// Any mask: none, causal, or a sliding window with either side bounded or not (small
+/// bounds, so that windows shorter than, equal to and longer than a sequence all occur).
+pub fn arb_mask() -> impl Strategy<Value = Mask> {
+    let side = |max: usize| prop_oneof![1 => Just(None), 3 => (0..=max).prop_map(Some)];
+    prop_oneof![
+        1 => Just(Mask::None),
+        1 => Just(Mask::Causal),
+        2 => (side(8), side(4)).prop_map(|(left, right)| Mask::Window { left, right }),
+    ]
+}
+
+/// The keys row `i` of a sequence of `nq` queries and `nk` keys sees under `mask`, as the
+/// inclusive range `(first, last)`, or `None` when it sees none: DESIGN.md's formula written
+/// out by hand in signed arithmetic, independent of [`Mask::key_range`].
+pub fn band(mask: Mask, i: usize, nq: usize, nk: usize) -> Option<(usize, usize)> {
+    let diagonal = i as i64 + nk as i64 - nq as i64;
+    let (left, right): (Option<i64>, Option<i64>) = match mask {
+        Mask::None => (None, None),
+        Mask::Causal => (None, Some(0)),
+        Mask::Window { left, right } => (left.map(|l| l as i64), right.map(|r| r as i64)),
+    };
+    let first = left.map_or(0, |l| (diagonal - l).max(0));
+    let last = right.map_or(nk as i64 - 1, |r| (diagonal + r).min(nk as i64 - 1));
+    (first <= last).then_some((first as usize, last as usize))
+}
+
 /// A length in 1..=max, with 1 drawn often (decode, single key).
 fn arb_len(max: usize) -> impl Strategy<Value = usize> {
     prop_oneof![1 => Just(1usize), 4 => 1..=max]
@@ -145,6 +171,7 @@ pub fn arb_problem(limits: &Limits) -> impl Strategy<Value = Problem> + use<> {
                 scale,
                 softcap,
                 stats,
+                seqs: outlier_attn::Sequences::DENSE,
             },
         )
 }
@@ -514,4 +541,218 @@ pub fn assert_nonfinite_propagate(backend: &dyn Backend) {
         backend.name(),
         all.len()
     );
+}
+
+/// An engine-shaped batch within `limits` (DESIGN.md section 6): up to three sequences whose
+/// lengths differ (dense Q or K/V force them equal), Q dense or packed, K/V dense, dense with
+/// `seqlens_k` and spare NaN slots, packed, or paged with page sizes 1, 3, 16 and 256 and
+/// spare NaN pages.
+pub fn arb_seq_case(limits: &Limits) -> impl Strategy<Value = cases::SeqCase> + use<> {
+    let max = limits.max_len;
+    let storage = prop_oneof![
+        Just(cases::KvStorage::Dense),
+        (0..4usize).prop_map(|spare| cases::KvStorage::DenseWithLens { spare }),
+        Just(cases::KvStorage::Packed),
+        (
+            proptest::sample::select(vec![1usize, 3, 16, 256]),
+            0..3usize
+        )
+            .prop_map(|(page_size, spare_pages)| cases::KvStorage::Paged {
+                page_size,
+                spare_pages
+            }),
+    ];
+    (
+        1..=3usize,
+        any::<bool>(),
+        storage,
+        proptest::collection::vec(arb_len(max), 3),
+        proptest::collection::vec(arb_len(max), 3),
+    )
+        .prop_map(move |(b, packed_q, kv, q_lens, kv_lens)| {
+            let mut q_lens = q_lens[..b].to_vec();
+            let mut kv_lens = kv_lens[..b].to_vec();
+            if !packed_q {
+                q_lens = vec![q_lens[0]; b];
+            }
+            if kv == cases::KvStorage::Dense {
+                kv_lens = vec![kv_lens[0]; b];
+            }
+            cases::SeqCase {
+                q_lens,
+                kv_lens,
+                packed_q,
+                kv,
+            }
+        })
+}
+
+/// One engine-shaped parity case: the template problem (its batch and lengths are replaced by
+/// the batch's), the batch, and the input draw.
+#[derive(Clone, Debug)]
+pub struct EngineCase {
+    /// Variant, mask, dtype, heads, head dim, scalars, statistics.
+    pub template: Problem,
+    /// The sequences and their storage.
+    pub seqs: cases::SeqCase,
+    /// The input draw.
+    pub spec: InputSpec,
+}
+
+impl EngineCase {
+    /// The call and its inputs.
+    pub fn build(&self) -> (Problem, HostInputs) {
+        cases::engine_inputs(&self.template, &self.seqs, &self.spec)
+    }
+}
+
+/// An engine-shaped case within `limits`: any problem of [`arb_problem`], any mask of
+/// [`arb_mask`], any batch of [`arb_seq_case`]; a quarter with massive activations.
+pub fn arb_engine_case(limits: &Limits) -> impl Strategy<Value = EngineCase> + use<> {
+    (
+        arb_problem(limits),
+        arb_mask(),
+        arb_seq_case(limits),
+        any::<u64>(),
+        0..4u8,
+    )
+        .prop_map(|(template, mask, seqs, seed, m)| EngineCase {
+            template: template.with_mask(mask),
+            seqs,
+            spec: InputSpec {
+                seed,
+                massive: m == 0,
+                ..InputSpec::default()
+            },
+        })
+}
+
+/// Holds `backend` to the reference on one engine-shaped case: it passes the parity rule, or
+/// it refuses with [`Error::Unsupported`](outlier_attn::Error) naming an engine-shaped
+/// feature the case uses, never a wrong answer. Returns whether it ran.
+pub fn check_engine_case(backend: &dyn Backend, case: &EngineCase) -> Result<bool, TestCaseError> {
+    let (problem, inputs) = case.build();
+    let label = format!("{} {}", cases::label(&problem), case.seqs.label());
+    match parity::check_backend(backend, &problem, &inputs) {
+        Ok(report) if report.invalid() => Err(TestCaseError::reject(
+            "baseline not finite where the reference is",
+        )),
+        Ok(report) if report.passed() => Ok(true),
+        Ok(report) => Err(TestCaseError::fail(format!(
+            "{} on {label} (seed {}):\n{report}",
+            backend.name(),
+            case.spec.seed
+        ))),
+        Err(outlier_attn::Error::Unsupported { reason, .. })
+            if problem.engine_features().iter().any(|f| reason.contains(f)) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(TestCaseError::fail(format!("{label}: {e}"))),
+    }
+}
+
+/// The engine-shaped parity sweep: random cases within `limits`, each passed or refused by
+/// name. Returns how many ran (the rest were refused).
+pub fn engine_parity_sweep(backend: &dyn Backend, limits: &Limits) -> usize {
+    let ran = std::cell::Cell::new(0usize);
+    let mut runner = TestRunner::new(config());
+    let result = runner.run(&arb_engine_case(limits), |case| {
+        if check_engine_case(backend, &case)? {
+            ran.set(ran.get() + 1);
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{}: engine-shaped parity sweep failed: {e}", backend.name());
+    }
+    ran.get()
+}
+
+/// The CUDA backend's fixed cases, run on a GPU (tests/cuda_parity.rs) and on the emulator
+/// (tests/cuda_emu_parity.rs): causal with Nq > Nk (rows that see no key), decode (Nq = 1),
+/// a sink variant with statistics, both tuned head dims, lengths past one and two tiles, the
+/// ClippedSoftmax second pass on f32, the d = 256 tile. All with `HeadsAndKeys`.
+pub fn cuda_fixed_problems() -> Vec<Problem> {
+    let cases = [
+        (
+            Shape::new(1, 4, 2, 130, 70, 64),
+            DType::Bf16,
+            Variant::KvSink,
+            Mask::Causal,
+        ),
+        (
+            Shape::new(2, 2, 1, 1, 300, 128),
+            DType::F16,
+            Variant::Softmax,
+            Mask::None,
+        ),
+        (
+            Shape::new(1, 2, 2, 90, 90, 128),
+            DType::Bf16,
+            Variant::ContextScale {
+                gate: Gate::TwoSigmoid,
+                granularity: GateGranularity::PerChannel,
+            },
+            Mask::Causal,
+        ),
+        (
+            Shape::new(1, 3, 1, 65, 129, 72),
+            DType::F32,
+            Variant::ClippedSoftmax {
+                zeta: 1.1,
+                gamma: -0.1,
+            },
+            Mask::Causal,
+        ),
+        (
+            Shape::new(1, 2, 1, 200, 64, 256),
+            DType::F16,
+            Variant::LogitSink,
+            Mask::Causal,
+        ),
+    ];
+    cases
+        .into_iter()
+        .map(|(shape, dtype, variant, mask)| {
+            Problem::new(shape, dtype)
+                .with_variant(variant)
+                .with_mask(mask)
+                .with_stats(StatsLevel::HeadsAndKeys)
+        })
+        .collect()
+}
+
+/// Every head-dim tile of the CUDA tensor-core kernel (d = 8 ... 256: the first and last d of
+/// each tile and dims that are not a multiple of 16) in f16, bf16 and f32 (the SIMT kernel),
+/// the variants in turn, causal and not, softcap on a third, keys past one 64-key tile, massive
+/// activations on a quarter and views on a fifth. Run on a GPU and on the emulator.
+pub fn cuda_tile_cases() -> Vec<Case> {
+    let variants = Variant::all_default();
+    let dims = [8, 24, 64, 72, 128, 136, 200, 256];
+    let mut out = Vec::new();
+    let mut n = 0;
+    for (i, &d) in dims.iter().enumerate() {
+        for dtype in [DType::F16, DType::Bf16, DType::F32] {
+            let variant = variants[(i * 3 + n) % variants.len()];
+            n += 1;
+            let mut problem = Problem::new(Shape::new(1, 2, 1, 19, 70, d), dtype)
+                .with_variant(variant)
+                .with_mask(if n % 2 == 0 { Mask::Causal } else { Mask::None })
+                .with_stats(StatsLevel::HeadsAndKeys);
+            if n % 3 == 0 {
+                problem = problem.with_softcap(20.0);
+            }
+            out.push(Case {
+                problem,
+                spec: InputSpec {
+                    seed: 40 + n as u64,
+                    massive: n % 4 == 0,
+                    ..InputSpec::default()
+                },
+                views: n % 5 == 0,
+            });
+        }
+    }
+    out
 }

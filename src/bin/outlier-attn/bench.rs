@@ -124,7 +124,7 @@ fn time(
 
 /// Times every benchmark problem on every selected backend.
 pub fn bench(args: &BenchArgs) -> CliResult {
-    let discovery = outlier_attn::discover();
+    let discovery = outlier_attn::discover_named(&args.backend);
     let backends = common::select(&discovery, &args.backend)?;
     if args.lens.contains(&0) {
         return Err(CliError::Input(

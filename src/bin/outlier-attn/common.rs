@@ -237,9 +237,16 @@ pub struct ProblemArgs {
     /// γ ≤ 0 of `clipped-softmax`.
     #[arg(long, default_value_t = -0.003, allow_negative_numbers = true)]
     pub gamma: f32,
-    /// Which keys each query sees.
+    /// Which keys each query sees (aligned bottom-right per sequence).
     #[arg(long, value_enum, default_value = "none")]
     pub mask: MaskArg,
+    /// A sliding window: keys visible before the diagonal (gpt-oss: 127 with `--mask
+    /// causal`); −1 or absent for no bound.
+    #[arg(long, allow_negative_numbers = true)]
+    pub window_left: Option<i64>,
+    /// Keys visible after the diagonal; −1 or absent for no bound (`--mask causal` is 0).
+    #[arg(long, allow_negative_numbers = true)]
+    pub window_right: Option<i64>,
     /// σ (default 1/√d).
     #[arg(long, allow_negative_numbers = true)]
     pub scale: Option<f32>,
@@ -252,6 +259,24 @@ pub struct ProblemArgs {
 }
 
 impl ProblemArgs {
+    /// The mask: `--mask` with the window's bounds (FlashAttention's convention).
+    ///
+    /// # Errors
+    /// A bound below −1, or `--window-right` other than 0 with `--mask causal`.
+    pub fn mask(&self) -> CliResult<Mask> {
+        let right = match (self.mask, self.window_right) {
+            (MaskArg::Causal, None | Some(0)) => 0,
+            (MaskArg::Causal, Some(r)) => {
+                return Err(CliError::Input(format!(
+                    "--window-right {r} with --mask causal: causal attention sees no key after the diagonal (window right = 0)"
+                )));
+            }
+            (MaskArg::None, r) => r.unwrap_or(-1),
+        };
+        Mask::from_signed(self.window_left.unwrap_or(-1), right)
+            .map_err(|e| CliError::Input(e.to_string()))
+    }
+
     /// The variant with its scalar settings (a `context-scale` gate is per head until the
     /// file says otherwise).
     pub fn variant(&self) -> Variant {

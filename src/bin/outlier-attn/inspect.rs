@@ -115,7 +115,7 @@ impl LayerResult {
 
 /// Runs every layer, prints the tables and outliers, writes the heatmap.
 pub fn inspect(args: &InspectArgs) -> CliResult {
-    let discovery = outlier_attn::discover();
+    let discovery = outlier_attn::discover_named(args.backend.as_slice());
     let backend = common::select_one(&discovery, args.backend.as_ref())?;
     let path = &args.input;
     let dump = ModelDump::open(path).map_err(|e| CliError::file(path, e))?;

@@ -133,7 +133,7 @@ fn check_json(c: &Check) -> serde_json::Value {
 
 /// Runs the sweep, prints the table, writes the JSON; fails when any case failed.
 pub fn parity(args: &ParityArgs) -> CliResult {
-    let discovery = outlier_attn::discover();
+    let discovery = outlier_attn::discover_named(&args.backend);
     let backends = common::select(&discovery, &args.backend)?;
     let coverage = if args.full {
         Coverage::Full
@@ -145,7 +145,7 @@ pub fn parity(args: &ParityArgs) -> CliResult {
         .filter(|c| {
             args.filter
                 .as_ref()
-                .is_none_or(|f| cases::label(&c.problem).contains(f.as_str()))
+                .is_none_or(|f| c.label().contains(f.as_str()))
         })
         .collect();
     if cases.is_empty() {
@@ -162,8 +162,8 @@ pub fn parity(args: &ParityArgs) -> CliResult {
         case.spec.seed = case.spec.seed.wrapping_add(args.seed);
     }
     for case in &cases {
-        let label = cases::label(&case.problem);
-        let dense = cases::random_inputs(&case.problem, &case.spec);
+        let label = case.label();
+        let dense = case.inputs();
         for &views in layouts {
             let inputs = if views {
                 cases::as_views(&case.problem, &dense, case.spec.seed ^ 0x71E5)

@@ -1,0 +1,358 @@
+//! What is fixed when a module is built, for every executor of the kernels (NVRTC and the GPU,
+//! or the host compiler and the emulator): the sources, the specialisation space and the
+//! launch geometry the kernels are written for.
+//!
+//! A [`Specialization`] is what changes the shape of the code: the element type and, for the
+//! tensor-core path, the head-dim tile. Everything else (variant, mask, softcap, scale, gate,
+//! statistics level) is a kernel argument, so the whole space is nine modules per
+//! architecture ([`Specialization::ALL`]). Each module holds the forward kernel and the three
+//! statistics kernels.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::contract::DType;
+
+const COMMON_SRC: &str = include_str!("../../cuda/common.cuh");
+const TC_SRC: &str = include_str!("../../cuda/attention_tc.cu");
+const SIMT_SRC: &str = include_str!("../../cuda/attention_simt.cu");
+const STATS_SRC: &str = include_str!("../../cuda/stats.cu");
+
+/// Entry point of the statistics kernel that scans Q/K/V channels, one chunk of rows per block.
+pub const CHANNEL_ENTRY: &str = "channel_partials";
+/// Entry point of the statistics kernel that combines the partial records into the record.
+pub const FINALIZE_ENTRY: &str = "finalize_stats";
+/// Entry point of the second pass that computes `key_mass`.
+pub const KEY_MASS_ENTRY: &str = "key_mass";
+
+/// The head-dim tile of the tensor-core kernel: the smallest that holds d. Channels between d
+/// and the tile are zero-filled in shared memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HeadDimTile {
+    /// d ≤ 64 (tuned for 64): 64-key tiles, 45 KiB of shared memory.
+    D64,
+    /// 64 < d ≤ 128 (tuned for 128): 64-key tiles, 85 KiB.
+    D128,
+    /// 128 < d ≤ 256: 32-key tiles, 99 KiB.
+    D256,
+}
+
+impl HeadDimTile {
+    /// Every tile.
+    pub const ALL: [HeadDimTile; 3] = [HeadDimTile::D64, HeadDimTile::D128, HeadDimTile::D256];
+
+    /// The tile for head dim `d` (validated: a multiple of 8 up to 256).
+    pub fn for_head_dim(d: usize) -> HeadDimTile {
+        match d {
+            0..=64 => HeadDimTile::D64,
+            65..=128 => HeadDimTile::D128,
+            _ => HeadDimTile::D256,
+        }
+    }
+
+    /// Channels in the tile.
+    pub fn channels(self) -> usize {
+        match self {
+            HeadDimTile::D64 => 64,
+            HeadDimTile::D128 => 128,
+            HeadDimTile::D256 => 256,
+        }
+    }
+
+    /// Keys per K/V tile (`kBlockN` of attention_tc.cu): 64 keeps S at 32 registers per
+    /// thread; at d = 256 the O accumulator alone is 128 registers, so the tile halves to stay
+    /// within the register file.
+    fn block_n(self) -> usize {
+        if self.channels() <= 128 { 64 } else { 32 }
+    }
+}
+
+/// Which forward kernel a module holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelPath {
+    /// mma.sync m16n8k16 with ldmatrix and cp.async (f16, bf16; sm_80 and newer).
+    TensorCore(HeadDimTile),
+    /// Scalar f32 arithmetic: f32 inputs, and 16-bit inputs before sm_80.
+    Simt,
+}
+
+/// One compiled module: what is fixed at compile time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Specialization {
+    /// Element type of Q, K, V, O.
+    pub dtype: DType,
+    /// Forward kernel.
+    pub path: KernelPath,
+}
+
+/// The first compute capability with the tensor-core path (mma.sync bf16, ldmatrix, cp.async).
+pub const TENSOR_CORE_MIN_ARCH: Arch = Arch { major: 8, minor: 0 };
+
+impl Specialization {
+    /// Every specialisation: 2 dtypes × 3 tiles on tensor cores, 3 dtypes on SIMT.
+    pub const ALL: [Specialization; 9] = {
+        use HeadDimTile::*;
+        use KernelPath::*;
+        const fn s(dtype: DType, path: KernelPath) -> Specialization {
+            Specialization { dtype, path }
+        }
+        [
+            s(DType::F16, TensorCore(D64)),
+            s(DType::F16, TensorCore(D128)),
+            s(DType::F16, TensorCore(D256)),
+            s(DType::Bf16, TensorCore(D64)),
+            s(DType::Bf16, TensorCore(D128)),
+            s(DType::Bf16, TensorCore(D256)),
+            s(DType::F32, Simt),
+            s(DType::F16, Simt),
+            s(DType::Bf16, Simt),
+        ]
+    };
+
+    /// The specialisation that runs `dtype` at head dim `d` on a device of `arch`.
+    pub fn select(dtype: DType, head_dim: usize, arch: Arch) -> Specialization {
+        let path = match dtype {
+            DType::F16 | DType::Bf16 if arch >= TENSOR_CORE_MIN_ARCH => {
+                KernelPath::TensorCore(HeadDimTile::for_head_dim(head_dim))
+            }
+            _ => KernelPath::Simt,
+        };
+        Specialization { dtype, path }
+    }
+
+    /// Whether it runs on a device of `arch`.
+    pub fn runs_on(&self, arch: Arch) -> bool {
+        match self.path {
+            KernelPath::TensorCore(_) => arch >= TENSOR_CORE_MIN_ARCH,
+            KernelPath::Simt => true,
+        }
+    }
+
+    /// A short name (`bf16-tc128`, `f32-simt`), used in cache file names and reports.
+    pub fn name(&self) -> String {
+        match self.path {
+            KernelPath::TensorCore(t) => format!("{}-tc{}", self.dtype, t.channels()),
+            KernelPath::Simt => format!("{}-simt", self.dtype),
+        }
+    }
+
+    /// The forward kernel's entry point.
+    pub fn entry(&self) -> &'static str {
+        match self.path {
+            KernelPath::TensorCore(_) => "attention_tc",
+            KernelPath::Simt => "attention_simt",
+        }
+    }
+
+    /// The full source NVRTC compiles: the defines, then the shared header and the kernels.
+    pub fn source(&self) -> String {
+        let elem = match self.dtype {
+            DType::F32 => "ELEM_F32",
+            DType::F16 => "ELEM_F16",
+            DType::Bf16 => "ELEM_BF16",
+        };
+        let mut src = format!("#define {elem} 1\n");
+        if let KernelPath::TensorCore(t) = self.path {
+            src.push_str(&format!("#define HEAD_DIM_TILE {}\n", t.channels()));
+        }
+        src.push_str(&self.geometry_header());
+        // `#line` keeps compiler messages (NVRTC's, g++'s) and the emulator's source locations
+        // in the real files.
+        let (kernel_name, kernel) = match self.path {
+            KernelPath::TensorCore(_) => ("attention_tc.cu", TC_SRC),
+            KernelPath::Simt => ("attention_simt.cu", SIMT_SRC),
+        };
+        for (name, text) in [
+            ("common.cuh", COMMON_SRC),
+            (kernel_name, kernel),
+            ("stats.cu", STATS_SRC),
+        ] {
+            src.push_str(&format!("#line 1 \"cuda/{name}\"\n"));
+            src.push_str(text);
+        }
+        src
+    }
+
+    /// The launch geometry as C++ constants, the first part of [`source`](Self::source): the
+    /// kernels size their tiles from these, and check what they derive from them (shared
+    /// memory, record sizes) against the host's values with `static_assert`s.
+    pub fn geometry_header(&self) -> String {
+        let mut constants = vec![
+            ("kHostTcWarps", TC_WARPS),
+            ("kHostTcSmemPad", TC_SMEM_PAD),
+            ("kHostSimtWarps", SIMT_WARPS),
+            ("kHostSimtBlockN", SIMT_BLOCK_N),
+            ("kHostStatsThreads", STATS_THREADS as usize),
+            ("kHostScanRows", SCAN_ROWS),
+            ("kHostPartialCount", PARTIAL_COUNT),
+            ("kHostChanRecord", CHANNEL_RECORD_PER_TENSOR),
+        ];
+        if let KernelPath::TensorCore(t) = self.path {
+            constants.push(("kHostTcBlockN", t.block_n()));
+            constants.push(("kHostTcSmemBytes", self.forward_smem_bytes(t.channels())));
+        }
+        let mut s = String::from(
+            "// Launch geometry, written by src/cuda/spec.rs: the host computes grids, shared memory\n\
+             // and the workspace from the same numbers.\n",
+        );
+        for (name, value) in constants {
+            s.push_str(&format!("constexpr int {name} = {value};\n"));
+        }
+        s
+    }
+
+    /// Dynamic shared memory of the forward kernel at head dim `d`, in bytes: the layouts of
+    /// attention_tc.cu (which checks this number with a `static_assert`) and attention_simt.cu
+    /// (whose accesses the emulator checks against exactly this much).
+    pub fn forward_smem_bytes(&self, head_dim: usize) -> usize {
+        match self.path {
+            KernelPath::TensorCore(t) => {
+                let stride = t.channels() + TC_SMEM_PAD;
+                (TC_BLOCK_M * stride + 4 * t.block_n() * stride) * 2
+            }
+            KernelPath::Simt => {
+                (2 * SIMT_BLOCK_N * (head_dim + 1)
+                    + SIMT_WARPS * head_dim
+                    + SIMT_WARPS * PARTIAL_COUNT)
+                    * 4
+            }
+        }
+    }
+
+    /// Query rows per block of the forward kernel.
+    pub fn block_m(&self) -> usize {
+        match self.path {
+            KernelPath::TensorCore(_) => TC_BLOCK_M,
+            KernelPath::Simt => SIMT_WARPS,
+        }
+    }
+
+    /// Threads per block of the forward kernel.
+    pub fn threads(&self) -> u32 {
+        match self.path {
+            KernelPath::TensorCore(_) => TC_THREADS,
+            KernelPath::Simt => (SIMT_WARPS * 32) as u32,
+        }
+    }
+}
+
+impl fmt::Display for Specialization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+// Launch geometry, defined here once: `Specialization::source` writes it into every module as
+// C++ constants (`geometry_header`), the kernels take their tiles from those, and their
+// static_asserts hold what they derive (shared memory, record sizes) to the numbers below.
+/// Warps per block of the tensor-core kernel; each owns 16 query rows (the m of m16n8k16).
+const TC_WARPS: usize = 4;
+/// Query rows per warp of the tensor-core kernel (`kRowsPerWarp`).
+const TC_ROWS_PER_WARP: usize = 16;
+/// Query rows per block of the tensor-core kernel (`kBlockM`).
+const TC_BLOCK_M: usize = TC_WARPS * TC_ROWS_PER_WARP;
+/// Threads per block of the tensor-core kernel.
+const TC_THREADS: u32 = (TC_WARPS * 32) as u32;
+/// Elements of padding per shared-memory row (16 bytes: conflict-free ldmatrix).
+const TC_SMEM_PAD: usize = 8;
+/// Warps (= query rows) per block of the SIMT kernel.
+const SIMT_WARPS: usize = 8;
+/// Keys per tile of the SIMT kernel: two lanes score each key.
+const SIMT_BLOCK_N: usize = 16;
+/// Floats in one query block's partial statistics record (`kPartialCount`).
+pub(crate) const PARTIAL_COUNT: usize = 10;
+/// Threads per block of the statistics kernels.
+pub(crate) const STATS_THREADS: u32 = 256;
+/// Rows of each tensor per block of the channel scan (`kScanRows` in stats.cu).
+pub(crate) const SCAN_ROWS: usize = 128;
+/// Floats per tensor in one chunk record of the channel scan (`kChanRecord`: a maximum per
+/// channel up to d = 256, then three sums and a pad).
+const CHANNEL_RECORD_PER_TENSOR: usize = 256 + 4;
+/// Floats of one chunk record of the channel scan, three tensors.
+pub(crate) const CHANNEL_RECORD: usize = 3 * CHANNEL_RECORD_PER_TENSOR;
+
+/// A compute capability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Arch {
+    /// Major version (9 for Hopper).
+    pub major: u32,
+    /// Minor version.
+    pub minor: u32,
+}
+
+impl Arch {
+    /// sm_80 (A100).
+    pub const SM80: Arch = Arch { major: 8, minor: 0 };
+    /// sm_90 (H100, H200).
+    pub const SM90: Arch = Arch { major: 9, minor: 0 };
+
+    /// The most shared memory one block may have, in bytes (opt-in limit).
+    pub fn max_smem_per_block(self) -> usize {
+        match (self.major, self.minor) {
+            (9, _) => 227 * 1024,
+            (8, 0) | (8, 7) => 163 * 1024,
+            (8, _) => 99 * 1024,
+            (7, 5) => 64 * 1024,
+            (7, _) => 96 * 1024,
+            _ => 48 * 1024,
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sm_{}{}", self.major, self.minor)
+    }
+}
+
+/// 64-bit FNV-1a: a cache key that stays the same across Rust releases (unlike `DefaultHasher`).
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in *part {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The directory of the on-disk module cache: `OUTLIER_ATTN_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/outlier-attn`, else `$HOME/.cache/outlier-attn`.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("OUTLIER_ATTN_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(dir).join("outlier-attn"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("outlier-attn"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_and_paths_are_selected_by_head_dim_and_arch() {
+        let s = Specialization::select(DType::Bf16, 72, Arch::SM90);
+        assert_eq!(s.path, KernelPath::TensorCore(HeadDimTile::D128));
+        assert_eq!(
+            Specialization::select(DType::F16, 128, Arch { major: 7, minor: 5 }).path,
+            KernelPath::Simt
+        );
+        assert_eq!(
+            Specialization::select(DType::F32, 64, Arch::SM90).path,
+            KernelPath::Simt
+        );
+        for spec in Specialization::ALL {
+            let d = match spec.path {
+                KernelPath::TensorCore(t) => t.channels(),
+                KernelPath::Simt => 256,
+            };
+            assert!(spec.forward_smem_bytes(d) <= 99 * 1024, "{spec}");
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! The CUDA kernels on the CPU emulator (backend `cuda-emu`) against the reference: the shared
+//! parity sweep (every variant, dtype, mask, softcap, statistics level, GQA, Nq = 1 / Nk = 1,
+//! massive activations, views), the f16/bf16 tensor-core kernel at every head-dim tile, the
+//! SIMT kernel for every dtype (sm_75), lengths past one and two tiles, the CUDA backend's
+//! fixed cases, determinism, long sequences, and the device-level path (workspace reuse,
+//! outputs inside larger buffers, rows that are not 16-byte aligned). Needs g++ only; skips
+//! without it, or fails when `OUTLIER_ATTN_REQUIRE` names `cuda-emu`. Shapes are kept small:
+//! the emulator is about a million times slower than a GPU.
+#![cfg(feature = "cuda-emulator")]
+mod common;
+
+use std::sync::OnceLock;
+
+use common::Limits;
+use outlier_attn::cases::{self, InputSpec};
+use outlier_attn::cuda::{Arch, HeadDimTile, KernelPath};
+use outlier_attn::cuda_emu::{EmuArgs, EmuAttention, EmuBackend, EmuParams, EmuWorkspace};
+use outlier_attn::{
+    Backend, DType, Error, Gate, GateGranularity, Layout, Layouts, Mask, Problem, Shape, Stat,
+    StatsLevel, Strides, Variant,
+};
+use proptest::test_runner::TestRunner;
+
+/// The backend for `arch`, opened once per test process; `None` (after the skip message)
+/// without a C++ compiler.
+fn backend_for(arch: Arch) -> Option<&'static EmuBackend> {
+    static SM80: OnceLock<Result<EmuBackend, String>> = OnceLock::new();
+    static SM75: OnceLock<Result<EmuBackend, String>> = OnceLock::new();
+    let cell = if arch == Arch::SM80 { &SM80 } else { &SM75 };
+    match cell.get_or_init(|| EmuBackend::with_arch(arch).map_err(|e| e.to_string())) {
+        Ok(b) => Some(b),
+        Err(why) => {
+            common::skip_or_fail("cuda-emu", why);
+            None
+        }
+    }
+}
+
+fn backend() -> Option<&'static EmuBackend> {
+    backend_for(Arch::SM80)
+}
+
+/// A GPU before sm_80: every dtype on the SIMT kernel.
+const SM75: Arch = Arch { major: 7, minor: 5 };
+
+/// The sweep with at most `cases` cases (the environment's count when lower).
+fn sweep(b: &EmuBackend, limits: &Limits, cases: u32) {
+    let start = std::time::Instant::now();
+    let config = common::config();
+    let mut runner = TestRunner::new(proptest::test_runner::Config {
+        cases: config.cases.min(cases),
+        ..config
+    });
+    let result = runner.run(&common::arb_case(limits), |case| {
+        common::check_case(b, &case).map(|_| ())
+    });
+    if let Err(e) = result {
+        panic!("{}: parity sweep failed: {e}", b.name());
+    }
+    eprintln!(
+        "{}: sweep of {} cases in {:.1} s",
+        b.name(),
+        config.cases.min(cases),
+        start.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn cuda_emu_passes_the_parity_sweep() {
+    let Some(b) = backend() else { return };
+    for line in b.describe() {
+        eprintln!("{line}");
+    }
+    sweep(b, &Limits::default(), u32::MAX);
+}
+
+/// Lengths past the 64-row query block and one and two K/V tiles, head dims up to 256.
+#[test]
+fn cuda_emu_passes_the_parity_sweep_past_one_tile() {
+    let Some(b) = backend() else { return };
+    let limits = Limits {
+        max_len: 150,
+        max_head_dim: 256,
+        max_batch: 1,
+        max_kv_heads: 2,
+        max_group: 2,
+        ..Limits::default()
+    };
+    sweep(b, &limits, u32::MAX);
+}
+
+/// The SIMT kernel with f16 and bf16 inputs (GPUs before sm_80).
+#[test]
+fn cuda_emu_simt_path_passes_the_parity_sweep() {
+    let Some(b) = backend_for(SM75) else { return };
+    assert_eq!(
+        b.attention().specialization(DType::Bf16, 64).path,
+        KernelPath::Simt
+    );
+    let limits = Limits {
+        dtypes: vec![DType::F16, DType::Bf16],
+        max_len: 40,
+        max_head_dim: 96,
+        ..Limits::default()
+    };
+    sweep(b, &limits, 24);
+}
+
+/// Every head-dim tile of the tensor-core kernel in both 16-bit dtypes and the f32 SIMT kernel
+/// at the same dims, the variants in turn (tests/common `cuda_tile_cases`).
+#[test]
+fn cuda_emu_every_tile_and_variant() {
+    let Some(b) = backend() else { return };
+    for case in common::cuda_tile_cases() {
+        let d = case.problem.shape.head_dim;
+        let dtype = case.problem.dtype;
+        if dtype != DType::F32 {
+            assert_eq!(
+                b.attention().specialization(dtype, d).path,
+                KernelPath::TensorCore(HeadDimTile::for_head_dim(d))
+            );
+        }
+        if let Err(e) = common::check_case(b, &case) {
+            panic!("{e}");
+        }
+    }
+}
+
+/// The CUDA backend's fixed cases (tests/common), dense and as views.
+#[test]
+fn cuda_emu_fixed_cases() {
+    let Some(b) = backend() else { return };
+    for (i, problem) in common::cuda_fixed_problems().iter().enumerate() {
+        common::assert_views_match(b, problem, 1000 + i as u64);
+    }
+}
+
+#[test]
+fn cuda_emu_is_deterministic_and_reads_views() {
+    let Some(b) = backend() else { return };
+    let limits = Limits {
+        max_len: 80,
+        max_head_dim: 128,
+        ..Limits::default()
+    };
+    let mut runner = TestRunner::new(proptest::test_runner::Config {
+        cases: common::config().cases.min(16),
+        ..common::config()
+    });
+    runner
+        .run(&common::arb_case(&limits), |case| {
+            common::assert_deterministic(b, &case);
+            common::assert_views_match(b, &case.problem, case.spec.seed);
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn cuda_emu_long_sequences_pass() {
+    let Some(b) = backend() else { return };
+    let start = std::time::Instant::now();
+    common::assert_long_sequences_pass(b);
+    eprintln!(
+        "long sequences on the emulator in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+}
+
+/// The device-level path: O inside a larger buffer at an offset (guard regions must stay
+/// untouched), one workspace reused by calls of growing and shrinking size, Q/K/V rows that
+/// are not 16-byte aligned (the plain-load path instead of cp.async) giving the same bits as
+/// aligned ones, and typed refusals.
+#[test]
+fn cuda_emu_device_level_workspace_and_guards() {
+    use half::bf16;
+    let Some(b) = backend() else { return };
+    let attention: &EmuAttention = b.attention();
+    let mut workspace = EmuWorkspace::new();
+    let mut sizes = Vec::new();
+    for (shape, seed) in [
+        (Shape::new(1, 2, 1, 70, 90, 64), 1),
+        (Shape::new(2, 2, 2, 130, 40, 32), 2),
+        (Shape::new(1, 2, 1, 5, 7, 16), 3),
+    ] {
+        let problem = Problem::new(shape, DType::Bf16)
+            .with_variant(Variant::ContextScale {
+                gate: Gate::Sigmoid,
+                granularity: GateGranularity::PerHead,
+            })
+            .with_mask(Mask::Causal)
+            .with_stats(StatsLevel::HeadsAndKeys);
+        let inputs = cases::random_inputs(
+            &problem,
+            &InputSpec {
+                seed,
+                ..InputSpec::default()
+            },
+        );
+        let expected = b.forward(&problem, &inputs).expect("host level");
+        let s = &problem.shape;
+        let q: Vec<bf16> = bytemuck::pod_collect_to_vec(inputs.q.as_bytes());
+        let k: Vec<bf16> = bytemuck::pod_collect_to_vec(inputs.k.as_bytes());
+        let v: Vec<bf16> = bytemuck::pod_collect_to_vec(inputs.v.as_bytes());
+        let gate: Vec<bf16> =
+            bytemuck::pod_collect_to_vec(inputs.params.gate.as_ref().expect("z").as_bytes());
+
+        // O at offset 5 with a padded head stride, inside a NaN-filled buffer with a tail.
+        let o_layout = Layout {
+            offset: 5,
+            strides: Strides {
+                batch: (s.q_len * s.q_heads * (s.head_dim + 8)) as u64,
+                seq: (s.q_heads * (s.head_dim + 8)) as u64,
+                head: (s.head_dim + 8) as u64,
+                channel: 1,
+            },
+        };
+        let o_len = 5 + s.batch * s.q_len * s.q_heads * (s.head_dim + 8) + 11;
+        let guard = bf16::from_f32(-7.25);
+        let mut o = vec![guard; o_len];
+        let mut lse = vec![f32::NAN; s.lse_len()];
+        let mut stats = vec![f32::NAN; s.heads_total() * Stat::COUNT];
+        let mut key_mass = vec![f32::NAN; s.heads_total() * s.kv_len];
+        let layouts = Layouts {
+            o: o_layout,
+            ..inputs.layouts
+        };
+        let args = EmuArgs {
+            q: &q,
+            k: &k,
+            v: &v,
+            o: &mut o,
+            lse: &mut lse,
+            stats: Some(&mut stats),
+            key_mass: Some(&mut key_mass),
+            layouts,
+            params: EmuParams {
+                gate: Some(&gate),
+                ..EmuParams::default()
+            },
+        };
+        attention
+            .forward(&problem, args, &mut workspace)
+            .expect("device level");
+        sizes.push(workspace.bytes());
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&lse), bits(&expected.lse));
+        assert_eq!(
+            bits(&stats),
+            bits(expected.stats.as_deref().expect("stats"))
+        );
+        assert_eq!(
+            bits(&key_mass),
+            bits(expected.key_mass.as_deref().expect("key mass"))
+        );
+        let dense: Vec<bf16> = bytemuck::pod_collect_to_vec(expected.o.as_bytes());
+        let dense_layout = Layout::contiguous(s.q_len, s.q_heads, s.head_dim);
+        let mut written = vec![false; o_len];
+        for bb in 0..s.batch {
+            for i in 0..s.q_len {
+                for h in 0..s.q_heads {
+                    for c in 0..s.head_dim {
+                        let at = o_layout.index(bb, i, h, c);
+                        written[at] = true;
+                        assert_eq!(
+                            o[at].to_bits(),
+                            dense[dense_layout.index(bb, i, h, c)].to_bits()
+                        );
+                    }
+                }
+            }
+        }
+        assert!(
+            o.iter()
+                .zip(&written)
+                .all(|(x, &w)| w || x.to_bits() == guard.to_bits()),
+            "an element outside O's view was written"
+        );
+
+        // The same Q, K, V one element further into their buffers: rows no longer 16-byte
+        // aligned, so the kernel loads them without cp.async; the results must not change.
+        let shift = |x: &[bf16]| -> Vec<bf16> {
+            std::iter::once(bf16::ZERO)
+                .chain(x.iter().copied())
+                .collect()
+        };
+        let (q1, k1, v1) = (shift(&q), shift(&k), shift(&v));
+        let moved = |l: Layout| Layout {
+            offset: l.offset + 1,
+            ..l
+        };
+        let mut o2 = vec![guard; o_len];
+        let mut lse2 = vec![f32::NAN; s.lse_len()];
+        let mut stats2 = vec![f32::NAN; s.heads_total() * Stat::COUNT];
+        let args = EmuArgs {
+            q: &q1,
+            k: &k1,
+            v: &v1,
+            o: &mut o2,
+            lse: &mut lse2,
+            stats: Some(&mut stats2),
+            key_mass: None,
+            layouts: Layouts {
+                q: moved(inputs.layouts.q),
+                k: moved(inputs.layouts.k),
+                v: moved(inputs.layouts.v),
+                o: o_layout,
+                params: outlier_attn::Params::none(),
+            },
+            params: EmuParams {
+                gate: Some(&gate),
+                ..EmuParams::default()
+            },
+        };
+        let unaligned = problem.with_stats(StatsLevel::Heads);
+        attention
+            .forward(&unaligned, args, &mut workspace)
+            .expect("unaligned rows");
+        assert_eq!(bits(&lse2), bits(&lse), "unaligned rows change the LSE");
+        assert_eq!(bits(&stats2), bits(&stats));
+        assert!(o2.iter().zip(&o).all(|(a, b)| a.to_bits() == b.to_bits()));
+
+        // Refusals happen before any kernel runs.
+        let mut short_lse = vec![0f32; s.lse_len() - 1];
+        let mut o3 = vec![guard; o_len];
+        let refused = attention.forward(
+            &problem.with_stats(StatsLevel::Off),
+            EmuArgs {
+                q: &q,
+                k: &k,
+                v: &v,
+                o: &mut o3,
+                lse: &mut short_lse,
+                stats: None,
+                key_mass: None,
+                layouts,
+                params: EmuParams {
+                    gate: Some(&gate),
+                    ..EmuParams::default()
+                },
+            },
+            &mut workspace,
+        );
+        assert!(
+            matches!(refused, Err(Error::Size { .. })),
+            "short LSE: {refused:?}"
+        );
+        assert!(o3.iter().all(|x| x.to_bits() == guard.to_bits()));
+    }
+    assert!(
+        sizes[1] > sizes[0] && sizes[2] == sizes[1],
+        "the workspace grows and is kept: {sizes:?}"
+    );
+}

@@ -1,0 +1,29 @@
+//! Every backend present on engine-shaped calls (DESIGN.md section 6): each case passes the
+//! parity rule or is refused with `Error::Unsupported` naming a feature it lacks (a window, a
+//! packed or paged layout, per-sequence key lengths), never a wrong answer. The reference runs
+//! every case.
+mod common;
+
+use outlier_attn::reference::Reference;
+
+#[test]
+fn reference_runs_every_engine_shaped_case() {
+    let ran = common::engine_parity_sweep(&Reference, &common::Limits::default());
+    assert_eq!(ran as u32, common::config().cases);
+}
+
+#[test]
+fn every_backend_passes_or_refuses_engine_shaped_calls_by_name() {
+    let found = outlier_attn::discover();
+    for backend in &found.backends {
+        let ran = common::engine_parity_sweep(backend.as_ref(), &common::Limits::default());
+        eprintln!(
+            "{}: {ran} of {} engine-shaped cases ran, the rest were refused by name",
+            backend.name(),
+            common::config().cases
+        );
+    }
+    for (name, why) in &found.missing {
+        common::skip_or_fail(name, why);
+    }
+}
