@@ -240,6 +240,13 @@ fn max_ignoring_nan(a: f32, b: f32) -> f32 {
     return select(a, b, b > a);
 }
 
+// ClippedSoftmax's weight clip(y, 0, 1), NaN kept (as the reference's clip01; WGSL's min and
+// max leave NaN operands undefined, and lavapipe's ordered comparisons read NaN as false).
+fn clip01(y: f32) -> f32 {
+    let clipped = select(select(y, 1.0, y > 1.0), 0.0, y < 0.0);
+    return select(clipped, nan(), is_nan(y));
+}
+
 fn sigmoid(x: f32) -> f32 {
     return 1.0 / (1.0 + exp(-x));
 }

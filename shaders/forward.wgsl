@@ -379,6 +379,7 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     var clip_mass = 0.0;
     var clip_w_log_w = 0.0;
     var clip_w0 = 0.0;
+    var clip_poisoned = false; // a NaN weight: the row's mass and distribution are NaN
     if VARIANT == VARIANT_CLIPPED_SOFTMAX {
         for (var tile = 0u; tile < key_end; tile += BLOCK_N) {
             workgroupBarrier();
@@ -392,10 +393,13 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
                 var dot4 = vec4<f32>(0.0);
                 //unroll_all c < D4: dot4 = fma(q_reg[c], key_quad(u, c), dot4);
                 let x = finish_score((dot4.x + dot4.y) + (dot4.z + dot4.w));
-                let prob = select(exp(x - m), 0.0, is_neg_inf(x)) * inv_l;
-                // clip to [0, 1] as the reference does: a NaN probability weighs 0.
+                // A NaN row (l = NaN: a NaN logit, or every logit −inf) has NaN probabilities,
+                // read from l rather than from exp(), which need not return NaN (lavapipe).
+                let prob = select(select(exp(x - m), 0.0, is_neg_inf(x)) * inv_l, nan(), is_nan(l));
+                // Clipped to [0, 1] as the reference does; a NaN weight stays NaN.
                 let y = (p.zeta - p.gamma) * prob + p.gamma;
-                let w = select(0.0, min(y, 1.0), seen && y > 0.0);
+                let w = select(0.0, clip01(y), seen);
+                clip_poisoned = clip_poisoned || (seen && is_nan(y));
                 let wv = vec4<f32>(w);
                 let hide = vec4<bool>(!seen);
                 //unroll_all c < D4: acc[c] = fma(wv, select(value_quad(u, c), vec4<f32>(0.0), hide), acc[c]);
@@ -405,6 +409,9 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
                     clip_w0 = w;
                 }
             }
+        }
+        if clip_poisoned {
+            clip_mass = nan();
         }
     }
 
@@ -466,6 +473,10 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
                         first = select(0.0, clip_w0 / clip_mass, has_keys);
                         entropy = log(clip_mass) - clip_w_log_w / clip_mass;
                     }
+                    if clip_poisoned {
+                        first = nan_if(has_keys);
+                        entropy = nan();
+                    }
                     sink_mass = nan_if(is_nan(l)); // the reference's 0 / denominator
                 } else {
                     if has_keys {
@@ -483,8 +494,11 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
                         sink_mass = nan_if(is_nan(l)); // the reference's 0 / denominator
                     }
                 }
-                // The reference sums −p ln p over the outcomes whose p > 0: a NaN row adds 0.
-                entropy = select(entropy, 0.0, is_nan(entropy));
+                // A NaN probability makes the row's entropy NaN, as in the reference (log()
+                // need not return NaN for a NaN argument: lavapipe).
+                if is_nan(l) {
+                    entropy = nan();
+                }
             }
             let at = p.partials_offset + row_index * PARTIAL_LEN;
             scratch[at + PART_COUNTED] = select(0.0, 1.0, counted);

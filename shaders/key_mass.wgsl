@@ -110,11 +110,12 @@ fn key_mass(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: 
             // As the forward pass weighs it: a logit of −inf weighs 0 whatever m is.
             var prob = select(exp(x - m), 0.0, is_neg_inf(x)) * select(1.0 / l, 0.0, l == 0.0);
             if VARIANT == VARIANT_CLIPPED_SOFTMAX {
-                // Clipped to [0, 1] as the reference does: a NaN probability weighs 0.
+                // Clipped to [0, 1] as the reference does, a NaN weight kept; a row whose
+                // weights are all 0 has an all-zero distribution, a NaN row a NaN one.
                 let y = (p.zeta - p.gamma) * prob + p.gamma;
-                let w = select(0.0, min(y, 1.0), y > 0.0);
+                let w = clip01(select(y, nan(), is_nan(l)));
                 let clip_mass = row_state[rr * ROW_STATE_LEN + 2u];
-                prob = select(0.0, w / clip_mass, clip_mass > 0.0);
+                prob = select(w / clip_mass, 0.0, clip_mass == 0.0);
             }
             mass += prob;
         }

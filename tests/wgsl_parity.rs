@@ -364,6 +364,13 @@ fn nonfinite_inputs_propagate_as_the_reference() {
     common::assert_nonfinite_propagate(&b);
 }
 
+/// The same sweep on the path without subgroup operations (its own row reductions).
+#[test]
+fn nonfinite_inputs_propagate_on_the_workgroup_path() {
+    let Some(b) = backend(false) else { return };
+    common::assert_nonfinite_propagate(&b);
+}
+
 #[test]
 fn long_sequences_pass() {
     let Some(b) = backend(true) else { return };
