@@ -259,6 +259,34 @@ fn log_sigmoid(x: f32) -> f32 {
     return x - log(1.0 + exp(x));
 }
 
+// The sum of a row's ROW_LANES partial dot products (parts[0 .. ROW_LANES), the rest unused), in
+// the order the forward kernel's lanes add them: pairs, then pairs of pairs. The key-mass pass
+// adds its parts in this order too, so that both weigh the same scores.
+fn sum_parts(parts: array<f32, 8>) -> f32 {
+    if ROW_LANES == 1u {
+        return parts[0];
+    }
+    if ROW_LANES == 2u {
+        return parts[0] + parts[1];
+    }
+    let four = (parts[0] + parts[1]) + (parts[2] + parts[3]);
+    if ROW_LANES == 4u {
+        return four;
+    }
+    return four + ((parts[4] + parts[5]) + (parts[6] + parts[7]));
+}
+
+// The keys [start, end) query row i sees. The one place the kernels learn a row's keys
+// (a per-sequence range or a window would change this function alone).
+struct KeyRange {
+    start: u32,
+    end: u32,
+}
+
+fn key_range(i: u32) -> KeyRange {
+    return KeyRange(0u, visible_keys(i));
+}
+
 // Number of keys row i sees: all of them, or j <= i + Nk - Nq under the bottom-right causal
 // mask (a prefix of the keys, possibly empty).
 fn visible_keys(i: u32) -> u32 {

@@ -7,25 +7,35 @@
 // kv head, batch), so each K/V tile it stages serves the whole group; a decode step (Nq = 1)
 // still fills `group` rows.
 //
-// Lanes. Invocation t owns folded row f0 + t whole: its q and its output accumulator are
-// private arrays of D4 vec4 that only constants index (every loop over them is written out,
-// `//unroll_all`), so the compiler keeps them in registers. A row's scores, running max, sum
-// and statistics are its own lane's: the hot loop needs no reduction between lanes.
+// Lanes. A row belongs to ROW_LANES lanes (1, 2, 4 or 8: kernel.rs picks it from the head dim
+// so that no lane owns more than a fixed number of channels); lane `part` of a row owns its
+// LANE_QUADS channel quads from c0 = part · LANE_QUADS. A lane's slice of q and of the output
+// accumulator are private arrays of LANE_QUADS vec4 that only constants index (every loop over
+// them is written out, `//unroll_all`), so the compiler keeps them in registers, and the code
+// written out per key is the same length at every head dim (pipeline builds stay short). For
+// Q·Kᵀ each lane forms the partial dot product of its channels and the row's lanes add them
+// (`row_sum`, in a fixed tree order: every lane of the row gets the same bits, and the
+// key-mass pass adds the same parts in the same order); for P·V each lane weighs its own
+// channels. The online softmax is computed alike by every lane of the row; the row's
+// statistics record is written by its lane 0.
 //
 // Keys. Tiles of BLOCK_N keys of K and V are staged in workgroup memory as [key][channel quad]
 // vec4 by all lanes together (each global word read once per workgroup). How a lane then gets
 // key u's quads is what the two key files differ in (keys_subgroup.wgsl, keys_workgroup.wgsl):
 // lanes exchange registers by subgroup shuffles, or every lane reads the quad from workgroup
-// memory (one address for all: a broadcast). Either way each quad feeds 4 FMAs per lane, and
-// the loop over a tile's keys is one loop trip per key (lavapipe's loop budget, kernel.rs).
+// memory. They also say how the lanes of a row are chosen and how `row_sum` adds across them.
+// Either way each quad feeds 4 FMAs per lane, and the loop over keys is one loop trip per key
+// (lavapipe's loop budget, kernel.rs); the subgroup path holds KEYS_HELD keys of the tile in
+// registers at a time.
 //
 // Keys a row does not see (the causal mask, the tail of the last tile) are skipped by selects,
 // never by multiplying by 0: a NaN or Inf in a key the row does not see must not reach it.
 // Scores stay in f32 whatever the dtype, so massive activations cannot overflow.
 
-const D4: u32 = HEAD_DIM / 4u;        // channel quads per row
-const BLOCK_M: u32 = WORKGROUP_SIZE;  // folded query rows per workgroup, one per invocation
-const BLOCK_N: u32 = TILE_LEN;        // keys per K/V tile in workgroup memory
+const D4: u32 = HEAD_DIM / 4u;                  // channel quads per row
+const LANE_QUADS: u32 = D4 / ROW_LANES;         // channel quads per lane of a row
+const BLOCK_M: u32 = WORKGROUP_SIZE / ROW_LANES; // folded query rows per workgroup
+const BLOCK_N: u32 = TILE_LEN;                  // keys per K/V tile in workgroup memory
 
 // The running max m moves only when a logit passes it by more than this (natural-log units),
 // so the accumulator is rescaled a few times per row rather than at every new maximum; the
@@ -46,6 +56,25 @@ const RESCALE_SLACK: f32 = 8.0;
 
 var<workgroup> k_tile: array<vec4<f32>, BLOCK_N * D4>; // [key][channel quad]
 var<workgroup> v_tile: array<vec4<f32>, BLOCK_N * D4>; // [key][channel quad]
+// One vec4 per lane, [row][part]: what the lanes of a row combine once per call (`row_parts`).
+var<workgroup> row_share: array<vec4<f32>, WORKGROUP_SIZE>;
+
+// Which row of the workgroup's block a lane serves, and which of the row's lanes it is.
+struct RowLane {
+    row: u32,
+    part: u32,
+}
+
+// Every lane's v, as the lanes of its row hold it, in part order. Called in uniform control
+// flow by every invocation.
+fn row_parts(rl: RowLane, v: vec4<f32>) -> array<vec4<f32>, ROW_LANES> {
+    workgroupBarrier(); // row_share is free again
+    row_share[rl.row * ROW_LANES + rl.part] = v;
+    workgroupBarrier();
+    var parts: array<vec4<f32>, ROW_LANES>;
+    //unroll_all r < ROW_LANES: parts[r] = row_share[rl.row * ROW_LANES + r];
+    return parts;
+}
 
 // Four consecutive elements starting at element i: four words for f32, the three words that
 // hold them for 16-bit dtypes (the third clamped to the binding, for an even i at its end).
@@ -144,8 +173,8 @@ fn stage_quad(b: u32, g: u32, tile: u32, e: u32) {
 }
 
 fn stage_tile(t: u32, b: u32, g: u32, tile: u32) {
-    for (var e0 = t; e0 < BLOCK_N * D4; e0 += BLOCK_M * STAGE_UNROLL) {
-        //unroll u < STAGE_UNROLL: stage_quad(b, g, tile, e0 + u * BLOCK_M);
+    for (var e0 = t; e0 < BLOCK_N * D4; e0 += WORKGROUP_SIZE * STAGE_UNROLL) {
+        //unroll u < STAGE_UNROLL: stage_quad(b, g, tile, e0 + u * WORKGROUP_SIZE);
     }
 }
 
@@ -222,40 +251,51 @@ fn store_o_quad(at: u32, o: vec4<f32>) {
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
-    init_lane(lane);
+    let rl = init_lane(lane);
     let t = lane.index;
     let g = wg.y;
     let b = wg.z;
     let folded = p.q_len * p.group;
     let f0 = wg.x * BLOCK_M;
-    let live = f0 + t < folded;
+    let live = f0 + rl.row < folded;
     // Lanes past the last row shadow it, so that every load stays in bounds; they write
     // nothing and count in no statistic.
-    let f = min(f0 + t, folded - 1u);
+    let f = min(f0 + rl.row, folded - 1u);
     let i = f / p.group;
     let h = g * p.group + f % p.group;
-    // Uniform: the keys the block's last (most-seeing) row sees bound the tiles visited.
-    let key_end = visible_keys((min(f0 + BLOCK_M, folded) - 1u) / p.group);
-    let row_keys = visible_keys(i);
-    let has_keys = row_keys > 0u;
+    let c0 = rl.part * LANE_QUADS; // this lane's first channel quad
+    // The keys each row sees, and the span of keys the block visits (uniform: the union of
+    // its first and last rows' ranges), in one place: `key_range` (common.wgsl).
+    let row_keys = key_range(i);
+    let first_keys = key_range(f0 / p.group);
+    let last_keys = key_range((min(f0 + BLOCK_M, folded) - 1u) / p.group);
+    let key_start = min(first_keys.start, last_keys.start);
+    let key_end = max(first_keys.end, last_keys.end);
+    let has_keys = row_keys.end > row_keys.start;
     // The last block visits every key under either mask: it measures K and V.
     let kv_block = wg.x + 1u == p.q_blocks;
 
-    var q_reg: array<vec4<f32>, D4>; // registers: this row of Q
-    let q_base = p.q_offset + b * p.q_stride_b + i * p.q_stride_n + h * p.q_stride_h;
-    //unroll_all c < D4: q_reg[c] = load_q4(q_base + c * 4u);
+    var q_reg: array<vec4<f32>, LANE_QUADS>; // registers: this lane's slice of the row of Q
+    let q_base = p.q_offset + b * p.q_stride_b + i * p.q_stride_n + h * p.q_stride_h + c0 * 4u;
+    //unroll_all c < LANE_QUADS: q_reg[c] = load_q4(q_base + c * 4u);
     var q_best = ArgMax(-1.0, 0u);
     var q_sum = 0.0;
     if STATS {
-        //unroll_all c < D4: fold_abs(&q_best, &q_sum, q_reg[c], c);
+        //unroll_all c < LANE_QUADS: fold_abs(&q_best, &q_sum, q_reg[c], c0 + c);
+        // The row's largest |q| and Σ|q| from its lanes' slices, in channel order (the lowest
+        // channel wins a tie: each part holds its own lowest).
+        let parts = row_parts(rl, vec4<f32>(q_best.value, f32(q_best.channel), q_sum, 0.0));
+        q_best = ArgMax(parts[0].x, u32(parts[0].y));
+        q_sum = parts[0].z;
+        //unroll_all r < ROW_LANES: fold_part_abs(&q_best, &q_sum, parts[r], r);
     }
 
     // The sink's logit: s' = σ q·k' (softcapped like any score), θ_h, or 0.
     var sink_logit = 0.0;
     if VARIANT == VARIANT_CONTEXT_BIAS || VARIANT == VARIANT_KV_SINK {
         var dot4 = vec4<f32>(0.0);
-        //unroll_all c < D4: dot4 = fma(q_reg[c], param_a4(h * HEAD_DIM + c * 4u), dot4);
-        sink_logit = finish_score((dot4.x + dot4.y) + (dot4.z + dot4.w));
+        //unroll_all c < LANE_QUADS: dot4 = fma(q_reg[c], param_a4(h * HEAD_DIM + (c0 + c) * 4u), dot4);
+        sink_logit = finish_score(row_sum(rl, (dot4.x + dot4.y) + (dot4.z + dot4.w)));
     } else if VARIANT == VARIANT_LOGIT_SINK {
         sink_logit = param_a_f32(h);
     }
@@ -268,15 +308,15 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     var l = 0.0;
     var l_keys = 0.0;
     var t_ent = 0.0;
-    var acc: array<vec4<f32>, D4>; // registers: Σ weight · v
-    //unroll_all c < D4: acc[c] = vec4<f32>(0.0);
+    var acc: array<vec4<f32>, LANE_QUADS>; // registers: Σ weight · v over this lane's channels
+    //unroll_all c < LANE_QUADS: acc[c] = vec4<f32>(0.0);
     // The sink is the first outcome: weight e^0 = 1 at m = its logit, value v' or 0. A sink
     // logit of −inf weighs nothing (and must not make m = −inf carry a weight of 1).
     if SINK_IN_DENOMINATOR && !is_neg_inf(sink_logit) {
         m = sink_logit;
         l = 1.0;
         if VARIANT == VARIANT_KV_SINK {
-            //unroll_all c < D4: acc[c] = param_b4(h * HEAD_DIM + c * 4u);
+            //unroll_all c < LANE_QUADS: acc[c] = param_b4(h * HEAD_DIM + (c0 + c) * 4u);
         }
     }
     var max_score = neg_inf();
@@ -295,62 +335,66 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     v0_norm = 0.0;
     let measures = STATS && kv_block && t < BLOCK_N;
 
-    for (var tile = 0u; tile < key_end; tile += BLOCK_N) {
+    for (var tile = key_start; tile < key_end; tile += BLOCK_N) {
         workgroupBarrier(); // every invocation is done with the previous tile
         stage_tile(t, b, g, tile);
         workgroupBarrier();
-        hold_tile();
         if measures && tile + t < p.kv_len {
             measure_key(t, tile + t);
         }
-        // A trip count the compiler cannot know, so that it never writes the loop out.
+        // Trip counts the compiler cannot know, so that it never writes the loops out.
         let tile_keys = min(BLOCK_N, key_end - tile);
-        for (var u = 0u; u < tile_keys; u++) {
-            let j = tile + u;
-            let seen = j < row_keys;
-            var dot4 = vec4<f32>(0.0);
-            //unroll_all c < D4: dot4 = fma(q_reg[c], key_quad(u, c), dot4);
-            let s = finish_score((dot4.x + dot4.y) + (dot4.z + dot4.w));
-            if seen {
-                max_score = max_ignoring_nan(max_score, s);
-            }
-            var x = s;
-            var w_sigmoid = 0.0;
-            if VARIANT == VARIANT_SIGMOID {
-                let z = s + p.sigmoid_bias;
-                w_sigmoid = select(0.0, select(sigmoid(z), nan(), is_nan(z)), seen);
-                sigmoid_mass += w_sigmoid;
-                x = log_sigmoid(z);
-            }
-            if j == 0u && seen {
-                logit0 = x;
-            }
-            // Move m up when x passes it by more than the slack: alpha = 0 while nothing was
-            // seen (m = −inf), and t_ent, still 0 then, must not become 0 · (−inf).
-            let lift = seen && x > m + RESCALE_SLACK;
-            if any_lane(lift) {
-                if lift {
-                    let alpha = exp(m - x);
-                    t_ent = select(alpha * (t_ent + (m - x) * l), 0.0, l == 0.0);
-                    l *= alpha;
-                    l_keys *= alpha;
-                    if VARIANT != VARIANT_SIGMOID && VARIANT != VARIANT_CLIPPED_SOFTMAX {
-                        //unroll_all c < D4: acc[c] *= alpha;
-                    }
-                    m = x;
+        for (var u0 = 0u; u0 < tile_keys; u0 += KEYS_HELD) {
+            hold_keys(u0, c0);
+            for (var u = 0u; u < min(KEYS_HELD, tile_keys - u0); u++) {
+                let j = tile + u0 + u;
+                let seen = j >= row_keys.start && j < row_keys.end;
+                var dot4 = vec4<f32>(0.0);
+                //unroll_all c < LANE_QUADS: dot4 = fma(q_reg[c], key_quad(u0, u, c0, c), dot4);
+                let s = finish_score(row_sum(rl, (dot4.x + dot4.y) + (dot4.z + dot4.w)));
+                if seen {
+                    max_score = max_ignoring_nan(max_score, s);
                 }
-            }
-            // A logit of −inf weighs 0 whatever m is (−inf − (−inf) would be NaN).
-            poisoned = poisoned || (seen && is_nan(x - m) && !is_neg_inf(x));
-            let e = select(0.0, exp(x - m), seen && !is_neg_inf(x));
-            l += e;
-            l_keys += e;
-            t_ent += select(0.0, e * (x - m), bitcast<u32>(e) != 0u);
-            // Sigmoid weights are applied as they are; ClippedSoftmax weighs V in a second pass.
-            if VARIANT != VARIANT_CLIPPED_SOFTMAX {
-                let w = vec4<f32>(select(e, w_sigmoid, VARIANT == VARIANT_SIGMOID));
-                let hide = vec4<bool>(!seen);
-                //unroll_all c < D4: acc[c] = fma(w, select(value_quad(u, c), vec4<f32>(0.0), hide), acc[c]);
+                var x = s;
+                var w_sigmoid = 0.0;
+                if VARIANT == VARIANT_SIGMOID {
+                    let z = s + p.sigmoid_bias;
+                    w_sigmoid = select(0.0, select(sigmoid(z), nan(), is_nan(z)), seen);
+                    sigmoid_mass += w_sigmoid;
+                    x = log_sigmoid(z);
+                }
+                if j == 0u && seen {
+                    logit0 = x;
+                }
+                // Move m up when x passes it by more than the slack: alpha = 0 while nothing was
+                // seen (m = −inf), and t_ent, still 0 then, must not become 0 · (−inf). Every
+                // lane of a row takes the same branch (they hold the same x and m).
+                let lift = seen && x > m + RESCALE_SLACK;
+                if any_lane(lift) {
+                    if lift {
+                        let alpha = exp(m - x);
+                        t_ent = select(alpha * (t_ent + (m - x) * l), 0.0, l == 0.0);
+                        l *= alpha;
+                        l_keys *= alpha;
+                        if VARIANT != VARIANT_SIGMOID && VARIANT != VARIANT_CLIPPED_SOFTMAX {
+                            //unroll_all c < LANE_QUADS: acc[c] *= alpha;
+                        }
+                        m = x;
+                    }
+                }
+                // A logit of −inf weighs 0 whatever m is (−inf − (−inf) would be NaN).
+                poisoned = poisoned || (seen && is_nan(x - m) && !is_neg_inf(x));
+                let e = select(0.0, exp(x - m), seen && !is_neg_inf(x));
+                l += e;
+                l_keys += e;
+                t_ent += select(0.0, e * (x - m), bitcast<u32>(e) != 0u);
+                // Sigmoid weights are applied as they are; ClippedSoftmax weighs V in a second
+                // pass.
+                if VARIANT != VARIANT_CLIPPED_SOFTMAX {
+                    let w = vec4<f32>(select(e, w_sigmoid, VARIANT == VARIANT_SIGMOID));
+                    let hide = vec4<bool>(!seen);
+                    //unroll_all c < LANE_QUADS: acc[c] = fma(w, select(value_quad(u0, u, c0, c), vec4<f32>(0.0), hide), acc[c]);
+                }
             }
         }
     }
@@ -381,32 +425,36 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     var clip_w0 = 0.0;
     var clip_poisoned = false; // a NaN weight: the row's mass and distribution are NaN
     if VARIANT == VARIANT_CLIPPED_SOFTMAX {
-        for (var tile = 0u; tile < key_end; tile += BLOCK_N) {
+        for (var tile = key_start; tile < key_end; tile += BLOCK_N) {
             workgroupBarrier();
             stage_tile(t, b, g, tile);
             workgroupBarrier();
-            hold_tile();
             let tile_keys = min(BLOCK_N, key_end - tile);
-            for (var u = 0u; u < tile_keys; u++) {
-                let j = tile + u;
-                let seen = j < row_keys;
-                var dot4 = vec4<f32>(0.0);
-                //unroll_all c < D4: dot4 = fma(q_reg[c], key_quad(u, c), dot4);
-                let x = finish_score((dot4.x + dot4.y) + (dot4.z + dot4.w));
-                // A NaN row (l = NaN: a NaN logit, or every logit −inf) has NaN probabilities,
-                // read from l rather than from exp(), which need not return NaN (lavapipe).
-                let prob = select(select(exp(x - m), 0.0, is_neg_inf(x)) * inv_l, nan(), is_nan(l));
-                // Clipped to [0, 1] as the reference does; a NaN weight stays NaN.
-                let y = (p.zeta - p.gamma) * prob + p.gamma;
-                let w = select(0.0, clip01(y), seen);
-                clip_poisoned = clip_poisoned || (seen && is_nan(y));
-                let wv = vec4<f32>(w);
-                let hide = vec4<bool>(!seen);
-                //unroll_all c < D4: acc[c] = fma(wv, select(value_quad(u, c), vec4<f32>(0.0), hide), acc[c]);
-                clip_mass += w;
-                clip_w_log_w += select(0.0, w * log(w), w > 0.0);
-                if j == 0u {
-                    clip_w0 = w;
+            for (var u0 = 0u; u0 < tile_keys; u0 += KEYS_HELD) {
+                hold_keys(u0, c0);
+                for (var u = 0u; u < min(KEYS_HELD, tile_keys - u0); u++) {
+                    let j = tile + u0 + u;
+                    let seen = j >= row_keys.start && j < row_keys.end;
+                    var dot4 = vec4<f32>(0.0);
+                    //unroll_all c < LANE_QUADS: dot4 = fma(q_reg[c], key_quad(u0, u, c0, c), dot4);
+                    let x = finish_score(row_sum(rl, (dot4.x + dot4.y) + (dot4.z + dot4.w)));
+                    // A NaN row (l = NaN: a NaN logit, or every logit −inf) has NaN
+                    // probabilities, read from l rather than from exp(), which need not return
+                    // NaN (lavapipe).
+                    let prob = select(select(exp(x - m), 0.0, is_neg_inf(x)) * inv_l, nan(),
+                        is_nan(l));
+                    // Clipped to [0, 1] as the reference does; a NaN weight stays NaN.
+                    let y = (p.zeta - p.gamma) * prob + p.gamma;
+                    let w = select(0.0, clip01(y), seen);
+                    clip_poisoned = clip_poisoned || (seen && is_nan(y));
+                    let wv = vec4<f32>(w);
+                    let hide = vec4<bool>(!seen);
+                    //unroll_all c < LANE_QUADS: acc[c] = fma(wv, select(value_quad(u0, u, c0, c), vec4<f32>(0.0), hide), acc[c]);
+                    clip_mass += w;
+                    clip_w_log_w += select(0.0, w * log(w), w > 0.0);
+                    if j == 0u {
+                        clip_w0 = w;
+                    }
                 }
             }
         }
@@ -438,20 +486,30 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
         }
     }
     let o_base = p.o_offset + b * p.o_stride_b + i * p.o_stride_n + h * p.o_stride_h;
-    //unroll_all c < D4: acc[c] = acc[c] * scale;
+    //unroll_all c < LANE_QUADS: acc[c] = acc[c] * scale;
     if VARIANT == VARIANT_VALUE_BIAS {
-        //unroll_all c < D4: acc[c] += param_a4(h * HEAD_DIM + c * 4u);
+        //unroll_all c < LANE_QUADS: acc[c] += param_a4(h * HEAD_DIM + (c0 + c) * 4u);
     } else if VARIANT == VARIANT_CONTEXT_BIAS {
-        //unroll_all c < D4: acc[c] += context_share * param_b4(h * HEAD_DIM + c * 4u);
+        //unroll_all c < LANE_QUADS: acc[c] += context_share * param_b4(h * HEAD_DIM + (c0 + c) * 4u);
     } else if VARIANT == VARIANT_CONTEXT_SCALE {
         if GATE_PER_CHANNEL {
-            //unroll_all c < D4: acc[c] *= gate_quad(token * HEAD_DIM + c * 4u, counted, &gate_min, &gate_max, &gate_sum, &gate_count);
+            //unroll_all c < LANE_QUADS: acc[c] *= gate_quad(token * HEAD_DIM + (c0 + c) * 4u, counted, &gate_min, &gate_max, &gate_sum, &gate_count);
+            // The row's gate statistics from its lanes' channels, in channel order.
+            let parts = row_parts(rl, vec4<f32>(gate_min, gate_max, gate_sum, gate_count));
+            gate_min = parts[0].x;
+            gate_max = parts[0].y;
+            gate_sum = parts[0].z;
+            gate_count = parts[0].w;
+            //unroll_all r < ROW_LANES: fold_part_gate(&gate_min, &gate_max, &gate_sum, &gate_count, parts[r], r);
         } else {
-            //unroll_all c < D4: acc[c] *= gamma_row;
+            //unroll_all c < LANE_QUADS: acc[c] *= gamma_row;
         }
     }
     if live {
-        //unroll_all c < D4: store_o_quad(o_base + c * 4u, acc[c]);
+        //unroll_all c < LANE_QUADS: store_o_quad(o_base + (c0 + c) * 4u, acc[c]);
+    }
+    // The row's one record, from its lane 0.
+    if live && rl.part == 0u {
         let row_index = (b * p.q_heads + h) * p.q_len + i;
         lse_buf[p.lse_offset + row_index] = lse;
         if KEY_MASS {
@@ -547,6 +605,29 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
             scratch[at + KV_V0_NORM] = r.v0_norm;
         }
     }
+}
+
+// Folds part r's (largest |q|, its channel, Σ|q|) into the row's; part 0 is already there.
+fn fold_part_abs(best: ptr<function, ArgMax>, sum: ptr<function, f32>, part: vec4<f32>, r: u32) {
+    if r == 0u {
+        return;
+    }
+    if part.x > (*best).value {
+        *best = ArgMax(part.x, u32(part.y));
+    }
+    *sum += part.z;
+}
+
+// Folds part r's gate statistics (min, max, sum, count) into the row's; part 0 is already there.
+fn fold_part_gate(lo: ptr<function, f32>, hi: ptr<function, f32>, sum: ptr<function, f32>,
+    count: ptr<function, f32>, part: vec4<f32>, r: u32) {
+    if r == 0u {
+        return;
+    }
+    *lo = min(*lo, part.x);
+    *hi = max(*hi, part.y);
+    *sum += part.z;
+    *count += part.w;
 }
 
 // Gate factors of channel quad at..at+3 (per-channel gate), folded into the gate statistics

@@ -14,6 +14,7 @@
 const BLOCK_KEYS: u32 = WORKGROUP_SIZE; // keys per workgroup, one per invocation
 const TILE_ROWS: u32 = TILE_LEN;        // query rows per Q tile in workgroup memory
 const D4: u32 = HEAD_DIM / 4u;          // channel quads per row
+const LANE_QUADS: u32 = D4 / ROW_LANES; // channel quads per lane of a forward row
 
 @group(0) @binding(1) var<storage, read> q_buf: array<u32>;
 @group(0) @binding(2) var<storage, read> k_buf: array<u32>;
@@ -72,7 +73,7 @@ fn key_mass(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: 
     let k_base = p.k_offset + b * p.k_stride_b + jc * p.k_stride_n + g * p.k_stride_h;
     //unroll_all c < D4: k_row[c] = load_k4(k_base + c * 4u);
 
-    // Row i sees key j iff j < visible_keys(i); under the causal mask the first row that can
+    // Row i sees key j iff j is in key_range(i); under the causal mask the first row that can
     // see this block's first key is j0 + Nq − Nk.
     let j0 = key_block * BLOCK_KEYS;
     var row_start = 0u;
@@ -94,13 +95,19 @@ fn key_mass(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: 
         workgroupBarrier();
         let rows = min(TILE_ROWS, p.q_len - r0);
         for (var rr = 0u; rr < rows; rr++) {
-            if !live || j >= visible_keys(r0 + rr) {
+            let seen = key_range(r0 + rr);
+            if !live || j < seen.start || j >= seen.end {
                 continue;
             }
+            // The forward pass's score, bit for bit: each of its ROW_LANES lanes' partial dot
+            // product (LANE_QUADS quads into a vec4, then (x + y) + (z + w)), added in the
+            // order `sum_parts` writes out.
             let q = rr * D4;
-            var dot4 = vec4<f32>(0.0);
-            //unroll_all c < D4: dot4 = fma(q_tile[q + c], k_row[c], dot4);
-            let s = finish_score((dot4.x + dot4.y) + (dot4.z + dot4.w));
+            var part_dot: array<vec4<f32>, ROW_LANES>;
+            //unroll_all c < D4: part_dot[c / LANE_QUADS] = fma(q_tile[q + c], k_row[c], part_dot[c / LANE_QUADS]);
+            var parts: array<f32, 8>;
+            //unroll_all r < ROW_LANES: parts[r] = (part_dot[r].x + part_dot[r].y) + (part_dot[r].z + part_dot[r].w);
+            let s = finish_score(sum_parts(parts));
             var x = s;
             if VARIANT == VARIANT_SIGMOID {
                 x = log_sigmoid(s + p.sigmoid_bias);

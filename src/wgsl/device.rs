@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::kernel::{
     BLOCK_M, BLOCK_M_SHORT, COMBINE_THREADS, KV_PARTIAL_LEN, Kernel, KernelKind,
-    LAVAPIPE_LOOP_ITERATIONS, LoopTrips, PARTIAL_LEN, Params, ROW_STATE_LEN, tile_rows,
+    LAVAPIPE_LOOP_ITERATIONS, LoopTrips, PARTIAL_LEN, Params, ROW_STATE_LEN, row_lanes, tile_rows,
 };
 use crate::contract::{
     Args, BufferArg, DType, Error, Layout, Params as VariantParams, Problem, Result, SeqIndices,
@@ -320,29 +320,36 @@ impl WgslAttention {
     /// (batch, kv head).
     fn forward_geometry(&self, head_dim: usize, folded: usize) -> Option<ForwardGeometry> {
         let storage = self.limits.max_compute_workgroup_storage_size;
-        // K and V tiles, plus the fold of the K/V statistics records (one per key of a tile).
+        let row_lanes = row_lanes(head_dim);
+        // K and V tiles, plus the fold of the K/V statistics records (one per key of a tile);
+        // per invocation, its vec4 of `row_share` (and two floats of `row_red` without
+        // subgroups); the row counter.
         let kv_record = KV_PARTIAL_LEN as u32 * 4;
-        let short = folded <= BLOCK_M_SHORT as usize;
+        let short = folded.saturating_mul(row_lanes as usize) <= BLOCK_M_SHORT as usize;
         if let Some(lanes) = self.shuffle_lanes {
             let workgroup = if short {
                 BLOCK_M_SHORT.max(self.subgroup_max)
             } else {
                 BLOCK_M
             };
-            let bytes = lanes * (head_dim as u32 * 4 * 2 + kv_record);
-            if bytes <= storage && lanes <= workgroup {
+            let bytes = lanes * (head_dim as u32 * 4 * 2 + kv_record) + workgroup * 16 + 4;
+            if bytes <= storage && lanes <= workgroup && row_lanes <= lanes {
                 return Some(ForwardGeometry {
                     workgroup,
                     tile: lanes,
+                    keys_held: lanes / row_lanes,
                     shuffles: true,
                 });
             }
         }
         let workgroup = if short { BLOCK_M_SHORT } else { BLOCK_M };
-        let tile = tile_rows(head_dim, 2, workgroup * kv_record, storage)?.min(workgroup);
+        let per_lane = 16 + 2 * 4;
+        let tile =
+            tile_rows(head_dim, 2, workgroup * (kv_record + per_lane), storage)?.min(workgroup);
         Some(ForwardGeometry {
             workgroup,
             tile,
+            keys_held: tile,
             shuffles: false,
         })
     }
@@ -663,7 +670,7 @@ impl WgslAttention {
         let geometry = self
             .forward_geometry(d, folded as usize)
             .ok_or_else(no_tile)?;
-        let q_blocks = folded.div_ceil(geometry.workgroup);
+        let q_blocks = folded.div_ceil(geometry.workgroup / row_lanes(d));
         let key_blocks = kv_len.div_ceil(BLOCK_M);
         let max_groups = self.limits.max_compute_workgroups_per_dimension;
         for (what, n) in [
@@ -691,6 +698,7 @@ impl WgslAttention {
                 d as u64,
                 u64::from(geometry.workgroup),
                 u64::from(geometry.tile),
+                u64::from(geometry.keys_held),
                 u64::from(key_mass_tile.unwrap_or(1)),
                 matches!(problem.variant, Variant::ClippedSoftmax { .. }),
             );
@@ -950,12 +958,14 @@ impl WgslAttention {
     }
 }
 
-/// The forward kernel's shape on a device: invocations (= folded query rows) per workgroup,
-/// keys per K/V tile, and whether keys travel by subgroup shuffles.
+/// The forward kernel's shape on a device: invocations per workgroup ([`row_lanes`] per folded
+/// query row), keys per K/V tile, keys held in registers at a time, and whether keys travel by
+/// subgroup shuffles.
 #[derive(Clone, Copy, Debug)]
 struct ForwardGeometry {
     workgroup: u32,
     tile: u32,
+    keys_held: u32,
     shuffles: bool,
 }
 
