@@ -86,6 +86,17 @@
 //! - Host-level calls check the index tensors' values ([`validate_indices`]); entries of
 //!   `block_table` past the pages a sequence uses are never read and never checked (engines
 //!   leave −1 there). Device-level calls see only their lengths.
+//! - Bad index tensors on the device. A device-level call cannot have its index values checked
+//!   (they live on the device), so every kernel clamps each index it computes into the
+//!   buffers it was given and never reads or writes outside them, and: a row that reads a
+//!   `block_table` entry outside `[0, pages)` is written as NaN (O and LSE, every head; rows of
+//!   that sequence that do not read it may be NaN too, rows of other sequences are not); a
+//!   sequence whose `seqlens_k` is outside `[0, capacity]` has every row NaN; cumulative
+//!   lengths that do not start at 0, decrease, end anywhere but the tensor's length or hold a
+//!   sequence longer than the shape declares make every row of the call NaN (sequences can no
+//!   longer be told apart). A sequence with a NaN row has an all-NaN statistics record and NaN
+//!   key mass. `tests/common` (`bad_index_cases`, `check_bad_index_outputs`) holds kernels to
+//!   this.
 //! - The LSE buffer is optional at the device level ([`Args::lse`]); host-level calls always
 //!   return it. A dense parameter must hold exactly its elements; one given as a view (an
 //!   offset and strides in [`Layouts::params`]) may sit anywhere inside a larger buffer.
