@@ -81,6 +81,14 @@ fn cuda_every_tile_and_variant() {
     }
 }
 
+/// NaN and ±Inf in one query row, one key or one channel of V, and a −inf sink logit: NaN and
+/// Inf exactly where the reference has them (the shared sweep every backend is held to).
+#[test]
+fn cuda_propagates_nonfinite_inputs_as_the_reference() {
+    let Some(b) = backend() else { return };
+    common::assert_nonfinite_propagate(b);
+}
+
 /// Fixed cases the random sweep may draw rarely (shared with the emulator's tests).
 #[test]
 fn cuda_fixed_cases() {

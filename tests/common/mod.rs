@@ -415,6 +415,134 @@ pub fn assert_long_sequences_pass(backend: &dyn Backend) {
     }
 }
 
+/// Where [`nonfinite_cases`] puts a non-finite value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Poison {
+    /// One element of one query row (that row's scores).
+    QueryRow,
+    /// One element of one key (that key's score in every row that sees it).
+    Key,
+    /// One channel of V for every key of one kv head (that channel of every row reading it).
+    ValueChannel,
+    /// The learned sink logit θ of one head set to −inf (LogitSink only).
+    SinkLogit,
+}
+
+/// NaN and ±Inf inside Q, K and V, which DESIGN.md section 4 says are not refused but propagate
+/// to the rows they touch as the reference propagates them: every variant, with one query row,
+/// one key or one channel of V poisoned by NaN, +Inf or −Inf, causal (rows that do not see the
+/// poisoned key stay finite) and not, GQA, f32 and f16, statistics and key mass on; plus a
+/// learned sink logit of −inf. Each case is (label, problem, inputs).
+pub fn nonfinite_cases() -> Vec<(String, Problem, HostInputs)> {
+    let mut out = Vec::new();
+    let variants = Variant::all_default();
+    let sites = [Poison::QueryRow, Poison::Key, Poison::ValueChannel];
+    let values = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
+    let mut n = 0usize;
+    for variant in variants.iter() {
+        for site in sites {
+            for value in values {
+                let dtype = if n % 2 == 0 { DType::F32 } else { DType::F16 };
+                let mask = if n % 3 == 0 { Mask::None } else { Mask::Causal };
+                n += 1;
+                // Nq > Nk under the causal mask: the first rows see no key at all.
+                let shape = Shape::new(1, 4, 2, 9, 7, 16);
+                let problem = Problem::new(shape, dtype)
+                    .with_variant(*variant)
+                    .with_mask(mask)
+                    .with_stats(StatsLevel::HeadsAndKeys);
+                let mut inputs = cases::random_inputs(
+                    &problem,
+                    &InputSpec {
+                        seed: n as u64,
+                        ..InputSpec::default()
+                    },
+                );
+                poison(&mut inputs, site, value);
+                let label = format!("{} with {value} in {site:?}", cases::label(&problem));
+                out.push((label, problem, inputs));
+            }
+        }
+    }
+    for mask in [Mask::None, Mask::Causal] {
+        let problem = Problem::new(Shape::new(1, 4, 2, 9, 7, 16), DType::F32)
+            .with_variant(Variant::LogitSink)
+            .with_mask(mask)
+            .with_stats(StatsLevel::HeadsAndKeys);
+        let mut inputs = cases::random_inputs(&problem, &InputSpec::default());
+        poison(&mut inputs, Poison::SinkLogit, f64::NEG_INFINITY);
+        out.push((
+            format!("{} with θ = -inf", cases::label(&problem)),
+            problem,
+            inputs,
+        ));
+    }
+    out
+}
+
+/// Writes `value` where `site` says (query row 5 of head 1, key 3 of kv head 0, channel 7 of
+/// V's kv head 1, θ of head 2).
+fn poison(inputs: &mut HostInputs, site: Poison, value: f64) {
+    let layouts = inputs.layouts;
+    match site {
+        Poison::QueryRow => {
+            inputs.q.set(layouts.q.index(0, 5, 1, 3), value);
+        }
+        Poison::Key => {
+            inputs.k.set(layouts.k.index(0, 3, 0, 2), value);
+        }
+        Poison::ValueChannel => {
+            for j in 0..7 {
+                inputs.v.set(layouts.v.index(0, j, 1, 7), value);
+            }
+        }
+        Poison::SinkLogit => {
+            if let Some(theta) = inputs.params.sink_logits.as_mut() {
+                theta.set(2, value);
+            }
+        }
+    }
+}
+
+/// Holds `backend` to the reference's propagation on [`nonfinite_cases`]: NaN and Inf exactly
+/// where the reference has them (O, LSE, every statistic, the key mass), finite values within
+/// the parity bound. A case whose baseline is not finite where the reference is says nothing
+/// and is reported; most must say something.
+pub fn assert_nonfinite_propagate(backend: &dyn Backend) {
+    let all = nonfinite_cases();
+    let mut failures = Vec::new();
+    let mut invalid = 0;
+    for (label, problem, inputs) in &all {
+        let report = match parity::check_backend(backend, problem, inputs) {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("{label}: {e}"));
+                continue;
+            }
+        };
+        if report.invalid() {
+            invalid += 1;
+            eprintln!("note: {label}: the baseline is not finite where the reference is");
+        } else if !report.passed() {
+            failures.push(format!("{label}:\n{report}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}: {} of {} non-finite cases differ from the reference:\n{}",
+        backend.name(),
+        failures.len(),
+        all.len(),
+        failures.join("\n")
+    );
+    assert!(
+        invalid * 2 < all.len(),
+        "{}: {invalid} of {} non-finite cases were invalid",
+        backend.name(),
+        all.len()
+    );
+}
+
 /// An engine-shaped batch within `limits` (DESIGN.md section 6): up to three sequences whose
 /// lengths differ (dense Q or K/V force them equal), Q dense or packed, K/V dense, dense with
 /// `seqlens_k` and spare NaN slots, packed, or paged with page sizes 1, 3, 16 and 256 and
