@@ -2,7 +2,7 @@
 // block, element decoding and encoding, and the score function.
 //
 // Specialisation: src/wgsl/kernel.rs prepends a header of `const` declarations (HEAD_DIM,
-// WORKGROUP_SIZE, TILE_LEN, ELEM, VARIANT, GATE_FN, GATE_PER_CHANNEL, CAUSAL, STATS, KEY_MASS)
+// WORKGROUP_SIZE, TILE_LEN, ELEM, VARIANT, GATE_FN, GATE_PER_CHANNEL, STATS, KEY_MASS)
 // to the concatenation of this file, one reduction file and one kernel file. The values below
 // are what those constants may hold.
 
@@ -103,9 +103,9 @@ struct Params {
     rows_offset: u32,        // per-row state for the key mass
     nan_bits: u32,       // 0x7fc00000: NaN and -inf come from the uniforms, so that no
     neg_inf_bits: u32,   // shader compiler folds them away or rejects them as constants
-    pad_a: u32,          // the uniform block is a whole number of 16-byte rows
-    pad_b: u32,
-    pad_c: u32,
+    window_left: u32,    // keys seen before the diagonal, or UNBOUNDED
+    window_right: u32,   // keys seen after the diagonal (0: causal), or UNBOUNDED
+    pad: u32,            // the uniform block is a whole number of 16-byte rows
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -276,26 +276,30 @@ fn sum_parts(parts: array<f32, 8>) -> f32 {
     return four + ((parts[4] + parts[5]) + (parts[6] + parts[7]));
 }
 
-// The keys [start, end) query row i sees. The one place the kernels learn a row's keys
-// (a per-sequence range or a window would change this function alone).
+// A side of the sliding window that has no bound (`window_left`, `window_right`).
+const UNBOUNDED: u32 = 0xffffffffu;
+
+// The keys [start, end) query row i sees: key j iff i + Nk − Nq − left <= j <= i + Nk − Nq +
+// right (`Mask::key_range` in src/contract: bottom-right aligned; causal is right = 0, no
+// mask has neither bound). Computed without negative numbers: every sum stays below
+// 2·(Nq + Nk) + 1, which the host keeps within u32. The one place the kernels learn a row's
+// keys.
 struct KeyRange {
     start: u32,
     end: u32,
 }
 
 fn key_range(i: u32) -> KeyRange {
-    return KeyRange(0u, visible_keys(i));
-}
-
-// Number of keys row i sees: all of them, or j <= i + Nk - Nq under the bottom-right causal
-// mask (a prefix of the keys, possibly empty).
-fn visible_keys(i: u32) -> u32 {
-    if !CAUSAL {
-        return p.kv_len;
+    var end = p.kv_len;
+    if p.window_right != UNBOUNDED {
+        let reach = i + p.kv_len + p.window_right + 1u; // one past the last key seen, + Nq
+        end = select(0u, min(reach - p.q_len, p.kv_len), reach > p.q_len);
     }
-    let reach = i + 1u + p.kv_len;
-    if reach <= p.q_len {
-        return 0u;
+    var start = 0u;
+    if p.window_left != UNBOUNDED {
+        let diagonal = i + p.kv_len;         // the diagonal, + Nq
+        let back = p.q_len + p.window_left;
+        start = select(0u, diagonal - back, diagonal > back);
     }
-    return min(reach - p.q_len, p.kv_len);
+    return KeyRange(min(start, end), end);
 }

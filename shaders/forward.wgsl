@@ -269,10 +269,13 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     let row_keys = key_range(i);
     let first_keys = key_range(f0 / p.group);
     let last_keys = key_range((min(f0 + BLOCK_M, folded) - 1u) / p.group);
-    let key_start = min(first_keys.start, last_keys.start);
+    // Tiles wholly outside every row's window are never staged; tiles stay aligned to
+    // BLOCK_N, so that a block visits at most the tiles the loop budget counts (kernel.rs).
+    let key_start = min(first_keys.start, last_keys.start) / BLOCK_N * BLOCK_N;
     let key_end = max(first_keys.end, last_keys.end);
     let has_keys = row_keys.end > row_keys.start;
-    // The last block visits every key under either mask: it measures K and V.
+    // The last block measures K and V: its last row's range ends at Nk under every mask, and
+    // the keys before its tiles (a window's) it measures in a loop of their own.
     let kv_block = wg.x + 1u == p.q_blocks;
 
     var q_reg: array<vec4<f32>, LANE_QUADS>; // registers: this lane's slice of the row of Q
@@ -335,6 +338,18 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     v0_norm = 0.0;
     let measures = STATS && kv_block && t < BLOCK_N;
 
+    // The keys before the block's first tile, measured only (uniform: STATS, kv_block and
+    // key_start are the workgroup's); each key is measured once, in key order per lane.
+    if STATS && kv_block {
+        for (var tile = 0u; tile < key_start; tile += BLOCK_N) {
+            workgroupBarrier();
+            stage_tile(t, b, g, tile);
+            workgroupBarrier();
+            if measures {
+                measure_key(t, tile + t);
+            }
+        }
+    }
     for (var tile = key_start; tile < key_end; tile += BLOCK_N) {
         workgroupBarrier(); // every invocation is done with the previous tile
         stage_tile(t, b, g, tile);

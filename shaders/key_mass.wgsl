@@ -73,16 +73,24 @@ fn key_mass(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: 
     let k_base = p.k_offset + b * p.k_stride_b + jc * p.k_stride_n + g * p.k_stride_h;
     //unroll_all c < D4: k_row[c] = load_k4(k_base + c * 4u);
 
-    // Row i sees key j iff j is in key_range(i); under the causal mask the first row that can
-    // see this block's first key is j0 + Nq − Nk.
+    // Row i sees key j iff j is in key_range(i). A row's range moves right with i, so the
+    // rows that see some key of this block [j0, j1) are [row_start, row_end): from the first
+    // whose range ends past j0 (i >= j0 + Nq − Nk − right) to the last whose range starts
+    // before j1 (i < j1 + Nq + left − Nk), computed as key_range is, without negatives.
     let j0 = key_block * BLOCK_KEYS;
+    let j1 = j0 + BLOCK_KEYS;
     var row_start = 0u;
-    if CAUSAL && j0 + p.q_len > p.kv_len {
-        row_start = j0 + p.q_len - p.kv_len;
+    if p.window_right != UNBOUNDED && j0 + p.q_len > p.kv_len + p.window_right {
+        row_start = j0 + p.q_len - p.kv_len - p.window_right;
+    }
+    var row_end = p.q_len;
+    if p.window_left != UNBOUNDED {
+        let reach = j1 + p.q_len + p.window_left;
+        row_end = select(0u, min(reach - p.kv_len, p.q_len), reach > p.kv_len);
     }
     let rows_base = p.rows_offset + (b * p.q_heads + h) * p.q_len * ROW_STATE_LEN;
     var mass = 0.0;
-    for (var r0 = row_start; r0 < p.q_len; r0 += TILE_ROWS) {
+    for (var r0 = row_start; r0 < row_end; r0 += TILE_ROWS) {
         workgroupBarrier(); // every invocation is done with the previous tile
         // Written out as in the forward pass: lavapipe's loop budget (see forward.wgsl).
         for (var e0 = t; e0 < TILE_ROWS * D4; e0 += BLOCK_KEYS * LOAD_UNROLL) {
@@ -93,7 +101,7 @@ fn key_mass(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: 
             row_state[e] = scratch[rows_base + i * ROW_STATE_LEN + e % ROW_STATE_LEN];
         }
         workgroupBarrier();
-        let rows = min(TILE_ROWS, p.q_len - r0);
+        let rows = min(TILE_ROWS, row_end - r0);
         for (var rr = 0u; rr < rows; rr++) {
             let seen = key_range(r0 + rr);
             if !live || j < seen.start || j >= seen.end {

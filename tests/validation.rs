@@ -5,8 +5,9 @@ mod common;
 use outlier_attn::cases::{InputSpec, random_inputs};
 use outlier_attn::reference;
 use outlier_attn::{
-    Args, BufferArg, DType, Dim, Error, Gate, GateGranularity, HostTensor, Layout, Layouts, Params,
-    Problem, Shape, Stat, StatsLevel, Strides, TensorArg, TensorName, Variant, validate,
+    Args, BufferArg, DType, Dim, EngineFeature, Error, Gate, GateGranularity, HostTensor, Layout,
+    Layouts, Params, Problem, Shape, Stat, StatsLevel, Strides, TensorArg, TensorName, Variant,
+    validate,
 };
 use proptest::prelude::*;
 
@@ -905,7 +906,7 @@ fn outputs_and_gate_views_of_engine_shaped_calls_are_checked() {
     no_lse.lse = None;
     let checked = validate(&p, &no_lse).expect("an LSE is optional");
     assert!(!checked.writes_lse());
-    assert!(checked.engine_features().contains(&"no LSE buffer"));
+    assert!(checked.engine_features().contains(&EngineFeature::NoLse));
     let refuse_a = |f: &dyn Fn(&mut Args), names: &[&str]| {
         let mut b = a.clone();
         f(&mut b);
@@ -942,7 +943,7 @@ fn outputs_and_gate_views_of_engine_shaped_calls_are_checked() {
     assert!(
         checked
             .engine_features()
-            .contains(&"strided parameter views")
+            .contains(&EngineFeature::StridedParams)
     );
     let mut short = viewed.clone();
     short.params.gate.as_mut().unwrap().len -= 1;

@@ -61,7 +61,8 @@ fn sweep(subgroups: bool, limits: &Limits) {
         subgroups || !b.attention().uses_subgroups(),
         "the option must force the workgroup path"
     );
-    common::parity_sweep(&b, limits);
+    // Dense calls under every mask the contract has: none, causal and sliding windows.
+    common::windowed_parity_sweep(&b, limits);
 }
 
 #[test]
@@ -116,6 +117,31 @@ fn edge_cases() {
             };
             if let Err(e) = common::check_case(&b, &case) {
                 panic!("{e}");
+            }
+        }
+    }
+}
+
+/// Sliding windows as models run them (`common::window_problems`), on both key paths, and one
+/// of them twice for determinism.
+#[test]
+fn windows_as_models_run_them() {
+    for subgroups in [true, false] {
+        let Some(b) = backend(subgroups) else { return };
+        for (n, problem) in common::window_problems().into_iter().enumerate() {
+            let case = Case {
+                problem,
+                spec: InputSpec {
+                    seed: 40 + n as u64,
+                    ..InputSpec::default()
+                },
+                views: n == 1,
+            };
+            if let Err(e) = common::check_case(&b, &case) {
+                panic!("subgroups {subgroups}: {e}");
+            }
+            if n == 0 {
+                common::assert_deterministic(&b, &case);
             }
         }
     }

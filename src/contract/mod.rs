@@ -14,7 +14,7 @@ mod variant;
 pub use dtype::{DType, Element, HostTensor};
 pub use error::{Error, Result};
 pub use host::{Backend, HostInputs, HostOutputs};
-pub use problem::{Args, BufferArg, Mask, Problem, TensorArg, Validated, validate};
+pub use problem::{Args, BufferArg, EngineFeature, Mask, Problem, TensorArg, Validated, validate};
 pub use seqs::{KvSeqs, QuerySeqs, SeqIndices, SeqMap, SeqSpan, Sequences, validate_indices};
 pub use shape::{
     Dim, HEAD_DIM_MULTIPLE, Layout, Layouts, MAX_HEAD_DIM, Shape, Strides, TensorName,

@@ -194,24 +194,22 @@ impl Problem {
         per_pair * pairs
     }
 
-    /// The engine-shaped features of DESIGN.md section 6 the problem uses: `sliding window`
-    /// (a [`Mask::Window`] that is neither `None` nor `Causal`), `packed queries`,
-    /// `per-sequence key lengths`, `packed keys`, `paged KV cache`. Empty for a call of the
-    /// original dense contract.
-    pub fn engine_features(&self) -> Vec<&'static str> {
+    /// The engine-shaped features of DESIGN.md section 6 the problem uses, in the order of
+    /// [`EngineFeature`]'s variants. Empty for a call of the original dense contract.
+    pub fn engine_features(&self) -> Vec<EngineFeature> {
         let mut out = Vec::new();
         let (left, right) = self.mask.bounds();
         if matches!(Mask::window(left, right), Mask::Window { .. }) {
-            out.push("sliding window");
+            out.push(EngineFeature::Window);
         }
         if matches!(self.seqs.q, QuerySeqs::Packed { .. }) {
-            out.push("packed queries");
+            out.push(EngineFeature::PackedQueries);
         }
         match self.seqs.kv {
             KvSeqs::Dense => {}
-            KvSeqs::DenseWithLens => out.push("per-sequence key lengths"),
-            KvSeqs::Packed { .. } => out.push("packed keys"),
-            KvSeqs::Paged { .. } => out.push("paged KV cache"),
+            KvSeqs::DenseWithLens => out.push(EngineFeature::KeyLengths),
+            KvSeqs::Packed { .. } => out.push(EngineFeature::PackedKeys),
+            KvSeqs::Paged { .. } => out.push(EngineFeature::PagedKv),
         }
         out
     }
@@ -223,7 +221,16 @@ impl Problem {
     /// # Errors
     /// As said, when [`engine_features`](Self::engine_features) is not empty.
     pub fn require_dense(&self, backend: &str) -> Result<()> {
-        unsupported_features(backend, self.engine_features())
+        self.require_features(backend, &[])
+    }
+
+    /// For a backend that implements the dense contract and the engine-shaped features in
+    /// `supported`: [`Error::Unsupported`] naming every other feature the problem uses.
+    ///
+    /// # Errors
+    /// As said.
+    pub fn require_features(&self, backend: &str, supported: &[EngineFeature]) -> Result<()> {
+        unsupported_features(backend, self.engine_features(), supported)
     }
 
     /// Query tokens of the call: B·Nq for dense Q, total_q for packed Q.
@@ -454,14 +461,15 @@ impl Validated {
     }
 
     /// The engine-shaped features of section 6 this call uses: those of
-    /// [`Problem::engine_features`], then `strided parameter views` and `no LSE buffer`.
-    pub fn engine_features(&self) -> Vec<&'static str> {
+    /// [`Problem::engine_features`], then [`EngineFeature::StridedParams`] and
+    /// [`EngineFeature::NoLse`].
+    pub fn engine_features(&self) -> Vec<EngineFeature> {
         let mut out = self.problem.engine_features();
         if self.layouts.params.slots().iter().any(|(_, l)| l.is_some()) {
-            out.push("strided parameter views");
+            out.push(EngineFeature::StridedParams);
         }
         if !self.lse {
-            out.push("no LSE buffer");
+            out.push(EngineFeature::NoLse);
         }
         out
     }
@@ -472,18 +480,77 @@ impl Validated {
     /// # Errors
     /// As said, when [`engine_features`](Self::engine_features) is not empty.
     pub fn require_dense(&self, backend: &str) -> Result<()> {
-        unsupported_features(backend, self.engine_features())
+        self.require_features(backend, &[])
+    }
+
+    /// [`Error::Unsupported`] naming every engine-shaped feature this call uses that is not
+    /// in `supported`.
+    ///
+    /// # Errors
+    /// As said.
+    pub fn require_features(&self, backend: &str, supported: &[EngineFeature]) -> Result<()> {
+        unsupported_features(backend, self.engine_features(), supported)
     }
 }
 
-/// [`Error::Unsupported`] naming `features`, or `Ok` when there are none.
-fn unsupported_features(backend: &str, features: Vec<&'static str>) -> Result<()> {
-    if features.is_empty() {
+/// An engine-shaped feature of DESIGN.md section 6: what a backend that implements only part
+/// of section 6 names when it refuses a call ([`Problem::require_features`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EngineFeature {
+    /// A [`Mask::Window`] that is neither [`Mask::None`] nor [`Mask::Causal`].
+    Window,
+    /// [`QuerySeqs::Packed`].
+    PackedQueries,
+    /// [`KvSeqs::DenseWithLens`].
+    KeyLengths,
+    /// [`KvSeqs::Packed`].
+    PackedKeys,
+    /// [`KvSeqs::Paged`].
+    PagedKv,
+    /// A parameter tensor given as a strided view ([`Layouts`]'s `params`).
+    StridedParams,
+    /// No LSE buffer.
+    NoLse,
+}
+
+impl EngineFeature {
+    /// The feature's name, as refusals say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineFeature::Window => "sliding window",
+            EngineFeature::PackedQueries => "packed queries",
+            EngineFeature::KeyLengths => "per-sequence key lengths",
+            EngineFeature::PackedKeys => "packed keys",
+            EngineFeature::PagedKv => "paged KV cache",
+            EngineFeature::StridedParams => "strided parameter views",
+            EngineFeature::NoLse => "no LSE buffer",
+        }
+    }
+}
+
+impl std::fmt::Display for EngineFeature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// [`Error::Unsupported`] naming the features not in `supported`, or `Ok` when there are none.
+fn unsupported_features(
+    backend: &str,
+    features: Vec<EngineFeature>,
+    supported: &[EngineFeature],
+) -> Result<()> {
+    let missing: Vec<&str> = features
+        .into_iter()
+        .filter(|f| !supported.contains(f))
+        .map(EngineFeature::name)
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
     Err(Error::Unsupported {
         backend: backend.to_string(),
-        reason: format!("not implemented yet: {}", features.join(", ")),
+        reason: format!("not implemented yet: {}", missing.join(", ")),
     })
 }
 

@@ -9,14 +9,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 use super::kernel::{
     BLOCK_M, BLOCK_M_SHORT, COMBINE_THREADS, KV_PARTIAL_LEN, Kernel, KernelKind,
     LAVAPIPE_LOOP_ITERATIONS, LoopTrips, PARTIAL_LEN, Params, ROW_STATE_LEN, row_lanes, tile_rows,
+    window_uniforms,
 };
 use crate::contract::{
-    Args, BufferArg, DType, Error, Layout, Params as VariantParams, Problem, Result, SeqIndices,
-    TensorArg, TensorName, Validated, Variant, validate,
+    Args, BufferArg, DType, EngineFeature, Error, Layout, Params as VariantParams, Problem, Result,
+    SeqIndices, TensorArg, TensorName, Validated, Variant, validate,
 };
 
 /// The backend's name in errors.
 pub(crate) const BACKEND: &str = "wgsl";
+
+/// The engine-shaped features of DESIGN.md section 6 these kernels implement.
+const SUPPORTED: &[EngineFeature] = &[EngineFeature::Window];
 
 /// A strided `[B, N, H, d]` tensor in a caller's buffer.
 #[derive(Clone, Copy, Debug)]
@@ -576,9 +580,9 @@ impl WgslAttention {
         args: &DeviceArgs<'_>,
         timestamp_writes: Option<::wgpu::ComputePassTimestampWrites<'_>>,
     ) -> Result<Validated> {
-        // The engine-shaped calls of DESIGN.md section 6 are not implemented by these kernels
-        // yet: refused by name before anything else.
-        problem.require_dense(BACKEND)?;
+        // The engine-shaped calls of DESIGN.md section 6 these kernels do not implement yet:
+        // refused by name before anything else.
+        problem.require_features(BACKEND, SUPPORTED)?;
         let tensor_arg = |t: &DeviceTensor<'_>| TensorArg {
             dtype: t.dtype,
             len: (t.buffer.size() / t.dtype.size_bytes() as u64) as usize,
@@ -633,7 +637,7 @@ impl WgslAttention {
                 indices: SeqIndices::none(),
             },
         )?;
-        checked.require_dense(BACKEND)?;
+        checked.require_features(BACKEND, SUPPORTED)?;
         self.record(encoder, &checked, args, timestamp_writes)?;
         Ok(checked)
     }
@@ -652,8 +656,9 @@ impl WgslAttention {
         let too_big = |what: &str| unsupported(format!("{what} does not fit 32-bit indexing"));
         let q_len = u32::try_from(s.q_len).map_err(|_| too_big("Nq"))?;
         let kv_len = u32::try_from(s.kv_len).map_err(|_| too_big("Nk"))?;
-        if (s.q_len + 1 + s.kv_len) as u64 > u32::MAX as u64 {
-            return Err(too_big("Nq + Nk"));
+        // key_range (common.wgsl) adds up to 2·(Nq + Nk) + 1.
+        if 2 * (s.q_len as u64 + s.kv_len as u64) + 1 > u64::from(u32::MAX) {
+            return Err(too_big("2·(Nq + Nk) + 1"));
         }
         let folded = s
             .q_len
@@ -728,7 +733,6 @@ impl WgslAttention {
                 tile,
                 problem.dtype,
                 &problem.variant,
-                problem.mask,
                 problem.stats,
                 subgroups,
             )
@@ -835,6 +839,7 @@ impl WgslAttention {
             Variant::ClippedSoftmax { zeta, gamma } => (zeta, gamma),
             _ => (1.0, 0.0),
         };
+        let (window_left, window_right) = window_uniforms(problem.mask, plan.q_len, plan.kv_len);
         let uniforms = Params {
             batch: s.batch as u32,
             q_heads: s.q_heads as u32,
@@ -873,6 +878,8 @@ impl WgslAttention {
             rows_offset: (partials_len + kv_partials_len) as u32,
             nan_bits: f32::NAN.to_bits(),
             neg_inf_bits: f32::NEG_INFINITY.to_bits(),
+            window_left,
+            window_right,
             ..Params::default()
         };
 

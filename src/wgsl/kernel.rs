@@ -146,10 +146,25 @@ pub(crate) struct Kernel {
     pub variant: u32,
     pub gate: Gate,
     pub per_channel_gate: bool,
-    pub causal: bool,
     pub stats: StatsLevel,
     /// Keys reach the forward kernel's lanes by subgroup shuffles (else from workgroup memory).
     pub subgroups: bool,
+}
+
+/// `UNBOUNDED` of common.wgsl: a side of the window without a bound.
+pub(crate) const UNBOUNDED: u32 = u32::MAX;
+
+/// The uniforms `window_left` and `window_right` of `mask` for a call of `q_len` queries and
+/// `kv_len` keys: the bound, or `UNBOUNDED` for none and for one of at least Nq + Nk (which
+/// reaches past every key anyway), so that the shaders' sums stay below 2·(Nq + Nk) + 1.
+pub(crate) fn window_uniforms(mask: Mask, q_len: u32, kv_len: u32) -> (u32, u32) {
+    let reach = u64::from(q_len) + u64::from(kv_len);
+    let bound = |side: Option<usize>| match side {
+        Some(n) if (n as u64) < reach => n as u32,
+        _ => UNBOUNDED,
+    };
+    let (left, right) = mask.bounds();
+    (bound(left), bound(right))
 }
 
 /// The `VARIANT_*` value of a variant (its scalar settings travel in the uniforms).
@@ -177,7 +192,6 @@ impl Kernel {
         tile: u32,
         dtype: DType,
         variant: &Variant,
-        mask: Mask,
         stats: StatsLevel,
         subgroups: bool,
     ) -> Kernel {
@@ -197,7 +211,6 @@ impl Kernel {
             variant: variant_code(variant),
             gate,
             per_channel_gate,
-            causal: mask == Mask::Causal,
             stats,
             subgroups,
         };
@@ -209,7 +222,6 @@ impl Kernel {
             variant: variant_code(&Variant::Softmax),
             gate: Gate::TwoSigmoid,
             per_channel_gate: false,
-            causal: false,
             stats: StatsLevel::HeadsAndKeys,
             subgroups: false,
             ..full
@@ -227,7 +239,6 @@ impl Kernel {
                 Kernel {
                     dtype,
                     variant: variant_code(family),
-                    causal: full.causal,
                     ..neutral
                 }
             }
@@ -257,7 +268,6 @@ impl Kernel {
              const VARIANT: u32 = {variant}u;\n\
              const GATE_FN: u32 = {gate};\n\
              const GATE_PER_CHANNEL: bool = {per_channel};\n\
-             const CAUSAL: bool = {causal};\n\
              const STATS: bool = {stats};\n\
              const KEY_MASS: bool = {keys};\n\
              const LOAD_UNROLL: u32 = {LOAD_UNROLL}u;\n\
@@ -269,7 +279,6 @@ impl Kernel {
             tile = self.tile,
             variant = self.variant,
             per_channel = self.per_channel_gate,
-            causal = self.causal,
             stats = self.stats.heads(),
             keys = self.stats.keys(),
         );
@@ -513,9 +522,9 @@ pub(crate) struct Params {
     pub rows_offset: u32,
     pub nan_bits: u32,
     pub neg_inf_bits: u32,
-    pub pad_a: u32,
-    pub pad_b: u32,
-    pub pad_c: u32,
+    pub window_left: u32,
+    pub window_right: u32,
+    pub pad: u32,
 }
 
 #[cfg(test)]
@@ -606,7 +615,6 @@ mod tests {
                     8,
                     DType::F16,
                     &Variant::Softmax,
-                    Mask::None,
                     StatsLevel::HeadsAndKeys,
                     true,
                 );
