@@ -16,7 +16,7 @@ typedef unsigned long long u64;
 // defines them as pointers that check every access against the buffer or shared array they
 // point into, so every pointer to global or shared memory is declared with one of them.
 //   gmem_ptr<T>       global memory (the buffers in AttnParams and pointers derived from them)
-//   smem_ptr<T>       shared memory
+//   smem_ptr<T>       shared memory (smem_cast / gmem_cast reinterpret either kind)
 //   dynamic_smem<T>() the block's dynamic shared memory (extern __shared__)
 //   STATIC_SMEM(T, name, count)  a static __shared__ T name[count]
 #if !defined(OUTLIER_ATTN_EMU)
@@ -26,6 +26,8 @@ template <class T>
 using smem_ptr = T*;
 template <class T, class U>
 DEVICE T* smem_cast(U* p) { return reinterpret_cast<T*>(p); }
+template <class T, class U>
+DEVICE T* gmem_cast(U* p) { return reinterpret_cast<T*>(p); }
 template <class T>
 DEVICE T* dynamic_smem() {
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -39,6 +41,17 @@ DEVICE T* dynamic_smem() {
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kWarpSize = 32;
 constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// std::conditional, without the standard headers.
+template <bool kCond, class T, class F>
+struct type_if {
+    using type = T;
+};
+template <class T, class F>
+struct type_if<false, T, F> {
+    using type = F;
+};
 
 DEVICE float neg_inf() { return __uint_as_float(0xff800000u); }
 DEVICE float pos_inf() { return __uint_as_float(0x7f800000u); }
@@ -119,9 +132,8 @@ struct AttnParams {
     gmem_ptr<const elem_t> gate;        // [B, Nq, Hq] or [B, Nq, Hq, d] (ContextScale)
     gmem_ptr<float> stats;              // [B, Hq, kStatCount]
     gmem_ptr<float> key_mass;           // [B, Hq, Nk]
-    gmem_ptr<float> partials;           // workspace [B, Hq, m_blocks, kPartialCount]
-    gmem_ptr<float> row_weight_sum;     // workspace [B, Hq, Nq]: W of ClippedSoftmax
-    gmem_ptr<float> key_mass_partials;  // workspace [B, Hq, m_blocks, Nk]: each query block's key mass
+    gmem_ptr<float> partials;           // workspace [B, Hq, m_blocks, kPartRecord]: each forward block's statistics
+    gmem_ptr<float> row_records;        // workspace [B, Hq, Nq, kRowRecord] (HeadsAndKeys): what key_mass needs of each row
     TensorLayout lq, lk, lv, lo;
     int batch, q_heads, kv_heads, q_len, kv_len, head_dim;
     int group;       // Hq / Hkv
@@ -132,6 +144,7 @@ struct AttnParams {
     int gate_per_channel;
     int aligned;     // 1: every row of Q/K/V starts 16-byte aligned, so cp.async may be used
     int m_blocks;    // query blocks per head in the forward kernel
+    int o_aligned;   // 1: every row of O starts 4-byte aligned, so two channels go in one 32-bit store
     float scale, softcap, sigmoid_bias, clip_zeta, clip_gamma;
     int stats_on;    // 1: Heads or HeadsAndKeys (uniform branches, not a specialisation)
 };
@@ -146,13 +159,37 @@ enum StatIndex : int {
 };
 
 // What one query block of the forward kernel contributes to its head's record; combined in
-// block order by the finalize kernel, so that the statistics are deterministic.
+// block order by the finalize kernel, so that the statistics are deterministic. The sums of the
+// channel statistics come after the row statistics: |q| over the block's rows, and |k|, |v|,
+// ‖v_j‖, ‖v_0‖ over the K/V tiles the block owns (`kv_tile_owner`).
 enum PartialIndex : int {
     kPartRows = 0, kPartFirstKey, kPartSink, kPartEntropy, kPartRowMass, kPartMaxScore,
     kPartGateMin, kPartGateMax, kPartGateSum, kPartGateCount,
+    kPartQAbsSum, kPartKAbsSum, kPartVAbsSum, kPartVNormSum, kPartVNorm0,
     kPartialCount
 };
 static_assert(kPartialCount == kHostPartialCount, "the host sizes the workspace for this record");
+// A block's whole record: the fields above, then the largest |x| of each channel of Q, K and V
+// (kMaxHeadDim floats each; channels past d hold 0).
+constexpr int kMaxHeadDim = 256;
+constexpr int kPartQMax = kPartialCount, kPartKMax = kPartQMax + kMaxHeadDim, kPartVMax = kPartKMax + kMaxHeadDim;
+constexpr int kPartRecord = kPartVMax + kMaxHeadDim;
+static_assert(kPartRecord == kHostPartRecord, "the host sizes the workspace for this record");
+// What key_mass reads of each row the forward pass finished: the max the row was normalised
+// with (log2 units on the fast path, natural units on the generic one), 1/l, and W of
+// ClippedSoftmax.
+enum RowRecordIndex : int { kRowMax = 0, kRowInvL, kRowWeightSum, kRowRecord };
+static_assert(kRowRecord == kHostRowRecord, "the host sizes the workspace for this record");
+
+DEVICE gmem_ptr<float> partial_record(const AttnParams& p, int bh, int m_block) {
+    return p.partials + ((u64)bh * p.m_blocks + m_block) * kPartRecord;
+}
+
+// The softmax family without softcap: the tensor-core fast path (src/cuda/spec.rs,
+// `Specialization::forward_entry`, makes the same choice).
+DEVICE bool takes_fast_path(const AttnParams& p) {
+    return !p.has_softcap && p.variant != kSigmoid && p.variant != kClippedSoftmax;
+}
 
 DEVICE bool has_sink(int variant) {
     return variant == kContextBias || variant == kKvSink || variant == kLogitSink || variant == kSoftmax1;
@@ -166,20 +203,24 @@ DEVICE bool sink_in_denominator(int variant) {
 DEVICE bool accumulates_softmax(int variant) { return variant != kSigmoid && variant != kClippedSoftmax; }
 
 DEVICE float sigmoidf(float z) { return 1.f / (1.f + expf(-z)); }
-// Out of line: it only serves Sigmoid, and inlined per score it triples the compile time.
-__device__ __noinline__ float log_sigmoidf(float z) { return z >= 0.f ? -log1pf(expf(-z)) : z - log1pf(expf(z)); }
+DEVICE float log_sigmoid_inline(float z) { return z >= 0.f ? -log1pf(expf(-z)) : z - log1pf(expf(z)); }
+// Out of line in the forward kernels: it only serves Sigmoid, and inlined per score it
+// triples the compile time. (The key-mass kernel inlines it: a call there costs spills.)
+__device__ __noinline__ float log_sigmoidf(float z) { return log_sigmoid_inline(z); }
 
 DEVICE float gate_factor(int kind, float z) {
     return kind == kGateTwoSigmoid ? 2.f * sigmoidf(z) : (kind == kGateSigmoid ? sigmoidf(z) : z);
 }
 
 // c·tanh(s/c); out of line, so that the softcap costs no code size per score.
-__device__ __noinline__ float softcapped(float s, float c) { return c * tanhf(s / c); }
+DEVICE float softcap_inline(float s, float c) { return c * tanhf(s / c); }
+__device__ __noinline__ float softcapped(float s, float c) { return softcap_inline(s, c); }
 
-// s = σ·(q·k), softcapped.
+// s = σ·(q·k), softcapped (kInline: without a call).
+template <bool kInline = false>
 DEVICE float score_of(float dot, const AttnParams& p) {
     float s = dot * p.scale;
-    if (p.has_softcap) s = softcapped(s, p.softcap);
+    if (p.has_softcap) s = kInline ? softcap_inline(s, p.softcap) : softcapped(s, p.softcap);
     return s;
 }
 
@@ -387,9 +428,23 @@ DEVICE float key_weight(OnlineRow& st, const AttnParams& p, float l, bool clip_p
     return e;
 }
 
-// The logit the normaliser runs over for score x (−inf stays −inf).
+// The logit the normaliser runs over for score x (−inf stays −inf; kInline: without a call).
+template <bool kInline = false>
 DEVICE float logit_of(const AttnParams& p, float x) {
-    return (p.variant == kSigmoid && x != neg_inf()) ? log_sigmoidf(x + p.sigmoid_bias) : x;
+    if (p.variant != kSigmoid || x == neg_inf()) return x;
+    return kInline ? log_sigmoid_inline(x + p.sigmoid_bias) : log_sigmoidf(x + p.sigmoid_bias);
+}
+
+// A square root for the statistics (norms): sqrt.approx, a few ulp off at most, where sqrtf's
+// correctly rounded slow path is a call in the middle of the main loop.
+DEVICE float sqrt_approx(float x) {
+#if defined(OUTLIER_ATTN_EMU)
+    return emu::sqrt_approx_f32(x);
+#else
+    float r;
+    asm("sqrt.approx.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+#endif
 }
 
 // Index of [b, n, h, 0] in a tensor, in 64 bits.
@@ -404,16 +459,18 @@ DEVICE float gate_at(const AttnParams& p, int b, int row, int h, int c) {
     return gate_factor(p.gate_kind, to_float(p.gate[idx]));
 }
 
-// Block statistics: each thread adds its rows' contributions here, then `write_partials`
-// combines the warps in a fixed order.
+// Block statistics: each thread adds its rows' contributions (and its share of the channel
+// sums) here, then `write_partials` combines the warps in a fixed order.
 struct BlockStats {
     float rows, first_key, sink, entropy, row_mass, max_score, gate_min, gate_max, gate_sum, gate_count;
+    float q_abs, k_abs, v_abs, v_norm, v_norm0;
     DEVICE void init() {
         rows = first_key = sink = entropy = row_mass = 0.f;
         max_score = neg_inf();
         gate_min = pos_inf();
         gate_max = neg_inf();
         gate_sum = gate_count = 0.f;
+        q_abs = k_abs = v_abs = v_norm = v_norm0 = 0.f;
     }
     DEVICE void add_row(const RowResult& rr, float max_score_row) {
         rows += 1.f;
@@ -431,14 +488,15 @@ struct BlockStats {
     }
 };
 
-// Reduces every thread's BlockStats and writes the block's partial record.
-// `scratch` holds kPartialCount floats per warp and may alias memory the block read before;
-// every thread of the block must call this.
+// Reduces every thread's BlockStats and writes fields [0, kPartialCount) of the block's partial
+// record. `scratch` holds kPartialCount floats per warp and may alias memory the block read
+// before; every thread of the block must call this.
 template <int kWarps>
 DEVICE void write_partials(const AttnParams& p, BlockStats s, smem_ptr<float> scratch, int bh, int m_block) {
     __syncthreads();
-    float v[kPartialCount] = {s.rows, s.first_key, s.sink, s.entropy, s.row_mass, s.max_score,
-                              s.gate_min, s.gate_max, s.gate_sum, s.gate_count};
+    float v[kPartialCount] = {s.rows,     s.first_key, s.sink,     s.entropy,  s.row_mass,
+                              s.max_score, s.gate_min, s.gate_max, s.gate_sum, s.gate_count,
+                              s.q_abs,    s.k_abs,     s.v_abs,    s.v_norm,   s.v_norm0};
 #pragma unroll
     for (int f = 0; f < kPartialCount; ++f) {
         if (f == kPartMaxScore || f == kPartGateMax) v[f] = row_max<kWarpSize>(v[f]);
@@ -460,6 +518,29 @@ DEVICE void write_partials(const AttnParams& p, BlockStats s, smem_ptr<float> sc
             else if (f == kPartGateMin) acc = fminf(acc, x);
             else acc += x;
         }
-        p.partials[((u64)bh * p.m_blocks + m_block) * kPartialCount + f] = acc;
+        partial_record(p, bh, m_block)[f] = acc;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Channel statistics of K and V, fused into the forward pass: each K/V tile of kv head g is
+// counted once, by one block of the first query head of its group (h = g·group) that loads the
+// tile anyway. The blocks that load tile n are m >= first(n): all of them without a mask, and
+// under the causal mask those whose last row sees key n·block_n (rows from n·block_n + Nq − Nk
+// on). The tiles are dealt round robin among them, so that no block takes many.
+// This relies on the last query block loading every tile (its last row sees all Nk keys under
+// None and Causal); a mask that lets blocks skip tiles must revisit it.
+// ---------------------------------------------------------------------------------------------
+DEVICE int kv_tile_owner(const AttnParams& p, int n, int block_m, int block_n) {
+    int first = 0;
+    if (p.causal) {
+        const long long r = (long long)n * block_n + p.q_len - p.kv_len;  // the first row that sees the tile
+        first = r < 0 ? 0 : (int)(r / block_m);
+    }
+    return first + n % (p.m_blocks - first);
+}
+
+// Whether this block counts the channel statistics of K/V tile n.
+DEVICE bool scans_kv_tile(const AttnParams& p, int h, int m_block, int n, int block_m, int block_n) {
+    return p.stats_on && h % p.group == 0 && kv_tile_owner(p, n, block_m, block_n) == m_block;
 }

@@ -628,3 +628,38 @@ pub fn cuda_tile_cases() -> Vec<Case> {
     }
     out
 }
+
+/// Cases for the CUDA tensor-core kernel's 128-row blocks: lengths across three query blocks
+/// and up to five 64-key tiles (so that whole unmasked tiles, tiles the causal diagonal
+/// crosses and the tail past Nk all occur, and several blocks own K/V tiles), GQA groups of two
+/// and three (K/V statistics counted once per kv head), Nq > Nk (rows that see no key) and
+/// Nq < Nk, every variant on the fast and the generic path, both 16-bit dtypes, d = 64 and
+/// 128, massive activations on a third, every statistic (`HeadsAndKeys`).
+pub fn cuda_block_cases() -> Vec<Case> {
+    let variants = Variant::all_default();
+    let shapes = [
+        Shape::new(1, 4, 2, 300, 260, 64),
+        Shape::new(1, 3, 1, 260, 130, 128),
+        Shape::new(2, 2, 1, 129, 300, 64),
+        Shape::new(1, 2, 2, 200, 200, 128),
+    ];
+    let mut out = Vec::new();
+    for (i, variant) in variants.iter().enumerate() {
+        let shape = shapes[i % shapes.len()];
+        let dtype = if i % 2 == 0 { DType::Bf16 } else { DType::F16 };
+        let mask = if i % 3 == 2 { Mask::None } else { Mask::Causal };
+        out.push(Case {
+            problem: Problem::new(shape, dtype)
+                .with_variant(*variant)
+                .with_mask(mask)
+                .with_stats(StatsLevel::HeadsAndKeys),
+            spec: InputSpec {
+                seed: 500 + i as u64,
+                massive: i % 3 == 0,
+                ..InputSpec::default()
+            },
+            views: i % 4 == 3,
+        });
+    }
+    out
+}
