@@ -74,7 +74,7 @@ fn cuda_emu_passes_the_parity_sweep() {
     sweep(b, &Limits::default(), u32::MAX);
 }
 
-/// Lengths past the 64-row query block and one and two K/V tiles, head dims up to 256.
+/// Lengths past one 128-row query block and one and two K/V tiles, head dims up to 256.
 #[test]
 fn cuda_emu_passes_the_parity_sweep_past_one_tile() {
     let Some(b) = backend() else { return };
