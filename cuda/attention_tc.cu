@@ -346,9 +346,9 @@ struct Rows {
 // One K/V tile of the fast path. kMasked: the tile crosses a mask boundary (the causal
 // diagonal, or Nk), so each score is tested; elsewhere no score is.
 template <bool kMasked>
-DEVICE void attend_tile_fast(const AttnParams& p, Rows<true>& rows, float (&acc_o)[kDTiles][4], const unsigned (&q_frag)[kKSteps][4],
-                             smem_ptr<const elem_t> s_k, smem_ptr<const elem_t> s_v, int n0, float scale_log2,
-                             smem_ptr<float> s_key0) {
+DEVICE void attend_tile_fast(const AttnParams& p, Rows<true>& rows, float (&acc_o)[kDTiles][4],
+                             const unsigned (&q_frag)[kKSteps][4], smem_ptr<const elem_t> s_k,
+                             smem_ptr<const elem_t> s_v, int n0, float scale_log2, smem_ptr<float> s_key0) {
     const int t = threadIdx.x % 4;
     float s[kNTiles][4];
     tile_scores(s, q_frag, s_k);
@@ -515,7 +515,9 @@ DEVICE void merge_warp_max(float (&mx)[kChunk], smem_ptr<float> slot, bool first
     const int lane = threadIdx.x % kWarpSize;
 #pragma unroll
     for (int e = 0; e < kChunk; ++e) {
-        for (int off = kChunksPerRow; off < kWarpSize; off <<= 1) mx[e] = fmaxf(mx[e], __shfl_xor_sync(kFullMask, mx[e], off));
+        for (int off = kChunksPerRow; off < kWarpSize; off <<= 1) {
+            mx[e] = fmaxf(mx[e], __shfl_xor_sync(kFullMask, mx[e], off));
+        }
     }
     if (lane < kChunksPerRow) {
 #pragma unroll
@@ -693,8 +695,9 @@ DEVICE void forward_block(const AttnParams& p) {
             }
             if constexpr (kFast) {
                 const smem_ptr<float> key0 = s_key0 + 2 * threadIdx.x;
-                if (kt.masked(n)) attend_tile_fast<true>(p, rows, acc_o, q_frag, k_tile, v_tile, n * kBlockN, scale_log2, key0);
-                else attend_tile_fast<false>(p, rows, acc_o, q_frag, k_tile, v_tile, n * kBlockN, scale_log2, key0);
+                const int n0 = n * kBlockN;
+                if (kt.masked(n)) attend_tile_fast<true>(p, rows, acc_o, q_frag, k_tile, v_tile, n0, scale_log2, key0);
+                else attend_tile_fast<false>(p, rows, acc_o, q_frag, k_tile, v_tile, n0, scale_log2, key0);
             } else {
                 attend_tile_generic(p, rows, acc_o, q_frag, k_tile, v_tile, n * kBlockN, clip_pass, with_v);
             }
@@ -859,7 +862,8 @@ DEVICE void key_mass_block(const AttnParams& p) {
         const long long r = (long long)n0 + p.q_len - p.kv_len;
         m_first = r < 0 ? 0 : (int)(r / kBlockM);
     }
-    load_tile<kBlockN>(s_k, p.k, p.lk.offset, n0, p.kv_len, p, [&](int key) { return kv_row_offset(p.lk, b, key, g_kv); });
+    load_tile<kBlockN>(s_k, p.k, p.lk.offset, n0, p.kv_len, p,
+                       [&](int key) { return kv_row_offset(p.lk, b, key, g_kv); });
     load_q_tile(s_q, p, b, h, m_first * kBlockM);
     cp_async_commit();
 

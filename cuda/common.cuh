@@ -133,7 +133,7 @@ struct AttnParams {
     gmem_ptr<float> stats;              // [B, Hq, kStatCount]
     gmem_ptr<float> key_mass;           // [B, Hq, Nk]
     gmem_ptr<float> partials;           // workspace [B, Hq, m_blocks, kPartRecord]: each forward block's statistics
-    gmem_ptr<float> row_records;        // workspace [B, Hq, Nq, kRowRecord] (HeadsAndKeys): what key_mass needs of each row
+    gmem_ptr<float> row_records;        // workspace [B, Hq, Nq, kRowRecord] (HeadsAndKeys): for key_mass
     TensorLayout lq, lk, lv, lo;
     int batch, q_heads, kv_heads, q_len, kv_len, head_dim;
     int group;       // Hq / Hkv
