@@ -64,9 +64,9 @@ DEVICE float scan_row(smem_ptr<const float> row, int d, float (&mx)[kMaxChannels
 }
 
 // Writes the block's per-channel maxima of one tensor (every warp's `mx`, combined in warp
-// order through `scratch`, kWarps·d floats) to field `max_field` of its partial record.
+// order through `scratch`, kWarps·d floats) to its partial record.
 DEVICE void write_channel_max(const AttnParams& p, const float (&mx)[kMaxChannelsPerLane], smem_ptr<float> scratch,
-                              gmem_ptr<float> rec, int max_field) {
+                              gmem_ptr<float> rec, int tensor) {
     const int d = p.head_dim, warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
     __syncthreads();  // the scratch's previous use is over
 #pragma unroll
@@ -75,12 +75,10 @@ DEVICE void write_channel_max(const AttnParams& p, const float (&mx)[kMaxChannel
         if (c < d) scratch[warp * d + c] = mx[u];
     }
     __syncthreads();
-    for (int c = threadIdx.x; c < kMaxHeadDim; c += kThreads) {
+    for (int c = threadIdx.x; c < d; c += kThreads) {
         float m = 0.f;
-        if (c < d) {
-            for (int w = 0; w < kWarps; ++w) m = fmaxf(m, scratch[w * d + c]);
-        }
-        rec[max_field + c] = m;
+        for (int w = 0; w < kWarps; ++w) m = fmaxf(m, scratch[w * d + c]);
+        rec[channel_max_field(p, tensor) + c] = m;
     }
 }
 
@@ -249,10 +247,10 @@ attention_simt(const AttnParams p) {
     if (p.stats_on) {
         write_partials<kWarps>(p, bs, s_scratch, bh, m_block);
         const gmem_ptr<float> rec = partial_record(p, bh, m_block);
-        write_channel_max(p, q_mx, s_k, rec, kPartQMax);
+        write_channel_max(p, q_mx, s_k, rec, kTensorQ);
         if (kv_stats) {
-            write_channel_max(p, k_mx, s_k, rec, kPartKMax);
-            write_channel_max(p, v_mx, s_k, rec, kPartVMax);
+            write_channel_max(p, k_mx, s_k, rec, kTensorK);
+            write_channel_max(p, v_mx, s_k, rec, kTensorV);
         }
     }
 }

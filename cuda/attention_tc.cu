@@ -531,14 +531,13 @@ DEVICE void merge_warp_max(float (&mx)[kChunk], smem_ptr<float> slot, bool first
 // Writes the block's per-channel maxima (over the warps, in order) to its partial record.
 // Called after a barrier; `kv`: this block's K/V maxima are wanted (first head of the group).
 DEVICE void write_channel_max(const AttnParams& p, smem_ptr<float> s_stats, int bh, int m_block, bool kv) {
+    static_assert(kStatTensors == kChannelTensors, "Q, K, V in record order");
     const gmem_ptr<float> rec = partial_record(p, bh, m_block);
     for (int tensor = 0; tensor < (kv ? kStatTensors : 1); ++tensor) {
-        for (int c = threadIdx.x; c < kMaxHeadDim; c += kThreads) {
+        for (int c = threadIdx.x; c < p.head_dim; c += kThreads) {
             float m = 0.f;
-            if (c < kHeadDimTile) {
-                for (int w = 0; w < kWarps; ++w) m = fmaxf(m, s_stats[(tensor * kWarps + w) * kHeadDimTile + c]);
-            }
-            rec[kPartQMax + tensor * kMaxHeadDim + c] = m;
+            for (int w = 0; w < kWarps; ++w) m = fmaxf(m, s_stats[(tensor * kWarps + w) * kHeadDimTile + c]);
+            rec[channel_max_field(p, tensor) + c] = m;
         }
     }
 }

@@ -132,7 +132,7 @@ struct AttnParams {
     gmem_ptr<const elem_t> gate;        // [B, Nq, Hq] or [B, Nq, Hq, d] (ContextScale)
     gmem_ptr<float> stats;              // [B, Hq, kStatCount]
     gmem_ptr<float> key_mass;           // [B, Hq, Nk]
-    gmem_ptr<float> partials;           // workspace [B, Hq, m_blocks, kPartRecord]: each forward block's statistics
+    gmem_ptr<float> partials;           // workspace [B, Hq, m_blocks, part_record]: each forward block's statistics
     gmem_ptr<float> row_records;        // workspace [B, Hq, Nq, kRowRecord] (HeadsAndKeys): for key_mass
     TensorLayout lq, lk, lv, lo;
     int batch, q_heads, kv_heads, q_len, kv_len, head_dim;
@@ -147,6 +147,7 @@ struct AttnParams {
     int o_aligned;   // 1: every row of O starts 4-byte aligned, so two channels go in one 32-bit store
     float scale, softcap, sigmoid_bias, clip_zeta, clip_gamma;
     int stats_on;    // 1: Heads or HeadsAndKeys (uniform branches, not a specialisation)
+    int part_record; // floats of one block's partial record: kPartialCount + kChannelTensors·d
 };
 static_assert(sizeof(AttnParams) == 320, "KernelParams in src/cuda/params.rs mirrors this");
 
@@ -169,12 +170,12 @@ enum PartialIndex : int {
     kPartialCount
 };
 static_assert(kPartialCount == kHostPartialCount, "the host sizes the workspace for this record");
-// A block's whole record: the fields above, then the largest |x| of each channel of Q, K and V
-// (kMaxHeadDim floats each; channels past d hold 0).
+// A block's whole record (p.part_record floats, from the host): the fields above, then the
+// largest |x| of each of the d channels of Q, then of K, then of V.
 constexpr int kMaxHeadDim = 256;
-constexpr int kPartQMax = kPartialCount, kPartKMax = kPartQMax + kMaxHeadDim, kPartVMax = kPartKMax + kMaxHeadDim;
-constexpr int kPartRecord = kPartVMax + kMaxHeadDim;
-static_assert(kPartRecord == kHostPartRecord, "the host sizes the workspace for this record");
+enum ChannelTensor : int { kTensorQ = 0, kTensorK, kTensorV, kChannelTensors };
+static_assert(kChannelTensors == kHostChannelTensors, "the host sizes the record for these");
+DEVICE int channel_max_field(const AttnParams& p, int tensor) { return kPartialCount + tensor * p.head_dim; }
 // What key_mass reads of each row the forward pass finished: the max the row was normalised
 // with (log2 units on the fast path, natural units on the generic one), 1/l, and W of
 // ClippedSoftmax.
@@ -182,7 +183,7 @@ enum RowRecordIndex : int { kRowMax = 0, kRowInvL, kRowWeightSum, kRowRecord };
 static_assert(kRowRecord == kHostRowRecord, "the host sizes the workspace for this record");
 
 DEVICE gmem_ptr<float> partial_record(const AttnParams& p, int bh, int m_block) {
-    return p.partials + ((u64)bh * p.m_blocks + m_block) * kPartRecord;
+    return p.partials + ((u64)bh * p.m_blocks + m_block) * p.part_record;
 }
 
 // The softmax family without softcap: the tensor-core fast path (src/cuda/spec.rs,

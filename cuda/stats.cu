@@ -11,18 +11,18 @@ constexpr int kThreads = kHostStatsThreads;  // from the host (src/cuda/spec.rs)
 static_assert(kThreads % kWarpSize == 0, "whole warps");
 static_assert(kThreads >= kPartialCount, "one thread per field of the partial record");
 
-// The channel statistics of one tensor over the blocks `first_bh`'s records [0, m_blocks):
+// The channel statistics of one tensor over the records of head `first_bh`'s blocks:
 // the per-channel maxima in parallel, then the argmax (lowest channel on ties) by thread 0.
 // `s_absmax` holds kMaxHeadDim floats. Every thread must call this; the result is thread 0's.
 struct ChannelResult {
     float absmax, argmax;
 };
 
-DEVICE ChannelResult combine_channels(const AttnParams& p, int first_bh, int max_field, smem_ptr<float> s_absmax) {
+DEVICE ChannelResult combine_channels(const AttnParams& p, int first_bh, int tensor, smem_ptr<float> s_absmax) {
     const int d = p.head_dim;
     for (int c = threadIdx.x; c < d; c += kThreads) {
         float m = 0.f;
-        for (int k = 0; k < p.m_blocks; ++k) m = fmaxf(m, partial_record(p, first_bh, k)[max_field + c]);
+        for (int k = 0; k < p.m_blocks; ++k) m = fmaxf(m, partial_record(p, first_bh, k)[channel_max_field(p, tensor) + c]);
         s_absmax[c] = m;
     }
     __syncthreads();
@@ -56,9 +56,9 @@ finalize_stats(const AttnParams p) {
     // K and V were counted by the blocks of the first query head of the group.
     const int kv_bh = b * p.q_heads + (h / p.group) * p.group;
 
-    const ChannelResult q = combine_channels(p, bh, kPartQMax, s_absmax);
-    const ChannelResult k = combine_channels(p, kv_bh, kPartKMax, s_absmax);
-    const ChannelResult v = combine_channels(p, kv_bh, kPartVMax, s_absmax);
+    const ChannelResult q = combine_channels(p, bh, kTensorQ, s_absmax);
+    const ChannelResult k = combine_channels(p, kv_bh, kTensorK, s_absmax);
+    const ChannelResult v = combine_channels(p, kv_bh, kTensorV, s_absmax);
 
     // Field f over the blocks, in block order, by thread f: Q's and the rows' from this head's
     // blocks, K's and V's from the counting head's.

@@ -65,8 +65,7 @@ pub(crate) struct KernelParams {
     pub clip_zeta: f32,
     pub clip_gamma: f32,
     pub stats_on: i32,
-    /// The C struct's tail padding (it ends at an 8-byte boundary), written out for `Pod`.
-    pub tail_padding: i32,
+    pub part_record: i32,
 }
 
 #[cfg(feature = "cuda")]
@@ -82,13 +81,13 @@ mod tests {
 
     #[test]
     fn layout_matches_the_c_struct() {
-        // 13 pointers, 4 layouts of 4 u64, 15 ints, 5 floats, 1 int, 4 bytes of padding:
-        // 104 + 128 + 84 + 4 = 320.
+        // 13 pointers, 4 layouts of 4 u64, 15 ints, 5 floats, 2 ints: 104 + 128 + 88 = 320.
         assert_eq!(size_of::<TensorLayout>(), 32);
         assert_eq!(offset_of!(KernelParams, lq), 104);
         assert_eq!(offset_of!(KernelParams, batch), 232);
         assert_eq!(offset_of!(KernelParams, scale), 292);
         assert_eq!(offset_of!(KernelParams, stats_on), 312);
+        assert_eq!(offset_of!(KernelParams, part_record), 316);
         assert_eq!(size_of::<KernelParams>(), 320);
     }
 }

@@ -5,8 +5,8 @@
 
 use super::params::{KernelParams, TensorLayout};
 use super::spec::{
-    Arch, FINALIZE_ENTRY, KEY_MASS_ENTRY, PARTIAL_RECORD, ROW_RECORD, STATS_THREADS,
-    Specialization, takes_fast_path,
+    Arch, FINALIZE_ENTRY, KEY_MASS_ENTRY, ROW_RECORD, STATS_THREADS, Specialization,
+    partial_record, takes_fast_path,
 };
 use crate::contract::{
     Error, Gate, GateGranularity, Mask, Problem, Result, StatsLevel, Validated, Variant,
@@ -41,29 +41,31 @@ pub struct Launch {
 /// tiles 64 and 128, 64 on tile 256, 8 on the SIMT path:
 ///
 /// - `Off`: 0;
-/// - `Heads`: B·Hq·blocks·783 (15 sums, then 256 channel maxima for each of Q, K and V);
+/// - `Heads`: B·Hq·blocks·(15 + 3d) (15 sums, then the d channel maxima of each of Q, K, V);
 /// - `HeadsAndKeys`: that plus B·Hq·Nq·3.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct WorkspaceLayout {
-    /// Floats of partial records (`[B, Hq, blocks, 783]`), at 0.
+    /// Floats of partial records (`[B, Hq, blocks, 15 + 3d]`), at 0.
     pub partials: usize,
     /// Floats of row records (`[B, Hq, Nq, 3]`), after the partials.
     pub rows: usize,
 }
 
 impl WorkspaceLayout {
-    /// The workspace of a call with `batch` x `q_heads` heads of `q_len` queries on `spec`.
+    /// The workspace of a call with `batch` x `q_heads` heads of `q_len` queries at head dim
+    /// `head_dim` on `spec`.
     pub fn new(
         spec: Specialization,
         batch: usize,
         q_heads: usize,
         q_len: usize,
+        head_dim: usize,
         stats: StatsLevel,
     ) -> WorkspaceLayout {
         let heads = batch * q_heads;
         WorkspaceLayout {
             partials: if stats.heads() {
-                heads * q_len.div_ceil(spec.block_m()) * PARTIAL_RECORD
+                heads * q_len.div_ceil(spec.block_m()) * partial_record(head_dim)
             } else {
                 0
             },
@@ -76,12 +78,12 @@ impl WorkspaceLayout {
     }
 
     /// The workspace `problem` needs on a device of `arch`: what [`LaunchPlan::new`] lays out
-    /// for it, and at least what any call with no larger batch, query heads and query length,
-    /// the same dtype and head-dim tile and no higher statistics level needs.
+    /// for it, and at least what any call with no larger batch, query heads, query length and
+    /// head dim, the same dtype and head-dim tile and no higher statistics level needs.
     pub fn for_problem(problem: &Problem, arch: Arch) -> WorkspaceLayout {
         let s = &problem.shape;
         let spec = Specialization::select(problem.dtype, s.head_dim, arch);
-        WorkspaceLayout::new(spec, s.batch, s.q_heads, s.q_len, problem.stats)
+        WorkspaceLayout::new(spec, s.batch, s.q_heads, s.q_len, s.head_dim, problem.stats)
     }
 
     /// Floats the workspace must hold (0 without statistics).
@@ -168,7 +170,8 @@ impl LaunchPlan {
         }
         let to_u32 = |x: usize| u32::try_from(x).map_err(|_| unsupported(format!("grid of {x}")));
         let m_blocks = s.q_len.div_ceil(spec.block_m());
-        let workspace = WorkspaceLayout::new(spec, s.batch, s.q_heads, s.q_len, problem.stats);
+        let workspace =
+            WorkspaceLayout::new(spec, s.batch, s.q_heads, s.q_len, s.head_dim, problem.stats);
         let (heads, batch) = (s.q_heads as u32, s.batch as u32);
         let mut launches = vec![Launch {
             entry: spec.forward_entry(takes_fast_path(problem)),
@@ -306,6 +309,7 @@ fn kernel_params(checked: &Validated, m_blocks: usize) -> KernelParams {
         clip_zeta: zeta,
         clip_gamma: gamma,
         stats_on: problem.stats.heads() as i32,
+        part_record: int(partial_record(s.head_dim)),
         ..KernelParams::default()
     }
 }
@@ -392,7 +396,7 @@ mod tests {
         assert_eq!(
             keys.workspace,
             WorkspaceLayout {
-                partials: 8 * 2 * PARTIAL_RECORD,
+                partials: 8 * 2 * (15 + 3 * 128),
                 rows: 8 * 130 * ROW_RECORD,
             }
         );
@@ -406,7 +410,8 @@ mod tests {
         };
         let p = keys.arguments(&a);
         assert_eq!(p.partials, 0x10000);
-        assert_eq!(p.row_records, 0x10000 + 4 * 8 * 2 * PARTIAL_RECORD as u64);
+        assert_eq!(p.row_records, 0x10000 + 4 * 8 * 2 * (15 + 3 * 128) as u64);
+        assert_eq!(p.part_record, 15 + 3 * 128);
         assert_eq!((p.aligned, p.o_aligned), (1, 1));
         assert_eq!(keys.arguments(&Addresses { k: 0x2002, ..a }).aligned, 0);
         assert_eq!(keys.arguments(&Addresses { o: 0x4002, ..a }).o_aligned, 0);
@@ -445,7 +450,7 @@ mod tests {
             let heads = batch * q_heads;
             let mut floats = 0;
             if stats != StatsLevel::Off {
-                floats += heads * q_len.div_ceil(block_m) * 783;
+                floats += heads * q_len.div_ceil(block_m) * (15 + 3 * head_dim);
             }
             if stats == StatsLevel::HeadsAndKeys {
                 floats += heads * q_len * 3;

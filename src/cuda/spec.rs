@@ -247,7 +247,7 @@ impl Specialization {
             ("kHostSimtBlockN", SIMT_BLOCK_N),
             ("kHostStatsThreads", STATS_THREADS as usize),
             ("kHostPartialCount", PARTIAL_COUNT),
-            ("kHostPartRecord", PARTIAL_RECORD),
+            ("kHostChannelTensors", CHANNEL_TENSORS),
             ("kHostRowRecord", ROW_RECORD),
         ];
         if let KernelPath::TensorCore(t) = self.path {
@@ -335,9 +335,15 @@ const SIMT_BLOCK_N: usize = 16;
 /// Sums and extrema in one query block's partial statistics record (`kPartialCount`: ten
 /// of the rows, five of the channels).
 pub(crate) const PARTIAL_COUNT: usize = 15;
-/// Floats of one query block's whole partial record (`kPartRecord`): the sums, then the
-/// largest |x| of each channel of Q, K and V (up to d = 256 each).
-pub(crate) const PARTIAL_RECORD: usize = PARTIAL_COUNT + 3 * 256;
+/// Tensors whose per-channel maxima follow the sums in a partial record (Q, K, V:
+/// `kChannelTensors`).
+pub(crate) const CHANNEL_TENSORS: usize = 3;
+
+/// Floats of one query block's whole partial record at head dim `d` (`part_record` of the
+/// kernel arguments): the sums, then the largest |x| of each channel of Q, K and V.
+pub(crate) fn partial_record(head_dim: usize) -> usize {
+    PARTIAL_COUNT + CHANNEL_TENSORS * head_dim
+}
 /// Floats per query row that the key-mass kernel reads (`kRowRecord`: the row's max, 1/l
 /// and ClippedSoftmax's weight sum).
 pub(crate) const ROW_RECORD: usize = 3;
