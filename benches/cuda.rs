@@ -183,14 +183,13 @@ fn report(problem: &Problem, seconds: f64) {
         tflops
     );
     println!("outlier-attn-bench {line}");
-    if let Some(path) = std::env::var_os("OUTLIER_ATTN_BENCH_OUT") {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
+    if let Some(path) = std::env::var_os("OUTLIER_ATTN_BENCH_OUT")
+        && let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-        {
-            let _ = writeln!(f, "{line}");
-        }
+    {
+        let _ = writeln!(f, "{line}");
     }
 }
 

@@ -7,8 +7,9 @@
 //!    value is near zero, so the heads whose queries read that channel park their attention on
 //!    it. Every variant runs on it, and a per-head table shows where the weight went.
 //!
-//! Run with `cargo run --release --example demo` (add `--features wgpu` or `--features cuda`
-//! to use a GPU backend where one is present).
+//! Run with `cargo run --release --example demo` from the repository's root (add `--features
+//! wgpu` or `--features cuda` to use a GPU backend where one is present); elsewhere give the
+//! fixture's path: `cargo run --release --example demo -- PATH`.
 
 use outlier_attn::cases::Rng;
 use outlier_attn::{
@@ -111,10 +112,17 @@ fn main() -> Result<(), outlier_attn::Error> {
 fn real_model(backend: &dyn outlier_attn::Backend) -> Result<(), outlier_attn::Error> {
     use outlier_attn::safetensors_io::{MINILM_FIXTURE, ModelDump};
 
-    let dump = match ModelDump::open(MINILM_FIXTURE) {
+    // The fixture ships with the repository, not with the published crate.
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or(MINILM_FIXTURE.to_string());
+    let dump = match ModelDump::open(&path) {
         Ok(dump) => dump,
         Err(e) => {
-            println!("\n(real model skipped: {e})");
+            println!(
+                "\n(real model skipped: {path}: {e}; run from a checkout of the repository, \
+                 or pass the path of its {MINILM_FIXTURE})"
+            );
             return Ok(());
         }
     };

@@ -18,6 +18,18 @@
 //!   emulator of the CUDA they use, through the CUDA backend's launch plan; listed by
 //!   [`discover`] only when asked for by name.
 //!
+//! # For engines
+//! The device-level entries take the engine's own device, stream or encoder and buffers:
+//! `cuda::CudaAttention::forward` (feature `cuda`) and `wgsl::WgslAttention::encode` (feature
+//! `wgpu`), with `DeviceArgs::dense` and its `with_` methods to build a call's arguments, and
+//! `cuda::CudaAttention::prepare_model` to load the kernels before the first forward. cudarc
+//! and wgpu are re-exported as `cuda::cudarc` and `wgsl::wgpu`. A CUDA engine with cudarc
+//! features of its own depends on this crate with `default-features = false`: the defaults
+//! choose cudarc's linking mode (run-time loading) and CUDA version (12.8), which must agree
+//! across a build. The README's "For engine authors" has the one-line dependency for each stack
+//! and the reasons; `examples/wgpu_engine.rs` and `examples/cuda_engine.rs` are a prefill and a
+//! decode step on each.
+//!
 //! # Variants
 //! With s_ij = σ·q_i·k_j (softcapped if asked), p_ij = softmax_j(s_ij) over the visible keys
 //! and A_i = Σ_j p_ij v_j:
@@ -48,6 +60,11 @@
 //! - `ClippedSoftmax`: a row whose clipped weights are all 0 has an all-zero distribution
 //!   (it contributes 0 to `first_key_mass`, `key_mass` and the entropy, and still counts as a row).
 //! - `gate_min/mean/max` run over the rows counted by the statistics (those that see a key).
+//! - NaN in Q, K or V propagates to every output it reaches: the rows' O and LSE, and every
+//!   statistic that sums over them (the means, `mean_entropy` included, the key mass); a
+//!   ClippedSoftmax weight of NaN stays NaN. Maxima and minima (`max_score`, the absmax
+//!   values and their channels, `gate_min`/`gate_max`) ignore NaN, as GPU `max`/`fmax` do, so
+//!   that one NaN does not hide where the outliers are.
 //! - A statistics or key-mass buffer given for a level that does not write it is refused
 //!   ([`Error::UnexpectedOutput`]) rather than silently left alone. An output layout whose
 //!   strides make elements alias is refused ([`Error::OverlappingOutput`]).
@@ -69,6 +86,17 @@
 //! - Host-level calls check the index tensors' values ([`validate_indices`]); entries of
 //!   `block_table` past the pages a sequence uses are never read and never checked (engines
 //!   leave −1 there). Device-level calls see only their lengths.
+//! - Bad index tensors on the device. A device-level call cannot have its index values checked
+//!   (they live on the device), so every kernel clamps each index it computes into the
+//!   buffers it was given and never reads or writes outside them, and: a row that reads a
+//!   `block_table` entry outside `[0, pages)` is written as NaN (O and LSE, every head; rows of
+//!   that sequence that do not read it may be NaN too, rows of other sequences are not); a
+//!   sequence whose `seqlens_k` is outside `[0, capacity]` has every row NaN; cumulative
+//!   lengths that do not start at 0, decrease, end anywhere but the tensor's length or hold a
+//!   sequence longer than the shape declares make every row of the call NaN (sequences can no
+//!   longer be told apart). A sequence with a NaN row has an all-NaN statistics record and NaN
+//!   key mass. `tests/common` (`bad_index_cases`, `check_bad_index_outputs`) holds kernels to
+//!   this.
 //! - The LSE buffer is optional at the device level ([`Args::lse`]); host-level calls always
 //!   return it. A dense parameter must hold exactly its elements; one given as a view (an
 //!   offset and strides in [`Layouts::params`]) may sit anywhere inside a larger buffer.

@@ -209,14 +209,28 @@ fn log_sigmoid<R: Real>(x: R) -> R {
     }
 }
 
+/// −Σ p ln p over the positive probabilities (0 ln 0 = 0); NaN if any probability is NaN.
 fn entropy<R: Real>(probs: impl IntoIterator<Item = R>) -> R {
     let mut h = R::ZERO;
     for p in probs {
         if p > R::ZERO {
             h += -(p * p.ln());
+        } else if p.partial_cmp(&R::ZERO).is_none() {
+            return R::of(f64::NAN);
         }
     }
     h
+}
+
+/// x clipped to [0, 1]; NaN stays NaN.
+fn clip01<R: Real>(x: R) -> R {
+    if x < R::ZERO {
+        R::ZERO
+    } else if x > R::ONE {
+        R::ONE
+    } else {
+        x
+    }
 }
 
 /// `acc += w · v` with `w` rounded as the baseline requires before P·V.
@@ -308,7 +322,7 @@ fn row<R: Real>(
                 let (zeta, gamma) = (R::of(zeta as f64), R::of(gamma as f64));
                 probs
                     .iter()
-                    .map(|&p| ((zeta - gamma) * p + gamma).max(R::ZERO).min(R::ONE))
+                    .map(|&p| clip01((zeta - gamma) * p + gamma))
                     .collect()
             }
             _ => probs.clone(),
@@ -320,10 +334,10 @@ fn row<R: Real>(
         }
         row.row_mass = mass;
         row.probs = match variant {
-            Variant::ClippedSoftmax { .. } if mass > R::ZERO => {
-                weights.iter().map(|&w| w / mass).collect()
-            }
-            Variant::ClippedSoftmax { .. } => vec![R::ZERO; weights.len()],
+            // A row whose clipped weights are all 0 has an all-zero distribution; a NaN mass
+            // (NaN inputs) stays NaN.
+            Variant::ClippedSoftmax { .. } if mass == R::ZERO => vec![R::ZERO; weights.len()],
+            Variant::ClippedSoftmax { .. } => weights.iter().map(|&w| w / mass).collect(),
             _ => probs,
         };
         if let (Variant::KvSink, Some(v_sink)) = (variant, x.v_param) {

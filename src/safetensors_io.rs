@@ -35,12 +35,11 @@ use crate::contract::{
     QuerySeqs, SeqIndices, Sequences, Shape, Stat, TensorName, Variant,
 };
 
-/// Path of the all-MiniLM-L6-v2 fixture in a checkout of this crate (see its README): Q/K/V of
-/// the six layers for two sentences, with PyTorch's attention outputs and probabilities.
-pub const MINILM_FIXTURE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/all-MiniLM-L6-v2.safetensors"
-);
+/// Path of the all-MiniLM-L6-v2 fixture relative to the root of a checkout of this crate's
+/// repository (see its README): Q/K/V of the six layers for two sentences, with PyTorch's
+/// attention outputs and probabilities. The published package leaves the file out (1 MB); the
+/// demo and the tool take its path.
+pub const MINILM_FIXTURE: &str = "tests/fixtures/all-MiniLM-L6-v2.safetensors";
 
 /// Why a file could not be read as attention inputs.
 #[derive(Debug, thiserror::Error)]

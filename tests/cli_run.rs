@@ -481,3 +481,49 @@ fn one_layer_of_a_model_dump_replays_with_a_prefix() {
     let out = tool(&["run", fixture, "--prefix", "layers.9."]);
     assert_malformed(&out, "tensor `layers.9.q` is missing");
 }
+
+/// `--no-reference` runs the backend and writes the same outputs as a checked run, without the
+/// reference or its report.
+#[test]
+fn no_reference_skips_the_check_and_still_writes_the_outputs() {
+    let path = write("no-ref", &call(Variant::Softmax, DType::F32));
+    let (checked, unchecked) = (temp("no-ref-checked"), temp("no-ref-unchecked"));
+    let run = |extra: &[&str], out: &std::path::Path| {
+        let mut args = vec![
+            "run",
+            path.to_str().unwrap(),
+            "--backend",
+            "reference",
+            "--out",
+        ];
+        args.push(out.to_str().unwrap());
+        args.extend_from_slice(extra);
+        let output = tool(&args);
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+        text(&output.stdout)
+    };
+    let with = run(&[], &checked);
+    let without = run(&["--no-reference"], &unchecked);
+    assert!(with.contains("nmse"), "{with}");
+    assert!(!without.contains("nmse"), "{without}");
+    assert!(
+        without.contains("not checked against the reference"),
+        "{without}"
+    );
+    let (a, b) = (
+        std::fs::read(&checked).unwrap(),
+        std::fs::read(&unchecked).unwrap(),
+    );
+    for p in [&path, &checked, &unchecked] {
+        std::fs::remove_file(p).ok();
+    }
+    let o = |bytes: &[u8]| {
+        SafeTensors::deserialize(bytes)
+            .unwrap()
+            .tensor("o")
+            .unwrap()
+            .data()
+            .to_vec()
+    };
+    assert_eq!(o(&a), o(&b));
+}

@@ -470,15 +470,48 @@ fn disk_cache_serves_a_second_start() {
     kernels::store(
         &kernels::cache_path(&dir, cold.spec, cold.arch, nvrtc),
         &cold.cubin,
-    );
+    )
+    .expect("a fresh temporary directory is writable");
     let start = Instant::now();
     let warm = kernels::compile_cached_in(Some(&dir), cold.spec, cold.arch, nvrtc).expect("cached");
     let warm_seconds = start.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(warm.cubin, cold.cubin, "the cache returns the stored cubin");
     assert_eq!(warm.compile_seconds, 0.0, "a cache hit does not compile");
+    assert!(
+        matches!(warm.cache, kernels::CacheOutcome::Hit(_)),
+        "{:?}",
+        warm.cache
+    );
     eprintln!(
         "bf16-tc128 sm_90: cold NVRTC compile {:.1} s, warm start from the disk cache {:.4} s",
         cold.compile_seconds, warm_seconds
     );
+}
+
+/// A cache directory that cannot be created (its parent is a file) is reported in the module's
+/// `cache`, and the module is still returned; nothing is left behind.
+#[test]
+fn an_unwritable_disk_cache_is_reported() {
+    let Some(nvrtc) = kernels::nvrtc_version() else {
+        common::skip_or_fail("nvrtc", "libnvrtc not found on LD_LIBRARY_PATH");
+        return;
+    };
+    let blocker =
+        std::env::temp_dir().join(format!("outlier-attn-not-a-dir-{}", std::process::id()));
+    std::fs::write(&blocker, b"a file where the cache directory should be").expect("temp file");
+    let dir = blocker.join("cache");
+    let spec = Specialization::select(DType::F32, 64, SM75);
+    let module = kernels::compile_cached_in(Some(&dir), spec, SM75, nvrtc);
+    let _ = std::fs::remove_file(&blocker);
+    let module = module.expect("compiles without the cache");
+    assert!(!module.cubin.is_empty());
+    match &module.cache {
+        kernels::CacheOutcome::WriteFailed { path, error } => {
+            assert!(path.starts_with(&dir), "{path:?}");
+            assert!(!error.is_empty());
+        }
+        other => panic!("expected WriteFailed, got {other:?}"),
+    }
+    assert!(module.cache.write_error().is_some());
 }

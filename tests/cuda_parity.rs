@@ -115,9 +115,15 @@ fn cuda_module_compile_time() {
         .map(|dir| kernels::cache_path(&dir, spec, attn.arch(), attn.nvrtc_version()).exists())
         .unwrap_or(false);
     let start = std::time::Instant::now();
-    attn.prepare(spec).expect("compile and load");
+    let prepared = attn.prepare(spec).expect("compile and load");
+    assert_eq!(
+        matches!(prepared.cache, kernels::CacheOutcome::Hit(_)),
+        cached,
+        "{:?}",
+        prepared.cache
+    );
     eprintln!(
-        "outlier-attn-compile spec={spec} arch={} nvrtc={} {} seconds={:.3}",
+        "outlier-attn-compile spec={spec} arch={} nvrtc={} {} seconds={:.3} cache={:?}",
         attn.arch(),
         attn.nvrtc_version(),
         if cached {
@@ -125,7 +131,8 @@ fn cuda_module_compile_time() {
         } else {
             "cold (nvrtc)"
         },
-        start.elapsed().as_secs_f64()
+        start.elapsed().as_secs_f64(),
+        prepared.cache
     );
 }
 

@@ -9,10 +9,10 @@ mod common;
 
 use common::{EngineCase, Limits};
 use outlier_attn::cases::{self, InputSpec, KvStorage, SeqCase};
-use outlier_attn::reference::{self, ExactOutputs};
+use outlier_attn::reference::{self, ExactOutputs, Reference};
 use outlier_attn::{
-    DType, Gate, GateGranularity, HostInputs, HostTensor, KvSeqs, Layout, Mask, Problem, QuerySeqs,
-    Shape, Stat, StatsLevel, Strides, Variant,
+    Backend, DType, Gate, GateGranularity, HostInputs, HostTensor, KvSeqs, Layout, Mask, Problem,
+    QuerySeqs, Shape, Stat, StatsLevel, Strides, Variant,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestRunner};
@@ -555,6 +555,66 @@ fn sequences_without_queries_or_keys_follow_the_contract() {
                 Variant::LogitSink => assert_eq!(stat(2, h, Stat::SinkMass), 1.0),
                 _ => assert!(stat(2, h, Stat::FirstKeyMass).is_nan()),
             }
+        }
+    }
+}
+
+/// The checker the GPU backends' bad-index tests use (tests/common `check_bad_index_outputs`)
+/// can fail: the valid call's own outputs fail it wherever a row must be NaN, and pass once
+/// those rows and their sequences' records are NaN.
+#[test]
+fn the_bad_index_checker_tells_contained_from_leaked() {
+    use common::RowExpect;
+    for case in common::bad_index_cases() {
+        let p = &case.problem;
+        let clean = Reference.forward(p, &case.valid).expect("valid");
+        let must_nan = case.rows.contains(&RowExpect::Nan);
+        assert_eq!(
+            common::check_bad_index_outputs(&case, &clean).is_ok(),
+            !must_nan,
+            "{}",
+            case.label
+        );
+        assert!(
+            must_nan,
+            "{}: no row must be NaN, the case tests nothing",
+            case.label
+        );
+        // The outputs a containing kernel writes.
+        let mut contained = clean.clone();
+        let (hq, d) = (p.shape.q_heads, p.shape.head_dim);
+        let map = outlier_attn::SeqMap::new(&p.shape, &p.seqs, &case.valid.indices).unwrap();
+        for (b, span) in map.spans().iter().enumerate() {
+            let rows: Vec<usize> = (0..span.q_len)
+                .map(|i| {
+                    let (outer, token) = map.q_pos(b, i);
+                    outer * p.shape.q_len + token
+                })
+                .collect();
+            if !rows.iter().any(|&r| case.rows[r] == RowExpect::Nan) {
+                continue;
+            }
+            for (i, &r) in rows.iter().enumerate() {
+                if case.rows[r] == RowExpect::Correct {
+                    continue;
+                }
+                for c in 0..hq * d {
+                    contained.o.set(r * hq * d + c, f64::NAN);
+                }
+                for h in 0..hq {
+                    contained.lse[map.lse_index(b, h, i)] = f32::NAN;
+                }
+            }
+            let at = b * hq * Stat::COUNT;
+            contained.stats.as_mut().unwrap()[at..at + hq * Stat::COUNT].fill(f32::NAN);
+            for h in 0..hq {
+                for j in 0..span.kv_len {
+                    contained.key_mass.as_mut().unwrap()[map.key_mass_index(b, h, j)] = f32::NAN;
+                }
+            }
+        }
+        if let Err(e) = common::check_bad_index_outputs(&case, &contained) {
+            panic!("{e}");
         }
     }
 }

@@ -534,3 +534,57 @@ fn materialise(problem: &Problem, inputs: &HostInputs) -> Direct {
     }
     out
 }
+
+/// NaN in one query row reaches that row's output and LSE and every statistic that sums over
+/// rows, for every variant; the other rows stay finite; maxima ignore it (crate docs).
+#[test]
+fn nan_in_one_query_row_propagates_to_what_it_reaches() {
+    for variant in outlier_attn::suites::sweep_variants() {
+        let problem = Problem::new(Shape::new(1, 1, 1, 3, 5, 8), DType::F32)
+            .with_variant(variant)
+            .with_stats(StatsLevel::HeadsAndKeys);
+        let mut inputs = random_inputs(&problem, &InputSpec::default());
+        inputs.q.set(8, f64::NAN); // row 1, channel 0
+        let out = exact(&problem, &inputs);
+        let name = variant.name();
+        for i in 0..3 {
+            let row = &out.o[i * 8..(i + 1) * 8];
+            if i == 1 {
+                assert!(row.iter().all(|x| x.is_nan()), "{name}: o row 1 {row:?}");
+                assert!(out.lse[i].is_nan(), "{name}: lse row 1 {}", out.lse[i]);
+            } else {
+                assert!(
+                    row.iter().all(|x| x.is_finite()),
+                    "{name}: o row {i} {row:?}"
+                );
+                assert!(!out.lse[i].is_nan(), "{name}: lse row {i}");
+            }
+        }
+        for st in [
+            Stat::FirstKeyMass,
+            Stat::MeanEntropy,
+            Stat::RowMassMean,
+            Stat::QAbsMean,
+        ] {
+            assert!(
+                stat(&out, 0, st).is_nan(),
+                "{name}: {} = {}",
+                st.name(),
+                stat(&out, 0, st)
+            );
+        }
+        assert!(
+            out.key_mass.iter().all(|x| x.is_nan()),
+            "{name}: key_mass {:?}",
+            out.key_mass
+        );
+        for st in [Stat::MaxScore, Stat::QAbsMax, Stat::KAbsMax] {
+            assert!(
+                stat(&out, 0, st).is_finite(),
+                "{name}: {} = {}",
+                st.name(),
+                stat(&out, 0, st)
+            );
+        }
+    }
+}

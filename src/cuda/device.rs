@@ -11,7 +11,9 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 use half::{bf16, f16};
 
-use super::kernels::{self, Arch, FINALIZE_ENTRY, KEY_MASS_ENTRY, NvrtcVersion, Specialization};
+use super::kernels::{
+    self, Arch, CacheOutcome, FINALIZE_ENTRY, KEY_MASS_ENTRY, NvrtcVersion, Specialization,
+};
 use super::plan::{Addresses, LaunchPlan};
 use super::{BACKEND, backend_error};
 use crate::contract::{
@@ -123,6 +125,20 @@ struct Kernels {
     finalize: CudaFunction,
     key_mass: CudaFunction,
     _module: Arc<CudaModule>,
+    prepared: Prepared,
+}
+
+/// How one module got onto the device: what [`CudaAttention::prepare`] and
+/// [`CudaAttention::prepare_model`] report.
+#[derive(Clone, Debug, PartialEq)]
+#[must_use = "a module cache that could not be written is reported here"]
+pub struct Prepared {
+    /// The specialisation.
+    pub spec: Specialization,
+    /// Read from the disk cache, compiled and stored, or compiled with the store failing.
+    pub cache: CacheOutcome,
+    /// Seconds NVRTC took when this process first loaded the module (0 for a cache hit).
+    pub compile_seconds: f64,
 }
 
 impl Kernels {
@@ -195,12 +211,29 @@ impl CudaAttention {
     }
 
     /// Compiles (or reads from the disk cache) and loads the module of `spec`, once per
-    /// process; later calls return the loaded one.
+    /// process; later calls return the loaded one and report how it was first loaded.
     ///
     /// # Errors
     /// [`Error::Backend`](crate::Error::Backend) with NVRTC's log, or the driver's message.
-    pub fn prepare(&self, spec: Specialization) -> Result<()> {
-        self.kernels(spec).map(|_| ())
+    pub fn prepare(&self, spec: Specialization) -> Result<Prepared> {
+        self.kernels(spec).map(|k| k.prepared.clone())
+    }
+
+    /// Loads, at start-up, every module a model of this dtype and head dim runs, so that no
+    /// NVRTC compile happens inside its first forward. Variant, mask, softcap, scale and
+    /// statistics level are kernel arguments, so this is one module, whatever the model's
+    /// layers use. A cache that could not be written is in [`Prepared::cache`].
+    ///
+    /// # Errors
+    /// [`Error::HeadDim`](crate::Error::HeadDim) for a head dim the contract refuses (not a multiple of
+    /// [`HEAD_DIM_MULTIPLE`](crate::HEAD_DIM_MULTIPLE) up to
+    /// [`MAX_HEAD_DIM`](crate::MAX_HEAD_DIM)); those of [`prepare`](Self::prepare).
+    pub fn prepare_model(&self, dtype: DType, head_dim: usize) -> Result<Vec<Prepared>> {
+        use crate::contract::{HEAD_DIM_MULTIPLE, MAX_HEAD_DIM};
+        if head_dim == 0 || head_dim % HEAD_DIM_MULTIPLE != 0 || head_dim > MAX_HEAD_DIM {
+            return Err(crate::Error::HeadDim { head_dim });
+        }
+        Ok(vec![self.prepare(self.specialization(dtype, head_dim))?])
     }
 
     fn kernels(&self, spec: Specialization) -> Result<Arc<Kernels>> {
@@ -246,6 +279,11 @@ impl CudaAttention {
             finalize: function(FINALIZE_ENTRY)?,
             key_mass,
             _module: module,
+            prepared: Prepared {
+                spec,
+                cache: compiled.cache,
+                compile_seconds: compiled.compile_seconds,
+            },
         });
         Ok(self.lock_modules().entry(spec).or_insert(kernels).clone())
     }

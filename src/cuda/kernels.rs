@@ -52,10 +52,15 @@ pub enum CompileError {
     },
 }
 
-/// Whether libnvrtc can be loaded.
+/// Whether libnvrtc can be reached: looked for by name with the feature
+/// `cuda-dynamic-loading`; `true` without it, as [`driver_present`](super::driver_present)
+/// explains.
 pub fn nvrtc_present() -> bool {
+    #[cfg(feature = "cuda-dynamic-loading")]
     // SAFETY: only dlopens the library by name and reports whether it was found.
-    unsafe { nvrtc_sys::is_culib_present() }
+    return unsafe { nvrtc_sys::is_culib_present() };
+    #[cfg(not(feature = "cuda-dynamic-loading"))]
+    true
 }
 
 /// The NVRTC version, or `None` when libnvrtc is missing.
@@ -97,6 +102,8 @@ pub struct CompiledModule {
     pub log: String,
     /// Seconds NVRTC took (0 when read from the disk cache).
     pub compile_seconds: f64,
+    /// What the disk cache did ([`CacheOutcome::Disabled`] from [`compile`], which has none).
+    pub cache: CacheOutcome,
 }
 
 impl CompiledModule {
@@ -176,6 +183,7 @@ pub fn compile(spec: Specialization, arch: Arch) -> Result<CompiledModule, Compi
         cubin,
         log,
         compile_seconds,
+        cache: CacheOutcome::Disabled,
     })
 }
 
@@ -236,8 +244,42 @@ pub fn cache_path(
     dir.join(format!("{}-{arch}-{key:016x}.cubin", spec.name()))
 }
 
+/// What the disk cache did for one module.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// The cubin was read from this file; nothing was compiled.
+    Hit(PathBuf),
+    /// Compiled, and written to this file for the next process.
+    Stored(PathBuf),
+    /// Compiled, but the cache file could not be written (a read-only or full disk, a
+    /// directory without permission): the next process compiles again.
+    WriteFailed {
+        /// The file that was to be written.
+        path: PathBuf,
+        /// The operating system's reason.
+        error: String,
+    },
+    /// Compiled; no cache directory (neither `OUTLIER_ATTN_CACHE_DIR`, `XDG_CACHE_HOME` nor
+    /// `HOME` is set).
+    Disabled,
+}
+
+impl CacheOutcome {
+    /// Why the cache could not be written, if it could not.
+    pub fn write_error(&self) -> Option<String> {
+        match self {
+            CacheOutcome::WriteFailed { path, error } => Some(format!(
+                "the module cache {} could not be written: {error}",
+                path.display()
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// Compiles `spec` for `arch`, or reads it from the disk cache ([`cache_dir`]) when a previous
-/// process did. A cache that cannot be read or written is skipped, never an error.
+/// process did. A cache file that cannot be read is compiled again; one that cannot be written
+/// is reported in [`CompiledModule::cache`], never an error: the module itself is good.
 ///
 /// # Errors
 /// Those of [`compile`].
@@ -260,32 +302,47 @@ pub fn compile_cached_in(
     nvrtc: NvrtcVersion,
 ) -> Result<CompiledModule, CompileError> {
     let path = dir.map(|dir| cache_path(dir, spec, arch, nvrtc));
-    if let Some(cubin) = path.as_ref().and_then(|p| std::fs::read(p).ok()) {
+    if let Some(p) = &path
+        && let Ok(cubin) = std::fs::read(p)
+    {
         return Ok(CompiledModule {
             spec,
             arch,
             cubin,
             log: String::new(),
             compile_seconds: 0.0,
+            cache: CacheOutcome::Hit(p.clone()),
         });
     }
-    let module = compile(spec, arch)?;
-    if let Some(path) = path {
-        store(&path, &module.cubin);
-    }
+    let mut module = compile(spec, arch)?;
+    module.cache = match path {
+        Some(path) => match store(&path, &module.cubin) {
+            Ok(()) => CacheOutcome::Stored(path),
+            Err(e) => CacheOutcome::WriteFailed {
+                path,
+                error: e.to_string(),
+            },
+        },
+        None => CacheOutcome::Disabled,
+    };
     Ok(module)
 }
 
 /// Writes a cache file under a private name, then renames it: a concurrent reader never sees
-/// half a file. Failures leave no file behind and are otherwise ignored.
-pub fn store(path: &std::path::Path, cubin: &[u8]) {
+/// half a file. A failure leaves no file behind.
+///
+/// # Errors
+/// The I/O error of creating the directory, writing or renaming.
+pub fn store(path: &std::path::Path, cubin: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
+        std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    if std::fs::write(&tmp, cubin).is_err() || std::fs::rename(&tmp, path).is_err() {
+    let written = std::fs::write(&tmp, cubin).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
+    written
 }
 
 #[cfg(test)]

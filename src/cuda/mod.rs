@@ -16,13 +16,16 @@
 //! Paths: f16 and bf16 run on tensor cores (mma.sync m16n8k16, ldmatrix, cp.async) from
 //! sm_80; f32, and 16-bit inputs before sm_80, run on a SIMT kernel in true f32 arithmetic.
 //!
-//! libcuda and libnvrtc are loaded at run time (cudarc's `dynamic-loading`), so the crate
-//! builds and its tests run where neither exists; their absence is an [`Error::Backend`].
+//! With the default features libcuda and libnvrtc are loaded at run time (cudarc's
+//! `dynamic-loading`, CUDA 12.8 API), so the crate builds and its tests run where neither
+//! exists, and their absence is an [`Error::Backend`]. An engine that brings its own cudarc
+//! features turns the defaults off (see [`driver_present`] for what changes); [`cudarc`] is
+//! re-exported so that it can name the same version.
 //!
 //! # CUDA versions
-//! cudarc is built against the CUDA 12.8 API and opens `libnvrtc.so.12` or `libnvrtc.so` by
-//! name (`LD_LIBRARY_PATH` applies); `libnvrtc.so.13` is used when linked as `libnvrtc.so`
-//! (scripts/h200/run.sh does this with the toolkit's own NVRTC). Verified here: NVRTC 12.9
+//! With the default features cudarc binds the CUDA 12.8 API and opens `libnvrtc.so.12` or
+//! `libnvrtc.so` by name (`LD_LIBRARY_PATH` applies); `libnvrtc.so.13` is used when linked as
+//! `libnvrtc.so` (scripts/h200/run.sh does this with the toolkit's own NVRTC). Verified here: NVRTC 12.9
 //! (PyPI `nvidia-cuda-nvrtc-cu12`) and 13.5 (`nvidia-cuda-nvrtc`). Modules are compiled to
 //! cubins (SASS) for the device's exact compute capability, never to PTX, so the driver's PTX
 //! JIT and its PTX ISA limit play no part; the driver needs only to support the device
@@ -34,9 +37,16 @@ pub mod plan;
 pub mod spec;
 
 #[cfg(feature = "cuda")]
+mod args;
+#[cfg(feature = "cuda")]
 mod device;
 #[cfg(feature = "cuda")]
 pub mod kernels;
+
+/// The cudarc this crate is built against (0.19): an engine whose own cudarc is the same
+/// semver version shares its `CudaContext`, `CudaStream` and buffers with this crate.
+#[cfg(feature = "cuda")]
+pub use cudarc;
 
 #[cfg(feature = "cuda")]
 use std::sync::{Arc, Mutex};
@@ -49,9 +59,9 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 
 #[cfg(feature = "cuda")]
-pub use device::{CudaAttention, CudaElement, DeviceArgs, DeviceParams, Workspace};
+pub use device::{CudaAttention, CudaElement, DeviceArgs, DeviceParams, Prepared, Workspace};
 #[cfg(feature = "cuda")]
-pub use kernels::{CompileError, CompiledModule, KernelResources, NvrtcVersion};
+pub use kernels::{CacheOutcome, CompileError, CompiledModule, KernelResources, NvrtcVersion};
 pub use plan::{Addresses, Launch, LaunchPlan, WorkspaceLayout};
 pub use spec::{Arch, HeadDimTile, KernelPath, Specialization};
 
@@ -74,15 +84,31 @@ pub(crate) fn backend_error(message: String) -> Error {
     }
 }
 
+/// Whether libcuda can be reached.
+///
+/// With the feature `cuda-dynamic-loading` cudarc opens libcuda at the first driver call and
+/// panics where it is missing, so this looks for it first. Without that feature the engine
+/// chose how cudarc finds CUDA and this crate cannot tell which way, so it does not look and
+/// answers `true`: with cudarc linking libcuda (`dynamic-linking`, `static-linking`) it is there
+/// whenever the program runs; with cudarc's dynamic loading chosen by the engine alone, a
+/// missing libcuda panics inside cudarc, as the engine's own first call would.
+pub fn driver_present() -> bool {
+    #[cfg(feature = "cuda-dynamic-loading")]
+    // SAFETY: only dlopens libcuda by name and reports whether it was found.
+    return unsafe { cudarc::driver::sys::is_culib_present() };
+    #[cfg(not(feature = "cuda-dynamic-loading"))]
+    true
+}
+
 /// Finds device 0, explaining what is missing: no libcuda, no device, no NVRTC.
 ///
 /// # Errors
-/// [`Error::Backend`] naming the missing piece; never panics.
+/// [`Error::Backend`] naming the missing piece; never panics with the feature
+/// `cuda-dynamic-loading` (without it, see [`driver_present`]).
 #[cfg(feature = "cuda")]
 pub fn detect() -> Result<Arc<CudaContext>> {
-    // SAFETY: only dlopens libcuda by name and reports whether it was found; every driver
-    // call below happens after this check (with no libcuda, cudarc panics on the first call).
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+    // Every driver call below happens after this check.
+    if !driver_present() {
         return Err(backend_error(
             "libcuda not found (no NVIDIA driver on this machine)".to_string(),
         ));

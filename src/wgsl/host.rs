@@ -57,14 +57,7 @@ impl WgslBackend {
         let instance = ::wgpu::Instance::new(
             ::wgpu::InstanceDescriptor::new_without_display_handle_from_env(),
         );
-        let adapter = pollster::block_on(
-            instance.request_adapter(&::wgpu::RequestAdapterOptions {
-                power_preference: ::wgpu::PowerPreference::from_env()
-                    .unwrap_or(::wgpu::PowerPreference::HighPerformance),
-                ..Default::default()
-            }),
-        )
-        .map_err(|e| backend_error(format!("no wgpu adapter found: {e}")))?;
+        let adapter = pollster::block_on(find_adapter(&instance))?;
         let adapter_features = adapter.features();
         // Only what a path uses: subgroups for the reductions, timestamps for the bench.
         let wanted = ::wgpu::Features::SUBGROUP | ::wgpu::Features::TIMESTAMP_QUERY;
@@ -139,6 +132,38 @@ impl WgslBackend {
         errors.clear();
         Err(backend_error(message))
     }
+}
+
+/// The adapter named by `WGPU_ADAPTER_NAME` (the first whose name contains it, ignoring case;
+/// none is an error listing the adapters there are), else wgpu's default adapter with
+/// `WGPU_POWER_PREF` (high performance unless it says otherwise). `WGPU_BACKEND` was applied
+/// to `instance` when it was created.
+async fn find_adapter(instance: &::wgpu::Instance) -> Result<::wgpu::Adapter> {
+    if let Ok(wanted) = std::env::var("WGPU_ADAPTER_NAME") {
+        let adapters = instance.enumerate_adapters(::wgpu::Backends::all()).await;
+        let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+        return adapters
+            .into_iter()
+            .find(|a| {
+                a.get_info()
+                    .name
+                    .to_lowercase()
+                    .contains(&wanted.to_lowercase())
+            })
+            .ok_or_else(|| {
+                backend_error(format!(
+                    "WGPU_ADAPTER_NAME={wanted:?} matches none of the adapters found: {names:?}"
+                ))
+            });
+    }
+    instance
+        .request_adapter(&::wgpu::RequestAdapterOptions {
+            power_preference: ::wgpu::PowerPreference::from_env()
+                .unwrap_or(::wgpu::PowerPreference::HighPerformance),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| backend_error(format!("no wgpu adapter found: {e}")))
 }
 
 /// A dense f32 output of `len` elements at the start of `buffer`.

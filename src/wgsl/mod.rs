@@ -26,9 +26,14 @@
 //! Statistics are deterministic: each query block writes a partial record, and a combine pass
 //! folds them in block order; no float atomics anywhere.
 
+mod args;
 mod device;
 mod host;
 mod kernel;
+
+/// The wgpu this crate is built against (30): an engine on the same semver version shares its
+/// `Device`, `Buffer` and `CommandEncoder` with this crate.
+pub use ::wgpu;
 
 pub use device::{DeviceArgs, DeviceSlice, DeviceTensor, WgslAttention, WgslOptions};
 pub use host::WgslBackend;

@@ -21,3 +21,12 @@ pub fn text(bytes: &[u8]) -> String {
 pub fn temp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("outlier-attn-{}-{name}", std::process::id()))
 }
+
+/// Runs the binary with `args` and extra environment variables, capturing its output.
+pub fn tool_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_outlier-attn"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("the binary runs")
+}

@@ -663,3 +663,225 @@ pub fn cuda_block_cases() -> Vec<Case> {
     }
     out
 }
+
+/// What a device-level kernel must write for one output row (a query token, all heads) when
+/// the engine's index tensors are wrong (crate docs, "Bad index tensors on the device").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowExpect {
+    /// The row reads nothing bad: it equals the reference of the valid call.
+    Correct,
+    /// The row reads a bad entry: O and LSE NaN.
+    Nan,
+    /// Its sequence read a bad entry but this row may not have: either of the two.
+    Either,
+}
+
+/// An engine-shaped call whose index tensors were corrupted after validation, as a
+/// device-level call can receive them: the valid call, the corrupted index tensors, and what
+/// each output row must be.
+#[derive(Clone, Debug)]
+pub struct BadIndexCase {
+    /// What was corrupted.
+    pub label: String,
+    /// The call.
+    pub problem: Problem,
+    /// Its valid inputs; the reference of these is what unaffected rows must equal.
+    pub valid: HostInputs,
+    /// The index tensors the device sees instead.
+    pub bad: outlier_attn::SeqIndices<Vec<i32>>,
+    /// Per Q token (packed row, or b·Nq + i for dense Q).
+    pub rows: Vec<RowExpect>,
+}
+
+/// Corrupted index tensors of every kind: a block-table entry past the caches and a negative
+/// one (with a window, so that rows that never reach the bad page must stay correct), a
+/// `seqlens_k` entry past the cache and a negative one, and cumulative lengths that are
+/// not monotonic, start past 0, or end past the tensor.
+pub fn bad_index_cases() -> Vec<BadIndexCase> {
+    use outlier_attn::cases::{KvStorage, SeqCase};
+    let template = Problem::new(Shape::new(1, 4, 2, 1, 1, 16), DType::F32)
+        .with_variant(Variant::LogitSink)
+        .with_stats(StatsLevel::HeadsAndKeys);
+    let paged = SeqCase {
+        q_lens: vec![6, 6, 6],
+        kv_lens: vec![20, 40, 9],
+        packed_q: true,
+        kv: KvStorage::Paged {
+            page_size: 8,
+            spare_pages: 1,
+        },
+    };
+    let packed = SeqCase {
+        q_lens: vec![3, 5, 2],
+        kv_lens: vec![7, 5, 9],
+        packed_q: true,
+        kv: KvStorage::Packed,
+    };
+    let window = Mask::window(Some(29), Some(0));
+    let build = |mask: Mask, seqs: &SeqCase| {
+        cases::engine_inputs(&template.with_mask(mask), seqs, &InputSpec::default())
+    };
+    let mut out = Vec::new();
+    let (problem, valid) = build(window, &paged);
+    let outlier_attn::KvSeqs::Paged {
+        pages, max_pages, ..
+    } = problem.seqs.kv
+    else {
+        unreachable!("a paged case")
+    };
+    // Sequence 1 (6 queries over 40 keys, 29 keys before the diagonal): logical page 0 holds
+    // keys 0..8, which rows 0 to 2 read and rows 3 to 5 do not.
+    for (what, value) in [("past the caches", pages as i32), ("negative", -1)] {
+        let mut bad = valid.indices.clone();
+        bad.block_table.as_mut().unwrap()[max_pages] = value;
+        let mut rows = vec![RowExpect::Correct; 18];
+        for i in 0..6 {
+            let range = window.key_range(i, 6, 40);
+            rows[6 + i] = if range.start < 8 {
+                RowExpect::Nan
+            } else {
+                RowExpect::Either
+            };
+        }
+        out.push(BadIndexCase {
+            label: format!("block_table[1, 0] {what}"),
+            problem,
+            valid: valid.clone(),
+            bad,
+            rows,
+        });
+    }
+    let (problem, valid) = build(Mask::Causal, &paged);
+    for (what, value) in [
+        ("past the cache", (max_pages * 8 + 1) as i32),
+        ("negative", -3),
+    ] {
+        let mut bad = valid.indices.clone();
+        bad.seqlens_k.as_mut().unwrap()[2] = value;
+        let mut rows = vec![RowExpect::Correct; 18];
+        rows[12..].fill(RowExpect::Nan);
+        out.push(BadIndexCase {
+            label: format!("seqlens_k[2] {what}"),
+            problem,
+            valid: valid.clone(),
+            bad,
+            rows,
+        });
+    }
+    let (problem, valid) = build(Mask::Causal, &packed);
+    for (what, tensor, at, value) in [
+        ("decreasing", "cu_seqlens_q", 2, 1),
+        ("not starting at 0", "cu_seqlens_k", 0, 2),
+        ("ending past the tensor", "cu_seqlens_k", 3, 30),
+        ("ending past the tensor", "cu_seqlens_q", 3, 1000),
+    ] {
+        let mut bad = valid.indices.clone();
+        let cu = if tensor == "cu_seqlens_q" {
+            bad.cu_seqlens_q.as_mut()
+        } else {
+            bad.cu_seqlens_k.as_mut()
+        };
+        cu.unwrap()[at] = value;
+        out.push(BadIndexCase {
+            label: format!("{tensor}[{at}] {what}"),
+            problem,
+            valid: valid.clone(),
+            bad,
+            rows: vec![RowExpect::Nan; 10],
+        });
+    }
+    out
+}
+
+/// Holds a device-level run's outputs to what [`BadIndexCase::rows`] requires: rows that read
+/// a bad entry are NaN (O and LSE, every head), rows that read nothing bad pass the parity rule
+/// against the reference of the valid call, and a sequence with a NaN row has an all-NaN
+/// statistics record and NaN key mass; every other sequence's record and key mass pass.
+pub fn check_bad_index_outputs(
+    case: &BadIndexCase,
+    actual: &outlier_attn::HostOutputs,
+) -> Result<(), String> {
+    let p = &case.problem;
+    let exact = reference::forward(p, &case.valid).map_err(|e| e.to_string())?;
+    let base = reference::baseline(p, &case.valid).map_err(|e| e.to_string())?;
+    let map = outlier_attn::SeqMap::new(&p.shape, &p.seqs, &case.valid.indices)
+        .map_err(|e| e.to_string())?;
+    let (hq, d) = (p.shape.q_heads, p.shape.head_dim);
+    let x_o = actual.o.to_f64_vec();
+    let (mut r_o, mut b_o) = (exact.o.clone(), base.o.to_f64_vec());
+    let (mut r_lse, mut b_lse): (Vec<f64>, Vec<f64>) = (
+        exact.lse.clone(),
+        base.lse.iter().map(|&x| x as f64).collect(),
+    );
+    let x_lse: Vec<f64> = actual.lse.iter().map(|&x| x as f64).collect();
+    let mut poisoned = vec![false; p.shape.batch];
+    for (b, span) in map.spans().iter().enumerate() {
+        for i in 0..span.q_len {
+            let (outer, token) = map.q_pos(b, i);
+            let row = outer * p.shape.q_len + token;
+            let expect = case.rows[row];
+            let row_nan = (0..hq * d).all(|c| x_o[row * hq * d + c].is_nan());
+            let nan = match expect {
+                RowExpect::Correct => false,
+                RowExpect::Nan => true,
+                RowExpect::Either => row_nan,
+            };
+            if nan {
+                poisoned[b] = true;
+                r_o[row * hq * d..(row + 1) * hq * d].fill(f64::NAN);
+                b_o[row * hq * d..(row + 1) * hq * d].fill(f64::NAN);
+                for h in 0..hq {
+                    r_lse[map.lse_index(b, h, i)] = f64::NAN;
+                    b_lse[map.lse_index(b, h, i)] = f64::NAN;
+                }
+            }
+        }
+    }
+    let mut checks = vec![
+        parity::compare_values("o", p.dtype, &x_o, &r_o, &b_o),
+        parity::compare_values("lse", p.dtype, &x_lse, &r_lse, &b_lse),
+    ];
+    if let (Some(x), Some(b_stats)) = (&actual.stats, &base.stats) {
+        let (mut r, mut bb) = (
+            exact.stats.clone(),
+            b_stats.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        );
+        for (b, &bad) in poisoned.iter().enumerate() {
+            if bad {
+                let at = b * hq * outlier_attn::Stat::COUNT;
+                r[at..at + hq * outlier_attn::Stat::COUNT].fill(f64::NAN);
+                bb[at..at + hq * outlier_attn::Stat::COUNT].fill(f64::NAN);
+            }
+        }
+        let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        checks.push(parity::compare_values("stats", p.dtype, &x, &r, &bb));
+    }
+    if let (Some(x), Some(b_km)) = (&actual.key_mass, &base.key_mass) {
+        let (mut r, mut bb) = (
+            exact.key_mass.clone(),
+            b_km.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        );
+        for (b, span) in map.spans().iter().enumerate() {
+            if poisoned[b] {
+                for h in 0..hq {
+                    for j in 0..span.kv_len {
+                        r[map.key_mass_index(b, h, j)] = f64::NAN;
+                        bb[map.key_mass_index(b, h, j)] = f64::NAN;
+                    }
+                }
+            }
+        }
+        let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        checks.push(parity::compare_values("key_mass", p.dtype, &x, &r, &bb));
+    }
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| c.verdict == parity::Verdict::Fail)
+        .map(|c| format!("{}: {}", c.output, c.detail.clone().unwrap_or_default()))
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", case.label, failed.join("; ")))
+    }
+}

@@ -1,0 +1,59 @@
+//! Building a call's [`DeviceArgs`] in a line: dense buffers first, then what the call adds.
+
+use cudarc::driver::{CudaView, CudaViewMut};
+
+use super::device::{DeviceArgs, DeviceParams};
+use crate::contract::{Layouts, Problem};
+
+impl<'a, T> DeviceArgs<'a, T> {
+    /// Q, K, V and O dense `[B, N, H, d]` as `problem`'s shape lays them out, and the LSE
+    /// `[B, Hq, Nq]`; no statistics, no parameters. Add those with the `with_` methods below,
+    /// and give strided views (a KV cache with room for more tokens, a fused QKV buffer) with
+    /// [`with_layouts`](Self::with_layouts).
+    pub fn dense(
+        problem: &Problem,
+        q: CudaView<'a, T>,
+        k: CudaView<'a, T>,
+        v: CudaView<'a, T>,
+        o: CudaViewMut<'a, T>,
+        lse: CudaViewMut<'a, f32>,
+    ) -> DeviceArgs<'a, T> {
+        DeviceArgs {
+            q,
+            k,
+            v,
+            o,
+            lse,
+            stats: None,
+            key_mass: None,
+            layouts: Layouts::contiguous(&problem.shape),
+            params: DeviceParams::default(),
+        }
+    }
+
+    /// With the statistics buffer `[B, Hq, Stat::COUNT]` (levels `Heads`, `HeadsAndKeys`).
+    pub fn with_stats(self, stats: CudaViewMut<'a, f32>) -> DeviceArgs<'a, T> {
+        DeviceArgs {
+            stats: Some(stats),
+            ..self
+        }
+    }
+
+    /// With the key-mass buffer `[B, Hq, Nk]` (level `HeadsAndKeys`).
+    pub fn with_key_mass(self, key_mass: CudaViewMut<'a, f32>) -> DeviceArgs<'a, T> {
+        DeviceArgs {
+            key_mass: Some(key_mass),
+            ..self
+        }
+    }
+
+    /// With the variant's learned tensors.
+    pub fn with_params(self, params: DeviceParams<'a, T>) -> DeviceArgs<'a, T> {
+        DeviceArgs { params, ..self }
+    }
+
+    /// With other offsets and strides for Q, K, V and O.
+    pub fn with_layouts(self, layouts: Layouts) -> DeviceArgs<'a, T> {
+        DeviceArgs { layouts, ..self }
+    }
+}
