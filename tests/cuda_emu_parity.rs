@@ -126,19 +126,19 @@ fn cuda_emu_every_tile_and_variant() {
     }
 }
 
-/// Lengths across several 128-row query blocks and 64-key tiles, every variant and statistic
-/// (tests/common `cuda_block_cases`).
+/// Lengths across several query blocks and K/V tiles, every variant causal and not, every
+/// statistic, f16 and bf16 at d = 64, 128 and 256 (tests/common `cuda_block_cases`).
 #[test]
 fn cuda_emu_passes_across_several_blocks_and_tiles() {
     let Some(b) = backend() else { return };
     let start = std::time::Instant::now();
-    for case in common::cuda_block_cases() {
-        assert_eq!(
-            b.attention()
-                .specialization(case.problem.dtype, case.problem.shape.head_dim)
-                .block_m(),
-            128
-        );
+    let block = |d| match b.attention().specialization(DType::F16, d).path {
+        KernelPath::TensorCore(t) => (t.block_m(), t.block_n()),
+        KernelPath::Simt => panic!("d = {d}: f16 on sm_80 takes the tensor-core kernel"),
+    };
+    let cases = common::cuda_block_cases();
+    common::assert_block_cases_cover(&cases, block);
+    for case in cases {
         if let Err(e) = common::check_case(b, &case) {
             panic!("{e}");
         }

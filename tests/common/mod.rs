@@ -629,12 +629,15 @@ pub fn cuda_tile_cases() -> Vec<Case> {
     out
 }
 
-/// Cases for the CUDA tensor-core kernel's 128-row blocks: lengths across three query blocks
-/// and up to five 64-key tiles (so that whole unmasked tiles, tiles the causal diagonal
-/// crosses and the tail past Nk all occur, and several blocks own K/V tiles), GQA groups of two
-/// and three (K/V statistics counted once per kv head), Nq > Nk (rows that see no key) and
-/// Nq < Nk, every variant on the fast and the generic path, both 16-bit dtypes, d = 64 and
-/// 128, massive activations on a third, every statistic (`HeadsAndKeys`).
+/// Cases for the CUDA tensor-core kernel's query blocks (128 rows, 64 at d = 256) and K/V
+/// tiles (64 keys, 32 at d = 256): lengths across two to five query blocks and up to ten key
+/// tiles (so that whole unmasked tiles, tiles the causal diagonal crosses and the tail past Nk
+/// all occur, and several blocks own K/V tiles), GQA groups of two and three (K/V statistics
+/// counted once per kv head), Nq > Nk (rows that see no key) and Nq < Nk. Every variant (on
+/// the fast and the generic path) runs twice: once causal with `HeadsAndKeys` and once
+/// without a mask with `Heads`, or the other way round; f16 and bf16 at each of d = 64, 128
+/// and 256; massive activations on a third; views on a quarter
+/// ([`assert_block_cases_cover`] checks these claims).
 pub fn cuda_block_cases() -> Vec<Case> {
     let variants = Variant::all_default();
     let shapes = [
@@ -642,26 +645,71 @@ pub fn cuda_block_cases() -> Vec<Case> {
         Shape::new(1, 3, 1, 260, 130, 128),
         Shape::new(2, 2, 1, 129, 300, 64),
         Shape::new(1, 2, 2, 200, 200, 128),
+        Shape::new(1, 2, 1, 150, 100, 256),
+        Shape::new(1, 3, 1, 70, 150, 256),
     ];
     let mut out = Vec::new();
-    for (i, variant) in variants.iter().enumerate() {
-        let shape = shapes[i % shapes.len()];
-        let dtype = if i % 2 == 0 { DType::Bf16 } else { DType::F16 };
-        let mask = if i % 3 == 2 { Mask::None } else { Mask::Causal };
-        out.push(Case {
-            problem: Problem::new(shape, dtype)
-                .with_variant(*variant)
-                .with_mask(mask)
-                .with_stats(StatsLevel::HeadsAndKeys),
-            spec: InputSpec {
-                seed: 500 + i as u64,
-                massive: i % 3 == 0,
-                ..InputSpec::default()
-            },
-            views: i % 4 == 3,
-        });
+    for round in 0..2 {
+        for (i, variant) in variants.iter().enumerate() {
+            let n = round * variants.len() + i;
+            let shape = shapes[n % shapes.len()];
+            let dtype = if (n + n / shapes.len()) % 2 == 0 {
+                DType::Bf16
+            } else {
+                DType::F16
+            };
+            let causal = (i + round) % 2 == 0;
+            let (mask, stats) = if causal {
+                (Mask::Causal, StatsLevel::HeadsAndKeys)
+            } else {
+                (Mask::None, StatsLevel::Heads)
+            };
+            out.push(Case {
+                problem: Problem::new(shape, dtype)
+                    .with_variant(*variant)
+                    .with_mask(mask)
+                    .with_stats(stats),
+                spec: InputSpec {
+                    seed: 500 + n as u64,
+                    massive: n % 3 == 0,
+                    ..InputSpec::default()
+                },
+                views: n % 4 == 3,
+            });
+        }
     }
     out
+}
+
+/// Checks what [`cuda_block_cases`] claims to cover: every variant both causal and not,
+/// both `Heads` and `HeadsAndKeys`, f16 and bf16 at each of d = 64, 128 and 256, and every
+/// case longer than `block(d)` = (query rows, keys) of one block and one K/V tile.
+pub fn assert_block_cases_cover(cases: &[Case], block: impl Fn(usize) -> (usize, usize)) {
+    use std::collections::BTreeSet;
+    let mut seen = BTreeSet::new();
+    for case in cases {
+        let p = &case.problem;
+        let s = p.shape;
+        let (rows, keys) = block(s.head_dim);
+        assert!(
+            s.q_len > rows && s.kv_len > keys,
+            "{}: within one block or tile",
+            cases::label(p)
+        );
+        seen.insert(format!("{} {:?}", p.variant.name(), p.mask));
+        seen.insert(format!("{:?}", p.stats));
+        seen.insert(format!("{:?} d{}", p.dtype, s.head_dim));
+    }
+    let mut want: Vec<String> = Variant::all_default()
+        .iter()
+        .flat_map(|v| [Mask::Causal, Mask::None].map(|m| format!("{} {m:?}", v.name())))
+        .collect();
+    want.extend([StatsLevel::Heads, StatsLevel::HeadsAndKeys].map(|l| format!("{l:?}")));
+    for d in [64, 128, 256] {
+        want.extend([DType::F16, DType::Bf16].map(|t| format!("{t:?} d{d}")));
+    }
+    let missing: Vec<&String> = want.iter().filter(|w| !seen.contains(*w)).collect();
+    assert!(missing.is_empty(), "not covered: {missing:?}");
 }
 
 /// What a device-level kernel must write for one output row (a query token, all heads) when
