@@ -180,7 +180,7 @@ attention_simt(const AttnParams p) {
             float l = half == 0 ? logit_of(p, x) : neg_inf();
             float inv_l = 0.f;
             if (clip_pass) {
-                inv_l = st.l > 0.f ? 1.f / st.l : 0.f;
+                inv_l = inv_or_zero(st.l);
             } else {
                 const float alpha = st.rescale(fmaxf(st.m, row_max<kWarpSize>(l)));
                 if (accumulates_softmax(p.variant) && with_v) {
@@ -218,7 +218,7 @@ attention_simt(const AttnParams p) {
             if (p.row_records) {
                 const gmem_ptr<float> rec = p.row_records + ((u64)bh * p.q_len + row) * kRowRecord;
                 rec[kRowMax] = st.m;
-                rec[kRowInvL] = st.l > 0.f ? 1.f / st.l : 0.f;
+                rec[kRowInvL] = inv_or_zero(st.l);
                 rec[kRowWeightSum] = st.weight_sum;
             }
         }

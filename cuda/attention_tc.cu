@@ -125,6 +125,7 @@ DEVICE unsigned pack2(float lo, float hi) {
 #endif
 }
 DEVICE float ex2_ftz(float x) { return emu::ex2_approx_ftz_f32(x); }
+DEVICE float max_keep_nan(float x, float lo) { return emu::max_NaN_f32(x, lo); }
 #else
 DEVICE unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
 
@@ -174,6 +175,14 @@ DEVICE unsigned pack2(float lo, float hi) {
 DEVICE float ex2_ftz(float x) {
     float r;
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(x));
+    return r;
+}
+
+// max(x, lo), NaN if x is NaN (max.NaN, sm_80 and newer: one FMNMX.NAN), where fmaxf would
+// return lo and hide the NaN.
+DEVICE float max_keep_nan(float x, float lo) {
+    float r;
+    asm("max.NaN.f32 %0, %1, %2;\n" : "=f"(r) : "f"(x), "f"(lo));
     return r;
 }
 #endif  // OUTLIER_ATTN_EMU
@@ -316,6 +325,9 @@ DEVICE void accumulate_pv(float (&acc_o)[kDTiles][4], const float (&s)[kNTiles][
 // they are 2^(c·s − m2) with the final m2, taken at the end from s_0 (kept in shared memory
 // by the tile that holds key 0) and s'.
 // ---------------------------------------------------------------------------------------------
+// ex2.approx.ftz is 0 below this (2^-127 is subnormal, flushed).
+constexpr float kExp2Floor = -127.f;
+
 struct FastRow {
     float m2, l, t2, max_s;
     DEVICE void init() {
@@ -390,8 +402,10 @@ DEVICE void attend_tile_fast(const AttnParams& p, Rows<true>& rows, float (&acc_
                 const float y = fmaf(x, scale_log2, -m_ref);  // −inf where masked
                 const float w = ex2_ftz(y);
                 st.l += w;
-                // Masked: w = 0 and y = −inf, whose product is NaN; the term is 0.
-                st.t2 = kMasked && x == neg_inf() ? st.t2 : fmaf(w, y, st.t2);
+                // A score of −inf (masked, or from an infinite input, in any tile) has w = 0
+                // and y = −inf, whose product is NaN: y is floored where ex2_ftz is 0 anyway,
+                // so the term is 0; a NaN y (NaN input) stays NaN, as the reference's entropy.
+                st.t2 = fmaf(w, max_keep_nan(y, kExp2Floor), st.t2);
                 x = w;
             }
         }
@@ -428,7 +442,7 @@ DEVICE void attend_tile_generic(const AttnParams& p, Rows<false>& rows, float (&
         if (p.stats_on && !clip_pass && p.variant != kSigmoid) st.max_score = fmaxf(st.max_score, tile_max);
         float inv_l = 0.f;
         if (clip_pass) {
-            inv_l = st.l > 0.f ? 1.f / st.l : 0.f;
+            inv_l = inv_or_zero(st.l);
         } else {
             tile_max = row_max<4>(tile_max);
             const float alpha = st.rescale(fmaxf(st.m, tile_max));
@@ -614,7 +628,7 @@ DEVICE void forward_block(const AttnParams& p) {
             for (int r = 0; r < 2; ++r) {
                 if constexpr (kFast) {
                     rows.st[r].m2 = x_sink[r] * kLog2e;
-                    if (t == 0) rows.st[r].l = 1.f;
+                    if (t == 0) rows.st[r].l = sink_term(x_sink[r]);
                 } else {
                     rows.st[r].init_sink(x_sink[r], t == 0);
                 }
@@ -757,7 +771,7 @@ DEVICE void forward_block(const AttnParams& p) {
             if (p.row_records) {
                 const gmem_ptr<float> rec = p.row_records + ((u64)bh * p.q_len + row) * kRowRecord;
                 rec[kRowMax] = row_max_record[r];
-                rec[kRowInvL] = fin[r].l > 0.f ? 1.f / fin[r].l : 0.f;
+                rec[kRowInvL] = inv_or_zero(fin[r].l);
                 rec[kRowWeightSum] = fin[r].weight_sum;
             }
         }
@@ -905,9 +919,8 @@ DEVICE void key_mass_block(const AttnParams& p) {
                         prob = j < end ? fast_probability(x, scale_log2, row_max, inv_l) : 0.f;
                     } else {
                         // As attend_tile_generic turns a score into a logit (without calls).
-                        float l = score_of<true>(x, p);
-                        if (j >= end) l = neg_inf();
-                        prob = key_probability(p, st, logit_of<true>(p, l), inv_l);
+                        const float l = logit_of<true>(p, score_of<true>(x, p));
+                        prob = j < end ? key_probability(p, st, l, inv_l) : 0.f;
                     }
                     col[nt][e] += prob;
                 }

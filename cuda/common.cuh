@@ -233,6 +233,12 @@ DEVICE int key_end(const AttnParams& p, int row) {
     return (int)(end < 0 ? 0 : (end > p.kv_len ? p.kv_len : end));
 }
 
+// The sink's term e^{x_sink − m} at m = x_sink, where a row starts: 1; NaN for x_sink = +inf
+// or NaN (e^{inf − inf}, as the reference has it); 0 for −inf, which then leaves m to the
+// keys (a row that sees none is finished as NaN by finish_row, as the reference's
+// e^{−inf − (−inf)}).
+DEVICE float sink_term(float x_sink) { return x_sink == neg_inf() ? 0.f : x_sink - x_sink + 1.f; }
+
 // ---------------------------------------------------------------------------------------------
 // Online softmax of one query row, with the running sums the statistics need.
 //
@@ -260,11 +266,12 @@ struct OnlineRow {
         max_score = neg_inf();
     }
 
-    // Starts the row at the sink, as one more key seen first: m = x_sink, its term 1.
-    // `owner` is the one thread of the row that holds the sink's share of the partial sums.
+    // Starts the row at the sink, as one more key seen first: m = x_sink, its term
+    // sink_term(x_sink). `owner` is the one thread of the row that holds the sink's share of
+    // the partial sums.
     DEVICE void init_sink(float x_sink, bool owner) {
         m = x_sink;
-        if (owner) { l = 1.f; es = 1.f; }
+        if (owner) l = es = sink_term(x_sink);
     }
 
     // Moves the running max to m_new (>= m) and returns the factor that rescales what was
@@ -292,7 +299,8 @@ struct OnlineRow {
     DEVICE float add(float x, bool stats) {
         float e = exp2f((x - m_ref()) * kLog2e);
         l += e;
-        if (stats && e > 0.f) t += e * (x - m_ref());  // e = 0: skip 0·(−inf)
+        // e = 0: skip 0·(−inf). A NaN e is skipped too, but it has made l NaN.
+        if (stats && e > 0.f) t += e * (x - m_ref());
         return e;
     }
 
@@ -357,23 +365,33 @@ struct RowResult {
     float first_key, sink_mass, entropy, row_mass;
 };
 
+// 1/l of a row's sum, 0 for an empty row (l = 0). Written `l == 0` rather than `l > 0`
+// throughout, so that a NaN sum (NaN in Q, K or V) stays NaN as in the reference.
+DEVICE float inv_or_zero(float l) { return l == 0.f ? 0.f : 1.f / l; }
+
+// x clipped to [0, 1], NaN kept (fminf/fmaxf would drop it), as the reference clips.
+DEVICE float clip01(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
+
 // `r` is reduced; `sees_key`: the row sees at least one key; `x_sink` the sink's logit.
 DEVICE RowResult finish_row(const AttnParams& p, const OnlineRow& r, bool sees_key, float x_sink) {
     RowResult out;
     const int variant = p.variant;
-    out.lse = r.l > 0.f ? r.m + logf(r.l) : neg_inf();
+    // A row with no key whose sink logit is −inf: e^{−inf − (−inf)} in the reference.
+    const float l = !sees_key && sink_in_denominator(variant) && r.l == 0.f ? quiet_nan() : r.l;
+    out.lse = l == 0.f ? neg_inf() : r.m + logf(l);
     out.counted = sees_key || has_sink(variant);
     out.bias_scale = variant == kValueBias ? 1.f : 0.f;
-    out.out_scale = accumulates_softmax(variant) ? (r.l > 0.f ? 1.f / r.l : 0.f) : 1.f;
-    float inv_l = r.l > 0.f ? 1.f / r.l : 0.f;
-    out.first_key = r.e0 * inv_l;
-    out.sink_mass = r.es * inv_l;
-    out.entropy = r.l > 0.f ? logf(r.l) - r.t * inv_l : 0.f;
-    out.row_mass = (r.l - r.es) * inv_l;
+    const float inv_l = inv_or_zero(l);
+    out.out_scale = accumulates_softmax(variant) ? inv_l : 1.f;
+    // A row that sees no key puts exactly 0 on key 0 and on the keys, whatever l is.
+    out.first_key = sees_key ? r.e0 * inv_l : 0.f;
+    out.sink_mass = r.es * inv_l;  // 0/l: NaN with l, as the reference's share
+    out.entropy = l == 0.f ? 0.f : logf(l) - r.t * inv_l;
+    out.row_mass = sees_key ? (l - r.es) * inv_l : 0.f;
     if (variant == kContextBias) {
         // 1 − S = e^{s'} / (e^{s'} + Σ e^s): the share the sink would take; 1 with no key.
         float one_minus_s = 1.f;
-        if (r.l > 0.f) {
+        if (r.l != 0.f) {
             float mm = fmaxf(r.m, x_sink);
             float e_sink = exp2f((x_sink - mm) * kLog2e);
             one_minus_s = e_sink / (e_sink + r.l * exp2f((r.m - mm) * kLog2e));
@@ -382,30 +400,32 @@ DEVICE RowResult finish_row(const AttnParams& p, const OnlineRow& r, bool sees_k
         out.sink_mass = one_minus_s;
     } else if (variant == kSigmoid) {
         out.row_mass = r.weight_sum;
+        out.sink_mass = 0.f;  // no sink, whatever l is (the reference's 0)
     } else if (variant == kClippedSoftmax) {
-        // The statistics describe w / W; all zeros when W = 0.
+        // The statistics describe w / W; all zeros when W = 0. (sink_mass stays 0/l: 0, or
+        // NaN with a NaN first pass, as the reference's share.)
         float W = r.weight_sum;
         out.row_mass = W;
-        out.first_key = W > 0.f ? r.w0 / W : 0.f;
-        out.entropy = W > 0.f ? logf(W) - r.w_log_w / W : 0.f;
-        out.sink_mass = 0.f;
+        out.first_key = W == 0.f ? 0.f : r.w0 / W;
+        out.entropy = W == 0.f ? 0.f : logf(W) - r.w_log_w / W;
     }
     return out;
 }
 
-// The probability of a key of logit x (−inf when masked) in a finished row `st`, as the
-// statistics define it: e^{x−m}/l (`inv_l` = 1/l), and for ClippedSoftmax w/W with the clipped
-// weight w computed exactly as its second pass applies it.
+// The probability of a visible key of logit x in a finished row `st`, as the statistics
+// define it: e^{x−m}/l (`inv_l` = 1/l), and for ClippedSoftmax w/W with the clipped weight w
+// computed exactly as its second pass applies it. The caller gives masked keys 0; a logit of
+// −inf (from an infinite input) gives 0, or NaN where the row's l or m is not finite, as in
+// the reference.
 DEVICE float key_probability(const AttnParams& p, const OnlineRow& st, float x, float inv_l) {
-    if (x == neg_inf()) return 0.f;
     const float prob = exp2f((x - st.m) * kLog2e) * inv_l;
     if (p.variant != kClippedSoftmax) return prob;
-    const float w = fminf(fmaxf((p.clip_zeta - p.clip_gamma) * prob + p.clip_gamma, 0.f), 1.f);
-    return st.weight_sum > 0.f ? w / st.weight_sum : 0.f;
+    const float w = clip01((p.clip_zeta - p.clip_gamma) * prob + p.clip_gamma);
+    return st.weight_sum == 0.f ? 0.f : w / st.weight_sum;
 }
 
-// w ln w (0 for w = 0); out of line, as it serves one variant only.
-__device__ __noinline__ float w_log_w(float w) { return w > 0.f ? w * logf(w) : 0.f; }
+// w ln w (0 for w = 0, NaN for NaN); out of line, as it serves one variant only.
+__device__ __noinline__ float w_log_w(float w) { return w == 0.f ? 0.f : w * logf(w); }
 
 // The weight key j gets in O, after `rescale` has moved the row to this tile's max; `l` is
 // the key's logit (−inf when masked). Accumulates the row's sums on the way.
@@ -414,7 +434,7 @@ DEVICE float key_weight(OnlineRow& st, const AttnParams& p, float l, bool clip_p
         // ClippedSoftmax, second pass: m and l are final, p = e^{x−m}/l is exact.
         if (l == neg_inf()) return 0.f;
         float prob = exp2f((l - st.m) * kLog2e) * inv_l;
-        float w = fminf(fmaxf((p.clip_zeta - p.clip_gamma) * prob + p.clip_gamma, 0.f), 1.f);
+        float w = clip01((p.clip_zeta - p.clip_gamma) * prob + p.clip_gamma);
         st.weight_sum += w;
         if (p.stats_on) st.w_log_w += w_log_w(w);
         return w;

@@ -257,6 +257,19 @@ fn cuda_emu_is_deterministic_and_reads_views() {
         .unwrap();
 }
 
+/// NaN and ±Inf in a query row, a key and a value channel propagate as in the reference, on
+/// both tensor-core paths and the SIMT kernel (tests/common `nonfinite_cases`).
+#[test]
+fn cuda_emu_propagates_nonfinite_inputs() {
+    let Some(b) = backend() else { return };
+    let start = std::time::Instant::now();
+    common::assert_nonfinite_propagate(b);
+    eprintln!(
+        "non-finite cases on the emulator in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+}
+
 #[test]
 fn cuda_emu_long_sequences_pass() {
     let Some(b) = backend() else { return };

@@ -93,6 +93,14 @@ fn cuda_passes_across_several_blocks_and_tiles() {
     }
 }
 
+/// NaN and ±Inf in a query row, a key and a value channel propagate as in the reference
+/// (shared with the emulator's tests).
+#[test]
+fn cuda_propagates_nonfinite_inputs() {
+    let Some(b) = backend() else { return };
+    common::assert_nonfinite_propagate(b);
+}
+
 /// Fixed cases the random sweep may draw rarely (shared with the emulator's tests).
 #[test]
 fn cuda_fixed_cases() {

@@ -82,6 +82,9 @@ inline float ex2_approx_ftz_f32(float x) {
     return std::fpclassify(r) == FP_SUBNORMAL ? 0.f : r;
 }
 
+// max.NaN.f32: NaN if either operand is NaN (plain max returns the other operand).
+inline float max_NaN_f32(float a, float b) { return std::isnan(a) || std::isnan(b) ? bits_to_float(0x7fffffffu) : std::fmax(a, b); }
+
 // sqrt.approx.f32 (an approximation on the GPU; the host's sqrt is correctly rounded).
 inline float sqrt_approx_f32(float x) { return std::sqrt(x); }
 

@@ -712,6 +712,133 @@ pub fn assert_block_cases_cover(cases: &[Case], block: impl Fn(usize) -> (usize,
     assert!(missing.is_empty(), "not covered: {missing:?}");
 }
 
+/// Where [`nonfinite_cases`] writes a non-finite value: one element each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NonfiniteSite {
+    /// Channel 3 of query row 5 of head 1 (that row's scores and its sink logit).
+    QueryRow,
+    /// Channel 2 of key 2 of kv head 0 (every row sees it; in the first K/V tile, which the
+    /// rows of the first shape see whole: the unmasked loop).
+    EarlyKey,
+    /// Channel 2 of key Nk − 5 of kv head 0 (in the last, masked K/V tile: under the causal
+    /// mask only the last rows see it).
+    LateKey,
+    /// Channel 7 of value 2 of the last kv head (that channel of every row that sees a key).
+    /// Always in the first shape, where every row sees key 2: a tiled P·V multiplies the
+    /// weight 0 of a key masked for some rows of a block by its value, and 0 · inf is NaN
+    /// (the crate docs, "NaN and Inf", say so; FlashAttention does the same).
+    ValueChannel,
+}
+
+/// NaN, +Inf and −Inf in one query row, one key and one value channel, which DESIGN.md
+/// section 4 says are not refused but propagate to what they reach as the reference
+/// propagates them. Every variant at each site and value; f16, bf16 and f32 in turn (the
+/// tensor-core and the SIMT CUDA kernels); causal and not in turn; two shapes in turn, both
+/// past one K/V tile: 20 rows over 140 keys (the first K/V tile unmasked for every row) and
+/// 140 rows over 70 keys (two query blocks; under the causal mask the first 70 rows see no key,
+/// so a poisoned row 5 reaches only a sink); GQA; `HeadsAndKeys`, `Heads` on a quarter. Each
+/// case is (label, problem, inputs).
+pub fn nonfinite_cases() -> Vec<(String, Problem, HostInputs)> {
+    let shapes = [
+        Shape::new(1, 4, 2, 20, 140, 16),
+        Shape::new(1, 2, 1, 140, 70, 32),
+    ];
+    let sites = [
+        NonfiniteSite::QueryRow,
+        NonfiniteSite::EarlyKey,
+        NonfiniteSite::LateKey,
+        NonfiniteSite::ValueChannel,
+    ];
+    let mut out = Vec::new();
+    let mut n = 0usize;
+    for (v, variant) in Variant::all_default().iter().enumerate() {
+        for (si, &site) in sites.iter().enumerate() {
+            for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                // Every (site, value) meets each dtype, both masks and both shapes.
+                let dtype = [DType::F16, DType::Bf16, DType::F32][(n + v) % 3];
+                let mask = if (n + v) % 2 == 0 {
+                    Mask::Causal
+                } else {
+                    Mask::None
+                };
+                let stats = if n % 4 == 3 {
+                    StatsLevel::Heads
+                } else {
+                    StatsLevel::HeadsAndKeys
+                };
+                let shape = if site == NonfiniteSite::ValueChannel {
+                    shapes[0]
+                } else {
+                    shapes[(v + si) % 2]
+                };
+                n += 1;
+                let problem = Problem::new(shape, dtype)
+                    .with_variant(*variant)
+                    .with_mask(mask)
+                    .with_stats(stats);
+                let mut inputs = cases::random_inputs(
+                    &problem,
+                    &InputSpec {
+                        seed: 900 + n as u64,
+                        ..InputSpec::default()
+                    },
+                );
+                let l = inputs.layouts;
+                let (nk, last_kv) = (shape.kv_len, shape.kv_heads - 1);
+                let written = match site {
+                    NonfiniteSite::QueryRow => inputs.q.set(l.q.index(0, 5, 1, 3), value),
+                    NonfiniteSite::EarlyKey => inputs.k.set(l.k.index(0, 2, 0, 2), value),
+                    NonfiniteSite::LateKey => inputs.k.set(l.k.index(0, nk - 5, 0, 2), value),
+                    NonfiniteSite::ValueChannel => inputs.v.set(l.v.index(0, 2, last_kv, 7), value),
+                };
+                assert!(written, "{site:?} lies inside the tensor");
+                let label = format!("{} with {value} in {site:?}", cases::label(&problem));
+                out.push((label, problem, inputs));
+            }
+        }
+    }
+    out
+}
+
+/// Holds `backend` to the reference on [`nonfinite_cases`]: NaN and ±Inf exactly where the
+/// reference has them (O, LSE, every statistic, the key mass; the parity rule's first check),
+/// finite values within the parity bound. A case whose baseline is not finite where the
+/// reference is says nothing and is reported; most must say something, and most must have a
+/// non-finite value in the reference's O or LSE (or the sweep tests nothing).
+pub fn assert_nonfinite_propagate(backend: &dyn Backend) {
+    let all = nonfinite_cases();
+    let (mut failures, mut invalid, mut reaching) = (Vec::new(), 0, 0);
+    for (label, problem, inputs) in &all {
+        let r = exact(problem, inputs);
+        if r.o.iter().chain(&r.lse).any(|x| !x.is_finite()) {
+            reaching += 1;
+        }
+        match parity::check_backend(backend, problem, inputs) {
+            Err(e) => failures.push(format!("{label}: {e}")),
+            Ok(report) if report.invalid() => {
+                invalid += 1;
+                eprintln!("note: {label}: the baseline is not finite where the reference is");
+            }
+            Ok(report) if !report.passed() => failures.push(format!("{label}:\n{report}")),
+            Ok(_) => {}
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}: {} of {} non-finite cases differ from the reference:\n{}",
+        backend.name(),
+        failures.len(),
+        all.len(),
+        failures.join("\n")
+    );
+    assert!(
+        invalid * 4 < all.len() && reaching * 2 > all.len(),
+        "{}: of {} non-finite cases {invalid} were invalid, {reaching} reach O or the LSE",
+        backend.name(),
+        all.len()
+    );
+}
+
 /// What a device-level kernel must write for one output row (a query token, all heads) when
 /// the engine's index tensors are wrong (crate docs, "Bad index tensors on the device").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
