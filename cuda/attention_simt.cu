@@ -218,7 +218,7 @@ attention_simt(const AttnParams p) {
             if (p.row_records) {
                 const gmem_ptr<float> rec = p.row_records + ((u64)bh * p.q_len + row) * kRowRecord;
                 rec[kRowMax] = st.m;
-                rec[kRowInvL] = inv_or_zero(st.l);
+                rec[kRowInvL] = res.inv_l;
                 rec[kRowWeightSum] = st.weight_sum;
             }
         }

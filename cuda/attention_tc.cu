@@ -771,7 +771,7 @@ DEVICE void forward_block(const AttnParams& p) {
             if (p.row_records) {
                 const gmem_ptr<float> rec = p.row_records + ((u64)bh * p.q_len + row) * kRowRecord;
                 rec[kRowMax] = row_max_record[r];
-                rec[kRowInvL] = inv_or_zero(fin[r].l);
+                rec[kRowInvL] = res.inv_l;
                 rec[kRowWeightSum] = fin[r].weight_sum;
             }
         }

@@ -363,6 +363,7 @@ struct RowResult {
     float lse;
     bool counted;        // the row enters the statistics
     float first_key, sink_mass, entropy, row_mass;
+    float inv_l;         // 1/l, for the key-mass record
 };
 
 // 1/l of a row's sum, 0 for an empty row (l = 0). Written `l == 0` rather than `l > 0`
@@ -376,12 +377,16 @@ DEVICE float clip01(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
 DEVICE RowResult finish_row(const AttnParams& p, const OnlineRow& r, bool sees_key, float x_sink) {
     RowResult out;
     const int variant = p.variant;
-    // A row with no key whose sink logit is −inf: e^{−inf − (−inf)} in the reference.
-    const float l = !sees_key && sink_in_denominator(variant) && r.l == 0.f ? quiet_nan() : r.l;
+    // l = 0 where the row should have a term: a row with no key whose sink logit is −inf, or
+    // a row whose every visible score is −inf (infinite inputs): e^{−inf − (−inf)} = NaN in
+    // the reference. (ClippedSoftmax's second pass gives such a row zero weights: not done.)
+    const bool should_sum = sees_key ? variant != kClippedSoftmax : sink_in_denominator(variant);
+    const float l = should_sum && r.l == 0.f ? quiet_nan() : r.l;
     out.lse = l == 0.f ? neg_inf() : r.m + logf(l);
     out.counted = sees_key || has_sink(variant);
     out.bias_scale = variant == kValueBias ? 1.f : 0.f;
     const float inv_l = inv_or_zero(l);
+    out.inv_l = inv_l;
     out.out_scale = accumulates_softmax(variant) ? inv_l : 1.f;
     // A row that sees no key puts exactly 0 on key 0 and on the keys, whatever l is.
     out.first_key = sees_key ? r.e0 * inv_l : 0.f;
@@ -389,13 +394,11 @@ DEVICE RowResult finish_row(const AttnParams& p, const OnlineRow& r, bool sees_k
     out.entropy = l == 0.f ? 0.f : logf(l) - r.t * inv_l;
     out.row_mass = sees_key ? (l - r.es) * inv_l : 0.f;
     if (variant == kContextBias) {
-        // 1 − S = e^{s'} / (e^{s'} + Σ e^s): the share the sink would take; 1 with no key.
-        float one_minus_s = 1.f;
-        if (r.l != 0.f) {
-            float mm = fmaxf(r.m, x_sink);
-            float e_sink = exp2f((x_sink - mm) * kLog2e);
-            one_minus_s = e_sink / (e_sink + r.l * exp2f((r.m - mm) * kLog2e));
-        }
+        // 1 − S = e^{s'} / (e^{s'} + Σ e^s): the share the sink would take; 1 with no key
+        // (l = 0, m = −inf: e^{s'} / e^{s'}), NaN for an infinite s' as in the reference.
+        const float mm = fmaxf(r.m, x_sink);
+        const float e_sink = exp2f((x_sink - mm) * kLog2e);
+        const float one_minus_s = e_sink / (e_sink + r.l * exp2f((r.m - mm) * kLog2e));
         out.bias_scale = one_minus_s;
         out.sink_mass = one_minus_s;
     } else if (variant == kSigmoid) {

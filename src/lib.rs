@@ -70,8 +70,8 @@
 //!   differences a tiled P·V cannot avoid or that were left: a NaN or infinite V element
 //!   also reaches, as NaN, that channel of rows of the same query block that the mask hides
 //!   its key from, or that see no key (their weight 0 times it is NaN; FlashAttention does
-//!   the same); and a row whose every visible score is −inf (infinite inputs only), without
-//!   a sink, gets O = 0 and LSE −inf where the reference has NaN.
+//!   the same); and a `ClippedSoftmax` row whose every visible score is −inf (infinite
+//!   inputs only) gets zero weights (O = 0, LSE −inf) where the reference has NaN.
 //! - A statistics or key-mass buffer given for a level that does not write it is refused
 //!   ([`Error::UnexpectedOutput`]) rather than silently left alone. An output layout whose
 //!   strides make elements alias is refused ([`Error::OverlappingOutput`]).

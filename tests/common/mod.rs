@@ -728,6 +728,11 @@ pub enum NonfiniteSite {
     /// weight 0 of a key masked for some rows of a block by its value, and 0 · inf is NaN
     /// (the crate docs, "NaN and Inf", say so; FlashAttention does the same).
     ValueChannel,
+    /// Channel 3 of query row 0 of head 1 at −inf and channel 3 of every key of kv head 0
+    /// positive: every score of that row is −inf (NaN in the reference, e^{−inf − (−inf)},
+    /// unless a sink is in the denominator). Only with −inf, in the first shape, and not for
+    /// ClippedSoftmax (the crate docs, "NaN and Inf").
+    EveryScoreNegInf,
 }
 
 /// NaN, +Inf and −Inf in one query row, one key and one value channel, which DESIGN.md
@@ -736,8 +741,8 @@ pub enum NonfiniteSite {
 /// tensor-core and the SIMT CUDA kernels); causal and not in turn; two shapes in turn, both
 /// past one K/V tile: 20 rows over 140 keys (the first K/V tile unmasked for every row) and
 /// 140 rows over 70 keys (two query blocks; under the causal mask the first 70 rows see no key,
-/// so a poisoned row 5 reaches only a sink); GQA; `HeadsAndKeys`, `Heads` on a quarter. Each
-/// case is (label, problem, inputs).
+/// so a poisoned row 5 reaches only a sink); GQA; `HeadsAndKeys`, `Heads` on a quarter; and a
+/// row whose every score is −inf. Each case is (label, problem, inputs).
 pub fn nonfinite_cases() -> Vec<(String, Problem, HostInputs)> {
     let shapes = [
         Shape::new(1, 4, 2, 20, 140, 16),
@@ -748,12 +753,20 @@ pub fn nonfinite_cases() -> Vec<(String, Problem, HostInputs)> {
         NonfiniteSite::EarlyKey,
         NonfiniteSite::LateKey,
         NonfiniteSite::ValueChannel,
+        NonfiniteSite::EveryScoreNegInf,
     ];
     let mut out = Vec::new();
     let mut n = 0usize;
     for (v, variant) in Variant::all_default().iter().enumerate() {
         for (si, &site) in sites.iter().enumerate() {
             for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                let every_score = site == NonfiniteSite::EveryScoreNegInf;
+                if every_score
+                    && (value != f64::NEG_INFINITY
+                        || matches!(variant, Variant::ClippedSoftmax { .. }))
+                {
+                    continue;
+                }
                 // Every (site, value) meets each dtype, both masks and both shapes.
                 let dtype = [DType::F16, DType::Bf16, DType::F32][(n + v) % 3];
                 let mask = if (n + v) % 2 == 0 {
@@ -766,7 +779,7 @@ pub fn nonfinite_cases() -> Vec<(String, Problem, HostInputs)> {
                 } else {
                     StatsLevel::HeadsAndKeys
                 };
-                let shape = if site == NonfiniteSite::ValueChannel {
+                let shape = if site == NonfiniteSite::ValueChannel || every_score {
                     shapes[0]
                 } else {
                     shapes[(v + si) % 2]
@@ -790,6 +803,14 @@ pub fn nonfinite_cases() -> Vec<(String, Problem, HostInputs)> {
                     NonfiniteSite::EarlyKey => inputs.k.set(l.k.index(0, 2, 0, 2), value),
                     NonfiniteSite::LateKey => inputs.k.set(l.k.index(0, nk - 5, 0, 2), value),
                     NonfiniteSite::ValueChannel => inputs.v.set(l.v.index(0, 2, last_kv, 7), value),
+                    NonfiniteSite::EveryScoreNegInf => {
+                        for j in 0..nk {
+                            let at = l.k.index(0, j, 0, 3);
+                            let k = inputs.k.get(at).expect("inside K");
+                            inputs.k.set(at, k.abs() + 0.5);
+                        }
+                        inputs.q.set(l.q.index(0, 0, 1, 3), value)
+                    }
                 };
                 assert!(written, "{site:?} lies inside the tensor");
                 let label = format!("{} with {value} in {site:?}", cases::label(&problem));
