@@ -387,7 +387,9 @@ DEVICE RowResult finish_row(const AttnParams& p, const OnlineRow& r, bool sees_k
     out.bias_scale = variant == kValueBias ? 1.f : 0.f;
     const float inv_l = inv_or_zero(l);
     out.inv_l = inv_l;
-    out.out_scale = accumulates_softmax(variant) ? inv_l : 1.f;
+    // O sums over the keys (KvSink: and v′, its accumulator's start): a row that sees none
+    // has O = 0 (KvSink: the sink's share of v′) even where l is NaN.
+    out.out_scale = accumulates_softmax(variant) ? (sees_key || variant == kKvSink ? inv_l : 0.f) : 1.f;
     // A row that sees no key puts exactly 0 on key 0 and on the keys, whatever l is.
     out.first_key = sees_key ? r.e0 * inv_l : 0.f;
     out.sink_mass = r.es * inv_l;  // 0/l: NaN with l, as the reference's share

@@ -742,7 +742,8 @@ pub enum NonfiniteSite {
 /// past one K/V tile: 20 rows over 140 keys (the first K/V tile unmasked for every row) and
 /// 140 rows over 70 keys (two query blocks; under the causal mask the first 70 rows see no key,
 /// so a poisoned row 5 reaches only a sink); GQA; `HeadsAndKeys`, `Heads` on a quarter; and a
-/// row whose every score is −inf. Each case is (label, problem, inputs).
+/// row whose every score is −inf; a learned sink logit of −inf. Each case is (label, problem,
+/// inputs).
 pub fn nonfinite_cases() -> Vec<(String, Problem, HostInputs)> {
     let shapes = [
         Shape::new(1, 4, 2, 20, 140, 16),
@@ -816,6 +817,27 @@ pub fn nonfinite_cases() -> Vec<(String, Problem, HostInputs)> {
                 let label = format!("{} with {value} in {site:?}", cases::label(&problem));
                 out.push((label, problem, inputs));
             }
+        }
+    }
+    // A learned sink logit θ = −inf (head 1), on rows that see keys and, causal in the second
+    // shape, on rows that see none.
+    for (i, mask) in [Mask::None, Mask::Causal].into_iter().enumerate() {
+        for (dtype, shape) in [(DType::F16, shapes[1]), (DType::F32, shapes[0])] {
+            let problem = Problem::new(shape, dtype)
+                .with_variant(Variant::LogitSink)
+                .with_mask(mask)
+                .with_stats(StatsLevel::HeadsAndKeys);
+            let mut inputs = cases::random_inputs(
+                &problem,
+                &InputSpec {
+                    seed: 990 + i as u64,
+                    ..InputSpec::default()
+                },
+            );
+            let theta = inputs.params.sink_logits.as_mut().expect("θ");
+            assert!(theta.set(1, f64::NEG_INFINITY), "head 1 has a θ");
+            let label = format!("{} with θ = -inf", cases::label(&problem));
+            out.push((label, problem, inputs));
         }
     }
     out
