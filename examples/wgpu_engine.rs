@@ -29,7 +29,7 @@ fn main() -> Result<()> {
         ..Default::default()
     }))?;
     println!("adapter: {}", adapter.get_info().name);
-    let attention = WgslAttention::new(&device, WgslOptions::default())?;
+    let attention = WgslAttention::new(&device, &queue, WgslOptions::default())?;
 
     // The cache the engine's K/V projections would have filled: [1, CAPACITY, Hkv, d].
     let cache_len = CAPACITY * KV_HEADS * HEAD_DIM;

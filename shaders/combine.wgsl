@@ -1,6 +1,7 @@
-// Combines the forward pass's partial statistics records, one invocation per (batch, head),
-// visiting the query blocks in order: no float atomics, so the result is bit-identical from
-// run to run. Writes the `[B, Hq, STAT_COUNT]` record of DESIGN.md section 3.
+// Combines the forward pass's per-row statistics records, one invocation per (batch, head),
+// visiting the rows in order, with the K/V record of the head's kv group: no float atomics, so
+// the result is bit-identical from run to run. Writes the `[B, Hq, STAT_COUNT]` record of
+// DESIGN.md section 3.
 
 @group(0) @binding(1) var<storage, read> scratch: array<f32>;
 @group(0) @binding(2) var<storage, read_write> stats_buf: array<f32>;
@@ -24,19 +25,19 @@ fn combine(@builtin(global_invocation_id) id: vec3<u32>) {
     var q_max = -1.0;
     var q_argmax = 0.0;
     var q_sum = 0.0;
-    for (var block = 0u; block < p.q_blocks; block++) {
-        let at = p.partials_offset + (head * p.q_blocks + block) * PARTIAL_LEN;
+    for (var row = 0u; row < p.q_len; row++) {
+        let at = p.partials_offset + (head * p.q_len + row) * PARTIAL_LEN;
         counted += u32(scratch[at + PART_COUNTED]);
         first += scratch[at + PART_FIRST];
         sink += scratch[at + PART_SINK];
-        max_score = max(max_score, scratch[at + PART_MAX_SCORE]);
+        max_score = max_ignoring_nan(max_score, scratch[at + PART_MAX_SCORE]);
         entropy += scratch[at + PART_ENTROPY];
         row_mass += scratch[at + PART_ROW_MASS];
         gate_min = min(gate_min, scratch[at + PART_GATE_MIN]);
         gate_max = max(gate_max, scratch[at + PART_GATE_MAX]);
         gate_sum += scratch[at + PART_GATE_SUM];
         gate_count += u32(scratch[at + PART_GATE_COUNT]);
-        // Larger value wins; on a tie the lower channel (blocks hold each one's lowest).
+        // Larger value wins; on a tie the lower channel (rows hold each one's lowest).
         let block_max = scratch[at + PART_Q_MAX];
         let block_arg = scratch[at + PART_Q_ARGMAX];
         if block_max > q_max || (block_max == q_max && block_arg < q_argmax) {
@@ -45,7 +46,10 @@ fn combine(@builtin(global_invocation_id) id: vec3<u32>) {
         }
         q_sum += scratch[at + PART_Q_SUM];
     }
-    let kv = p.partials_offset + (head * p.q_blocks + p.q_blocks - 1u) * PARTIAL_LEN;
+    // The K/V record of kv head g = h / group.
+    let b = head / p.q_heads;
+    let g = (head % p.q_heads) / p.group;
+    let kv = p.kv_partials_offset + (b * (p.q_heads / p.group) + g) * KV_PARTIAL_LEN;
 
     // Means over counted rows are NaN when no row is counted, as in the reference (0 / 0).
     let n = f32(counted);
@@ -61,13 +65,13 @@ fn combine(@builtin(global_invocation_id) id: vec3<u32>) {
     stats_buf[out + STAT_Q_ABSMAX] = q_max;
     stats_buf[out + STAT_Q_ABSMEAN] = q_sum / q_elems;
     stats_buf[out + STAT_Q_ARGMAX_CHANNEL] = q_argmax;
-    stats_buf[out + STAT_K_ABSMAX] = scratch[kv + PART_K_MAX];
-    stats_buf[out + STAT_K_ABSMEAN] = scratch[kv + PART_K_SUM] / k_elems;
-    stats_buf[out + STAT_K_ARGMAX_CHANNEL] = scratch[kv + PART_K_ARGMAX];
-    stats_buf[out + STAT_V_ABSMAX] = scratch[kv + PART_V_MAX];
-    stats_buf[out + STAT_V_ABSMEAN] = scratch[kv + PART_V_SUM] / k_elems;
-    stats_buf[out + STAT_V0_NORM_RATIO] = scratch[kv + PART_V0_NORM]
-        / (scratch[kv + PART_V_NORM_SUM] / f32(p.kv_len));
+    stats_buf[out + STAT_K_ABSMAX] = scratch[kv + KV_K_MAX];
+    stats_buf[out + STAT_K_ABSMEAN] = scratch[kv + KV_K_SUM] / k_elems;
+    stats_buf[out + STAT_K_ARGMAX_CHANNEL] = scratch[kv + KV_K_ARGMAX];
+    stats_buf[out + STAT_V_ABSMAX] = scratch[kv + KV_V_MAX];
+    stats_buf[out + STAT_V_ABSMEAN] = scratch[kv + KV_V_SUM] / k_elems;
+    stats_buf[out + STAT_V0_NORM_RATIO] = scratch[kv + KV_V0_NORM]
+        / (scratch[kv + KV_V_NORM_SUM] / f32(p.kv_len));
     stats_buf[out + STAT_GATE_MIN] = select(gate_min, nan(), gate_none);
     stats_buf[out + STAT_GATE_MEAN] = select(gate_sum / f32(gate_count), nan(), gate_none);
     stats_buf[out + STAT_GATE_MAX] = select(gate_max, nan(), gate_none);

@@ -30,14 +30,15 @@ const SINK_IN_DENOMINATOR: bool = VARIANT == VARIANT_KV_SINK || VARIANT == VARIA
 // A sink is visible to every row, so every row is counted in the statistics: (c), (d), (g), (h).
 const HAS_SINK: bool = SINK_IN_DENOMINATOR || VARIANT == VARIANT_CONTEXT_BIAS;
 
-// One partial statistics record per (batch, head, query block), in the scratch buffer.
-// Counts are stored as f32 (exact: a block counts at most WORKGROUP_SIZE * HEAD_DIM items).
-const PART_COUNTED: u32 = 0u;      // rows that see a key or a sink
-const PART_FIRST: u32 = 1u;        // Σ probability of key 0
-const PART_SINK: u32 = 2u;         // Σ sink mass
+// Each counted query row leaves one partial statistics record in the scratch buffer, at
+// its LSE index; the combine pass folds a head's records in row order (no float atomics, so
+// the statistics are bit-identical from run to run). Rows that are not counted write zeros.
+const PART_COUNTED: u32 = 0u;      // 1 when the row sees a key or a sink
+const PART_FIRST: u32 = 1u;        // probability of key 0
+const PART_SINK: u32 = 2u;         // sink mass
 const PART_MAX_SCORE: u32 = 3u;    // max visible score
-const PART_ENTROPY: u32 = 4u;      // Σ row entropy
-const PART_ROW_MASS: u32 = 5u;     // Σ weight on real keys
+const PART_ENTROPY: u32 = 4u;      // row entropy
+const PART_ROW_MASS: u32 = 5u;     // weight on real keys
 const PART_GATE_MIN: u32 = 6u;
 const PART_GATE_MAX: u32 = 7u;
 const PART_GATE_SUM: u32 = 8u;
@@ -45,15 +46,18 @@ const PART_GATE_COUNT: u32 = 9u;
 const PART_Q_MAX: u32 = 10u;
 const PART_Q_ARGMAX: u32 = 11u;
 const PART_Q_SUM: u32 = 12u;
-// K and V are measured by the last query block only (it visits every key under either mask).
-const PART_K_MAX: u32 = 13u;
-const PART_K_ARGMAX: u32 = 14u;
-const PART_K_SUM: u32 = 15u;
-const PART_V_MAX: u32 = 16u;
-const PART_V_SUM: u32 = 17u;
-const PART_V_NORM_SUM: u32 = 18u;
-const PART_V0_NORM: u32 = 19u;
-const PARTIAL_LEN: u32 = 20u;
+const PARTIAL_LEN: u32 = 13u;
+
+// One record of K and V statistics per (batch, kv head), written by the last query block of
+// the forward pass (it visits every key under either mask).
+const KV_K_MAX: u32 = 0u;
+const KV_K_ARGMAX: u32 = 1u;
+const KV_K_SUM: u32 = 2u;
+const KV_V_MAX: u32 = 3u;
+const KV_V_SUM: u32 = 4u;
+const KV_V_NORM_SUM: u32 = 5u;
+const KV_V0_NORM: u32 = 6u;
+const KV_PARTIAL_LEN: u32 = 7u;
 
 // Per-row state kept for the key-mass pass: the running max m, the normaliser l (sink
 // included) and, for ClippedSoftmax, the row's weight sum.
@@ -67,7 +71,7 @@ struct Params {
     group: u32,          // Hq / Hkv
     q_len: u32,
     kv_len: u32,
-    q_blocks: u32,       // query blocks of the forward pass
+    q_blocks: u32,       // folded query blocks of the forward pass per (batch, kv head)
     scale: f32,
     softcap: f32,        // 0: none
     sigmoid_bias: f32,
@@ -94,10 +98,14 @@ struct Params {
     key_mass_offset: u32,
     param_a_offset: u32, // k_sink, v_bias, sink_logits or gate
     param_b_offset: u32, // v_sink
-    partials_offset: u32,
-    rows_offset: u32,
+    partials_offset: u32,    // per-row statistics records
+    kv_partials_offset: u32, // per-(batch, kv head) K/V statistics records
+    rows_offset: u32,        // per-row state for the key mass
     nan_bits: u32,       // 0x7fc00000: NaN and -inf come from the uniforms, so that no
     neg_inf_bits: u32,   // shader compiler folds them away or rejects them as constants
+    pad_a: u32,          // the uniform block is a whole number of 16-byte rows
+    pad_b: u32,
+    pad_c: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -120,19 +128,34 @@ fn word_index(i: u32) -> u32 {
     return i >> 1u;
 }
 
+// f16 bits to f32, exactly, without branches (straight-line code builds faster and runs the
+// same on every lane): normal, subnormal (mantissa · 2^-24, exact in f32) and Inf/NaN cases
+// are all computed and one is selected.
 fn f16_bits_to_f32(h: u32) -> f32 {
     let sign = (h & 0x8000u) << 16u;
     let exponent = (h >> 10u) & 0x1fu;
     let mantissa = h & 0x3ffu;
-    if exponent == 0u {
-        // Subnormal or zero: mantissa · 2^-24 is exact in f32.
-        let magnitude = f32(mantissa) * 5.9604645e-8;
-        return bitcast<f32>(sign | bitcast<u32>(magnitude));
+    let normal = sign | ((exponent + 112u) << 23u) | (mantissa << 13u);
+    let subnormal = sign | bitcast<u32>(f32(mantissa) * 5.9604645e-8);
+    let special = sign | 0x7f800000u | (mantissa << 13u);
+    return bitcast<f32>(select(select(normal, special, exponent == 31u), subnormal, exponent == 0u));
+}
+
+// The two 16-bit elements of a word as f32 (low half first).
+fn decode_pair(word: u32) -> vec2<f32> {
+    if ELEM == ELEM_F16 {
+        return vec2<f32>(f16_bits_to_f32(word & 0xffffu), f16_bits_to_f32(word >> 16u));
     }
-    if exponent == 31u {
-        return bitcast<f32>(sign | 0x7f800000u | (mantissa << 13u));
-    }
-    return bitcast<f32>(sign | ((exponent + 112u) << 23u) | (mantissa << 13u));
+    return vec2<f32>(bitcast<f32>(word << 16u), bitcast<f32>(word & 0xffff0000u));
+}
+
+// Four 16-bit elements starting at element i, from the three words w0..w2 that hold
+// elements (i & ~1) .. (i & ~1) + 5: two packed pairs, shifted by a half-word when i is odd.
+fn decode_half_quad(w0: u32, w1: u32, w2: u32, i: u32) -> vec4<f32> {
+    let odd = (i & 1u) == 1u;
+    let lo = select(w0, (w0 >> 16u) | (w1 << 16u), odd);
+    let hi = select(w1, (w1 >> 16u) | (w2 << 16u), odd);
+    return vec4<f32>(decode_pair(lo), decode_pair(hi));
 }
 
 // Element i of a tensor, given the word that holds it.
@@ -147,45 +170,27 @@ fn decode(word: u32, i: u32) -> f32 {
     return bitcast<f32>(half << 16u);
 }
 
-// f32 to f16 bits, rounding to nearest even (pack2x16float leaves the rounding open).
+// f32 to f16 bits, rounding to nearest even (pack2x16float leaves the rounding open), without
+// branches: the normal result (rebias, round on the 13 dropped bits), the subnormal one (|x|
+// + 0.5 puts |x| / 2^-24 in the low mantissa bits, rounded by the addition itself), overflow to
+// Inf and NaN are all computed and one is selected.
 fn f32_to_f16_bits(x: f32) -> u32 {
     let bits = bitcast<u32>(x);
     let sign = (bits >> 16u) & 0x8000u;
-    let exponent = i32((bits >> 23u) & 0xffu);
-    let mantissa = bits & 0x7fffffu;
-    if exponent == 255 {
-        return sign | 0x7c00u | select(0u, 0x200u, mantissa != 0u);
-    }
-    let e = exponent - 112; // rebias 127 -> 15
-    if e >= 31 {
-        return sign | 0x7c00u;
-    }
-    if e <= 0 {
-        if e < -10 {
-            return sign;
-        }
-        let full = mantissa | 0x800000u;
-        let shift = u32(14 - e);
-        let kept = full >> shift;
-        let rest = full & ((1u << shift) - 1u);
-        let halfway = 1u << (shift - 1u);
-        let up = rest > halfway || (rest == halfway && (kept & 1u) == 1u);
-        return sign | (kept + select(0u, 1u, up));
-    }
-    let kept = mantissa >> 13u;
-    let rest = mantissa & 0x1fffu;
-    let up = rest > 0x1000u || (rest == 0x1000u && (kept & 1u) == 1u);
-    // A carry out of the mantissa steps the exponent, up to infinity: still correct.
-    return (sign | (u32(e) << 10u) | kept) + select(0u, 1u, up);
+    let a = bits & 0x7fffffffu;
+    let normal = ((a + 0x0fffu + ((a >> 13u) & 1u)) >> 13u) - (112u << 10u);
+    let subnormal = bitcast<u32>(bitcast<f32>(a) + 0.5) - 0x3f000000u;
+    var h = select(normal, subnormal, a < 0x38800000u); // below 2^-14
+    h = select(h, 0x7c00u, a >= 0x477ff000u);            // rounds past 65504: Inf
+    h = select(h, 0x7e00u, a > 0x7f800000u);             // NaN stays a quiet NaN
+    return sign | h;
 }
 
 // f32 to bf16 bits, rounding to nearest even; NaN stays a quiet NaN.
 fn f32_to_bf16_bits(x: f32) -> u32 {
     let bits = bitcast<u32>(x);
-    if (bits & 0x7fffffffu) > 0x7f800000u {
-        return (bits >> 16u) | 0x40u;
-    }
-    return (bits + 0x7fffu + ((bits >> 16u) & 1u)) >> 16u;
+    let rounded = (bits + 0x7fffu + ((bits >> 16u) & 1u)) >> 16u;
+    return select(rounded, (bits >> 16u) | 0x40u, (bits & 0x7fffffffu) > 0x7f800000u);
 }
 
 fn encode_half(x: f32) -> u32 {
@@ -195,13 +200,56 @@ fn encode_half(x: f32) -> u32 {
     return f32_to_bf16_bits(x);
 }
 
+// |x| past which tanh(x) rounds to ±1 in f32 (tanh(10) = 1 − 4e-9). WGSL leaves tanh undefined
+// for large arguments (some drivers compute it from exp(2x), which overflows past 44), so the
+// argument is clamped first; NaN stays NaN.
+const TANH_SATURATES: f32 = 10.0;
+
 // The score from a dot product: σ·(q·k), then the softcap c·tanh(s/c) when one is set.
 fn finish_score(qk: f32) -> f32 {
     let s = p.scale * qk;
     if p.softcap > 0.0 {
-        return p.softcap * tanh(s / p.softcap);
+        let x = s / p.softcap;
+        let clamped = select(select(x, TANH_SATURATES, x > TANH_SATURATES), -TANH_SATURATES,
+            x < -TANH_SATURATES);
+        return select(p.softcap * tanh(clamped), x, is_nan(x));
     }
     return s;
+}
+
+// Whether x is NaN, read from its bits: comparisons with NaN are among what WGSL lets a
+// compiler assume away, integer operations are not.
+fn is_nan(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
+}
+
+// Whether x is −inf, read from its bits. Float comparisons are no help with NaN around:
+// lavapipe compiles `!=` as an ordered comparison, so NaN != −inf is false there.
+fn is_neg_inf(x: f32) -> bool {
+    return bitcast<u32>(x) == 0xff800000u;
+}
+
+// Whether x is +inf, read from its bits (as is_neg_inf).
+fn is_pos_inf(x: f32) -> bool {
+    return bitcast<u32>(x) == 0x7f800000u;
+}
+
+// 0, or NaN when `poisoned` (written out: a compiler may fold 0 · x to 0 even for a NaN x).
+fn nan_if(poisoned: bool) -> f32 {
+    return select(0.0, nan(), poisoned);
+}
+
+// max(a, b) that ignores a NaN b, as the reference's running maxima do (WGSL's max leaves
+// NaN operands undefined).
+fn max_ignoring_nan(a: f32, b: f32) -> f32 {
+    return select(a, b, b > a);
+}
+
+// ClippedSoftmax's weight clip(y, 0, 1), NaN kept (as the reference's clip01; WGSL's min and
+// max leave NaN operands undefined, and lavapipe's ordered comparisons read NaN as false).
+fn clip01(y: f32) -> f32 {
+    let clipped = select(select(y, 1.0, y > 1.0), 0.0, y < 0.0);
+    return select(clipped, nan(), is_nan(y));
 }
 
 fn sigmoid(x: f32) -> f32 {
@@ -214,6 +262,34 @@ fn log_sigmoid(x: f32) -> f32 {
         return -log(1.0 + exp(-x));
     }
     return x - log(1.0 + exp(x));
+}
+
+// The sum of a row's ROW_LANES partial dot products (parts[0 .. ROW_LANES), the rest unused), in
+// the order the forward kernel's lanes add them: pairs, then pairs of pairs. The key-mass pass
+// adds its parts in this order too, so that both weigh the same scores.
+fn sum_parts(parts: array<f32, 8>) -> f32 {
+    if ROW_LANES == 1u {
+        return parts[0];
+    }
+    if ROW_LANES == 2u {
+        return parts[0] + parts[1];
+    }
+    let four = (parts[0] + parts[1]) + (parts[2] + parts[3]);
+    if ROW_LANES == 4u {
+        return four;
+    }
+    return four + ((parts[4] + parts[5]) + (parts[6] + parts[7]));
+}
+
+// The keys [start, end) query row i sees. The one place the kernels learn a row's keys
+// (a per-sequence range or a window would change this function alone).
+struct KeyRange {
+    start: u32,
+    end: u32,
+}
+
+fn key_range(i: u32) -> KeyRange {
+    return KeyRange(0u, visible_keys(i));
 }
 
 // Number of keys row i sees: all of them, or j <= i + Nk - Nq under the bottom-right causal

@@ -1,19 +1,47 @@
-// The fused forward pass: flash attention with an online softmax, every variant of
-// DESIGN.md section 2, the LSE and the per-head statistics of section 3 in one pass.
+// The fused forward pass: flash attention with an online softmax, every variant of DESIGN.md
+// section 2, the LSE and the per-row parts of the statistics of section 3 in one pass.
 //
-// Grid: one workgroup per (query block, query head, batch) = workgroup_id (x, y, z).
-// Thread layout: invocation t owns query row q_block * BLOCK_M + t whole: its q and its output
-// accumulator (HEAD_DIM f32 each) stay in private memory. K and V are streamed through
-// workgroup memory in tiles of BLOCK_N keys that all invocations load together and all read
-// (a broadcast). The hot loop needs no communication between invocations; reductions run
-// once per workgroup, for the statistics partial record.
-// Scores stay in f32 whatever the dtype, so massive activations (|q|, |k| in the thousands)
-// cannot overflow.
-// Loops over channels inside the loops over keys are written out (`//unroll`, expanded by
-// src/wgsl/kernel.rs): lavapipe stops an invocation after 65535 loop iterations in all.
+// Rows. The query heads of a GQA group are folded into one space of Nq · group rows,
+// position-major: folded row f is query position i = f / group of head h = g · group + f % group.
+// A workgroup owns BLOCK_M consecutive folded rows of kv head g of batch b (grid: folded block,
+// kv head, batch), so each K/V tile it stages serves the whole group; a decode step (Nq = 1)
+// still fills `group` rows.
+//
+// Lanes. A row belongs to ROW_LANES lanes (1, 2, 4 or 8: kernel.rs picks it from the head dim
+// so that no lane owns more than a fixed number of channels); lane `part` of a row owns its
+// LANE_QUADS channel quads from c0 = part · LANE_QUADS. A lane's slice of q and of the output
+// accumulator are private arrays of LANE_QUADS vec4 that only constants index (every loop over
+// them is written out, `//unroll_all`), so the compiler keeps them in registers, and the code
+// written out per key is the same length at every head dim (pipeline builds stay short). For
+// Q·Kᵀ each lane forms the partial dot product of its channels and the row's lanes add them
+// (`row_sum`, in a fixed tree order: every lane of the row gets the same bits, and the
+// key-mass pass adds the same parts in the same order); for P·V each lane weighs its own
+// channels. The online softmax is computed alike by every lane of the row; the row's
+// statistics record is written by its lane 0.
+//
+// Keys. Tiles of BLOCK_N keys of K and V are staged in workgroup memory as [key][channel quad]
+// vec4 by all lanes together (each global word read once per workgroup). How a lane then gets
+// key u's quads is what the two key files differ in (keys_subgroup.wgsl, keys_workgroup.wgsl):
+// lanes exchange registers by subgroup shuffles, or every lane reads the quad from workgroup
+// memory. They also say how the lanes of a row are chosen and how `row_sum` adds across them.
+// Either way each quad feeds 4 FMAs per lane, and the loop over keys is one loop trip per key
+// (lavapipe's loop budget, kernel.rs); the subgroup path holds KEYS_HELD keys of the tile in
+// registers at a time.
+//
+// Keys a row does not see (the causal mask, the tail of the last tile) are skipped by selects,
+// never by multiplying by 0: a NaN or Inf in a key the row does not see must not reach it.
+// Scores stay in f32 whatever the dtype, so massive activations cannot overflow.
 
-const BLOCK_M: u32 = WORKGROUP_SIZE; // query rows per workgroup, one per invocation
-const BLOCK_N: u32 = TILE_LEN;       // keys per K/V tile in workgroup memory
+const D4: u32 = HEAD_DIM / 4u;                  // channel quads per row
+const LANE_QUADS: u32 = D4 / ROW_LANES;         // channel quads per lane of a row
+const BLOCK_M: u32 = WORKGROUP_SIZE / ROW_LANES; // folded query rows per workgroup
+const BLOCK_N: u32 = TILE_LEN;                  // keys per K/V tile in workgroup memory
+
+// The running max m moves only when a logit passes it by more than this (natural-log units),
+// so the accumulator is rescaled a few times per row rather than at every new maximum; the
+// weights e^(x − m) then stay below e^8 ≈ 3000, far from f32 overflow. The result is the same
+// softmax: m cancels between the numerator and l.
+const RESCALE_SLACK: f32 = 8.0;
 
 @group(0) @binding(1) var<storage, read> q_buf: array<u32>;
 @group(0) @binding(2) var<storage, read> k_buf: array<u32>;
@@ -26,29 +54,66 @@ const BLOCK_N: u32 = TILE_LEN;       // keys per K/V tile in workgroup memory
 @group(0) @binding(7) var<storage, read> param_a: array<u32>;
 @group(0) @binding(8) var<storage, read> param_b: array<u32>;
 
-var<workgroup> k_tile: array<f32, BLOCK_N * HEAD_DIM>; // [key, channel]
-var<workgroup> v_tile: array<f32, BLOCK_N * HEAD_DIM>; // [key, channel]
+var<workgroup> k_tile: array<vec4<f32>, BLOCK_N * D4>; // [key][channel quad]
+var<workgroup> v_tile: array<vec4<f32>, BLOCK_N * D4>; // [key][channel quad]
+// One vec4 per lane, [row][part]: what the lanes of a row combine once per call (`row_parts`).
+var<workgroup> row_share: array<vec4<f32>, WORKGROUP_SIZE>;
 
-fn load_q(i: u32) -> f32 {
-    return decode(q_buf[word_index(i)], i);
+// Which row of the workgroup's block a lane serves, and which of the row's lanes it is.
+struct RowLane {
+    row: u32,
+    part: u32,
 }
 
-fn load_k(i: u32) -> f32 {
-    return decode(k_buf[word_index(i)], i);
+// Every lane's v, as the lanes of its row hold it, in part order. Called in uniform control
+// flow by every invocation.
+fn row_parts(rl: RowLane, v: vec4<f32>) -> array<vec4<f32>, ROW_LANES> {
+    workgroupBarrier(); // row_share is free again
+    row_share[rl.row * ROW_LANES + rl.part] = v;
+    workgroupBarrier();
+    var parts: array<vec4<f32>, ROW_LANES>;
+    //unroll_all r < ROW_LANES: parts[r] = row_share[rl.row * ROW_LANES + r];
+    return parts;
 }
 
-fn load_v(i: u32) -> f32 {
-    return decode(v_buf[word_index(i)], i);
+// Four consecutive elements starting at element i: four words for f32, the three words that
+// hold them for 16-bit dtypes (the third clamped to the binding, for an even i at its end).
+fn load_q4(i: u32) -> vec4<f32> {
+    if ELEM == ELEM_F32 {
+        return bitcast<vec4<f32>>(vec4<u32>(q_buf[i], q_buf[i + 1u], q_buf[i + 2u], q_buf[i + 3u]));
+    }
+    let w = i >> 1u;
+    return decode_half_quad(q_buf[w], q_buf[w + 1u], q_buf[min(w + 2u, arrayLength(&q_buf) - 1u)], i);
 }
 
-// k_sink, v_bias, sink_logits: f32.
+fn load_k4(i: u32) -> vec4<f32> {
+    if ELEM == ELEM_F32 {
+        return bitcast<vec4<f32>>(vec4<u32>(k_buf[i], k_buf[i + 1u], k_buf[i + 2u], k_buf[i + 3u]));
+    }
+    let w = i >> 1u;
+    return decode_half_quad(k_buf[w], k_buf[w + 1u], k_buf[min(w + 2u, arrayLength(&k_buf) - 1u)], i);
+}
+
+fn load_v4(i: u32) -> vec4<f32> {
+    if ELEM == ELEM_F32 {
+        return bitcast<vec4<f32>>(vec4<u32>(v_buf[i], v_buf[i + 1u], v_buf[i + 2u], v_buf[i + 3u]));
+    }
+    let w = i >> 1u;
+    return decode_half_quad(v_buf[w], v_buf[w + 1u], v_buf[min(w + 2u, arrayLength(&v_buf) - 1u)], i);
+}
+
+// k_sink, v_bias, sink_logits, v_sink: f32, dense per head.
 fn param_a_f32(i: u32) -> f32 {
     return bitcast<f32>(param_a[p.param_a_offset + i]);
 }
 
-// v_sink: f32.
-fn param_b_f32(i: u32) -> f32 {
-    return bitcast<f32>(param_b[p.param_b_offset + i]);
+fn param_a4(i: u32) -> vec4<f32> {
+    return vec4<f32>(param_a_f32(i), param_a_f32(i + 1u), param_a_f32(i + 2u), param_a_f32(i + 3u));
+}
+
+fn param_b4(i: u32) -> vec4<f32> {
+    let at = p.param_b_offset + i;
+    return bitcast<vec4<f32>>(vec4<u32>(param_b[at], param_b[at + 1u], param_b[at + 2u], param_b[at + 3u]));
 }
 
 // The gate z has the dtype of Q.
@@ -70,28 +135,84 @@ struct ArgMax {
     channel: u32,
 }
 
-// The larger value; the lower channel on ties.
-fn better(a: ArgMax, b: ArgMax) -> ArgMax {
-    if b.value > a.value || (b.value == a.value && b.channel < a.channel) {
-        return b;
+// Folds channel quad c of x into the largest |x| (lowest channel on ties; NaN never wins, as
+// in the reference) and the sum of |x|.
+fn fold_abs(best: ptr<function, ArgMax>, sum: ptr<function, f32>, x: vec4<f32>, c: u32) {
+    let a = abs(x);
+    // Written out: a loop here would cost lavapipe's loop budget four trips per quad.
+    if a.x > (*best).value {
+        *best = ArgMax(a.x, c * 4u);
     }
-    return a;
+    if a.y > (*best).value {
+        *best = ArgMax(a.y, c * 4u + 1u);
+    }
+    if a.z > (*best).value {
+        *best = ArgMax(a.z, c * 4u + 2u);
+    }
+    if a.w > (*best).value {
+        *best = ArgMax(a.w, c * 4u + 3u);
+    }
+    *sum += (a.x + a.y) + (a.z + a.w);
 }
 
-// One block's statistics before they reach the scratch buffer (see PART_* in common.wgsl).
-struct Partial {
-    counted: f32,
-    first: f32,
-    sink: f32,
-    max_score: f32,
-    entropy: f32,
-    row_mass: f32,
-    gate_min: f32,
-    gate_max: f32,
-    gate_sum: f32,
-    gate_count: f32,
-    q_best: ArgMax,
-    q_sum: f32,
+// Stages keys [tile, tile + BLOCK_N) of kv head g into k_tile and v_tile: quad e of the tile is
+// key e / D4, channels 4 · (e % D4) ..; keys past Nk read 0. STAGE_UNROLL quads of each
+// tensor per lane and loop trip.
+fn stage_quad(b: u32, g: u32, tile: u32, e: u32) {
+    if e >= BLOCK_N * D4 {
+        return;
+    }
+    let j = tile + e / D4;
+    let c = (e % D4) * 4u;
+    let inside = j < p.kv_len;
+    let jc = min(j, p.kv_len - 1u);
+    let k = load_k4(p.k_offset + b * p.k_stride_b + jc * p.k_stride_n + g * p.k_stride_h + c);
+    let v = load_v4(p.v_offset + b * p.v_stride_b + jc * p.v_stride_n + g * p.v_stride_h + c);
+    k_tile[e] = select(vec4<f32>(0.0), k, inside);
+    v_tile[e] = select(vec4<f32>(0.0), v, inside);
+}
+
+fn stage_tile(t: u32, b: u32, g: u32, tile: u32) {
+    for (var e0 = t; e0 < BLOCK_N * D4; e0 += WORKGROUP_SIZE * STAGE_UNROLL) {
+        //unroll u < STAGE_UNROLL: stage_quad(b, g, tile, e0 + u * WORKGROUP_SIZE);
+    }
+}
+
+// Running K/V statistics of the keys this lane measures (lanes t < BLOCK_N of the last
+// block, key tile + t of every tile).
+var<private> k_best: ArgMax;
+var<private> k_sum: f32;
+var<private> v_max: f32;
+var<private> v_sum: f32;
+var<private> v_norm_sum: f32;
+var<private> v0_norm: f32;
+
+fn measure_kv_quad(at: u32, c: u32, v_norm_sq: ptr<function, f32>) {
+    var best = k_best;
+    var sum = k_sum;
+    fold_abs(&best, &sum, k_tile[at + c], c);
+    k_best = best;
+    k_sum = sum;
+    let v = v_tile[at + c];
+    let a = abs(v);
+    v_max = max_ignoring_nan(max_ignoring_nan(v_max, a.x), a.y);
+    v_max = max_ignoring_nan(max_ignoring_nan(v_max, a.z), a.w);
+    v_sum += (a.x + a.y) + (a.z + a.w);
+    *v_norm_sq += dot(v, v);
+}
+
+fn measure_key(u: u32, j: u32) {
+    let at = u * D4;
+    var v_norm_sq = 0.0;
+    //unroll(8) c < D4: measure_kv_quad(at, c, &v_norm_sq);
+    let norm = sqrt(v_norm_sq);
+    v_norm_sum += norm;
+    if j == 0u {
+        v0_norm = norm;
+    }
+}
+
+struct KvPartial {
     k_best: ArgMax,
     k_sum: f32,
     v_max: f32,
@@ -100,212 +221,111 @@ struct Partial {
     v0_norm: f32,
 }
 
-fn merge(a: Partial, b: Partial) -> Partial {
-    var r: Partial;
-    r.counted = a.counted + b.counted;
-    r.first = a.first + b.first;
-    r.sink = a.sink + b.sink;
-    r.max_score = max(a.max_score, b.max_score);
-    r.entropy = a.entropy + b.entropy;
-    r.row_mass = a.row_mass + b.row_mass;
-    r.gate_min = min(a.gate_min, b.gate_min);
-    r.gate_max = max(a.gate_max, b.gate_max);
-    r.gate_sum = a.gate_sum + b.gate_sum;
-    r.gate_count = a.gate_count + b.gate_count;
-    r.q_best = better(a.q_best, b.q_best);
-    r.q_sum = a.q_sum + b.q_sum;
-    r.k_best = better(a.k_best, b.k_best);
-    r.k_sum = a.k_sum + b.k_sum;
-    r.v_max = max(a.v_max, b.v_max);
-    r.v_sum = a.v_sum + b.v_sum;
-    r.v_norm_sum = a.v_norm_sum + b.v_norm_sum;
-    r.v0_norm = a.v0_norm + b.v0_norm;
-    return r;
-}
+var<workgroup> kv_red: array<KvPartial, BLOCK_N>;
 
-fn store_partial(at: u32, x: Partial) {
-    scratch[at + PART_COUNTED] = x.counted;
-    scratch[at + PART_FIRST] = x.first;
-    scratch[at + PART_SINK] = x.sink;
-    scratch[at + PART_MAX_SCORE] = x.max_score;
-    scratch[at + PART_ENTROPY] = x.entropy;
-    scratch[at + PART_ROW_MASS] = x.row_mass;
-    scratch[at + PART_GATE_MIN] = x.gate_min;
-    scratch[at + PART_GATE_MAX] = x.gate_max;
-    scratch[at + PART_GATE_SUM] = x.gate_sum;
-    scratch[at + PART_GATE_COUNT] = x.gate_count;
-    scratch[at + PART_Q_MAX] = x.q_best.value;
-    scratch[at + PART_Q_ARGMAX] = f32(x.q_best.channel);
-    scratch[at + PART_Q_SUM] = x.q_sum;
-    scratch[at + PART_K_MAX] = x.k_best.value;
-    scratch[at + PART_K_ARGMAX] = f32(x.k_best.channel);
-    scratch[at + PART_K_SUM] = x.k_sum;
-    scratch[at + PART_V_MAX] = x.v_max;
-    scratch[at + PART_V_SUM] = x.v_sum;
-    scratch[at + PART_V_NORM_SUM] = x.v_norm_sum;
-    scratch[at + PART_V0_NORM] = x.v0_norm;
-}
-
-// Running statistics of K and V, kept by the last query block's invocations (one key row each).
-var<private> k_best: ArgMax;
-var<private> k_sum: f32;
-var<private> v_max: f32;
-var<private> v_sum: f32;
-var<private> v_norm_sum: f32;
-var<private> v0_norm: f32;
-// The key row being measured: its largest |k| and Σ v².
-var<private> k_row_best: ArgMax;
-var<private> v_row_norm_sq: f32;
-
-// Folds channel c of tile row jj into the running K/V statistics.
-fn measure_kv_channel(jj: u32, c: u32) {
-    let k_abs = abs(k_tile[jj * HEAD_DIM + c]);
-    if k_abs > k_row_best.value {
-        k_row_best = ArgMax(k_abs, c);
-    }
-    k_sum += k_abs;
-    let v = v_tile[jj * HEAD_DIM + c];
-    v_max = max(v_max, abs(v));
-    v_sum += abs(v);
-    v_row_norm_sq += v * v;
-}
-
-// Folds the key rows of the current tile that this invocation owns into its K/V statistics.
-fn measure_kv_tile(t: u32, tile: u32) {
-    for (var jj = t; jj < BLOCK_N && tile + jj < p.kv_len; jj += BLOCK_M) {
-        k_row_best = ArgMax(-1.0, 0u);
-        v_row_norm_sq = 0.0;
-        //unroll c < HEAD_DIM: measure_kv_channel(jj, c);
-        k_best = better(k_best, k_row_best);
-        let norm = sqrt(v_row_norm_sq);
-        v_norm_sum += norm;
-        if tile + jj == 0u {
-            v0_norm = norm;
-        }
-    }
-}
-
-// Element e of the tile: key tile + e / HEAD_DIM, channel e % HEAD_DIM; keys past Nk read 0.
-fn load_kv_element(b: u32, g: u32, tile: u32, e: u32) {
-    if e >= BLOCK_N * HEAD_DIM {
-        return;
-    }
-    let j = tile + e / HEAD_DIM;
-    let c = e % HEAD_DIM;
-    let inside = j < p.kv_len;
-    let jc = min(j, p.kv_len - 1u);
-    let k_at = p.k_offset + b * p.k_stride_b + jc * p.k_stride_n + g * p.k_stride_h + c;
-    let v_at = p.v_offset + b * p.v_stride_b + jc * p.v_stride_n + g * p.v_stride_h + c;
-    k_tile[e] = select(0.0, load_k(k_at), inside);
-    v_tile[e] = select(0.0, load_v(v_at), inside);
-}
-
-// Loads keys [tile, tile + BLOCK_N) of kv head g into k_tile and v_tile, LOAD_UNROLL elements
-// per invocation and iteration.
-fn load_kv_tile(t: u32, b: u32, g: u32, tile: u32) {
-    for (var e0 = t; e0 < BLOCK_N * HEAD_DIM; e0 += BLOCK_M * LOAD_UNROLL) {
-        //unroll u < LOAD_UNROLL: load_kv_element(b, g, tile, e0 + u * BLOCK_M);
-    }
-}
-
-fn store_o_row(base: u32, row: ptr<function, array<f32, HEAD_DIM>>) {
+// Writes a quad of the row's O: 4 words for f32, 2 for an even 16-bit start, and half-word
+// atomics for the two ends of an odd one (they share words with the neighbours).
+fn store_o_quad(at: u32, o: vec4<f32>) {
     if ELEM == ELEM_F32 {
-        for (var c = 0u; c < HEAD_DIM; c++) {
-            atomicStore(&o_buf[base + c], bitcast<u32>((*row)[c]));
-        }
+        atomicStore(&o_buf[at], bitcast<u32>(o.x));
+        atomicStore(&o_buf[at + 1u], bitcast<u32>(o.y));
+        atomicStore(&o_buf[at + 2u], bitcast<u32>(o.z));
+        atomicStore(&o_buf[at + 3u], bitcast<u32>(o.w));
         return;
     }
-    var c = 0u;
-    loop {
-        if c >= HEAD_DIM {
-            break;
-        }
-        let at = base + c;
-        if (at & 1u) == 0u && c + 1u < HEAD_DIM {
-            // Both halves of the word are this row's.
-            let word = encode_half((*row)[c]) | (encode_half((*row)[c + 1u]) << 16u);
-            atomicStore(&o_buf[at >> 1u], word);
-            c += 2u;
-        } else {
-            // A lone half-word at either end of the row: keep the other half untouched.
-            let half = encode_half((*row)[c]);
-            if (at & 1u) == 1u {
-                atomicAnd(&o_buf[at >> 1u], 0x0000ffffu);
-                atomicOr(&o_buf[at >> 1u], half << 16u);
-            } else {
-                atomicAnd(&o_buf[at >> 1u], 0xffff0000u);
-                atomicOr(&o_buf[at >> 1u], half);
-            }
-            c += 1u;
-        }
+    let h = vec4<u32>(encode_half(o.x), encode_half(o.y), encode_half(o.z), encode_half(o.w));
+    let w = at >> 1u;
+    if (at & 1u) == 0u {
+        atomicStore(&o_buf[w], h.x | (h.y << 16u));
+        atomicStore(&o_buf[w + 1u], h.z | (h.w << 16u));
+        return;
     }
+    // Odd start: the quad's first and last elements share words with its neighbours, so
+    // those halves are written with atomics that leave the other half untouched.
+    atomicAnd(&o_buf[w], 0x0000ffffu);
+    atomicOr(&o_buf[w], h.x << 16u);
+    atomicStore(&o_buf[w + 1u], h.y | (h.z << 16u));
+    atomicAnd(&o_buf[w + 2u], 0xffff0000u);
+    atomicOr(&o_buf[w + 2u], h.w);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
-    init_lane(lane);
+    let rl = init_lane(lane);
     let t = lane.index;
-    let q_block = wg.x;
-    let h = wg.y;
+    let g = wg.y;
     let b = wg.z;
-    let g = h / p.group;
-    let row = q_block * BLOCK_M + t;
-    let live = row < p.q_len;
-    // Invocations past Nq shadow the last row, so that every load stays in bounds; they
-    // write nothing and count in no statistic.
-    let i = min(row, p.q_len - 1u);
-    let block_end = min(q_block * BLOCK_M + BLOCK_M, p.q_len);
-    let key_end = visible_keys(block_end - 1u); // uniform: the tiles this workgroup visits
-    let row_keys = visible_keys(i);
-    let has_keys = row_keys > 0u;
+    let folded = p.q_len * p.group;
+    let f0 = wg.x * BLOCK_M;
+    let live = f0 + rl.row < folded;
+    // Lanes past the last row shadow it, so that every load stays in bounds; they write
+    // nothing and count in no statistic.
+    let f = min(f0 + rl.row, folded - 1u);
+    let i = f / p.group;
+    let h = g * p.group + f % p.group;
+    let c0 = rl.part * LANE_QUADS; // this lane's first channel quad
+    // The keys each row sees, and the span of keys the block visits (uniform: the union of
+    // its first and last rows' ranges), in one place: `key_range` (common.wgsl).
+    let row_keys = key_range(i);
+    let first_keys = key_range(f0 / p.group);
+    let last_keys = key_range((min(f0 + BLOCK_M, folded) - 1u) / p.group);
+    let key_start = min(first_keys.start, last_keys.start);
+    let key_end = max(first_keys.end, last_keys.end);
+    let has_keys = row_keys.end > row_keys.start;
     // The last block visits every key under either mask: it measures K and V.
-    let kv_block = q_block + 1u == p.q_blocks;
+    let kv_block = wg.x + 1u == p.q_blocks;
 
-    var q_row: array<f32, HEAD_DIM>; // registers: this row of Q
+    var q_reg: array<vec4<f32>, LANE_QUADS>; // registers: this lane's slice of the row of Q
+    let q_base = p.q_offset + b * p.q_stride_b + i * p.q_stride_n + h * p.q_stride_h + c0 * 4u;
+    //unroll_all c < LANE_QUADS: q_reg[c] = load_q4(q_base + c * 4u);
     var q_best = ArgMax(-1.0, 0u);
     var q_sum = 0.0;
-    let q_base = p.q_offset + b * p.q_stride_b + i * p.q_stride_n + h * p.q_stride_h;
-    for (var c = 0u; c < HEAD_DIM; c++) {
-        let x = load_q(q_base + c);
-        q_row[c] = x;
-        if abs(x) > q_best.value {
-            q_best = ArgMax(abs(x), c);
-        }
-        q_sum += abs(x);
+    if STATS {
+        //unroll_all c < LANE_QUADS: fold_abs(&q_best, &q_sum, q_reg[c], c0 + c);
+        // The row's largest |q| and Σ|q| from its lanes' slices, in channel order (the lowest
+        // channel wins a tie: each part holds its own lowest).
+        let parts = row_parts(rl, vec4<f32>(q_best.value, f32(q_best.channel), q_sum, 0.0));
+        q_best = ArgMax(parts[0].x, u32(parts[0].y));
+        q_sum = parts[0].z;
+        //unroll_all r < ROW_LANES: fold_part_abs(&q_best, &q_sum, parts[r], r);
     }
 
     // The sink's logit: s' = σ q·k' (softcapped like any score), θ_h, or 0.
     var sink_logit = 0.0;
     if VARIANT == VARIANT_CONTEXT_BIAS || VARIANT == VARIANT_KV_SINK {
-        var dot = 0.0;
-        for (var c = 0u; c < HEAD_DIM; c++) {
-            dot += q_row[c] * param_a_f32(h * HEAD_DIM + c);
-        }
-        sink_logit = finish_score(dot);
+        var dot4 = vec4<f32>(0.0);
+        //unroll_all c < LANE_QUADS: dot4 = fma(q_reg[c], param_a4(h * HEAD_DIM + (c0 + c) * 4u), dot4);
+        sink_logit = finish_score(row_sum(rl, (dot4.x + dot4.y) + (dot4.z + dot4.w)));
     } else if VARIANT == VARIANT_LOGIT_SINK {
         sink_logit = param_a_f32(h);
     }
 
     // Online softmax over the row's logits x (the score s, or log sigmoid(s + β) for Sigmoid):
-    // m running max, l = Σ e^(x − m) (sink included), l_keys the same over real keys only,
-    // t_ent = Σ e^(x − m)·(x − m), so that the entropy is ln l − t_ent / l without cancellation.
+    // m the running max (up to RESCALE_SLACK stale), l = Σ e^(x − m) (sink included), l_keys
+    // the same over real keys only, t_ent = Σ e^(x − m)·(x − m), so that the entropy is
+    // ln l − t_ent / l without cancellation.
     var m = neg_inf();
     var l = 0.0;
     var l_keys = 0.0;
     var t_ent = 0.0;
-    var acc: array<f32, HEAD_DIM>; // registers: Σ weight · v
-    if SINK_IN_DENOMINATOR {
-        // The sink is the first outcome: weight e^0 = 1 at m = its logit, value v' or 0.
+    var acc: array<vec4<f32>, LANE_QUADS>; // registers: Σ weight · v over this lane's channels
+    //unroll_all c < LANE_QUADS: acc[c] = vec4<f32>(0.0);
+    // The sink is the first outcome: weight e^0 = 1 at m = its logit, value v' or 0. A sink
+    // logit of −inf weighs nothing (and must not make m = −inf carry a weight of 1).
+    if SINK_IN_DENOMINATOR && !is_neg_inf(sink_logit) {
         m = sink_logit;
         l = 1.0;
         if VARIANT == VARIANT_KV_SINK {
-            for (var c = 0u; c < HEAD_DIM; c++) {
-                acc[c] = param_b_f32(h * HEAD_DIM + c);
-            }
+            //unroll_all c < LANE_QUADS: acc[c] = param_b4(h * HEAD_DIM + (c0 + c) * 4u);
         }
     }
     var max_score = neg_inf();
     var logit0 = neg_inf(); // x of key 0, when the row sees it
+    // A NaN among the row's logits (or x − m undefined: x = m = ±inf). exp() need not return
+    // NaN for a NaN argument (lavapipe clamps it), so the row is poisoned explicitly, as the
+    // reference's sums are by any NaN term.
+    // A sink logit of +inf is the row's max, and its own term e^(+inf − (+inf)) is NaN.
+    var poisoned = is_nan(m) || (SINK_IN_DENOMINATOR && is_pos_inf(sink_logit));
     var sigmoid_mass = 0.0; // Σ sigmoid(s + β)
 
     k_best = ArgMax(-1.0, 0u);
@@ -314,139 +334,183 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     v_sum = 0.0;
     v_norm_sum = 0.0;
     v0_norm = 0.0;
+    let measures = STATS && kv_block && t < BLOCK_N;
 
-    for (var tile = 0u; tile < key_end; tile += BLOCK_N) {
+    for (var tile = key_start; tile < key_end; tile += BLOCK_N) {
         workgroupBarrier(); // every invocation is done with the previous tile
-        load_kv_tile(t, b, g, tile);
+        stage_tile(t, b, g, tile);
         workgroupBarrier();
-        if STATS && kv_block {
-            measure_kv_tile(t, tile);
+        if measures && tile + t < p.kv_len {
+            measure_key(t, tile + t);
         }
-        // The row sees a prefix of the keys: keys [tile, tile + visible) of this tile. No
-        // `continue` when it is empty: the barriers ahead must stay in uniform control flow.
-        let visible = min(BLOCK_N, row_keys - min(row_keys, tile));
-        if visible > 0u {
-            var x: array<f32, BLOCK_N>;
-            var w_sigmoid: array<f32, BLOCK_N>;
-            var tile_max = neg_inf();
-            for (var jj = 0u; jj < visible; jj++) {
-                let k = jj * HEAD_DIM;
-                var dot = 0.0;
-                //unroll c < HEAD_DIM: dot += q_row[c] * k_tile[k + c];
-                let s = finish_score(dot);
-                max_score = max(max_score, s);
-                var xj = s;
+        // Trip counts the compiler cannot know, so that it never writes the loops out.
+        let tile_keys = min(BLOCK_N, key_end - tile);
+        for (var u0 = 0u; u0 < tile_keys; u0 += KEYS_HELD) {
+            hold_keys(u0, c0);
+            for (var u = 0u; u < min(KEYS_HELD, tile_keys - u0); u++) {
+                let j = tile + u0 + u;
+                let seen = j >= row_keys.start && j < row_keys.end;
+                var dot4 = vec4<f32>(0.0);
+                //unroll_all c < LANE_QUADS: dot4 = fma(q_reg[c], key_quad(u0, u, c0, c), dot4);
+                let s = finish_score(row_sum(rl, (dot4.x + dot4.y) + (dot4.z + dot4.w)));
+                if seen {
+                    max_score = max_ignoring_nan(max_score, s);
+                }
+                var x = s;
+                var w_sigmoid = 0.0;
                 if VARIANT == VARIANT_SIGMOID {
                     let z = s + p.sigmoid_bias;
-                    w_sigmoid[jj] = sigmoid(z);
-                    sigmoid_mass += w_sigmoid[jj];
-                    xj = log_sigmoid(z);
+                    w_sigmoid = select(0.0, select(sigmoid(z), nan(), is_nan(z)), seen);
+                    sigmoid_mass += w_sigmoid;
+                    x = log_sigmoid(z);
                 }
-                x[jj] = xj;
-                tile_max = max(tile_max, xj);
-            }
-            if tile == 0u {
-                logit0 = x[0];
-            }
-            let m_new = max(m, tile_max);
-            // alpha = 0 while nothing was seen (m = −inf); the t_ent term would be −inf · 0 then.
-            let alpha = exp(m - m_new);
-            t_ent = select(alpha * (t_ent + (m - m_new) * l), 0.0, l == 0.0);
-            l *= alpha;
-            l_keys *= alpha;
-            if VARIANT != VARIANT_SIGMOID && VARIANT != VARIANT_CLIPPED_SOFTMAX {
-                //unroll c < HEAD_DIM: acc[c] *= alpha;
-            }
-            for (var jj = 0u; jj < visible; jj++) {
-                let e = exp(x[jj] - m_new);
+                if j == 0u && seen {
+                    logit0 = x;
+                }
+                // Move m up when x passes it by more than the slack: alpha = 0 while nothing was
+                // seen (m = −inf), and t_ent, still 0 then, must not become 0 · (−inf). Every
+                // lane of a row takes the same branch (they hold the same x and m).
+                let lift = seen && x > m + RESCALE_SLACK;
+                if any_lane(lift) {
+                    if lift {
+                        let alpha = exp(m - x);
+                        t_ent = select(alpha * (t_ent + (m - x) * l), 0.0, l == 0.0);
+                        l *= alpha;
+                        l_keys *= alpha;
+                        if VARIANT != VARIANT_SIGMOID && VARIANT != VARIANT_CLIPPED_SOFTMAX {
+                            //unroll_all c < LANE_QUADS: acc[c] *= alpha;
+                        }
+                        m = x;
+                    }
+                }
+                // A logit of −inf weighs 0 whatever m is (−inf − (−inf) would be NaN).
+                poisoned = poisoned || (seen && is_nan(x - m) && !is_neg_inf(x));
+                let e = select(0.0, exp(x - m), seen && !is_neg_inf(x));
                 l += e;
                 l_keys += e;
-                t_ent += e * (x[jj] - m_new);
-                // Sigmoid weights are applied as they are; ClippedSoftmax weighs V in a second pass.
+                t_ent += select(0.0, e * (x - m), bitcast<u32>(e) != 0u);
+                // Sigmoid weights are applied as they are; ClippedSoftmax weighs V in a second
+                // pass.
                 if VARIANT != VARIANT_CLIPPED_SOFTMAX {
-                    let w = select(e, w_sigmoid[jj], VARIANT == VARIANT_SIGMOID);
-                    let v = jj * HEAD_DIM;
-                    //unroll c < HEAD_DIM: acc[c] += w * v_tile[v + c];
+                    let w = vec4<f32>(select(e, w_sigmoid, VARIANT == VARIANT_SIGMOID));
+                    let hide = vec4<bool>(!seen);
+                    //unroll_all c < LANE_QUADS: acc[c] = fma(w, select(value_quad(u0, u, c0, c), vec4<f32>(0.0), hide), acc[c]);
                 }
             }
-            m = m_new;
         }
     }
 
+    if poisoned {
+        l = nan();
+    }
+    // 1 − S of ContextBias: e^s' / (e^s' + Σ e^s), 1 for a row with no key.
+    var context_share = 0.0;
+    if VARIANT == VARIANT_CONTEXT_BIAS {
+        let top = select(m, sink_logit, sink_logit > m || l == 0.0);
+        let e_sink = exp(sink_logit - top);
+        context_share = e_sink / (e_sink + l * exp(m - top));
+        context_share = select(context_share, nan(), is_nan(sink_logit - top) || is_nan(l));
+    }
+    // Every logit −inf (and no finite sink): the reference's e^(−inf − (−inf)) is NaN.
+    if is_neg_inf(m) && (has_keys || SINK_IN_DENOMINATOR) {
+        l = nan();
+    }
     // l = 0 only for a row with no key and no sink in the denominator: LSE −inf, output 0.
-    let inv_l = select(0.0, 1.0 / l, l > 0.0);
-    let lse = select(neg_inf(), m + log(l), l > 0.0);
+    let inv_l = select(1.0 / l, 0.0, l == 0.0);
+    let lse = select(select(m + log(l), nan(), is_nan(l)), neg_inf(), l == 0.0);
 
     // ClippedSoftmax: weights clip((ζ − γ)·p + γ, 0, 1) need the row's normaliser first, so
     // a second pass over the same tiles applies them.
     var clip_mass = 0.0;
     var clip_w_log_w = 0.0;
     var clip_w0 = 0.0;
+    var clip_poisoned = false; // a NaN weight: the row's mass and distribution are NaN
     if VARIANT == VARIANT_CLIPPED_SOFTMAX {
-        for (var tile = 0u; tile < key_end; tile += BLOCK_N) {
+        for (var tile = key_start; tile < key_end; tile += BLOCK_N) {
             workgroupBarrier();
-            load_kv_tile(t, b, g, tile);
+            stage_tile(t, b, g, tile);
             workgroupBarrier();
-            let visible = min(BLOCK_N, row_keys - min(row_keys, tile));
-            for (var jj = 0u; jj < visible; jj++) {
-                let k = jj * HEAD_DIM;
-                var dot = 0.0;
-                //unroll c < HEAD_DIM: dot += q_row[c] * k_tile[k + c];
-                let prob = exp(finish_score(dot) - m) * inv_l;
-                let w = clamp((p.zeta - p.gamma) * prob + p.gamma, 0.0, 1.0);
-                //unroll c < HEAD_DIM: acc[c] += w * v_tile[k + c];
-                clip_mass += w;
-                if w > 0.0 {
-                    clip_w_log_w += w * log(w);
-                }
-                if tile + jj == 0u {
-                    clip_w0 = w;
+            let tile_keys = min(BLOCK_N, key_end - tile);
+            for (var u0 = 0u; u0 < tile_keys; u0 += KEYS_HELD) {
+                hold_keys(u0, c0);
+                for (var u = 0u; u < min(KEYS_HELD, tile_keys - u0); u++) {
+                    let j = tile + u0 + u;
+                    let seen = j >= row_keys.start && j < row_keys.end;
+                    var dot4 = vec4<f32>(0.0);
+                    //unroll_all c < LANE_QUADS: dot4 = fma(q_reg[c], key_quad(u0, u, c0, c), dot4);
+                    let x = finish_score(row_sum(rl, (dot4.x + dot4.y) + (dot4.z + dot4.w)));
+                    // A NaN row (l = NaN: a NaN logit, or every logit −inf) has NaN
+                    // probabilities, read from l rather than from exp(), which need not return
+                    // NaN (lavapipe).
+                    let prob = select(select(exp(x - m), 0.0, is_neg_inf(x)) * inv_l, nan(),
+                        is_nan(l));
+                    // Clipped to [0, 1] as the reference does; a NaN weight stays NaN.
+                    let y = (p.zeta - p.gamma) * prob + p.gamma;
+                    let w = select(0.0, clip01(y), seen);
+                    clip_poisoned = clip_poisoned || (seen && is_nan(y));
+                    let wv = vec4<f32>(w);
+                    let hide = vec4<bool>(!seen);
+                    //unroll_all c < LANE_QUADS: acc[c] = fma(wv, select(value_quad(u0, u, c0, c), vec4<f32>(0.0), hide), acc[c]);
+                    clip_mass += w;
+                    clip_w_log_w += select(0.0, w * log(w), w > 0.0);
+                    if j == 0u {
+                        clip_w0 = w;
+                    }
                 }
             }
         }
+        if clip_poisoned {
+            clip_mass = nan();
+        }
     }
 
-    // 1 − S of ContextBias: e^s' / (e^s' + Σ e^s), 1 for a row with no key.
-    var context_share = 0.0;
-    if VARIANT == VARIANT_CONTEXT_BIAS {
-        let top = max(m, sink_logit);
-        let e_sink = exp(sink_logit - top);
-        context_share = e_sink / (e_sink + l * exp(m - top));
-    }
-
-    // Epilogue: normalise and apply the variant's bias, sink value or gate.
+    // Epilogue: normalise, apply the variant's bias, sink value or gate, store.
     var gate_min = 3.4028235e38;
     var gate_max = -3.4028235e38;
     var gate_sum = 0.0;
     var gate_count = 0.0;
     let counted = live && (has_keys || HAS_SINK);
-    for (var c = 0u; c < HEAD_DIM; c++) {
-        var o = acc[c];
-        if VARIANT != VARIANT_SIGMOID && VARIANT != VARIANT_CLIPPED_SOFTMAX {
-            o *= inv_l;
+    // A row with no key has nothing of the keys to normalise (the reference's empty sum is 0
+    // even over a NaN denominator); KvSink's accumulator holds the sink's value too.
+    let key_scale = select(inv_l, 0.0, !has_keys && VARIANT != VARIANT_KV_SINK);
+    let scale = select(vec4<f32>(key_scale), vec4<f32>(1.0),
+        VARIANT == VARIANT_SIGMOID || VARIANT == VARIANT_CLIPPED_SOFTMAX);
+    let token = (b * p.q_len + i) * p.q_heads + h;
+    var gamma_row = 1.0;
+    if VARIANT == VARIANT_CONTEXT_SCALE && !GATE_PER_CHANNEL {
+        gamma_row = gate_factor(gate_z(token));
+        if counted {
+            gate_min = gamma_row;
+            gate_max = gamma_row;
+            gate_sum = gamma_row;
+            gate_count = 1.0;
         }
-        if VARIANT == VARIANT_VALUE_BIAS {
-            o += param_a_f32(h * HEAD_DIM + c);
-        } else if VARIANT == VARIANT_CONTEXT_BIAS {
-            o += context_share * param_b_f32(h * HEAD_DIM + c);
-        } else if VARIANT == VARIANT_CONTEXT_SCALE {
-            let token = (b * p.q_len + i) * p.q_heads + h;
-            let z_at = select(token, token * HEAD_DIM + c, GATE_PER_CHANNEL);
-            let gamma = gate_factor(gate_z(z_at));
-            o *= gamma;
-            if counted && (GATE_PER_CHANNEL || c == 0u) {
-                gate_min = min(gate_min, gamma);
-                gate_max = max(gate_max, gamma);
-                gate_sum += gamma;
-                gate_count += 1.0;
-            }
-        }
-        acc[c] = o;
     }
-
+    let o_base = p.o_offset + b * p.o_stride_b + i * p.o_stride_n + h * p.o_stride_h;
+    //unroll_all c < LANE_QUADS: acc[c] = acc[c] * scale;
+    if VARIANT == VARIANT_VALUE_BIAS {
+        //unroll_all c < LANE_QUADS: acc[c] += param_a4(h * HEAD_DIM + (c0 + c) * 4u);
+    } else if VARIANT == VARIANT_CONTEXT_BIAS {
+        //unroll_all c < LANE_QUADS: acc[c] += context_share * param_b4(h * HEAD_DIM + (c0 + c) * 4u);
+    } else if VARIANT == VARIANT_CONTEXT_SCALE {
+        if GATE_PER_CHANNEL {
+            //unroll_all c < LANE_QUADS: acc[c] *= gate_quad(token * HEAD_DIM + (c0 + c) * 4u, counted, &gate_min, &gate_max, &gate_sum, &gate_count);
+            // The row's gate statistics from its lanes' channels, in channel order.
+            let parts = row_parts(rl, vec4<f32>(gate_min, gate_max, gate_sum, gate_count));
+            gate_min = parts[0].x;
+            gate_max = parts[0].y;
+            gate_sum = parts[0].z;
+            gate_count = parts[0].w;
+            //unroll_all r < ROW_LANES: fold_part_gate(&gate_min, &gate_max, &gate_sum, &gate_count, parts[r], r);
+        } else {
+            //unroll_all c < LANE_QUADS: acc[c] *= gamma_row;
+        }
+    }
     if live {
-        let o_base = p.o_offset + b * p.o_stride_b + i * p.o_stride_n + h * p.o_stride_h;
-        store_o_row(o_base, &acc);
+        //unroll_all c < LANE_QUADS: store_o_quad(o_base + (c0 + c) * 4u, acc[c]);
+    }
+    // The row's one record, from its lane 0.
+    if live && rl.part == 0u {
         let row_index = (b * p.q_heads + h) * p.q_len + i;
         lse_buf[p.lse_offset + row_index] = lse;
         if KEY_MASS {
@@ -455,64 +519,132 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
             scratch[at + 1u] = l;
             scratch[at + 2u] = clip_mass;
         }
-    }
-
-    if STATS {
-        // This row's share of the head's statistics (zero for rows that are not counted).
-        var first = 0.0;
-        var sink_mass = 0.0;
-        var entropy = 0.0;
-        var row_mass = 0.0;
-        if counted {
-            if VARIANT == VARIANT_CLIPPED_SOFTMAX {
-                row_mass = clip_mass;
-                if clip_mass > 0.0 {
-                    first = select(0.0, clip_w0 / clip_mass, has_keys);
-                    entropy = log(clip_mass) - clip_w_log_w / clip_mass;
+        if STATS {
+            // This row's share of the head's statistics (zero when it is not counted).
+            var first = 0.0;
+            var sink_mass = 0.0;
+            var entropy = 0.0;
+            var row_mass = 0.0;
+            if counted {
+                if VARIANT == VARIANT_CLIPPED_SOFTMAX {
+                    row_mass = clip_mass;
+                    if clip_mass > 0.0 {
+                        first = select(0.0, clip_w0 / clip_mass, has_keys);
+                        entropy = log(clip_mass) - clip_w_log_w / clip_mass;
+                    }
+                    if clip_poisoned {
+                        first = nan_if(has_keys);
+                        entropy = nan();
+                    }
+                    sink_mass = nan_if(is_nan(l)); // the reference's 0 / denominator
+                } else {
+                    if has_keys {
+                        first = select(exp(logit0 - m), 0.0, is_neg_inf(logit0)) * inv_l;
+                    }
+                    if !(l == 0.0) {
+                        entropy = log(l) - t_ent * inv_l;
+                    }
+                    // The weight on no key at all is 0, whatever the normaliser.
+                    if has_keys {
+                        row_mass = select(l_keys * key_scale, sigmoid_mass, VARIANT == VARIANT_SIGMOID);
+                    }
+                    if SINK_IN_DENOMINATOR {
+                        sink_mass = select(exp(sink_logit - m), 0.0, is_neg_inf(sink_logit)) * inv_l;
+                    } else if VARIANT == VARIANT_CONTEXT_BIAS {
+                        sink_mass = context_share;
+                    } else if VARIANT != VARIANT_SIGMOID {
+                        sink_mass = nan_if(is_nan(l)); // the reference's 0 / denominator
+                    }
                 }
-            } else {
-                if has_keys {
-                    first = exp(logit0 - m) * inv_l;
-                }
-                if l > 0.0 {
-                    entropy = log(l) - t_ent * inv_l;
-                }
-                row_mass = select(l_keys * inv_l, sigmoid_mass, VARIANT == VARIANT_SIGMOID);
-                if SINK_IN_DENOMINATOR {
-                    sink_mass = exp(sink_logit - m) * inv_l;
-                } else if VARIANT == VARIANT_CONTEXT_BIAS {
-                    sink_mass = context_share;
+                // A NaN probability makes the row's entropy NaN, as in the reference (log()
+                // need not return NaN for a NaN argument: lavapipe).
+                if is_nan(l) {
+                    entropy = nan();
                 }
             }
-        }
-        if !live {
-            max_score = neg_inf();
-            q_best = ArgMax(-1.0, 0u);
-            q_sum = 0.0;
-        }
-
-        var mine: Partial;
-        mine.counted = select(0.0, 1.0, counted);
-        mine.first = first;
-        mine.sink = sink_mass;
-        mine.max_score = max_score;
-        mine.entropy = entropy;
-        mine.row_mass = row_mass;
-        mine.gate_min = gate_min;
-        mine.gate_max = gate_max;
-        mine.gate_sum = gate_sum;
-        mine.gate_count = gate_count;
-        mine.q_best = q_best;
-        mine.q_sum = q_sum;
-        mine.k_best = k_best;
-        mine.k_sum = k_sum;
-        mine.v_max = v_max;
-        mine.v_sum = v_sum;
-        mine.v_norm_sum = v_norm_sum;
-        mine.v0_norm = v0_norm;
-        let block = reduce_partial(mine);
-        if t == 0u {
-            store_partial(p.partials_offset + ((b * p.q_heads + h) * p.q_blocks + q_block) * PARTIAL_LEN, block);
+            let at = p.partials_offset + row_index * PARTIAL_LEN;
+            scratch[at + PART_COUNTED] = select(0.0, 1.0, counted);
+            scratch[at + PART_FIRST] = first;
+            scratch[at + PART_SINK] = sink_mass;
+            scratch[at + PART_MAX_SCORE] = max_score;
+            scratch[at + PART_ENTROPY] = entropy;
+            scratch[at + PART_ROW_MASS] = row_mass;
+            scratch[at + PART_GATE_MIN] = gate_min;
+            scratch[at + PART_GATE_MAX] = gate_max;
+            scratch[at + PART_GATE_SUM] = gate_sum;
+            scratch[at + PART_GATE_COUNT] = gate_count;
+            scratch[at + PART_Q_MAX] = q_best.value;
+            scratch[at + PART_Q_ARGMAX] = f32(q_best.channel);
+            scratch[at + PART_Q_SUM] = q_sum;
         }
     }
+
+    // The K/V record of (b, g): the measuring lanes' partials folded in lane order.
+    if STATS && kv_block {
+        if t < BLOCK_N {
+            kv_red[t] = KvPartial(k_best, k_sum, v_max, v_sum, v_norm_sum, v0_norm);
+        }
+        workgroupBarrier();
+        if t == 0u {
+            var r = kv_red[0];
+            for (var u = 1u; u < BLOCK_N; u++) {
+                let x = kv_red[u];
+                if x.k_best.value > r.k_best.value
+                    || (x.k_best.value == r.k_best.value && x.k_best.channel < r.k_best.channel) {
+                    r.k_best = x.k_best;
+                }
+                r.k_sum += x.k_sum;
+                r.v_max = max_ignoring_nan(r.v_max, x.v_max);
+                r.v_sum += x.v_sum;
+                r.v_norm_sum += x.v_norm_sum;
+                r.v0_norm += x.v0_norm;
+            }
+            let at = p.kv_partials_offset + (b * (p.q_heads / p.group) + g) * KV_PARTIAL_LEN;
+            scratch[at + KV_K_MAX] = r.k_best.value;
+            scratch[at + KV_K_ARGMAX] = f32(r.k_best.channel);
+            scratch[at + KV_K_SUM] = r.k_sum;
+            scratch[at + KV_V_MAX] = r.v_max;
+            scratch[at + KV_V_SUM] = r.v_sum;
+            scratch[at + KV_V_NORM_SUM] = r.v_norm_sum;
+            scratch[at + KV_V0_NORM] = r.v0_norm;
+        }
+    }
+}
+
+// Folds part r's (largest |q|, its channel, Σ|q|) into the row's; part 0 is already there.
+fn fold_part_abs(best: ptr<function, ArgMax>, sum: ptr<function, f32>, part: vec4<f32>, r: u32) {
+    if r == 0u {
+        return;
+    }
+    if part.x > (*best).value {
+        *best = ArgMax(part.x, u32(part.y));
+    }
+    *sum += part.z;
+}
+
+// Folds part r's gate statistics (min, max, sum, count) into the row's; part 0 is already there.
+fn fold_part_gate(lo: ptr<function, f32>, hi: ptr<function, f32>, sum: ptr<function, f32>,
+    count: ptr<function, f32>, part: vec4<f32>, r: u32) {
+    if r == 0u {
+        return;
+    }
+    *lo = min(*lo, part.x);
+    *hi = max(*hi, part.y);
+    *sum += part.z;
+    *count += part.w;
+}
+
+// Gate factors of channel quad at..at+3 (per-channel gate), folded into the gate statistics
+// of a counted row.
+fn gate_quad(at: u32, counted: bool, lo: ptr<function, f32>, hi: ptr<function, f32>,
+    sum: ptr<function, f32>, count: ptr<function, f32>) -> vec4<f32> {
+    let gamma = vec4<f32>(gate_factor(gate_z(at)), gate_factor(gate_z(at + 1u)),
+        gate_factor(gate_z(at + 2u)), gate_factor(gate_z(at + 3u)));
+    if counted {
+        *lo = min(min(*lo, min(gamma.x, gamma.y)), min(gamma.z, gamma.w));
+        *hi = max(max(*hi, max(gamma.x, gamma.y)), max(gamma.z, gamma.w));
+        *sum += (gamma.x + gamma.y) + (gamma.z + gamma.w);
+        *count += 4.0;
+    }
+    return gamma;
 }

@@ -1,19 +1,27 @@
 // The key-mass pass of `HeadsAndKeys`: key_mass[b, h, j] = Σ_i (probability of key j in row i),
 // from the per-row state (m, l, clipped weight sum) the forward pass left in the scratch buffer.
 //
-// Grid: one workgroup per (key block, query head, batch). Thread layout: invocation t owns key
-// j = key_block * BLOCK_KEYS + t (its k row in private memory); Q rows stream through workgroup
-// memory in tiles of TILE_ROWS. Each invocation sums over rows in order: deterministic.
+// The same product as the forward pass, transposed: keys outside, rows inside. Grid: one
+// workgroup per (key block, query head, batch). Invocation t owns key j = key_block ·
+// BLOCK_KEYS + t: its k row is a private array of D4 vec4 in registers; Q rows stream through
+// workgroup memory in tiles of TILE_ROWS as [row][channel quad] vec4, each quad one broadcast
+// load feeding 4 FMAs. The score is computed in exactly the forward pass's order (quads
+// accumulated into a vec4, then (x + y) + (z + w)), so that P = e^(x − m) / l from the stored
+// row state weighs the same scores the forward pass normalised: with massive activations
+// (scores in the thousands) any other order would shift them by more than the tolerance.
+// Each invocation sums over rows in order: deterministic.
 
 const BLOCK_KEYS: u32 = WORKGROUP_SIZE; // keys per workgroup, one per invocation
 const TILE_ROWS: u32 = TILE_LEN;        // query rows per Q tile in workgroup memory
+const D4: u32 = HEAD_DIM / 4u;          // channel quads per row
+const LANE_QUADS: u32 = D4 / ROW_LANES; // channel quads per lane of a forward row
 
 @group(0) @binding(1) var<storage, read> q_buf: array<u32>;
 @group(0) @binding(2) var<storage, read> k_buf: array<u32>;
 @group(0) @binding(3) var<storage, read> scratch: array<f32>;
 @group(0) @binding(4) var<storage, read_write> key_mass_buf: array<f32>;
 
-var<workgroup> q_tile: array<f32, TILE_ROWS * HEAD_DIM>;         // [row, channel]
+var<workgroup> q_tile: array<vec4<f32>, TILE_ROWS * D4>;         // [row][channel quad]
 var<workgroup> row_state: array<f32, TILE_ROWS * ROW_STATE_LEN>; // [row, (m, l, clip mass)]
 
 fn load_q(i: u32) -> f32 {
@@ -24,15 +32,31 @@ fn load_k(i: u32) -> f32 {
     return decode(k_buf[word_index(i)], i);
 }
 
-// Element e of the Q tile: row r0 + e / HEAD_DIM (the last row repeated past Nq), channel
-// e % HEAD_DIM.
-fn load_q_element(b: u32, h: u32, r0: u32, e: u32) {
-    if e >= TILE_ROWS * HEAD_DIM {
+fn load_k4(i: u32) -> vec4<f32> {
+    if ELEM == ELEM_F32 {
+        return bitcast<vec4<f32>>(vec4<u32>(k_buf[i], k_buf[i + 1u], k_buf[i + 2u], k_buf[i + 3u]));
+    }
+    let w = i >> 1u;
+    return decode_half_quad(k_buf[w], k_buf[w + 1u], k_buf[min(w + 2u, arrayLength(&k_buf) - 1u)], i);
+}
+
+fn load_q4(i: u32) -> vec4<f32> {
+    if ELEM == ELEM_F32 {
+        return bitcast<vec4<f32>>(vec4<u32>(q_buf[i], q_buf[i + 1u], q_buf[i + 2u], q_buf[i + 3u]));
+    }
+    let w = i >> 1u;
+    return decode_half_quad(q_buf[w], q_buf[w + 1u], q_buf[min(w + 2u, arrayLength(&q_buf) - 1u)], i);
+}
+
+// Quad e of the Q tile: row r0 + e / D4 (the last row repeated past Nq), channels
+// 4 · (e % D4) ...
+fn load_q_quad(b: u32, h: u32, r0: u32, e: u32) {
+    if e >= TILE_ROWS * D4 {
         return;
     }
-    let i = min(r0 + e / HEAD_DIM, p.q_len - 1u);
-    let c = e % HEAD_DIM;
-    q_tile[e] = load_q(p.q_offset + b * p.q_stride_b + i * p.q_stride_n + h * p.q_stride_h + c);
+    let i = min(r0 + e / D4, p.q_len - 1u);
+    let at = p.q_offset + b * p.q_stride_b + i * p.q_stride_n + h * p.q_stride_h + (e % D4) * 4u;
+    q_tile[e] = load_q4(at);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -45,13 +69,11 @@ fn key_mass(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: 
     let live = j < p.kv_len;
     let jc = min(j, p.kv_len - 1u);
 
-    var k_row: array<f32, HEAD_DIM>; // registers: this key
+    var k_row: array<vec4<f32>, D4>; // registers: this key
     let k_base = p.k_offset + b * p.k_stride_b + jc * p.k_stride_n + g * p.k_stride_h;
-    for (var c = 0u; c < HEAD_DIM; c++) {
-        k_row[c] = load_k(k_base + c);
-    }
+    //unroll_all c < D4: k_row[c] = load_k4(k_base + c * 4u);
 
-    // Row i sees key j iff j < visible_keys(i); under the causal mask the first row that can
+    // Row i sees key j iff j is in key_range(i); under the causal mask the first row that can
     // see this block's first key is j0 + Nq − Nk.
     let j0 = key_block * BLOCK_KEYS;
     var row_start = 0u;
@@ -63,8 +85,8 @@ fn key_mass(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: 
     for (var r0 = row_start; r0 < p.q_len; r0 += TILE_ROWS) {
         workgroupBarrier(); // every invocation is done with the previous tile
         // Written out as in the forward pass: lavapipe's loop budget (see forward.wgsl).
-        for (var e0 = t; e0 < TILE_ROWS * HEAD_DIM; e0 += BLOCK_KEYS * LOAD_UNROLL) {
-            //unroll u < LOAD_UNROLL: load_q_element(b, h, r0, e0 + u * BLOCK_KEYS);
+        for (var e0 = t; e0 < TILE_ROWS * D4; e0 += BLOCK_KEYS * LOAD_UNROLL) {
+            //unroll u < LOAD_UNROLL: load_q_quad(b, h, r0, e0 + u * BLOCK_KEYS);
         }
         for (var e = t; e < TILE_ROWS * ROW_STATE_LEN; e += BLOCK_KEYS) {
             let i = min(r0 + e / ROW_STATE_LEN, p.q_len - 1u);
@@ -73,24 +95,34 @@ fn key_mass(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: 
         workgroupBarrier();
         let rows = min(TILE_ROWS, p.q_len - r0);
         for (var rr = 0u; rr < rows; rr++) {
-            if !live || j >= visible_keys(r0 + rr) {
+            let seen = key_range(r0 + rr);
+            if !live || j < seen.start || j >= seen.end {
                 continue;
             }
-            let q = rr * HEAD_DIM;
-            var dot = 0.0;
-            //unroll c < HEAD_DIM: dot += q_tile[q + c] * k_row[c];
-            let s = finish_score(dot);
+            // The forward pass's score, bit for bit: each of its ROW_LANES lanes' partial dot
+            // product (LANE_QUADS quads into a vec4, then (x + y) + (z + w)), added in the
+            // order `sum_parts` writes out.
+            let q = rr * D4;
+            var part_dot: array<vec4<f32>, ROW_LANES>;
+            //unroll_all c < D4: part_dot[c / LANE_QUADS] = fma(q_tile[q + c], k_row[c], part_dot[c / LANE_QUADS]);
+            var parts: array<f32, 8>;
+            //unroll_all r < ROW_LANES: parts[r] = (part_dot[r].x + part_dot[r].y) + (part_dot[r].z + part_dot[r].w);
+            let s = finish_score(sum_parts(parts));
             var x = s;
             if VARIANT == VARIANT_SIGMOID {
                 x = log_sigmoid(s + p.sigmoid_bias);
             }
             let m = row_state[rr * ROW_STATE_LEN];
             let l = row_state[rr * ROW_STATE_LEN + 1u];
-            var prob = exp(x - m) / l;
+            // As the forward pass weighs it: a logit of −inf weighs 0 whatever m is.
+            var prob = select(exp(x - m), 0.0, is_neg_inf(x)) * select(1.0 / l, 0.0, l == 0.0);
             if VARIANT == VARIANT_CLIPPED_SOFTMAX {
-                let w = clamp((p.zeta - p.gamma) * prob + p.gamma, 0.0, 1.0);
+                // Clipped to [0, 1] as the reference does, a NaN weight kept; a row whose
+                // weights are all 0 has an all-zero distribution, a NaN row a NaN one.
+                let y = (p.zeta - p.gamma) * prob + p.gamma;
+                let w = clip01(select(y, nan(), is_nan(l)));
                 let clip_mass = row_state[rr * ROW_STATE_LEN + 2u];
-                prob = select(0.0, w / clip_mass, clip_mass > 0.0);
+                prob = select(w / clip_mass, 0.0, clip_mass == 0.0);
             }
             mass += prob;
         }

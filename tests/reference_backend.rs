@@ -22,3 +22,10 @@ fn reference_backend_is_deterministic_and_reads_views() {
         })
         .unwrap();
 }
+
+/// The harness's non-finite sweep on the reference itself: its dtype rounding keeps NaN and
+/// Inf where the f64 result has them, so every GPU backend is held to a rule it can meet.
+#[test]
+fn reference_backend_propagates_nonfinite_inputs() {
+    common::assert_nonfinite_propagate(&Reference);
+}

@@ -356,6 +356,21 @@ fn device_times_measure_the_kernels() {
     );
 }
 
+/// NaN and ±Inf in one query row, one key or one channel of V, and a −inf sink logit: NaN and
+/// Inf exactly where the reference has them.
+#[test]
+fn nonfinite_inputs_propagate_as_the_reference() {
+    let Some(b) = backend(true) else { return };
+    common::assert_nonfinite_propagate(&b);
+}
+
+/// The same sweep on the path without subgroup operations (its own row reductions).
+#[test]
+fn nonfinite_inputs_propagate_on_the_workgroup_path() {
+    let Some(b) = backend(false) else { return };
+    common::assert_nonfinite_propagate(&b);
+}
+
 #[test]
 fn long_sequences_pass() {
     let Some(b) = backend(true) else { return };
@@ -423,5 +438,232 @@ fn lavapipe_loop_budget_is_respected_at_its_edge() {
         if let Err(e) = common::check_case(&b, &case) {
             panic!("{what}: the longest accepted call, {lo}, is wrong: {e}");
         }
+    }
+}
+
+/// The lengths engines run, on lavapipe too: a decode step over 16 000 keys and a prefill of
+/// 4 000 × 4 000, at d = 64 and 128 (GQA, statistics on), each held to the reference.
+#[test]
+fn decode_over_16k_keys_and_prefill_at_4k() {
+    let Some(b) = backend(true) else { return };
+    let cases = [
+        (
+            Shape::new(1, 4, 1, 1, 16_000, 64),
+            DType::F16,
+            Variant::LogitSink,
+        ),
+        (
+            Shape::new(1, 4, 1, 1, 16_000, 128),
+            DType::F32,
+            Variant::Softmax,
+        ),
+        (
+            Shape::new(1, 2, 1, 4_000, 4_000, 64),
+            DType::Bf16,
+            Variant::Softmax,
+        ),
+        (
+            Shape::new(1, 2, 1, 4_000, 4_000, 128),
+            DType::F16,
+            Variant::KvSink,
+        ),
+    ];
+    for (n, (shape, dtype, variant)) in cases.into_iter().enumerate() {
+        let case = Case {
+            problem: Problem::new(shape, dtype)
+                .with_variant(variant)
+                .with_mask(if n % 2 == 0 { Mask::None } else { Mask::Causal })
+                .with_stats(if n == 0 {
+                    StatsLevel::HeadsAndKeys
+                } else {
+                    StatsLevel::Heads
+                }),
+            spec: InputSpec {
+                seed: 40 + n as u64,
+                ..InputSpec::default()
+            },
+            views: false,
+        };
+        if let Err(e) = common::check_case(&b, &case) {
+            panic!("{e}");
+        }
+    }
+}
+
+/// An engine's frame: its own compute pass writes Q, two attention calls of different shapes
+/// (two slots of the uniform ring) are recorded after it, and its own pass after them reads
+/// O; one submission, one read-back. Every O must equal the host level's, bit for bit.
+#[test]
+fn calls_recorded_between_engine_passes_read_back_after_one_submit() {
+    use outlier_attn::wgsl::{DeviceArgs, DeviceSlice, DeviceTensor};
+    use outlier_attn::{HostTensor, Params};
+    use wgpu::util::DeviceExt;
+
+    let Some(b) = backend(true) else { return };
+    let device = b.device();
+    // The engine's pass: dst = 2 · src over f32 words.
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("engine pass"),
+        source: wgpu::ShaderSource::Wgsl(
+            "@group(0) @binding(0) var<storage, read> src: array<f32>;\n\
+             @group(0) @binding(1) var<storage, read_write> dst: array<f32>;\n\
+             @compute @workgroup_size(64)\n\
+             fn main(@builtin(global_invocation_id) id: vec3<u32>) {\n\
+                 if id.x < arrayLength(&dst) { dst[id.x] = 2.0 * src[id.x]; }\n\
+             }"
+            .into(),
+        ),
+    });
+    let engine = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("engine pass"),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+    let upload = |bytes: &[u8]| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytes,
+            usage: storage,
+        })
+    };
+    let zeros = |bytes: usize| upload(&vec![0u8; bytes]);
+    let mut encoder = device.create_command_encoder(&Default::default());
+    let mut expected = Vec::new();
+    let mut outputs = Vec::new();
+    let problems = [
+        Problem::new(Shape::new(1, 4, 2, 33, 47, 64), DType::F32)
+            .with_variant(Variant::KvSink)
+            .with_mask(Mask::Causal),
+        Problem::new(Shape::new(2, 2, 1, 1, 300, 128), DType::F32),
+    ];
+    // Keep every buffer alive until the submission.
+    let mut held = Vec::new();
+    for problem in problems {
+        let s = problem.shape;
+        let inputs = outlier_attn::cases::random_inputs(&problem, &InputSpec::default());
+        // What the engine's pass will produce: Q doubled.
+        let mut doubled = HostInputs::dense(
+            &problem,
+            HostTensor::filled(DType::F32, inputs.q.len(), 0.0),
+            inputs.k.clone(),
+            inputs.v.clone(),
+        );
+        doubled.params = inputs.params.clone();
+        for i in 0..inputs.q.len() {
+            doubled.q.set(i, 2.0 * inputs.q.get(i).unwrap_or(f64::NAN));
+        }
+        expected.push(b.forward(&problem, &doubled).expect("host-level run"));
+
+        let q_src = upload(inputs.q.as_bytes());
+        let q = zeros(inputs.q.as_bytes().len());
+        let (k, v) = (upload(inputs.k.as_bytes()), upload(inputs.v.as_bytes()));
+        let o = zeros(inputs.q.as_bytes().len());
+        let o_twice = zeros(inputs.q.as_bytes().len());
+        let lse = zeros(s.lse_len() * 4);
+        let params = inputs.params.map(|t| upload(t.as_bytes()));
+        let bind = |src: &wgpu::Buffer, dst: &wgpu::Buffer| {
+            device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &engine.get_bind_group_layout(0),
+                entries: &[
+                    wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: src.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: dst.as_entire_binding(),
+                    },
+                ],
+            })
+        };
+        let groups = (inputs.q.len() as u32).div_ceil(64);
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&engine);
+            pass.set_bind_group(0, &bind(&q_src, &q), &[]);
+            pass.dispatch_workgroups(groups, 1, 1);
+        }
+        let tensor = |buffer| DeviceTensor {
+            buffer,
+            dtype: DType::F32,
+            layout: outlier_attn::Layout::contiguous(s.q_len, s.q_heads, s.head_dim),
+        };
+        let kv = |buffer| DeviceTensor {
+            buffer,
+            dtype: DType::F32,
+            layout: outlier_attn::Layout::contiguous(s.kv_len, s.kv_heads, s.head_dim),
+        };
+        fn param_slice(buffer: &Option<wgpu::Buffer>, len: usize) -> Option<DeviceSlice<'_>> {
+            buffer.as_ref().map(|buffer| DeviceSlice {
+                buffer,
+                dtype: DType::F32,
+                offset: 0,
+                len,
+            })
+        }
+        let lens = inputs.params.map(|t| t.len());
+        let args = DeviceArgs {
+            q: tensor(&q),
+            k: kv(&k),
+            v: kv(&v),
+            o: tensor(&o),
+            lse: DeviceSlice {
+                buffer: &lse,
+                dtype: DType::F32,
+                offset: 0,
+                len: s.lse_len(),
+            },
+            stats: None,
+            key_mass: None,
+            params: Params {
+                k_sink: param_slice(&params.k_sink, lens.k_sink.unwrap_or(0)),
+                v_sink: param_slice(&params.v_sink, lens.v_sink.unwrap_or(0)),
+                v_bias: None,
+                sink_logits: None,
+                gate: None,
+            },
+        };
+        b.attention()
+            .encode(&mut encoder, &problem, &args)
+            .expect("device-level encode");
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&engine);
+            pass.set_bind_group(0, &bind(&o, &o_twice), &[]);
+            pass.dispatch_workgroups(groups, 1, 1);
+        }
+        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: o_twice.size(),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        encoder.copy_buffer_to_buffer(&o_twice, 0, &staging, 0, o_twice.size());
+        outputs.push(staging);
+        held.push((q_src, q, k, v, o, o_twice, lse, params));
+    }
+    b.queue().submit([encoder.finish()]);
+    for staging in &outputs {
+        staging.slice(..).map_async(wgpu::MapMode::Read, |_| {});
+    }
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .expect("poll");
+    for (n, (staging, want)) in outputs.iter().zip(&expected).enumerate() {
+        let got: Vec<f32> =
+            bytemuck::pod_collect_to_vec(&staging.get_mapped_range(..).expect("mapped"));
+        let want: Vec<u32> = (0..want.o.len())
+            .map(|i| (2.0 * want.o.get(i).unwrap_or(f64::NAN) as f32).to_bits())
+            .collect();
+        let got: Vec<u32> = got.iter().map(|x| x.to_bits()).collect();
+        assert!(
+            got == want,
+            "call {n}: O after the engine's passes differs from the host level"
+        );
     }
 }

@@ -3,13 +3,12 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use ::wgpu::util::DeviceExt;
-
 use super::kernel::{
-    BLOCK_M, BLOCK_M_SHORT, COMBINE_THREADS, Kernel, KernelKind, LAVAPIPE_LOOP_ITERATIONS,
-    LoopTrips, PARTIAL_LEN, Params, ROW_STATE_LEN, tile_rows,
+    BLOCK_M, BLOCK_M_SHORT, COMBINE_THREADS, KV_PARTIAL_LEN, Kernel, KernelKind,
+    LAVAPIPE_LOOP_ITERATIONS, LoopTrips, PARTIAL_LEN, Params, ROW_STATE_LEN, row_lanes, tile_rows,
 };
 use crate::contract::{
     Args, BufferArg, DType, Error, Layout, Params as VariantParams, Problem, Result, SeqIndices,
@@ -67,8 +66,8 @@ pub struct DeviceArgs<'a> {
 /// Which kernel paths to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WgslOptions {
-    /// Use subgroup reductions when the device has `Features::SUBGROUP` (default `true`);
-    /// `false` forces the workgroup-memory path everywhere.
+    /// Let the forward kernel's lanes exchange keys by subgroup shuffles when the device has
+    /// `Features::SUBGROUP` (default `true`); `false` forces the workgroup-memory path.
     pub subgroups: bool,
 }
 
@@ -81,12 +80,23 @@ impl Default for WgslOptions {
 /// Fused attention on a caller's wgpu device: pipelines cached per specialisation, a scratch
 /// buffer reused across calls, passes recorded into the caller's encoder.
 ///
-/// Per call it creates a 144-byte uniform buffer and the bind groups, both of which name the
-/// call's own buffers and settings; everything else is made once.
+/// [`encode`](Self::encode) validates, writes the call's uniforms into the next slot of a ring
+/// (`Queue::write_buffer`: they reach the device with the next submission, before its
+/// commands), records and returns; it never waits for the device. Per call it creates only the
+/// bind groups, which name the call's own buffers. The ring has [`UNIFORM_SLOTS`] slots: up to
+/// that many calls may be recorded between two submissions.
 pub struct WgslAttention {
     device: ::wgpu::Device,
-    subgroups: bool,
+    queue: ::wgpu::Queue,
+    /// The shuffle path: chunks of this many lanes (the adapter's smallest subgroup size), in
+    /// workgroups whose size is a multiple of `subgroup_max`.
+    shuffle_lanes: Option<u32>,
+    subgroup_max: u32,
     limits: ::wgpu::Limits,
+    uniforms: ::wgpu::Buffer,
+    /// Bytes between two uniform slots (the device's dynamic-offset alignment, at least 256).
+    uniform_stride: u64,
+    next_slot: AtomicU64,
     forward_layout: ::wgpu::BindGroupLayout,
     combine_layout: ::wgpu::BindGroupLayout,
     key_mass_layout: ::wgpu::BindGroupLayout,
@@ -104,13 +114,16 @@ pub struct WgslAttention {
 /// Storage buffers the forward kernel binds at once (WebGPU's default limit is 8).
 const FORWARD_STORAGE_BUFFERS: u32 = 8;
 
+/// Slots of the uniform ring: the calls that may be recorded between two submissions.
+pub const UNIFORM_SLOTS: u64 = 1024;
+
 fn uniform_entry(binding: u32) -> ::wgpu::BindGroupLayoutEntry {
     ::wgpu::BindGroupLayoutEntry {
         binding,
         visibility: ::wgpu::ShaderStages::COMPUTE,
         ty: ::wgpu::BindingType::Buffer {
             ty: ::wgpu::BufferBindingType::Uniform,
-            has_dynamic_offset: false,
+            has_dynamic_offset: true,
             min_binding_size: NonZeroU64::new(std::mem::size_of::<Params>() as u64),
         },
         count: None,
@@ -167,14 +180,19 @@ fn backend_error(message: String) -> Error {
 }
 
 impl WgslAttention {
-    /// Prepares the kernels' layouts on `device`. Pipelines are built on first use.
+    /// Prepares the kernels' layouts on `device`; `queue` (the device's) carries each call's
+    /// uniforms. Pipelines are built on first use, or ahead of it by [`prepare`](Self::prepare).
     ///
-    /// The subgroup path is taken when `options.subgroups` is set and `device` was created
-    /// with `Features::SUBGROUP`.
+    /// The shuffle path is taken when `options.subgroups` is set, `device` was created with
+    /// `Features::SUBGROUP` and the adapter's subgroup sizes are powers of two from 4 to 64.
     ///
     /// # Errors
     /// [`Error::Unsupported`] when the device allows fewer than 8 storage buffers per stage.
-    pub fn new(device: &::wgpu::Device, options: WgslOptions) -> Result<WgslAttention> {
+    pub fn new(
+        device: &::wgpu::Device,
+        queue: &::wgpu::Queue,
+        options: WgslOptions,
+    ) -> Result<WgslAttention> {
         let limits = device.limits();
         if limits.max_storage_buffers_per_shader_stage < FORWARD_STORAGE_BUFFERS {
             return Err(unsupported(format!(
@@ -238,10 +256,30 @@ impl WgslAttention {
         // constant of Mesa's gallivm, the same in every version that has it.
         let info = device.adapter_info();
         let lavapipe = info.name.contains("llvmpipe") || info.driver.contains("llvmpipe");
+        let (sg_min, sg_max) = (info.subgroup_min_size, info.subgroup_max_size);
+        let shuffles = options.subgroups
+            && device.features().contains(::wgpu::Features::SUBGROUP)
+            && sg_min.is_power_of_two()
+            && sg_max.is_power_of_two()
+            && (4..=64).contains(&sg_min)
+            && sg_max <= BLOCK_M
+            && sg_min <= sg_max;
+        let uniform_stride = u64::from(limits.min_uniform_buffer_offset_alignment).max(256);
+        let uniforms = device.create_buffer(&::wgpu::BufferDescriptor {
+            label: Some("outlier-attn uniform ring"),
+            size: uniform_stride * UNIFORM_SLOTS,
+            usage: ::wgpu::BufferUsages::UNIFORM | ::wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
         Ok(WgslAttention {
             loop_limit: lavapipe.then_some(LAVAPIPE_LOOP_ITERATIONS),
             device: device.clone(),
-            subgroups: options.subgroups && device.features().contains(::wgpu::Features::SUBGROUP),
+            queue: queue.clone(),
+            shuffle_lanes: shuffles.then_some(sg_min),
+            subgroup_max: sg_max,
+            uniforms,
+            uniform_stride,
+            next_slot: AtomicU64::new(0),
             forward_pipeline_layout: pipeline_layout("outlier-attn forward", &forward_layout),
             combine_pipeline_layout: pipeline_layout("outlier-attn combine", &combine_layout),
             key_mass_pipeline_layout: pipeline_layout("outlier-attn key mass", &key_mass_layout),
@@ -255,32 +293,65 @@ impl WgslAttention {
         })
     }
 
-    /// Whether the subgroup reductions are in use.
+    /// Whether the forward kernel's lanes exchange keys by subgroup shuffles (for the head dims
+    /// whose tile fits; see [`forward_tile`](Self::forward_tile)).
     pub fn uses_subgroups(&self) -> bool {
-        self.subgroups
+        self.shuffle_lanes.is_some()
     }
 
     /// The loop iterations the driver lets one shader invocation run, all loops together, when
     /// it limits them: `Some(65535)` on lavapipe, which ends an invocation there silently.
     /// Calls whose kernels could exceed it are refused with [`Error::Unsupported`] rather than
-    /// run to a wrong result. On lavapipe the worst case (ClippedSoftmax with `HeadsAndKeys`)
-    /// allows about 3 900 keys per row at head dim 64 and 1 400 at 256, and 15 000 query
-    /// rows for the key mass.
+    /// run to a wrong result. The forward kernel costs about two iterations per key (four for
+    /// ClippedSoftmax), so on lavapipe a row may see 19 000 (d = 256) to 35 000 (d = 64) keys,
+    /// half that for ClippedSoftmax, and the key mass about 15 000 query rows.
     pub fn loop_iteration_limit(&self) -> Option<u64> {
         self.loop_limit
     }
 
-    /// Keys per K/V tile of the forward kernel for head dim `d` on this device (it follows
-    /// the device's workgroup-memory limit), or `None` if even one key does not fit.
+    /// Keys per K/V tile of the forward kernel for head dim `d` on this device, or `None` if
+    /// even one key does not fit its workgroup memory: the shuffle path's chunk width where
+    /// that tile fits, else the largest power of two up to 64 that does.
     pub fn forward_tile(&self, head_dim: usize) -> Option<u32> {
-        let workgroup = BLOCK_M;
-        // K and V tiles, plus one partial statistics record per invocation for the reduction.
-        tile_rows(
-            head_dim,
-            2,
-            workgroup * PARTIAL_LEN as u32 * 4,
-            self.limits.max_compute_workgroup_storage_size,
-        )
+        self.forward_geometry(head_dim, 1).map(|g| g.tile)
+    }
+
+    /// Workgroup size, K/V tile and path of the forward kernel for `folded` query rows per
+    /// (batch, kv head).
+    fn forward_geometry(&self, head_dim: usize, folded: usize) -> Option<ForwardGeometry> {
+        let storage = self.limits.max_compute_workgroup_storage_size;
+        let row_lanes = row_lanes(head_dim);
+        // K and V tiles, plus the fold of the K/V statistics records (one per key of a tile);
+        // per invocation, its vec4 of `row_share` (and two floats of `row_red` without
+        // subgroups); the row counter.
+        let kv_record = KV_PARTIAL_LEN as u32 * 4;
+        let short = folded.saturating_mul(row_lanes as usize) <= BLOCK_M_SHORT as usize;
+        if let Some(lanes) = self.shuffle_lanes {
+            let workgroup = if short {
+                BLOCK_M_SHORT.max(self.subgroup_max)
+            } else {
+                BLOCK_M
+            };
+            let bytes = lanes * (head_dim as u32 * 4 * 2 + kv_record) + workgroup * 16 + 4;
+            if bytes <= storage && lanes <= workgroup && row_lanes <= lanes {
+                return Some(ForwardGeometry {
+                    workgroup,
+                    tile: lanes,
+                    keys_held: lanes / row_lanes,
+                    shuffles: true,
+                });
+            }
+        }
+        let workgroup = if short { BLOCK_M_SHORT } else { BLOCK_M };
+        let per_lane = 16 + 2 * 4;
+        let tile =
+            tile_rows(head_dim, 2, workgroup * (kv_record + per_lane), storage)?.min(workgroup);
+        Some(ForwardGeometry {
+            workgroup,
+            tile,
+            keys_held: tile,
+            shuffles: false,
+        })
     }
 
     fn key_mass_tile(&self, head_dim: usize) -> Option<u32> {
@@ -293,16 +364,39 @@ impl WgslAttention {
         )
     }
 
-    /// The pipeline of `kernel`, built on first use. Build errors (a shader the device
-    /// rejects) come back as [`Error::Backend`] with the compiler's message.
-    fn pipeline(&self, kernel: &Kernel) -> Result<::wgpu::ComputePipeline> {
-        if let Some(p) = self.pipelines_lock().get(kernel) {
-            return Ok(p.clone());
-        }
-        let source = kernel.source();
+    /// Builds the pipelines `problem` needs now, inside an error scope that it waits for, so
+    /// that a shader the device rejects is an [`Error::Backend`] with the compiler's message.
+    /// Call it where a wait is acceptable (at load time); [`encode`](Self::encode) builds
+    /// what is missing without waiting, and a build error then reaches the device's
+    /// uncaptured-error handler instead.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] as for [`encode`](Self::encode) for a problem this device
+    /// cannot run; [`Error::Backend`] when a pipeline does not build.
+    pub fn prepare(&self, problem: &Problem) -> Result<()> {
         let scope = self
             .device
             .push_error_scope(::wgpu::ErrorFilter::Validation);
+        let built = self.plan(problem).map(|plan| {
+            for kernel in plan.kernels() {
+                self.pipeline(&kernel);
+            }
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(backend_error(format!(
+                "building the kernels of {problem:?} failed: {e}"
+            )));
+        }
+        built
+    }
+
+    /// The pipeline of `kernel`, built on first use (without waiting for the device: see
+    /// [`prepare`](Self::prepare) for a build whose errors come back).
+    fn pipeline(&self, kernel: &Kernel) -> ::wgpu::ComputePipeline {
+        if let Some(p) = self.pipelines_lock().get(kernel) {
+            return p.clone();
+        }
+        let source = kernel.source();
         let module = self
             .device
             .create_shader_module(::wgpu::ShaderModuleDescriptor {
@@ -321,27 +415,20 @@ impl WgslAttention {
                 layout: Some(layout),
                 module: &module,
                 entry_point: Some(kernel.kind.entry_point()),
-                // Every workgroup variable is written before it is read (tiles are loaded, the
-                // reduction stores each record first), so wgpu's zero-fill prologue is not
-                // needed; it costs a loop and a barrier in every kernel.
+                // Every workgroup variable is written before it is read (tiles are staged, the
+                // K/V records stored first), so wgpu's zero-fill prologue is not needed; it
+                // costs a loop and a barrier in every kernel.
                 compilation_options: ::wgpu::PipelineCompilationOptions {
                     zero_initialize_workgroup_memory: false,
                     ..Default::default()
                 },
                 cache: None,
             });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(backend_error(format!(
-                "building the {} kernel ({kernel:?}) failed: {e}",
-                kernel.kind.entry_point()
-            )));
-        }
         // Another thread may have built the same pipeline meanwhile; keep the first.
-        Ok(self
-            .pipelines_lock()
+        self.pipelines_lock()
             .entry(*kernel)
             .or_insert(pipeline)
-            .clone())
+            .clone()
     }
 
     fn pipelines_lock(
@@ -551,33 +638,44 @@ impl WgslAttention {
         Ok(checked)
     }
 
-    fn record(
-        &self,
-        encoder: &mut ::wgpu::CommandEncoder,
-        checked: &Validated,
-        args: &DeviceArgs<'_>,
-        timestamp_writes: Option<::wgpu::ComputePassTimestampWrites<'_>>,
-    ) -> Result<()> {
-        let problem = checked.problem();
-        let s = checked.shape();
+    /// Geometry, kernels and dispatch sizes of `problem` on this device, after the checks
+    /// that depend on the device alone (32-bit indexing, dispatch limits, workgroup memory,
+    /// lavapipe's loop budget).
+    fn plan(&self, problem: &Problem) -> Result<Plan> {
+        let s = &problem.shape;
         let d = s.head_dim;
+        if d == 0 || d % 8 != 0 || d > 256 {
+            return Err(unsupported(format!(
+                "head dim {d}: the kernels take multiples of 8 up to 256"
+            )));
+        }
         let too_big = |what: &str| unsupported(format!("{what} does not fit 32-bit indexing"));
         let q_len = u32::try_from(s.q_len).map_err(|_| too_big("Nq"))?;
         let kv_len = u32::try_from(s.kv_len).map_err(|_| too_big("Nk"))?;
         if (s.q_len + 1 + s.kv_len) as u64 > u32::MAX as u64 {
             return Err(too_big("Nq + Nk"));
         }
+        let folded = s
+            .q_len
+            .checked_mul(s.group_size())
+            .ok_or_else(|| too_big("Nq · group"))?;
+        let folded = u32::try_from(folded).map_err(|_| too_big("Nq · group"))?;
         let heads = u32::try_from(s.heads_total()).map_err(|_| too_big("B·Hq"))?;
-        let workgroup = if s.q_len <= BLOCK_M_SHORT as usize {
-            BLOCK_M_SHORT
-        } else {
-            BLOCK_M
+        let no_tile = || {
+            unsupported(format!(
+                "head dim {d}: one key of K and V does not fit the {} bytes of workgroup memory",
+                self.limits.max_compute_workgroup_storage_size
+            ))
         };
-        let q_blocks = q_len.div_ceil(workgroup);
+        let geometry = self
+            .forward_geometry(d, folded as usize)
+            .ok_or_else(no_tile)?;
+        let q_blocks = folded.div_ceil(geometry.workgroup / row_lanes(d));
         let key_blocks = kv_len.div_ceil(BLOCK_M);
         let max_groups = self.limits.max_compute_workgroups_per_dimension;
         for (what, n) in [
             ("query blocks", q_blocks),
+            ("kv heads", s.kv_heads as u32),
             ("query heads", s.q_heads as u32),
             ("batch", s.batch as u32),
             ("key blocks", key_blocks),
@@ -589,13 +687,6 @@ impl WgslAttention {
                 )));
             }
         }
-        let no_tile = || {
-            unsupported(format!(
-                "head dim {d}: one key of K and V does not fit the {} bytes of workgroup memory",
-                self.limits.max_compute_workgroup_storage_size
-            ))
-        };
-        let forward_tile = self.forward_tile(d).ok_or_else(no_tile)?;
         let key_mass_tile = match problem.stats.keys() {
             true => Some(self.key_mass_tile(d).ok_or_else(no_tile)?),
             false => None,
@@ -605,10 +696,10 @@ impl WgslAttention {
                 s.q_len as u64,
                 s.kv_len as u64,
                 d as u64,
-                u64::from(workgroup),
-                u64::from(forward_tile),
+                u64::from(geometry.workgroup),
+                u64::from(geometry.tile),
+                u64::from(geometry.keys_held),
                 u64::from(key_mass_tile.unwrap_or(1)),
-                u64::from(q_blocks),
                 matches!(problem.variant, Variant::ClippedSoftmax { .. }),
             );
             let needed = [
@@ -629,6 +720,49 @@ impl WgslAttention {
                 )));
             }
         }
+        let kernel = |kind, workgroup, tile, subgroups| {
+            Kernel::new(
+                kind,
+                d,
+                workgroup,
+                tile,
+                problem.dtype,
+                &problem.variant,
+                problem.mask,
+                problem.stats,
+                subgroups,
+            )
+        };
+        Ok(Plan {
+            forward: kernel(
+                KernelKind::Forward,
+                geometry.workgroup,
+                geometry.tile,
+                geometry.shuffles,
+            ),
+            combine: problem
+                .stats
+                .heads()
+                .then(|| kernel(KernelKind::Combine, COMBINE_THREADS, 1, false)),
+            key_mass: key_mass_tile.map(|tile| kernel(KernelKind::KeyMass, BLOCK_M, tile, false)),
+            q_len,
+            kv_len,
+            q_blocks,
+            key_blocks,
+            heads,
+        })
+    }
+
+    fn record(
+        &self,
+        encoder: &mut ::wgpu::CommandEncoder,
+        checked: &Validated,
+        args: &DeviceArgs<'_>,
+        timestamp_writes: Option<::wgpu::ComputePassTimestampWrites<'_>>,
+    ) -> Result<()> {
+        let problem = checked.problem();
+        let s = checked.shape();
+        let plan = self.plan(problem)?;
 
         let (q, q_strides) = self.bind_tensor(TensorName::Q, &args.q, s.dims(TensorName::Q))?;
         let (k, k_strides) = self.bind_tensor(TensorName::K, &args.k, s.dims(TensorName::K))?;
@@ -668,17 +802,22 @@ impl WgslAttention {
             None => placeholder(),
         };
 
-        let partials_len = if problem.stats.heads() {
-            s.heads_total() * q_blocks as usize * PARTIAL_LEN
+        // Scratch: a statistics record per query row, a K/V record per (batch, kv head), and
+        // the key mass's row state.
+        let (partials_len, kv_partials_len) = if problem.stats.heads() {
+            (
+                s.lse_len() * PARTIAL_LEN,
+                s.batch * s.kv_heads * KV_PARTIAL_LEN,
+            )
         } else {
-            0
+            (0, 0)
         };
         let rows_len = if problem.stats.keys() {
             s.lse_len() * ROW_STATE_LEN
         } else {
             0
         };
-        let scratch_bytes = ((partials_len + rows_len) * 4) as u64;
+        let scratch_bytes = ((partials_len + kv_partials_len + rows_len) * 4) as u64;
         if scratch_bytes > self.limits.max_storage_buffer_binding_size {
             return Err(unsupported(format!(
                 "the statistics scratch needs {scratch_bytes} bytes, more than one storage binding holds"
@@ -700,9 +839,9 @@ impl WgslAttention {
             batch: s.batch as u32,
             q_heads: s.q_heads as u32,
             group: s.group_size() as u32,
-            q_len,
-            kv_len,
-            q_blocks,
+            q_len: plan.q_len,
+            kv_len: plan.kv_len,
+            q_blocks: plan.q_blocks,
             scale: checked.scale(),
             softcap: checked.softcap().unwrap_or(0.0),
             sigmoid_bias: checked.sigmoid_bias(),
@@ -730,49 +869,34 @@ impl WgslAttention {
             param_a_offset: param_a.base,
             param_b_offset: param_b.base,
             partials_offset: 0,
-            rows_offset: partials_len as u32,
+            kv_partials_offset: partials_len as u32,
+            rows_offset: (partials_len + kv_partials_len) as u32,
             nan_bits: f32::NAN.to_bits(),
             neg_inf_bits: f32::NEG_INFINITY.to_bits(),
+            ..Params::default()
         };
 
-        let kernel = |kind, workgroup, tile| {
-            Kernel::new(
-                kind,
-                d,
-                workgroup,
-                tile,
-                problem.dtype,
-                &problem.variant,
-                problem.mask,
-                problem.stats,
-                self.subgroups,
-            )
-        };
-        let forward = self.pipeline(&kernel(KernelKind::Forward, workgroup, forward_tile))?;
-        let combine = match stats.is_some() {
-            true => Some(self.pipeline(&kernel(KernelKind::Combine, COMBINE_THREADS, 1))?),
-            false => None,
-        };
-        let key_mass_pipeline = match (key_mass.is_some(), key_mass_tile) {
-            (true, Some(tile)) => {
-                Some(self.pipeline(&kernel(KernelKind::KeyMass, BLOCK_M, tile))?)
-            }
-            _ => None,
-        };
+        let forward = self.pipeline(&plan.forward);
+        let combine = plan.combine.map(|k| self.pipeline(&k));
+        let key_mass_pipeline = plan.key_mass.map(|k| self.pipeline(&k));
 
-        let scope = self
-            .device
-            .push_error_scope(::wgpu::ErrorFilter::Validation);
-        let uniform_buffer = self
-            .device
-            .create_buffer_init(&::wgpu::util::BufferInitDescriptor {
-                label: Some("outlier-attn uniforms"),
-                contents: bytemuck::bytes_of(&uniforms),
-                usage: ::wgpu::BufferUsages::UNIFORM,
-            });
+        // The call's slot of the uniform ring; the write reaches the device with the next
+        // submission, ahead of its commands.
+        let slot = self.next_slot.fetch_add(1, Ordering::Relaxed) % UNIFORM_SLOTS;
+        let dynamic_offset = slot * self.uniform_stride;
+        self.queue.write_buffer(
+            &self.uniforms,
+            dynamic_offset,
+            bytemuck::bytes_of(&uniforms),
+        );
+        let dynamic = [dynamic_offset as u32];
         let uniform_entry = ::wgpu::BindGroupEntry {
             binding: 0,
-            resource: uniform_buffer.as_entire_binding(),
+            resource: ::wgpu::BindingResource::Buffer(::wgpu::BufferBinding {
+                buffer: &self.uniforms,
+                offset: 0,
+                size: NonZeroU64::new(std::mem::size_of::<Params>() as u64),
+            }),
         };
         let forward_group = self.device.create_bind_group(&::wgpu::BindGroupDescriptor {
             label: Some("outlier-attn forward"),
@@ -813,31 +937,56 @@ impl WgslAttention {
                 ],
             })
         });
-        {
-            let mut pass = encoder.begin_compute_pass(&::wgpu::ComputePassDescriptor {
-                label: Some("outlier-attn"),
-                timestamp_writes,
-            });
-            pass.set_pipeline(&forward);
-            pass.set_bind_group(0, &forward_group, &[]);
-            pass.dispatch_workgroups(q_blocks, s.q_heads as u32, s.batch as u32);
-            if let (Some(pipeline), Some(group)) = (&combine, &combine_group) {
-                pass.set_pipeline(pipeline);
-                pass.set_bind_group(0, group, &[]);
-                pass.dispatch_workgroups(heads.div_ceil(COMBINE_THREADS), 1, 1);
-            }
-            if let (Some(pipeline), Some(group)) = (&key_mass_pipeline, &key_mass_group) {
-                pass.set_pipeline(pipeline);
-                pass.set_bind_group(0, group, &[]);
-                pass.dispatch_workgroups(key_blocks, s.q_heads as u32, s.batch as u32);
-            }
+        let mut pass = encoder.begin_compute_pass(&::wgpu::ComputePassDescriptor {
+            label: Some("outlier-attn"),
+            timestamp_writes,
+        });
+        pass.set_pipeline(&forward);
+        pass.set_bind_group(0, &forward_group, &dynamic);
+        pass.dispatch_workgroups(plan.q_blocks, s.kv_heads as u32, s.batch as u32);
+        if let (Some(pipeline), Some(group)) = (&combine, &combine_group) {
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, group, &dynamic);
+            pass.dispatch_workgroups(plan.heads.div_ceil(COMBINE_THREADS), 1, 1);
         }
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(backend_error(format!(
-                "recording the forward call failed: {e}"
-            )));
+        if let (Some(pipeline), Some(group)) = (&key_mass_pipeline, &key_mass_group) {
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, group, &dynamic);
+            pass.dispatch_workgroups(plan.key_blocks, s.q_heads as u32, s.batch as u32);
         }
         Ok(())
+    }
+}
+
+/// The forward kernel's shape on a device: invocations per workgroup ([`row_lanes`] per folded
+/// query row), keys per K/V tile, keys held in registers at a time, and whether keys travel by
+/// subgroup shuffles.
+#[derive(Clone, Copy, Debug)]
+struct ForwardGeometry {
+    workgroup: u32,
+    tile: u32,
+    keys_held: u32,
+    shuffles: bool,
+}
+
+/// What one problem runs on a device: its kernels and grids.
+struct Plan {
+    forward: Kernel,
+    combine: Option<Kernel>,
+    key_mass: Option<Kernel>,
+    q_len: u32,
+    kv_len: u32,
+    /// Folded query blocks per (batch, kv head).
+    q_blocks: u32,
+    key_blocks: u32,
+    heads: u32,
+}
+
+impl Plan {
+    fn kernels(&self) -> impl Iterator<Item = Kernel> {
+        [Some(self.forward), self.combine, self.key_mass]
+            .into_iter()
+            .flatten()
     }
 }
 

@@ -78,7 +78,7 @@ impl WgslBackend {
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(e.to_string());
         }));
-        let attention = Arc::new(WgslAttention::new(&device, options)?);
+        let attention = Arc::new(WgslAttention::new(&device, &queue, options)?);
         Ok(WgslBackend {
             attention,
             workgroup_storage: device.limits().max_compute_workgroup_storage_size,
@@ -311,12 +311,14 @@ impl Backend for WgslBackend {
                 self.info.name, self.info.device_type, self.info.driver, self.info.driver_info
             ),
             format!(
-                "SUBGROUP: {}; reductions use {} (options.subgroups = {})",
+                "SUBGROUP: {} (sizes {}..={}); keys reach the lanes by {} (options.subgroups = {})",
                 yes_no(has(::wgpu::Features::SUBGROUP)),
+                self.info.subgroup_min_size,
+                self.info.subgroup_max_size,
                 if self.attention.uses_subgroups() {
-                    "subgroup operations, size read at run time"
+                    "subgroup shuffles"
                 } else {
-                    "workgroup-memory trees"
+                    "workgroup-memory broadcasts"
                 },
                 self.options.subgroups
             ),
@@ -366,6 +368,11 @@ impl Backend for WgslBackend {
         let (o_layout, o_len) = (*o_layout, *o_len);
         let args = resident.args(dtype, inputs);
 
+        // The host level may wait: pipeline builds and validation report through error scopes.
+        self.attention.prepare(problem)?;
+        let scope = self
+            .device
+            .push_error_scope(::wgpu::ErrorFilter::Validation);
         let mut encoder = self
             .device
             .create_command_encoder(&::wgpu::CommandEncoderDescriptor {
@@ -395,6 +402,9 @@ impl Backend for WgslBackend {
         self.queue.submit([encoder.finish()]);
         readback.slice(..).map_async(::wgpu::MapMode::Read, |_| {});
         self.wait()?;
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(backend_error(format!("the forward call failed: {e}")));
+        }
         self.take_uncaptured()?;
         let bytes = readback
             .get_mapped_range(..)
@@ -471,6 +481,7 @@ impl Backend for WgslBackend {
             return Ok(None);
         }
         inputs.validate(problem)?;
+        self.attention.prepare(problem)?;
         let resident = self.resident(problem, inputs);
         let args = resident.args(problem.dtype, inputs);
         let queries = self.device.create_query_set(&::wgpu::QuerySetDescriptor {

@@ -3,57 +3,96 @@
 //!
 //! Specialisation is textual and happens in one place, [`Kernel::source`]: a header of WGSL
 //! `const` declarations (head dim, tile sizes, dtype, variant, gate, mask, statistics level),
-//! then `shaders/common.wgsl`, one reduction file (with or without subgroup operations) and one
-//! kernel file. Constants rather than override constants because the head dim sizes private
-//! arrays, which WGSL only allows with a `const`.
+//! then `shaders/common.wgsl`, for the forward pass one of the two key files (subgroup shuffles
+//! or workgroup memory), and the kernel file. Constants rather than override constants because
+//! the head dim sizes private arrays, which WGSL only allows with a `const`.
 //!
-//! One directive is expanded on the way: a line `//unroll c < N: statement` runs the
-//! statement for c = 0..N, written out whole when N is at most [`UNROLL_CHUNK`] and in a loop
-//! over chunks of that many copies otherwise (N is `HEAD_DIM`, `LOAD_UNROLL` or a literal).
-//! WGSL has no unroll attribute, and lavapipe needs one: gallivm ends a shader invocation
-//! after 65535 loop iterations in all (`LP_MAX_TGSI_LOOP_ITERATIONS`, shared by every loop of
-//! the shader), silently. A loop over the channels inside the loop over keys spent that budget
-//! after ~450 keys at d = 64; in chunks of 32 a key costs about 8 iterations there. Longer
-//! chunks, or vec4 rows, would cost fewer, but LLVM then takes several times longer to build
-//! each pipeline (a minute at d = 256 written out whole), which CI pays for every
-//! specialisation it sweeps. GPU compilers unroll such loops themselves; nothing is lost there.
-
+//! Two directives are expanded on the way:
+//! - `//unroll_all c < N: statement` writes the statement out for c = 0..N, always. It is what
+//!   keeps the forward kernel's private arrays (a row of Q, the output accumulator, the held
+//!   key) in registers: they are indexed only by the constants it writes.
+//! - `//unroll c < N: statement` does the same when N is at most [`UNROLL_CHUNK`] and loops
+//!   over chunks of that many copies otherwise (for statements that index only memory).
+//!
+//! N is `HEAD_DIM`, `D4` (channel quads), `LANE_QUADS` (quads per lane of a forward row),
+//! `ROW_LANES`, `LOAD_UNROLL` or a literal. WGSL has no unroll attribute, and lavapipe needs
+//! one: gallivm ends a shader invocation after 65535 loop iterations in all
+//! (`LP_MAX_TGSI_LOOP_ITERATIONS`, shared by every loop of the shader), silently. The forward
+//! kernel's loop over keys costs one trip per key; a lane's channel work is written out in
+//! quads, LANE_QUADS statements per key and phase: at most [`MAX_LANE_QUADS`] at every head
+//! dim, since larger rows are split over [`row_lanes`] lanes. LLVM's build time grows faster
+//! than linearly with the written-out length, so this is what keeps pipeline builds short.
 use crate::contract::{DType, Gate, GateGranularity, Mask, Stat, StatsLevel, Variant};
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
-const REDUCE_WORKGROUP: &str = include_str!("../../shaders/reduce_workgroup.wgsl");
-const REDUCE_SUBGROUP: &str = include_str!("../../shaders/reduce_subgroup.wgsl");
+const KEYS_WORKGROUP: &str = include_str!("../../shaders/keys_workgroup.wgsl");
+const KEYS_SUBGROUP: &str = include_str!("../../shaders/keys_subgroup.wgsl");
 const FORWARD: &str = include_str!("../../shaders/forward.wgsl");
 const COMBINE: &str = include_str!("../../shaders/combine.wgsl");
 const KEY_MASS: &str = include_str!("../../shaders/key_mass.wgsl");
 
-/// f32 values in one partial statistics record (`PARTIAL_LEN` in `shaders/common.wgsl`).
-pub(crate) const PARTIAL_LEN: usize = 20;
+/// f32 values in one row's partial statistics record (`PARTIAL_LEN` in `shaders/common.wgsl`).
+pub(crate) const PARTIAL_LEN: usize = 13;
+/// f32 values in one (batch, kv head) K/V statistics record (`KV_PARTIAL_LEN`).
+pub(crate) const KV_PARTIAL_LEN: usize = 7;
 /// f32 values of per-row state kept for the key-mass pass (`ROW_STATE_LEN`).
 pub(crate) const ROW_STATE_LEN: usize = 3;
 
-/// Query rows per forward workgroup (one invocation each), and keys per key-mass workgroup.
-/// 64 keeps lavapipe's 8-wide SIMD busy and is a common GPU wavefront multiple.
+/// Invocations per forward workgroup (`ROW_LANES` per folded query row), and keys per key-mass
+/// workgroup. 64 keeps lavapipe's 8-wide SIMD busy and is a common GPU wavefront multiple.
 pub(crate) const BLOCK_M: u32 = 64;
-/// The forward workgroup for short queries (decode): fewer idle invocations.
+/// The forward workgroup for few folded rows (decode): fewer idle invocations. Raised to the
+/// adapter's largest subgroup size on the shuffle path, so that subgroups are whole.
 pub(crate) const BLOCK_M_SHORT: u32 = 16;
+/// The most channel quads one lane of a forward row owns (`LANE_QUADS`): the length of the
+/// code written out per key, whatever the head dim. 16 quads (64 channels) keep d <= 64 at one
+/// lane per row; larger head dims split a row over 2 or 4 lanes.
+pub(crate) const MAX_LANE_QUADS: u32 = 16;
+/// The most lanes a forward row is split over (`sum_parts` in common.wgsl adds up to 8).
+const MAX_ROW_LANES: u32 = 8;
+
+/// Lanes per forward row at head dim `head_dim` (`ROW_LANES`): the fewest, a power of two
+/// dividing d / 4, that leave each lane at most [`MAX_LANE_QUADS`] quads (more when d / 4 has
+/// no such divisor: d = 136 splits over 2 lanes of 17 quads).
+pub(crate) fn row_lanes(head_dim: usize) -> u32 {
+    let quads = (head_dim / 4).max(1) as u32;
+    let mut lanes = 1;
+    while quads / lanes > MAX_LANE_QUADS && quads % (2 * lanes) == 0 && lanes < MAX_ROW_LANES {
+        lanes *= 2;
+    }
+    lanes
+}
 /// Invocations per combine workgroup (one (batch, head) each).
 pub(crate) const COMBINE_THREADS: u32 = 64;
 /// Largest K/V tile, in keys.
 const MAX_TILE: u32 = 64;
-/// Elements each invocation loads per iteration of a tile-loading loop (written out).
+/// Elements (key mass) or channel quads of K and V (forward) each invocation loads per trip of
+/// a tile-loading loop (written out).
 pub(crate) const LOAD_UNROLL: u32 = 8;
 /// The most copies of a statement one `//unroll` writes out per loop iteration.
 pub(crate) const UNROLL_CHUNK: u32 = 32;
+/// Channel quads of K and of V each invocation stages per trip of the forward kernel's
+/// tile-staging loop (written out).
+pub(crate) const STAGE_UNROLL: u32 = 4;
+/// Quads per trip of the K/V measurement loop (`//unroll(8)`): it runs on a few lanes of one
+/// block only, so it is kept short to build.
+pub(crate) const MEASURE_CHUNK: u32 = 8;
 
 /// Copies of the statement per iteration for an `//unroll` over `count`: all of them up to
 /// [`UNROLL_CHUNK`], else the largest of 32, 16, 8, 4, 2 that divides `count`.
 fn unroll_chunk(count: u32) -> u32 {
-    if count <= UNROLL_CHUNK {
+    unroll_chunk_at_most(count, UNROLL_CHUNK)
+}
+
+/// Copies per iteration when at most `max` may be written out: all of them up to `max`, else
+/// the largest power of two up to `max` that divides `count`.
+fn unroll_chunk_at_most(count: u32, max: u32) -> u32 {
+    if count <= max {
         return count.max(1);
     }
     [32, 16, 8, 4, 2]
         .into_iter()
+        .filter(|&c| c <= max)
         .find(|c| count % c == 0)
         .unwrap_or(1)
 }
@@ -94,6 +133,9 @@ impl KernelKind {
 pub(crate) struct Kernel {
     pub kind: KernelKind,
     pub head_dim: u32,
+    /// Lanes per forward row ([`row_lanes`]); the key-mass pass adds its scores' parts as
+    /// those lanes do.
+    pub row_lanes: u32,
     /// Invocations per workgroup.
     pub workgroup: u32,
     /// Rows of the tile held in workgroup memory (keys for the forward pass, query rows for
@@ -106,7 +148,7 @@ pub(crate) struct Kernel {
     pub per_channel_gate: bool,
     pub causal: bool,
     pub stats: StatsLevel,
-    /// Subgroup reductions (else workgroup-memory trees).
+    /// Keys reach the forward kernel's lanes by subgroup shuffles (else from workgroup memory).
     pub subgroups: bool,
 }
 
@@ -148,6 +190,7 @@ impl Kernel {
         let full = Kernel {
             kind,
             head_dim: head_dim as u32,
+            row_lanes: row_lanes(head_dim),
             workgroup,
             tile,
             dtype,
@@ -172,11 +215,6 @@ impl Kernel {
             ..full
         };
         match kind {
-            // Without statistics nothing is reduced: both paths are the same kernel.
-            KernelKind::Forward if !stats.heads() => Kernel {
-                subgroups: false,
-                ..full
-            },
             KernelKind::Forward => full,
             // Reads the partial records: depends on the head dim alone.
             KernelKind::Combine => neutral,
@@ -212,6 +250,7 @@ impl Kernel {
         let mut text = format!(
             "// Specialisation of `{entry}` (generated by src/wgsl/kernel.rs).\n\
              const HEAD_DIM: u32 = {head_dim}u;\n\
+             const ROW_LANES: u32 = {row_lanes}u;\n\
              const WORKGROUP_SIZE: u32 = {workgroup}u;\n\
              const TILE_LEN: u32 = {tile}u;\n\
              const ELEM: u32 = {elem};\n\
@@ -221,9 +260,11 @@ impl Kernel {
              const CAUSAL: bool = {causal};\n\
              const STATS: bool = {stats};\n\
              const KEY_MASS: bool = {keys};\n\
-             const LOAD_UNROLL: u32 = {LOAD_UNROLL}u;\n",
+             const LOAD_UNROLL: u32 = {LOAD_UNROLL}u;\n\
+             const STAGE_UNROLL: u32 = {STAGE_UNROLL}u;\n",
             entry = self.kind.entry_point(),
             head_dim = self.head_dim,
+            row_lanes = self.row_lanes,
             workgroup = self.workgroup,
             tile = self.tile,
             variant = self.variant,
@@ -244,26 +285,40 @@ impl Kernel {
         text.push_str(COMMON);
         match self.kind {
             KernelKind::Forward => {
-                text.push_str(if self.subgroups {
-                    REDUCE_SUBGROUP
-                } else {
-                    REDUCE_WORKGROUP
-                });
                 text.push_str(FORWARD);
+                text.push_str(if self.subgroups {
+                    KEYS_SUBGROUP
+                } else {
+                    KEYS_WORKGROUP
+                });
             }
             KernelKind::Combine => text.push_str(COMBINE),
             KernelKind::KeyMass => text.push_str(KEY_MASS),
         }
-        expand_unrolls(&text, self.head_dim)
+        expand_unrolls(&text, self.head_dim, self.row_lanes, self.head_dim / 4)
     }
 }
 
-/// Expands every `//unroll c < N: statement` line (see the module docs).
-fn expand_unrolls(source: &str, head_dim: u32) -> String {
+/// Expands every `//unroll` and `//unroll_all` line (see the module docs); `//unroll_all`
+/// writes at most `all_chunk` copies per loop trip.
+fn expand_unrolls(source: &str, head_dim: u32, row_lanes: u32, all_chunk: u32) -> String {
     let mut out = String::with_capacity(source.len() * 2);
     for line in source.lines() {
         let trimmed = line.trim_start();
-        let Some(directive) = trimmed.strip_prefix("//unroll ") else {
+        // `//unroll_all`, `//unroll` or `//unroll(K)` (at most K copies per trip).
+        let (directive, max) = if let Some(d) = trimmed.strip_prefix("//unroll_all ") {
+            (d, all_chunk)
+        } else if let Some(d) = trimmed.strip_prefix("//unroll ") {
+            (d, UNROLL_CHUNK)
+        } else if let Some((k, d)) = trimmed
+            .strip_prefix("//unroll(")
+            .and_then(|rest| rest.split_once(") "))
+        {
+            let k = k
+                .parse()
+                .expect("an unroll chunk is a literal: `//unroll(8) c < N: ...`");
+            (d, k)
+        } else {
             out.push_str(line);
             out.push('\n');
             continue;
@@ -277,13 +332,17 @@ fn expand_unrolls(source: &str, head_dim: u32) -> String {
             .expect("an unroll directive reads `//unroll c < N: statement`");
         let count = match count.trim() {
             "HEAD_DIM" => head_dim,
+            "D4" => head_dim / 4,
+            "LANE_QUADS" => head_dim / 4 / row_lanes,
+            "ROW_LANES" => row_lanes,
             "LOAD_UNROLL" => LOAD_UNROLL,
+            "STAGE_UNROLL" => STAGE_UNROLL,
             n => n
                 .parse()
-                .expect("an unroll count is HEAD_DIM, LOAD_UNROLL or a literal"),
+                .expect("an unroll count is HEAD_DIM, D4, LANE_QUADS, ROW_LANES, LOAD_UNROLL, STAGE_UNROLL or a literal"),
         };
         let (var, statement) = (var.trim(), statement.trim());
-        let chunk = unroll_chunk(count);
+        let chunk = unroll_chunk_at_most(count, max);
         if chunk >= count {
             for i in 0..count {
                 let copy = replace_identifier(statement, var, &format!("{i}u"));
@@ -328,13 +387,15 @@ fn replace_identifier(text: &str, name: &str, with: &str) -> String {
 /// loops together: what lavapipe's budget ([`LAVAPIPE_LOOP_ITERATIONS`]) is checked against.
 /// It mirrors the loops of the shaders, each counted with one extra trip for its exit:
 ///
-/// - forward: per K/V tile, the tile loop, the tile load (`LOAD_UNROLL` elements a trip), the
-///   K/V measurement and the two loops over the tile's keys (scores, then weights); the
-///   ClippedSoftmax second pass again without the measurement; per row, six loops over the
-///   channels (Q, the sink, the sink value, the epilogue, the store) and the reduction.
+/// - forward: per K/V tile, the tile loop, the staging loop (`STAGE_UNROLL` quads of K and of
+///   V a trip), the K/V measurement (`MEASURE_CHUNK` quads a trip), the loop over the rounds
+///   of `keys_held` keys and in each the loop over its keys (one trip per key: the work on the
+///   lane's quads is written out); the
+///   ClippedSoftmax second pass again without the measurement; the fold of the K/V records
+///   (one trip per key of a tile).
 /// - key mass: per tile of query rows, the tile loop, the Q and row-state loads and the loop
 ///   over the rows; one loop over the channels of K.
-/// - combine: one trip per query block.
+/// - combine: one trip per query row.
 pub(crate) struct LoopTrips {
     pub forward: u64,
     pub key_mass: u64,
@@ -342,8 +403,8 @@ pub(crate) struct LoopTrips {
 }
 
 impl LoopTrips {
-    /// The bound for one call: `workgroup` rows per forward workgroup with K/V tiles of
-    /// `tile` keys, key-mass Q tiles of `key_mass_tile` rows.
+    /// The bound for one call: `workgroup` invocations per forward workgroup with K/V tiles of
+    /// `tile` keys held `keys_held` at a time, key-mass Q tiles of `key_mass_tile` rows.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn of(
         q_len: u64,
@@ -351,32 +412,34 @@ impl LoopTrips {
         head_dim: u64,
         workgroup: u64,
         tile: u64,
+        keys_held: u64,
         key_mass_tile: u64,
-        q_blocks: u64,
         clipped: bool,
     ) -> LoopTrips {
         let unroll = u64::from(LOAD_UNROLL);
         let loads = |elements: u64, threads: u64| elements.div_ceil(threads * unroll) + 1;
-        let channels = unrolled_trips(head_dim);
+        let quads = head_dim / 4;
         let kv_tiles = kv_len.div_ceil(tile);
-        let tile_load = loads(tile * head_dim, workgroup);
-        // Keys of the tile this invocation measures, each a loop over its channels.
-        let measure = tile.div_ceil(workgroup) * (1 + channels) + 1;
-        // The score loop and the weight loop over the tile's keys, each key a loop over the
-        // channels in each; the rescale of the accumulator.
-        let keys = 2 * (tile * (1 + channels) + 1) + channels;
-        let first_pass = 1 + tile_load + measure + keys;
+        let stage = (tile * quads).div_ceil(workgroup * u64::from(STAGE_UNROLL)) + 1;
+        let chunked = |count: u64, max: u32| {
+            let chunk = u64::from(unroll_chunk_at_most(count as u32, max));
+            if chunk >= count { 0 } else { count / chunk + 1 }
+        };
+        let measure = chunked(quads, MEASURE_CHUNK);
+        let rounds = tile.div_ceil(keys_held.max(1));
+        let keys = (rounds + 1) + (tile + rounds);
+        let first_pass = kv_tiles * (1 + stage + measure + keys) + 1;
         let second_pass = if clipped {
-            1 + tile_load + tile * (1 + 2 * channels) + 1
+            kv_tiles * (1 + stage + keys) + 1
         } else {
             0
         };
-        let per_row = 6 * (head_dim + 1) + workgroup + 1;
+        let channels = unrolled_trips(head_dim);
         let keys_block = u64::from(BLOCK_M);
         let row_tiles = q_len.div_ceil(key_mass_tile);
         let row_state = (key_mass_tile * ROW_STATE_LEN as u64).div_ceil(keys_block) + 1;
         LoopTrips {
-            forward: kv_tiles * (first_pass + second_pass) + per_row,
+            forward: first_pass + second_pass + tile + 1,
             key_mass: row_tiles
                 * (1 + loads(key_mass_tile * head_dim, keys_block)
                     + row_state
@@ -384,7 +447,7 @@ impl LoopTrips {
                     + 1)
                 + head_dim
                 + 1,
-            combine: q_blocks + 1,
+            combine: q_len + 1,
         }
     }
 }
@@ -446,9 +509,13 @@ pub(crate) struct Params {
     pub param_a_offset: u32,
     pub param_b_offset: u32,
     pub partials_offset: u32,
+    pub kv_partials_offset: u32,
     pub rows_offset: u32,
     pub nan_bits: u32,
     pub neg_inf_bits: u32,
+    pub pad_a: u32,
+    pub pad_b: u32,
+    pub pad_c: u32,
 }
 
 #[cfg(test)]
@@ -487,6 +554,7 @@ mod tests {
     #[test]
     fn record_lengths_match_the_shaders() {
         assert!(COMMON.contains(&format!("const PARTIAL_LEN: u32 = {PARTIAL_LEN}u;")));
+        assert!(COMMON.contains(&format!("const KV_PARTIAL_LEN: u32 = {KV_PARTIAL_LEN}u;")));
         assert!(COMMON.contains(&format!("const ROW_STATE_LEN: u32 = {ROW_STATE_LEN}u;")));
     }
 
@@ -503,13 +571,13 @@ mod tests {
     #[test]
     fn unroll_writes_short_counts_out_and_chunks_long_ones() {
         let text = "a\n    //unroll c < HEAD_DIM: x += q[c] * k[base + c];\nb\n";
-        let short = expand_unrolls(text, 4);
+        let short = expand_unrolls(text, 4, 1, 64);
         assert_eq!(
             short,
             "a\n    x += q[0u] * k[base + 0u];\n    x += q[1u] * k[base + 1u];\n    \
              x += q[2u] * k[base + 2u];\n    x += q[3u] * k[base + 3u];\nb\n"
         );
-        let long = expand_unrolls(text, 64);
+        let long = expand_unrolls(text, 64, 1, 64);
         assert!(long.contains("for (var c_chunk = 0u; c_chunk < 64u; c_chunk += 32u) {"));
         assert!(long.contains("x += q[(c_chunk + 31u)] * k[base + (c_chunk + 31u)];"));
         assert!(!long.contains("(c_chunk + 32u)"));

@@ -35,5 +35,7 @@ mod kernel;
 /// `Device`, `Buffer` and `CommandEncoder` with this crate.
 pub use ::wgpu;
 
-pub use device::{DeviceArgs, DeviceSlice, DeviceTensor, WgslAttention, WgslOptions};
+pub use device::{
+    DeviceArgs, DeviceSlice, DeviceTensor, UNIFORM_SLOTS, WgslAttention, WgslOptions,
+};
 pub use host::WgslBackend;

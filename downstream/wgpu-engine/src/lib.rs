@@ -85,7 +85,7 @@ pub fn run_layer() -> Result<Option<LayerRun>> {
         required_limits: adapter.limits(),
         ..Default::default()
     }))?;
-    let attention = WgslAttention::new(&device, WgslOptions::default())?;
+    let attention = WgslAttention::new(&device, &queue, WgslOptions::default())?;
 
     let shape = Shape::new(BATCH, Q_HEADS, KV_HEADS, TOKENS, TOKENS, HEAD_DIM);
     let problem = Problem::new(shape, DType::F32)

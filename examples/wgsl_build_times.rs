@@ -1,0 +1,64 @@
+//! Pipeline build time per specialisation of the WGSL kernels on this machine's adapter:
+//! `cargo run --release --features wgpu --example wgsl_build_times [d ...]`. Set
+//! `MESA_SHADER_CACHE_DISABLE=true` to measure lavapipe cold (no shader cache). lavapipe
+//! compiles a pipeline's machine code at its first dispatch, so the time is that of a first
+//! call on a small problem (its run takes a few milliseconds), pipelines built inside it.
+use std::time::Instant;
+
+use outlier_attn::wgsl::WgslBackend;
+use outlier_attn::{Backend, DType, Problem, Shape, StatsLevel, Variant};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dims: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
+    let dims = if dims.is_empty() {
+        vec![64, 128, 256]
+    } else {
+        dims
+    };
+    let backend = WgslBackend::new()?;
+    println!("{}", backend.describe().join("\n  "));
+    println!("| d | dtype | variant | statistics | first call (ms) |");
+    println!("| ---: | --- | --- | --- | ---: |");
+    for d in dims {
+        for dtype in [DType::F32, DType::F16, DType::Bf16] {
+            for (variant, stats) in [
+                (Variant::Softmax, StatsLevel::Off),
+                (Variant::Softmax, StatsLevel::Heads),
+                (Variant::Softmax, StatsLevel::HeadsAndKeys),
+                (Variant::KvSink, StatsLevel::Off),
+                (Variant::KvSink, StatsLevel::HeadsAndKeys),
+                (
+                    Variant::ContextScale {
+                        gate: outlier_attn::Gate::Sigmoid,
+                        granularity: outlier_attn::GateGranularity::PerChannel,
+                    },
+                    StatsLevel::HeadsAndKeys,
+                ),
+                (
+                    Variant::ClippedSoftmax {
+                        zeta: 1.1,
+                        gamma: -0.1,
+                    },
+                    StatsLevel::Off,
+                ),
+            ] {
+                let problem = Problem::new(Shape::new(1, 2, 1, 32, 32, d), dtype)
+                    .with_variant(variant)
+                    .with_stats(stats);
+                let inputs = outlier_attn::cases::random_inputs(&problem, &Default::default());
+                let start = Instant::now();
+                backend.forward(&problem, &inputs)?;
+                println!(
+                    "| {d} | {dtype} | {} | {} | {:.0} |",
+                    variant.name(),
+                    stats.name(),
+                    start.elapsed().as_secs_f64() * 1e3
+                );
+            }
+        }
+    }
+    Ok(())
+}
