@@ -12,7 +12,6 @@ namespace simt {
 constexpr int kWarps = kHostSimtWarps;             // from the host (src/cuda/spec.rs)
 constexpr int kThreads = kWarps * kWarpSize;
 constexpr int kBlockN = kWarpSize / 2;             // keys per tile: two lanes per key
-constexpr int kMaxHeadDim = 256;
 constexpr int kMaxChannelsPerLane = kMaxHeadDim / kWarpSize;
 
 static_assert(kBlockN * 2 == kWarpSize, "two lanes score each key");
@@ -44,9 +43,48 @@ DEVICE void load_kv_tile(const AttnParams& p, smem_ptr<float> s_k, smem_ptr<floa
     }
 }
 
+// Channel statistics of one f32 row in shared memory (row stride ignored: `row` points at it):
+// lane l takes channels l, l + 32, ...; `mx` the largest |x| per channel so far, Σ|x|, and
+// with `norm` the row's norm (the same in every lane).
+DEVICE float scan_row(smem_ptr<const float> row, int d, float (&mx)[kMaxChannelsPerLane], float& abs_sum) {
+    const int lane = threadIdx.x % kWarpSize;
+    float sq = 0.f;
+#pragma unroll
+    for (int u = 0; u < kMaxChannelsPerLane; ++u) {
+        const int c = lane + u * kWarpSize;
+        if (c < d) {
+            const float x = row[c];
+            const float a = fabsf(x);
+            mx[u] = fmaxf(mx[u], a);
+            abs_sum += a;
+            sq = fmaf(x, x, sq);
+        }
+    }
+    return sqrt_approx(row_sum<kWarpSize>(sq));
+}
+
+// Writes the block's per-channel maxima of one tensor (every warp's `mx`, combined in warp
+// order through `scratch`, kWarps·d floats) to its partial record.
+DEVICE void write_channel_max(const AttnParams& p, const float (&mx)[kMaxChannelsPerLane], smem_ptr<float> scratch,
+                              gmem_ptr<float> rec, int tensor) {
+    const int d = p.head_dim, warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+    __syncthreads();  // the scratch's previous use is over
+#pragma unroll
+    for (int u = 0; u < kMaxChannelsPerLane; ++u) {
+        const int c = lane + u * kWarpSize;
+        if (c < d) scratch[warp * d + c] = mx[u];
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < d; c += kThreads) {
+        float m = 0.f;
+        for (int w = 0; w < kWarps; ++w) m = fmaxf(m, scratch[w * d + c]);
+        rec[channel_max_field(p, tensor) + c] = m;
+    }
+}
+
 }  // namespace simt
 
-// grid: (ceil(Nq / simt::kWarps), B·Hq); block: simt::kThreads; dynamic shared memory:
+// grid: (ceil(Nq / simt::kWarps), Hq, B); block: simt::kThreads; dynamic shared memory:
 // (2·kBlockN·(d + 1) + kWarps·d + kWarps·kPartialCount) floats.
 extern "C" __global__ void __launch_bounds__(simt::kThreads)
 attention_simt(const AttnParams p) {
@@ -58,11 +96,12 @@ attention_simt(const AttnParams p) {
     const smem_ptr<float> s_q = s_v + kBlockN * stride;       // [kWarps][d]
     const smem_ptr<float> s_scratch = s_q + kWarps * d;       // [kWarps][kPartialCount]
 
-    const int bh = blockIdx.y;
-    const int b = bh / p.q_heads, h = bh % p.q_heads;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int bh = b * p.q_heads + h;
     const int g_kv = h / p.group;
     const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-    const int row0 = blockIdx.x * kWarps;
+    const int m_block = blockIdx.x;
+    const int row0 = m_block * kWarps;
     const int row = row0 + warp;
     const bool row_valid = row < p.q_len;
     const int kv = lane % kBlockN;       // the key this lane scores
@@ -74,6 +113,16 @@ attention_simt(const AttnParams p) {
         q_row[c] = row_valid ? to_float(p.q[row_offset(p.lq, b, row, h) + c]) : 0.f;
     }
     __syncwarp();
+
+    // Channel statistics: Q's of this block's rows; K's and V's of the tiles it owns
+    // (`kv_tile_owner`), in the pass that loads V.
+    BlockStats bs;
+    bs.init();
+    float q_mx[kMaxChannelsPerLane], k_mx[kMaxChannelsPerLane], v_mx[kMaxChannelsPerLane];
+#pragma unroll
+    for (int u = 0; u < kMaxChannelsPerLane; ++u) q_mx[u] = k_mx[u] = v_mx[u] = 0.f;
+    if (p.stats_on) scan_row(q_row, d, q_mx, bs.q_abs);
+    const bool kv_stats = p.stats_on && h % p.group == 0;
 
     const int last_row = min(row0 + kWarps, p.q_len) - 1;
     const int n_tiles = (key_end(p, last_row) + kBlockN - 1) / kBlockN;
@@ -112,6 +161,16 @@ attention_simt(const AttnParams p) {
             __syncthreads();  // everyone is done with the previous tile
             load_kv_tile(p, s_k, s_v, b, g_kv, n0, with_v);
             __syncthreads();
+            if (kv_stats && with_v && scans_kv_tile(p, h, m_block, n, kWarps, kBlockN)) {
+                for (int r = warp; r < kBlockN; r += kWarps) {
+                    scan_row(s_k + r * stride, d, k_mx, bs.k_abs);
+                    const float norm = scan_row(s_v + r * stride, d, v_mx, bs.v_abs);
+                    if (lane == 0 && n0 + r < p.kv_len) {  // rows past Nk are zero: norm 0
+                        bs.v_norm += norm;
+                        if (n0 + r == 0) bs.v_norm0 = norm;
+                    }
+                }
+            }
 
             const float dot = key_dot(q_row, s_k + kv * stride, c_begin, c_end);
             const int j = n0 + kv;
@@ -121,7 +180,7 @@ attention_simt(const AttnParams p) {
             float l = half == 0 ? logit_of(p, x) : neg_inf();
             float inv_l = 0.f;
             if (clip_pass) {
-                inv_l = st.l > 0.f ? 1.f / st.l : 0.f;
+                inv_l = inv_or_zero(st.l);
             } else {
                 const float alpha = st.rescale(fmaxf(st.m, row_max<kWarpSize>(l)));
                 if (accumulates_softmax(p.variant) && with_v) {
@@ -152,13 +211,16 @@ attention_simt(const AttnParams p) {
         reduce_row<kWarpSize>(st);
     }
 
-    BlockStats bs;
-    bs.init();
     if (row_valid) {
         const RowResult res = finish_row(p, st, my_key_end > 0, x_sink);
         if (lane == 0) {
             p.lse[(u64)bh * p.q_len + row] = res.lse;
-            if (p.stats_on && clipped) p.row_weight_sum[(u64)bh * p.q_len + row] = st.weight_sum;
+            if (p.row_records) {
+                const gmem_ptr<float> rec = p.row_records + ((u64)bh * p.q_len + row) * kRowRecord;
+                rec[kRowMax] = st.m;
+                rec[kRowInvL] = res.inv_l;
+                rec[kRowWeightSum] = st.weight_sum;
+            }
         }
         const bool scaled = p.variant == kContextScale;
         const float gamma_head = scaled && !p.gate_per_channel ? gate_at(p, b, row, h, 0) : 1.f;
@@ -182,32 +244,47 @@ attention_simt(const AttnParams p) {
         }
     }
 
-    // HeadsAndKeys: each key's probability summed over this block's rows, from the very scores
-    // the pass above normalised (key_dot, the row's own m and l); see attention_tc.cu for why a
-    // separate recomputation was wrong. The per-block sums are added in block order by `key_mass`.
-    if (p.key_mass) {
-        const float inv_l = st.l > 0.f ? 1.f / st.l : 0.f;
-        const smem_ptr<float> s_cols = s_v;  // [kWarps][kBlockN]; V is not read again
-        const gmem_ptr<float> partial = p.key_mass_partials + ((u64)bh * p.m_blocks + blockIdx.x) * p.kv_len;
-        for (int n = 0; n < n_tiles; ++n) {
-            const int n0 = n * kBlockN;
-            __syncthreads();  // the previous K tile and column sums are consumed
-            load_kv_tile(p, s_k, s_v, b, g_kv, n0, false);
-            __syncthreads();
-            const float dot = key_dot(q_row, s_k + kv * stride, c_begin, c_end);
-            // As the pass above turns a score into a logit.
-            const float x = n0 + kv < my_key_end ? score_of(dot, p) : neg_inf();
-            const float prob = row_valid ? key_probability(p, st, logit_of(p, x), inv_l) : 0.f;
-            if (half == 0) s_cols[warp * kBlockN + kv] = prob;
-            __syncthreads();
-            if (threadIdx.x < kBlockN && n0 + threadIdx.x < p.kv_len) {
-                float sum = 0.f;
-                for (int w = 0; w < kWarps; ++w) sum += s_cols[w * kBlockN + threadIdx.x];
-                partial[n0 + threadIdx.x] = sum;
-            }
+    if (p.stats_on) {
+        write_partials<kWarps>(p, bs, s_scratch, bh, m_block);
+        const gmem_ptr<float> rec = partial_record(p, bh, m_block);
+        write_channel_max(p, q_mx, s_k, rec, kTensorQ);
+        if (kv_stats) {
+            write_channel_max(p, k_mx, s_k, rec, kTensorK);
+            write_channel_max(p, v_mx, s_k, rec, kTensorV);
         }
-        // Keys past the last tile: no row of this block sees them.
-        for (int j = n_tiles * kBlockN + threadIdx.x; j < p.kv_len; j += kThreads) partial[j] = 0.f;
     }
-    if (p.stats_on) write_partials<kWarps>(p, bs, s_scratch, bh, blockIdx.x);
+}
+
+// HeadsAndKeys: key_mass[b, h, j] = Σ_i (probability of key j in row i), one thread per key,
+// the rows in order. The score is key_dot's, operation for operation (the two halves of the
+// channels summed in order, then added), and the probability comes from the row record the
+// forward pass wrote (its final max and 1/l): the same bits as the forward pass's. A separate
+// recomputation that took p = e^{s − LSE} was 6 % off under massive activations (|s| ~ 1e6:
+// the rounded LSE and s disagree by 1/16). grid: (ceil(Nk / simt::kThreads), Hq, B); block:
+// simt::kThreads.
+extern "C" __global__ void __launch_bounds__(simt::kThreads)
+key_mass(const AttnParams p) {
+    using namespace simt;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int bh = b * p.q_heads + h;
+    const int g_kv = h / p.group;
+    const int j = blockIdx.x * kThreads + threadIdx.x;
+    if (j >= p.kv_len) return;
+    const int d = p.head_dim, half = d / 2;
+    const gmem_ptr<const elem_t> k_row = p.k + row_offset(p.lk, b, j, g_kv);
+    float total = 0.f;
+    for (int i = 0; i < p.q_len; ++i) {
+        if (j >= key_end(p, i)) continue;
+        const gmem_ptr<const elem_t> q_row = p.q + row_offset(p.lq, b, i, h);
+        float lo = 0.f, hi = 0.f;
+        for (int c = 0; c < half; ++c) lo += to_float(q_row[c]) * to_float(k_row[c]);
+        for (int c = half; c < d; ++c) hi += to_float(q_row[c]) * to_float(k_row[c]);
+        const gmem_ptr<const float> rec = p.row_records + ((u64)bh * p.q_len + i) * kRowRecord;
+        OnlineRow st;  // what key_probability reads of a finished row
+        st.init();
+        st.m = rec[kRowMax];
+        st.weight_sum = rec[kRowWeightSum];
+        total += key_probability(p, st, logit_of(p, score_of(lo + hi, p)), rec[kRowInvL]);
+    }
+    p.key_mass[(u64)bh * p.kv_len + j] = total;
 }

@@ -1,9 +1,19 @@
-// Tensor-core flash attention (FlashAttention-2 style) for f16 and bf16 on sm_80 and newer.
+// Tensor-core flash attention (FlashAttention-2's work shape) for f16 and bf16 on sm_80 and newer.
 //
 // One thread block computes kBlockM query rows of one (batch, head); each of its kWarps warps
-// owns 16 rows. K/V tiles of kBlockN keys stream through shared memory, double buffered with
-// cp.async; S = Q·Kᵀ and O += P·V run on mma.sync m16n8k16 (f32 accumulate) with ldmatrix
-// fragment loads; the online softmax stays in registers in f32, with exp2 and log2(e) folded.
+// owns 16 rows and keeps its Q fragments in registers. K/V tiles of kBlockN keys stream
+// through shared memory, double buffered with cp.async; S = Q·Kᵀ and O += P·V run on mma.sync
+// m16n8k16 (f32 accumulate) with ldmatrix fragment loads; the online softmax stays in
+// registers in f32.
+//
+// Two main loops, chosen per launch (a uniform branch, two instantiations):
+// - the fast path (kFast), for the softmax family without softcap (Softmax, ValueBias,
+//   ContextBias, KvSink, ContextScale, LogitSink, Softmax1): the row max and the exponent are
+//   kept in log2 units, so that a score costs one FFMA (s·σlog2(e) − m), one ex2.approx.ftz,
+//   the row sum, the entropy's FFMA and the max; tiles that no mask boundary crosses skip the
+//   mask (`KeyTiles`); the statistics are branch-free sums;
+// - the generic path, for softcap, Sigmoid and ClippedSoftmax (two passes over K): scores
+//   through score_of / logit_of / key_weight of common.cuh, every tile masked.
 //
 // Fragment layout of mma.m16n8k16 (g = lane / 4, t = lane % 4), used throughout:
 //   A (16x16, row-major, 4 x b32 = 8 elements): a0 = (row g,   k 2t..2t+1)
@@ -22,8 +32,10 @@
 // and register i of lane l receives row l/4, columns 2(l%4)..+1 of matrix i (with .trans, of
 // the transposed matrix). Each load below says which four matrices it takes.
 //
-// Shared memory rows are padded by kSmemPad elements (16 bytes): a row stride of an odd
-// number of 16-byte units puts the eight rows of an ldmatrix in eight different bank groups.
+// Shared memory rows are kHeadDimTile elements, unpadded, with their 16-byte chunks swizzled
+// (`smem_index`): chunk c of row r sits at chunk c ^ (r % 8). The eight rows an ldmatrix reads
+// at one logical chunk then lie in eight different 16-byte bank groups, and no padding is
+// needed, which keeps a 128-row block with double-buffered K/V at d = 128 in 96 KiB.
 
 #ifndef HEAD_DIM_TILE
 #error "define HEAD_DIM_TILE (64, 128 or 256)"
@@ -36,27 +48,50 @@ constexpr int kHeadDimTile = HEAD_DIM_TILE;  // d is run-time; channels past it 
 constexpr int kWarps = kHostTcWarps;
 constexpr int kThreads = kWarps * kWarpSize;
 constexpr int kRowsPerWarp = 16;                      // the m of m16n8k16
-constexpr int kBlockM = kWarps * kRowsPerWarp;        // 64 query rows per block
+constexpr int kBlockM = kWarps * kRowsPerWarp;        // query rows per block: 128, or 64 at d = 256
 constexpr int kBlockN = kHostTcBlockN;                // keys per K/V tile: 64, or 32 at d = 256
-constexpr int kSmemPad = kHostTcSmemPad;
-constexpr int kRowStride = kHeadDimTile + kSmemPad;   // elements
 constexpr int kChunk = 8;                             // elements per 16-byte copy
 constexpr int kChunksPerRow = kHeadDimTile / kChunk;
+constexpr int kSwizzle = 8;                           // rows of one swizzle period (16-byte chunks)
 constexpr int kKSteps = kHeadDimTile / 16;            // k-steps of S = Q·Kᵀ
 constexpr int kNTiles = kBlockN / 8;                  // n-tiles of S
 constexpr int kDTiles = kHeadDimTile / 8;             // n-tiles of O
-constexpr int kTileElems = kBlockN * kRowStride;
+constexpr int kQElems = kBlockM * kHeadDimTile;
+constexpr int kTileElems = kBlockN * kHeadDimTile;
 
+static_assert(kBlockM == kHostTcBlockM, "the host sizes the grid for this block");
 static_assert(kHeadDimTile % 16 == 0, "head-dim tile must be a multiple of the mma k");
 static_assert(kBlockN % 16 == 0, "key tile must be a multiple of the mma k of P·V");
-static_assert((kRowStride * 2 / 16) % 2 == 1, "row stride must be an odd number of 16-byte units");
+static_assert(kChunksPerRow % kSwizzle == 0, "the swizzle permutes chunks within groups of eight");
+static_assert(kWarpSize % kChunksPerRow == 0, "a channel scan row fits in a warp");
+static_assert(kThreads % kChunksPerRow == 0, "every thread scans the same chunk of each row");
 
-// Shared memory: Q, then two K tiles, then two V tiles (101376 bytes at d = 256: the 99 KiB
-// an sm_86/sm_89 block may have). The statistics scratch reuses Q's rows at the end.
-constexpr int kSmemBytes = (kBlockM * kRowStride + 4 * kTileElems) * 2;
-static_assert(kWarps * kPartialCount * 4 <= kBlockM * kRowStride * 2, "scratch fits in Q's rows");
+// Shared memory: Q, then two K tiles, then two V tiles (98304 bytes at d = 128 and at
+// d = 256: within the 99 KiB an sm_86/sm_89 block may have). Once Q is in registers, its rows
+// hold the channel-statistics scratch (`StatsSmem`).
+constexpr int kSmemBytes = (kQElems + 4 * kTileElems) * 2;
 static_assert(kSmemBytes <= 99 * 1024, "fits every sm_8x/sm_9x block");
 static_assert(kSmemBytes == kHostTcSmemBytes, "the host launches with this much dynamic shared memory");
+
+// Element (row, chan) of a swizzled tile.
+DEVICE int smem_index(int row, int chan) {
+    return row * kHeadDimTile + (((chan / kChunk) ^ (row % kSwizzle)) * kChunk) + chan % kChunk;
+}
+
+// The row addresses ldmatrix takes from a lane, for a loop over 16 x 16 blocks: lane row
+// `lane_row` (row0 + lane_row for row0 a multiple of 8) and chunk `2j + lane_chunk` of every
+// group of eight chunks. smem_index(row0 + lane_row, 16k + 8·lane_chunk) is then
+// row0·kHeadDimTile + (k / 4)·64 + off[k % 4]: four registers and an immediate, where the
+// swizzle written out per block would keep one address per block live across the loop.
+struct LdsmOffsets {
+    int off[4];
+    DEVICE LdsmOffsets(int lane_row, int lane_chunk) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) off[j] = smem_index(lane_row, (2 * j + lane_chunk) * kChunk);
+    }
+    // smem_index(row0 + lane_row, 16k + 8·lane_chunk), row0 % 8 == 0.
+    DEVICE int at(int row0, int k) const { return row0 * kHeadDimTile + (k / 4) * 4 * 2 * kChunk + off[k % 4]; }
+};
 
 // The inline-PTX wrappers. Under OUTLIER_ATTN_EMU each calls the emulator's instruction of the
 // same name (cuda/emu/ptx.h) with the operands in the order the asm statement gives them.
@@ -89,6 +124,8 @@ DEVICE unsigned pack2(float lo, float hi) {
     return emu::cvt_rn_bf16x2_f32(hi, lo);
 #endif
 }
+DEVICE float ex2_ftz(float x) { return emu::ex2_approx_ftz_f32(x); }
+DEVICE float max_keep_nan(float x, float lo) { return emu::max_NaN_f32(x, lo); }
 #else
 DEVICE unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
 
@@ -132,21 +169,46 @@ DEVICE unsigned pack2(float lo, float hi) {
 #endif
     return r;
 }
+
+// 2^x, as FlashAttention takes it: one MUFU.EX2, subnormals flushed to zero (2^-126 and below
+// is nothing next to a row's largest term, which is 1).
+DEVICE float ex2_ftz(float x) {
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(x));
+    return r;
+}
+
+// max(x, lo), NaN if x is NaN (max.NaN, sm_80 and newer: one FMNMX.NAN), where fmaxf would
+// return lo and hide the NaN.
+DEVICE float max_keep_nan(float x, float lo) {
+    float r;
+    asm("max.NaN.f32 %0, %1, %2;\n" : "=f"(r) : "f"(x), "f"(lo));
+    return r;
+}
 #endif  // OUTLIER_ATTN_EMU
 
-// Copies rows [row0, row0 + kRows) of one head into shared memory (stride kRowStride);
-// rows at or past `rows` and channels at or past d are zero-filled, so that padding adds
-// nothing to a dot product and multiplies no garbage into O.
-template <int kRows>
-DEVICE void load_tile(smem_ptr<elem_t> s_tile, gmem_ptr<const elem_t> g_base, const TensorLayout& layout, int b,
-                      int h, int row0, int rows, const AttnParams& p) {
-    const gmem_ptr<const elem_t> g_origin = g_base + layout.offset;  // a valid, aligned address for zero-fills
+// ---------------------------------------------------------------------------------------------
+// Addressing: one function per kind of row, so that another layout (packed sequences, a paged
+// K/V cache) changes these and nothing else.
+// ---------------------------------------------------------------------------------------------
+// Row `row` of head h of Q (or of O, with its layout).
+DEVICE u64 q_row_offset(const TensorLayout& l, int b, int row, int h) { return row_offset(l, b, row, h); }
+// Key `key` of kv head g of K or V.
+DEVICE u64 kv_row_offset(const TensorLayout& l, int b, int key, int g) { return row_offset(l, b, key, g); }
+
+// Copies rows [row0, row0 + kRows) into a swizzled shared tile; `offset_of(r)` is the element
+// offset of row r in `g_base`. Rows at or past `rows` and channels at or past d are
+// zero-filled, so that padding adds nothing to a dot product and multiplies no garbage into O.
+template <int kRows, class RowOffset>
+DEVICE void load_tile(smem_ptr<elem_t> s_tile, gmem_ptr<const elem_t> g_base, u64 zero_fill_offset, int row0, int rows,
+                      const AttnParams& p, RowOffset offset_of) {
+    const gmem_ptr<const elem_t> g_origin = g_base + zero_fill_offset;  // a valid, aligned address for zero-fills
     for (int idx = threadIdx.x; idx < kRows * kChunksPerRow; idx += kThreads) {
         const int r = idx / kChunksPerRow;
         const int c = (idx % kChunksPerRow) * kChunk;
         const bool valid = row0 + r < rows && c < p.head_dim;  // d % 8 == 0: whole chunks
-        const smem_ptr<elem_t> dst = s_tile + r * kRowStride + c;
-        const gmem_ptr<const elem_t> src = valid ? g_base + row_offset(layout, b, row0 + r, h) + c : g_origin;
+        const smem_ptr<elem_t> dst = s_tile + smem_index(r, c);
+        const gmem_ptr<const elem_t> src = valid ? g_base + offset_of(row0 + r) + c : g_origin;
         if (p.aligned) {
             cp_async_16(dst, src, valid);
         } else {
@@ -157,80 +219,207 @@ DEVICE void load_tile(smem_ptr<elem_t> s_tile, gmem_ptr<const elem_t> g_base, co
     }
 }
 
-// Per-thread state of the two rows (g, g + 8) a thread holds.
-struct Rows {
-    OnlineRow st[2];
-    float x_sink[2];
-    int key_end[2];
+DEVICE void load_q_tile(smem_ptr<elem_t> s_q, const AttnParams& p, int b, int h, int row0) {
+    load_tile<kBlockM>(s_q, p.q, p.lq.offset, row0, p.q_len, p,
+                       [&](int row) { return q_row_offset(p.lq, b, row, h); });
+}
+// K tile n (keys n·kBlockN ...) of kv head g, and the V tile with it when `with_v`.
+DEVICE void load_kv_tile(smem_ptr<elem_t> s_k, smem_ptr<elem_t> s_v, const AttnParams& p, int b, int g, int n,
+                         bool with_v) {
+    load_tile<kBlockN>(s_k, p.k, p.lk.offset, n * kBlockN, p.kv_len, p,
+                       [&](int key) { return kv_row_offset(p.lk, b, key, g); });
+    if (with_v) {
+        load_tile<kBlockN>(s_v, p.v, p.lv.offset, n * kBlockN, p.kv_len, p,
+                           [&](int key) { return kv_row_offset(p.lv, b, key, g); });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Which key tiles a block of rows [row0, row0 + kBlockM) visits, computed in one place: tiles
+// [begin, end), of which [full_begin, full_end) are visible to every row of the block (no mask
+// needed); the others are masked per score. A window would raise `begin` (whole tiles left of
+// it are skipped) and narrow the full range; a per-sequence key range would set both ends.
+// ---------------------------------------------------------------------------------------------
+struct KeyTiles {
+    int begin, full_begin, full_end, end;
+    DEVICE bool masked(int n) const { return n < full_begin || n >= full_end; }
 };
 
-// S = Q·Kᵀ for this warp's 16 rows and the tile's kBlockN keys (unscaled dot products).
-// The forward pass and the key-mass pass both take S from here: the same mma sequence on the
+DEVICE KeyTiles key_tiles(const AttnParams& p, int row0) {
+    const int last_row = min(row0 + kBlockM, p.q_len) - 1;
+    KeyTiles kt;
+    kt.begin = 0;
+    kt.end = (key_end(p, last_row) + kBlockN - 1) / kBlockN;
+    kt.full_begin = 0;
+    // key_end grows with the row, so the first row bounds what every row sees.
+    kt.full_end = min(key_end(p, row0) / kBlockN, kt.end);
+    return kt;
+}
+
+// ---------------------------------------------------------------------------------------------
+// S = Q·Kᵀ for this warp's 16 rows and the tile's kBlockN keys (unscaled dot products). The
+// forward pass and the key-mass kernel both take S from here: the same mma sequence on the
 // same fragments, so the same bits.
+// ---------------------------------------------------------------------------------------------
 DEVICE void tile_scores(float (&s)[kNTiles][4], const unsigned (&q_frag)[kKSteps][4], smem_ptr<const elem_t> s_k) {
     const int lane = threadIdx.x % kWarpSize;
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+    // Matrices: (keys +0..7, k +0..7), (keys +0..7, k +8..15), (keys +8..15, k +0..7),
+    // (keys +8..15, k +8..15) = b0, b1 of n-tile 2np, then of n-tile 2np + 1: lane l gives
+    // key (l % 8) + (l / 16)·8, channel chunk (l / 8) % 2 of each k-step.
+    const LdsmOffsets k_at((lane % 8) + (lane / 16) * 8, (lane / 8) % 2);
     // Channels past d are zero in shared memory, so a partial k-step adds nothing.
 #pragma unroll
     for (int kk = 0; kk < kKSteps; ++kk) {
 #pragma unroll
         for (int np = 0; np < kNTiles / 2; ++np) {
-            // Matrices: (keys +0..7, k +0..7), (keys +0..7, k +8..15), (keys +8..15, k +0..7),
-            // (keys +8..15, k +8..15) = b0, b1 of n-tile 2np, then of n-tile 2np + 1.
-            const int key = np * 16 + (lane % 8) + (lane / 16) * 8;
-            const int chan = kk * 16 + ((lane / 8) % 2) * 8;
             unsigned b[4];
-            ldmatrix_x4(b, s_k + key * kRowStride + chan);
+            ldmatrix_x4(b, s_k + k_at.at(np * 16, kk));
             mma_16816(s[2 * np], q_frag[kk], b[0], b[1]);
             mma_16816(s[2 * np + 1], q_frag[kk], b[2], b[3]);
         }
     }
 }
 
-// HeadsAndKeys: the probabilities of the tile's keys summed over this warp's rows, into
-// s_cols[warp][key]. `live` excludes the block's rows past Nq; `inv_l` = 1/l of each row.
-DEVICE void key_mass_tile(const AttnParams& p, const Rows& rows, const bool (&live)[2], const float (&inv_l)[2],
-                          const unsigned (&q_frag)[kKSteps][4], smem_ptr<const elem_t> s_k, int n0,
-                          smem_ptr<float> s_cols) {
-    const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-    const int g = lane / 4, t = lane % 4;
-    float s[kNTiles][4];
-    tile_scores(s, q_frag, s_k);
+// The Q fragments of this warp's 16 rows of a Q tile.
+DEVICE void load_q_fragments(unsigned (&q_frag)[kKSteps][4], smem_ptr<const elem_t> s_q) {
+    const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
 #pragma unroll
-    for (int nt = 0; nt < kNTiles; ++nt) {
+    for (int kk = 0; kk < kKSteps; ++kk) {
+        // Matrices: (rows +0..7, k +0..7), (rows +8..15, k +0..7), (rows +0..7, k +8..15),
+        // (rows +8..15, k +8..15) = a0..a3.
+        ldmatrix_x4(q_frag[kk], s_q + smem_index(warp * kRowsPerWarp + lane % 16, kk * 16 + (lane / 16) * 8));
+    }
+}
+
+// O += P·V; `s` holds P (rounded to the input dtype, as any 16-bit flash kernel must).
+DEVICE void accumulate_pv(float (&acc_o)[kDTiles][4], const float (&s)[kNTiles][4], smem_ptr<const elem_t> s_v) {
+    const int lane = threadIdx.x % kWarpSize;
+    // Matrices (transposed): (keys +0..7, chans +0..7), (keys +8..15, chans +0..7),
+    // (keys +0..7, chans +8..15), (keys +8..15, chans +8..15) = b0, b1 of O's n-tile 2dp,
+    // then of n-tile 2dp + 1: lane l gives key (l % 8) + ((l / 8) % 2)·8, chunk l / 16.
+    const LdsmOffsets v_at((lane % 8) + ((lane / 8) % 2) * 8, lane / 16);
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int j = n0 + nt * 8 + 2 * t + e;
-            float col = 0.f;
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        const unsigned a[4] = {pack2(s[2 * kk][0], s[2 * kk][1]), pack2(s[2 * kk][2], s[2 * kk][3]),
+                               pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                               pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                // As attend_tile turns a score into a logit.
-                float x = score_of(s[nt][2 * r + e], p);
-                if (j >= rows.key_end[r]) x = neg_inf();
-                x = logit_of(p, x);
-                if (live[r]) col += key_probability(p, rows.st[r], x, inv_l[r]);
-            }
-            // The eight row groups of the column: lanes t, t + 4, ..., t + 28.
-            for (int off = 4; off < kWarpSize; off <<= 1) col += __shfl_xor_sync(kFullMask, col, off);
-            if (g == 0) s_cols[warp * kBlockN + nt * 8 + 2 * t + e] = col;
+        for (int dp = 0; dp < kDTiles / 2; ++dp) {
+            unsigned b[4];
+            ldmatrix_x4_trans(b, s_v + v_at.at(kk * 16, dp));
+            mma_16816(acc_o[2 * dp], a, b[0], b[1]);
+            mma_16816(acc_o[2 * dp + 1], a, b[2], b[3]);
         }
     }
 }
 
-// One K/V tile of the main loop. Every tile is masked (a compare and a select per score):
-// separate masked and unmasked instantiations took ptxas from 11.1 s to 16.7 s for bf16 at
-// d = 128 on sm_90 (first-use compile time), for a saving small next to the exponentials.
-DEVICE void attend_tile(const AttnParams& p, Rows& rows, float (&acc_o)[kDTiles][4],
-                        const unsigned (&q_frag)[kKSteps][4], smem_ptr<const elem_t> s_k, smem_ptr<const elem_t> s_v,
-                        int n0, bool clip_pass, bool with_v) {
-    const int lane = threadIdx.x % kWarpSize;
-    const int t = lane % 4;
+// ---------------------------------------------------------------------------------------------
+// The fast path's row state, in log2 units: with c = σ·log2(e) and m2 the running max of c·s,
+// a score's term is 2^(c·s − m2) = e^{s − m}.
+//   l  = Σ 2^(c·s − m2)          (the sink's term included where it is in the denominator)
+//   t2 = Σ 2^(c·s − m2)·(c·s − m2)  entropy = ln l − t2·ln 2 / l
+//   max_s: the largest visible raw s (unscaled).
+// The terms of key 0 and of the sink are not carried (registers are short in the main loop):
+// they are 2^(c·s − m2) with the final m2, taken at the end from s_0 (kept in shared memory
+// by the tile that holds key 0) and s'.
+// ---------------------------------------------------------------------------------------------
+// ex2.approx.ftz is 0 below this (2^-127 is subnormal, flushed).
+constexpr float kExp2Floor = -127.f;
 
+struct FastRow {
+    float m2, l, t2, max_s;
+    DEVICE void init() {
+        m2 = neg_inf();
+        l = t2 = 0.f;
+        max_s = neg_inf();
+    }
+    // The reference the exponents are taken against: 0 while the row has seen nothing, so that
+    // masked scores (−inf) give 0 and never NaN.
+    DEVICE float m_ref() const { return m2 == neg_inf() ? 0.f : m2; }
+};
+
+// The fast path's probability of score s in a finished row (max m2, 1/l): the forward pass's
+// exponent with the row's final max. The key-mass kernel calls this with the row record.
+DEVICE float fast_probability(float s, float scale_log2, float m2, float inv_l) {
+    return ex2_ftz(fmaf(s, scale_log2, -(m2 == neg_inf() ? 0.f : m2))) * inv_l;
+}
+
+// Per-thread state of the two rows (g, g + 8) a thread holds. (The sinks' logits wait in
+// shared memory until the epilogue: registers are short in the main loop.)
+template <bool kFast>
+struct Rows {
+    using State = typename type_if<kFast, FastRow, OnlineRow>::type;
+    State st[2];
+    int row;  // the first of them; the other is row + 8
+};
+
+// One K/V tile of the fast path. kMasked: the tile crosses a mask boundary (the causal
+// diagonal, or Nk), so each score is tested; elsewhere no score is.
+template <bool kMasked>
+DEVICE void attend_tile_fast(const AttnParams& p, Rows<true>& rows, float (&acc_o)[kDTiles][4],
+                             const unsigned (&q_frag)[kKSteps][4], smem_ptr<const elem_t> s_k,
+                             smem_ptr<const elem_t> s_v, int n0, float scale_log2, smem_ptr<float> s_key0) {
+    const int t = threadIdx.x % 4;
     float s[kNTiles][4];
     tile_scores(s, q_frag, s_k);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        FastRow& st = rows.st[r];
+        float tile_max = neg_inf();
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                float& x = s[nt][2 * r + e];
+                if (kMasked && n0 + nt * 8 + 2 * t + e >= key_end(p, rows.row + 8 * r)) x = neg_inf();
+                tile_max = fmaxf(tile_max, x);
+            }
+        }
+        tile_max = row_max<4>(tile_max);
+        st.max_s = fmaxf(st.max_s, tile_max);
+        // Move the running max; a row that has seen nothing (m2 = −inf) has nothing to rescale.
+        const float m_new = fmaxf(st.m2, tile_max * scale_log2);
+        const float m_ref = m_new == neg_inf() ? 0.f : m_new;
+        const float shift = st.m2 == neg_inf() ? 0.f : st.m2 - m_ref;
+        const float alpha = ex2_ftz(shift);
+        st.t2 = alpha * fmaf(shift, st.l, st.t2);
+        st.l *= alpha;
+        st.m2 = m_new;
+        // Key 0 is column 0 of the block's first tile, held by the thread t = 0 of each row.
+        if (n0 == 0 && t == 0) s_key0[r] = s[0][2 * r];
+#pragma unroll
+        for (int dt = 0; dt < kDTiles; ++dt) {
+            acc_o[dt][2 * r] *= alpha;
+            acc_o[dt][2 * r + 1] *= alpha;
+        }
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                float& x = s[nt][2 * r + e];
+                const float y = fmaf(x, scale_log2, -m_ref);  // −inf where masked
+                const float w = ex2_ftz(y);
+                st.l += w;
+                // A score of −inf (masked, or from an infinite input, in any tile) has w = 0
+                // and y = −inf, whose product is NaN: y is floored where ex2_ftz is 0 anyway,
+                // so the term is 0; a NaN y (NaN input) stays NaN, as the reference's entropy.
+                st.t2 = fmaf(w, max_keep_nan(y, kExp2Floor), st.t2);
+                x = w;
+            }
+        }
+    }
+    accumulate_pv(acc_o, s, s_v);
+}
 
-    // Scores, mask, logits; then the online-softmax step, one row at a time.
+// One K/V tile of the generic path: every score masked, scores to logits by the variant.
+DEVICE void attend_tile_generic(const AttnParams& p, Rows<false>& rows, float (&acc_o)[kDTiles][4],
+                                const unsigned (&q_frag)[kKSteps][4], smem_ptr<const elem_t> s_k,
+                                smem_ptr<const elem_t> s_v, int n0, bool clip_pass, bool with_v) {
+    const int t = threadIdx.x % 4;
+    float s[kNTiles][4];
+    tile_scores(s, q_frag, s_k);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         OnlineRow& st = rows.st[r];
@@ -241,7 +430,7 @@ DEVICE void attend_tile(const AttnParams& p, Rows& rows, float (&acc_o)[kDTiles]
             for (int e = 0; e < 2; ++e) {
                 const int j = n0 + nt * 8 + 2 * t + e;
                 float x = score_of(s[nt][2 * r + e], p);
-                if (j >= rows.key_end[r]) x = neg_inf();
+                if (j >= key_end(p, rows.row + 8 * r)) x = neg_inf();
                 // Sigmoid's logits are not its scores: the max must see x itself.
                 if (p.stats_on && !clip_pass && p.variant == kSigmoid) st.max_score = fmaxf(st.max_score, x);
                 x = logit_of(p, x);
@@ -253,7 +442,7 @@ DEVICE void attend_tile(const AttnParams& p, Rows& rows, float (&acc_o)[kDTiles]
         if (p.stats_on && !clip_pass && p.variant != kSigmoid) st.max_score = fmaxf(st.max_score, tile_max);
         float inv_l = 0.f;
         if (clip_pass) {
-            inv_l = st.l > 0.f ? 1.f / st.l : 0.f;
+            inv_l = inv_or_zero(st.l);
         } else {
             tile_max = row_max<4>(tile_max);
             const float alpha = st.rescale(fmaxf(st.m, tile_max));
@@ -273,61 +462,133 @@ DEVICE void attend_tile(const AttnParams& p, Rows& rows, float (&acc_o)[kDTiles]
         }
         if (p.stats_on && n0 == 0 && t == 0) st.add_key0(l0, s[0][2 * r], clip_pass);
     }
-    if (!with_v) return;
+    if (with_v) accumulate_pv(acc_o, s, s_v);
+}
 
-    // O += P·V. P is rounded to the input dtype, as any 16-bit flash kernel must.
+// ---------------------------------------------------------------------------------------------
+// Channel statistics from the tiles in shared memory. Thread i scans chunk i % kChunksPerRow
+// (8 channels) of rows i / kChunksPerRow, + kThreads / kChunksPerRow, ...: per channel the
+// largest |x| (`mx`), and Σ|x|; with `norms`, Σ‖row‖ and the norm of row `row_of_key0` (−1:
+// not in this tile). Zero-filled rows and channels add nothing.
+// ---------------------------------------------------------------------------------------------
+constexpr int kScanRowsPerPass = kThreads / kChunksPerRow;
+
+template <int kRows>
+DEVICE void scan_tile(smem_ptr<const elem_t> s_tile, float (&mx)[kChunk], float& abs_sum, bool norms, float& norm_sum,
+                      float& norm0, int row_of_key0) {
+    static_assert(kRows % kScanRowsPerPass == 0, "every thread runs the same rows (the norms shuffle)");
+    const int chunk = threadIdx.x % kChunksPerRow;
 #pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        const unsigned a[4] = {pack2(s[2 * kk][0], s[2 * kk][1]), pack2(s[2 * kk][2], s[2 * kk][3]),
-                               pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                               pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+    for (int e = 0; e < kChunk; ++e) mx[e] = 0.f;
+    for (int r = threadIdx.x / kChunksPerRow; r < kRows; r += kScanRowsPerPass) {
+        float sq = 0.f;
 #pragma unroll
-        for (int dp = 0; dp < kDTiles / 2; ++dp) {
-            // Matrices (transposed): (keys +0..7, chans +0..7), (keys +8..15, chans +0..7),
-            // (keys +0..7, chans +8..15), (keys +8..15, chans +8..15) = b0, b1 of O's n-tile
-            // 2dp, then of n-tile 2dp + 1.
-            const int key = kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
-            const int chan = dp * 16 + (lane / 16) * 8;
-            unsigned b[4];
-            ldmatrix_x4_trans(b, s_v + key * kRowStride + chan);
-            mma_16816(acc_o[2 * dp], a, b[0], b[1]);
-            mma_16816(acc_o[2 * dp + 1], a, b[2], b[3]);
+        for (int e = 0; e < kChunk; ++e) {
+            const float x = to_float(s_tile[smem_index(r, chunk * kChunk + e)]);
+            const float a = fabsf(x);
+            mx[e] = fmaxf(mx[e], a);
+            abs_sum += a;
+            sq = fmaf(x, x, sq);
+        }
+        if (norms) {
+            // The row's chunks are held by kChunksPerRow neighbouring lanes.
+            const float norm = sqrt_approx(row_sum<kChunksPerRow>(sq));
+            if (chunk == 0) {
+                norm_sum += norm;
+                if (r == row_of_key0) norm0 = norm;
+            }
         }
     }
 }
 
-}  // namespace tc
+// The shared-memory scratch of the channel statistics, in Q's rows once Q is in registers:
+// the largest |x| of each channel seen so far by each warp, per tensor.
+// Then each warp's sums (registers are short in the main loop): Σ|q|, Σ|k|, Σ|v|, Σ‖v_j‖, ‖v_0‖.
+constexpr int kStatTensors = 3;  // Q, K, V
+constexpr int kWarpMaxFloats = kStatTensors * kWarps * kHeadDimTile;
+enum WarpSum : int { kSumQ = 0, kSumK, kSumV, kSumVNorm, kSumVNorm0, kWarpSums };
+constexpr int kStatsFloats = kWarpMaxFloats + kWarps * kWarpSums;
+static_assert((kStatsFloats + kWarps * kPartialCount + 4 * kThreads) * 4 <= kQElems * 2,
+              "the scratch, the sinks' logits and key 0's scores fit in Q's rows");
 
-// grid: (m_blocks, B·Hq); block: tc::kThreads; dynamic shared memory: tc::kSmemBytes.
-extern "C" __global__ void __launch_bounds__(tc::kThreads)
-attention_tc(const AttnParams p) {
-    using namespace tc;
-    const smem_ptr<elem_t> s_q = dynamic_smem<elem_t>();                // [kBlockM][kRowStride]
-    const smem_ptr<elem_t> s_k = s_q + kBlockM * kRowStride;              // [2][kBlockN][kRowStride]
-    const smem_ptr<elem_t> s_v = s_k + 2 * kTileElems;                    // [2][kBlockN][kRowStride]
-    const smem_ptr<float> s_scratch = smem_cast<float>(s_q);  // [kWarps][kPartialCount], once Q is in registers
+DEVICE smem_ptr<float> warp_max_slot(smem_ptr<float> s_stats, int tensor) {
+    return s_stats + (tensor * kWarps + threadIdx.x / kWarpSize) * kHeadDimTile;
+}
+// Adds a sum over the warp to its slot; `x` is this lane's part. Lane 0 owns the slot.
+DEVICE void add_warp_sum(smem_ptr<float> s_stats, int field, float x, bool first) {
+    x = row_sum<kWarpSize>(x);
+    if (threadIdx.x % kWarpSize == 0) {
+        const smem_ptr<float> slot = s_stats + kWarpMaxFloats + (threadIdx.x / kWarpSize) * kWarpSums + field;
+        slot[0] = first ? x : slot[0] + x;
+    }
+}
 
-    const int m_block = blockIdx.x;
-    const int bh = blockIdx.y;
-    const int b = bh / p.q_heads, h = bh % p.q_heads;
+// Folds one tile's per-thread maxima into the warp's running maxima (`first`: set them). Each
+// slot is written by one lane only, so the warps need no barrier between them.
+DEVICE void merge_warp_max(float (&mx)[kChunk], smem_ptr<float> slot, bool first) {
+    const int lane = threadIdx.x % kWarpSize;
+#pragma unroll
+    for (int e = 0; e < kChunk; ++e) {
+        for (int off = kChunksPerRow; off < kWarpSize; off <<= 1) {
+            mx[e] = fmaxf(mx[e], __shfl_xor_sync(kFullMask, mx[e], off));
+        }
+    }
+    if (lane < kChunksPerRow) {
+#pragma unroll
+        for (int e = 0; e < kChunk; ++e) {
+            const int c = lane * kChunk + e;
+            slot[c] = first ? mx[e] : fmaxf(slot[c], mx[e]);
+        }
+    }
+}
+
+// Writes the block's per-channel maxima (over the warps, in order) to its partial record.
+// Called after a barrier; `kv`: this block's K/V maxima are wanted (first head of the group).
+DEVICE void write_channel_max(const AttnParams& p, smem_ptr<float> s_stats, int bh, int m_block, bool kv) {
+    static_assert(kStatTensors == kChannelTensors, "Q, K, V in record order");
+    const gmem_ptr<float> rec = partial_record(p, bh, m_block);
+    for (int tensor = 0; tensor < (kv ? kStatTensors : 1); ++tensor) {
+        for (int c = threadIdx.x; c < p.head_dim; c += kThreads) {
+            float m = 0.f;
+            for (int w = 0; w < kWarps; ++w) m = fmaxf(m, s_stats[(tensor * kWarps + w) * kHeadDimTile + c]);
+            rec[channel_max_field(p, tensor) + c] = m;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One block of the forward pass.
+// ---------------------------------------------------------------------------------------------
+template <bool kFast>
+DEVICE void forward_block(const AttnParams& p) {
+    const smem_ptr<elem_t> s_q = dynamic_smem<elem_t>();   // [kBlockM][kHeadDimTile], swizzled
+    const smem_ptr<elem_t> s_k = s_q + kQElems;            // [2][kBlockN][kHeadDimTile]
+    const smem_ptr<elem_t> s_v = s_k + 2 * kTileElems;     // [2][kBlockN][kHeadDimTile]
+    const smem_ptr<float> s_stats = smem_cast<float>(s_q);  // once Q is in registers: kWarpMaxFloats
+    const smem_ptr<float> s_scratch = s_stats + kStatsFloats;  // [kWarps][kPartialCount]
+    const smem_ptr<float> s_sinks = s_scratch + kWarps * kPartialCount;  // [kThreads][2]
+    const smem_ptr<float> s_key0 = s_sinks + 2 * kThreads;             // [kThreads][2]: s of key 0
+
+    // Longest first: under the causal mask the last query blocks visit the most key tiles.
+    const int m_block = p.m_blocks - 1 - (int)blockIdx.x;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int bh = b * p.q_heads + h;
     const int g_kv = h / p.group;
     const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
     const int g = lane / 4, t = lane % 4;
     const int row0 = m_block * kBlockM;
-
-    // Keys the block needs: up to what its last row sees.
-    const int last_row = min(row0 + kBlockM, p.q_len) - 1;
-    const int n_tiles = (key_end(p, last_row) + kBlockN - 1) / kBlockN;
+    const KeyTiles kt = key_tiles(p, row0);
+    const bool stats = p.stats_on;
+    const bool kv_stats = stats && h % p.group == 0;  // this head counts its kv head's K/V
 
     // Q, and (single pass) the first K/V tile behind it, so that its latency hides under the
     // Q fragment loads and the sink set-up.
-    const bool clipped = p.variant == kClippedSoftmax;
-    const bool kv0_in_flight = !clipped && n_tiles > 0;
-    load_tile<kBlockM>(s_q, p.q, p.lq, b, h, row0, p.q_len, p);
+    const bool clipped = !kFast && p.variant == kClippedSoftmax;
+    const bool kv0_in_flight = !clipped && kt.end > kt.begin;
+    load_q_tile(s_q, p, b, h, row0);
     cp_async_commit();
     if (kv0_in_flight) {
-        load_tile<kBlockN>(s_k, p.k, p.lk, b, g_kv, 0, p.kv_len, p);
-        load_tile<kBlockN>(s_v, p.v, p.lv, b, g_kv, 0, p.kv_len, p);
+        load_kv_tile(s_k, s_v, p, b, g_kv, kt.begin, true);
         cp_async_commit();
         cp_async_wait<1>();  // Q only
     } else {
@@ -336,40 +597,42 @@ attention_tc(const AttnParams p) {
     __syncthreads();
 
     unsigned q_frag[kKSteps][4];
-#pragma unroll
-    for (int kk = 0; kk < kKSteps; ++kk) {
-        // Matrices: (rows +0..7, k +0..7), (rows +8..15, k +0..7), (rows +0..7, k +8..15),
-        // (rows +8..15, k +8..15) = a0..a3.
-        ldmatrix_x4(q_frag[kk], s_q + (warp * kRowsPerWarp + lane % 16) * kRowStride + kk * 16 + (lane / 16) * 8);
-    }
+    load_q_fragments(q_frag, s_q);
 
-    Rows rows;
+    Rows<kFast> rows;
     float acc_o[kDTiles][4];
 #pragma unroll
     for (int dt = 0; dt < kDTiles; ++dt) acc_o[dt][0] = acc_o[dt][1] = acc_o[dt][2] = acc_o[dt][3] = 0.f;
+    rows.row = row0 + warp * kRowsPerWarp + g;
+    float x_sink[2] = {0.f, 0.f};  // the sink's logit of each row, natural units
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        rows.st[r].init();
-        rows.key_end[r] = key_end(p, row0 + warp * kRowsPerWarp + g + 8 * r);
-        rows.x_sink[r] = 0.f;
-    }
+    for (int r = 0; r < 2; ++r) rows.st[r].init();
 
     // The sink: s' needs q·k' of each row; the warp reduces each of its 16 rows in turn.
     if (has_sink(p.variant)) {
         for (int rr = 0; rr < kRowsPerWarp; ++rr) {
             float dot = 0.f;
             if (p.variant == kContextBias || p.variant == kKvSink) {
-                const smem_ptr<const elem_t> q_row = s_q + (warp * kRowsPerWarp + rr) * kRowStride;
-                for (int c = lane; c < p.head_dim; c += kWarpSize) dot += to_float(q_row[c]) * p.k_sink[h * p.head_dim + c];
+                const int row = warp * kRowsPerWarp + rr;
+                for (int c = lane; c < p.head_dim; c += kWarpSize) {
+                    dot += to_float(s_q[smem_index(row, c)]) * p.k_sink[h * p.head_dim + c];
+                }
                 dot = row_sum<kWarpSize>(dot);
             }
             const float x = sink_logit(p, h, dot);
-            if (rr == g) rows.x_sink[0] = x;
-            if (rr == g + 8) rows.x_sink[1] = x;
+            if (rr == g) x_sink[0] = x;
+            if (rr == g + 8) x_sink[1] = x;
         }
         if (sink_in_denominator(p.variant)) {
 #pragma unroll
-            for (int r = 0; r < 2; ++r) rows.st[r].init_sink(rows.x_sink[r], t == 0);
+            for (int r = 0; r < 2; ++r) {
+                if constexpr (kFast) {
+                    rows.st[r].m2 = x_sink[r] * kLog2e;
+                    if (t == 0) rows.st[r].l = sink_term(x_sink[r]);
+                } else {
+                    rows.st[r].init_sink(x_sink[r], t == 0);
+                }
+            }
         }
         if (p.variant == kKvSink) {
             // v' enters O with weight e^{s'−m} = 1 at the start.
@@ -384,48 +647,115 @@ attention_tc(const AttnParams p) {
         }
     }
 
+    // Q's channel statistics from the tile in shared memory; then Q's rows become the scratch.
+    float mx[kChunk];
+    float q_abs = 0.f;
+    if (stats) {
+        float unused_norm = 0.f, unused_norm0 = 0.f;
+        scan_tile<kBlockM>(s_q, mx, q_abs, false, unused_norm, unused_norm0, -1);
+    }
+    __syncthreads();  // every warp is done reading Q's rows
+    s_sinks[2 * threadIdx.x] = x_sink[0];
+    s_sinks[2 * threadIdx.x + 1] = x_sink[1];
+    s_key0[2 * threadIdx.x] = s_key0[2 * threadIdx.x + 1] = neg_inf();  // no key 0 in the tiles seen
+    if (stats) {
+        merge_warp_max(mx, warp_max_slot(s_stats, 0), true);
+        add_warp_sum(s_stats, kSumQ, q_abs, true);
+        for (int f = kSumK; f < kWarpSums; ++f) add_warp_sum(s_stats, f, 0.f, true);
+        // K/V maxima start at 0 (|x| >= 0): a block that owns no tile writes zeros. Each lane
+        // initialises the slots merge_warp_max will update, so no barrier is needed.
+        if (lane < kChunksPerRow) {
+#pragma unroll
+            for (int e = 0; e < kChunk; ++e) {
+                warp_max_slot(s_stats, 1)[lane * kChunk + e] = 0.f;
+                warp_max_slot(s_stats, 2)[lane * kChunk + e] = 0.f;
+            }
+        }
+    }
+
+    const float scale_log2 = p.scale * kLog2e;
     // ClippedSoftmax needs each row's L before any weight: a first pass over K alone.
     for (int pass = clipped ? 0 : 1; pass < 2; ++pass) {
         const bool clip_pass = clipped && pass == 1;
         const bool with_v = pass == 1;
-        if (n_tiles > 0 && !kv0_in_flight) {
-            load_tile<kBlockN>(s_k, p.k, p.lk, b, g_kv, 0, p.kv_len, p);
-            if (with_v) load_tile<kBlockN>(s_v, p.v, p.lv, b, g_kv, 0, p.kv_len, p);
+        if (kt.end > kt.begin && !kv0_in_flight) {
+            load_kv_tile(s_k, s_v, p, b, g_kv, kt.begin, with_v);
             cp_async_commit();
         }
-        for (int n = 0; n < n_tiles; ++n) {
-            const int buf = n % 2;
-            if (n + 1 < n_tiles) {
+        for (int n = kt.begin; n < kt.end; ++n) {
+            const int buf = (n - kt.begin) % 2;
+            if (n + 1 < kt.end) {
                 // Prefetch the next tile into the other buffer, then wait for this one only.
-                const int nb = (n + 1) % 2;
-                load_tile<kBlockN>(s_k + nb * kTileElems, p.k, p.lk, b, g_kv, (n + 1) * kBlockN, p.kv_len, p);
-                if (with_v) load_tile<kBlockN>(s_v + nb * kTileElems, p.v, p.lv, b, g_kv, (n + 1) * kBlockN, p.kv_len, p);
+                const int nb = 1 - buf;
+                load_kv_tile(s_k + nb * kTileElems, s_v + nb * kTileElems, p, b, g_kv, n + 1, with_v);
                 cp_async_commit();
                 cp_async_wait<1>();
             } else {
                 cp_async_wait<0>();
             }
             __syncthreads();
-            attend_tile(p, rows, acc_o, q_frag, s_k + buf * kTileElems, s_v + buf * kTileElems, n * kBlockN,
-                        clip_pass, with_v);
+            const smem_ptr<const elem_t> k_tile = s_k + buf * kTileElems, v_tile = s_v + buf * kTileElems;
+            if (kv_stats && with_v && scans_kv_tile(p, h, m_block, n, kBlockM, kBlockN)) {
+                float k_abs = 0.f, v_abs = 0.f, v_norm = 0.f, v_norm0 = 0.f, unused = 0.f;
+                scan_tile<kBlockN>(k_tile, mx, k_abs, false, unused, unused, -1);
+                merge_warp_max(mx, warp_max_slot(s_stats, 1), false);
+                scan_tile<kBlockN>(v_tile, mx, v_abs, true, v_norm, v_norm0, n == 0 ? 0 : -1);
+                merge_warp_max(mx, warp_max_slot(s_stats, 2), false);
+                add_warp_sum(s_stats, kSumK, k_abs, false);
+                add_warp_sum(s_stats, kSumV, v_abs, false);
+                add_warp_sum(s_stats, kSumVNorm, v_norm, false);
+                add_warp_sum(s_stats, kSumVNorm0, v_norm0, false);
+            }
+            if constexpr (kFast) {
+                const smem_ptr<float> key0 = s_key0 + 2 * threadIdx.x;
+                const int n0 = n * kBlockN;
+                if (kt.masked(n)) attend_tile_fast<true>(p, rows, acc_o, q_frag, k_tile, v_tile, n0, scale_log2, key0);
+                else attend_tile_fast<false>(p, rows, acc_o, q_frag, k_tile, v_tile, n0, scale_log2, key0);
+            } else {
+                attend_tile_generic(p, rows, acc_o, q_frag, k_tile, v_tile, n * kBlockN, clip_pass, with_v);
+            }
             __syncthreads();  // the buffer is refilled by the next iteration's prefetch
         }
-        if (clipped && pass == 0) {
+        if constexpr (!kFast) {
+            if (clipped && pass == 0) {
 #pragma unroll
-            for (int r = 0; r < 2; ++r) reduce_row<4>(rows.st[r]);
+                for (int r = 0; r < 2; ++r) reduce_row<4>(rows.st[r]);
+            }
         }
     }
 
     // Epilogue: the quad's partial sums, then O, LSE and the statistics of each row.
+    x_sink[0] = s_sinks[2 * threadIdx.x];
+    x_sink[1] = s_sinks[2 * threadIdx.x + 1];
+    OnlineRow fin[2];  // the rows in the generic path's terms, for finish_row
+    float row_max_record[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        OnlineRow& st = rows.st[r];
-        if (clipped) {
-            st.weight_sum = row_sum<4>(st.weight_sum);
-            st.w_log_w = row_sum<4>(st.w_log_w);
-            st.w0 = row_sum<4>(st.w0);
+        if constexpr (kFast) {
+            FastRow& st = rows.st[r];
+            st.l = row_sum<4>(st.l);
+            st.t2 = row_sum<4>(st.t2);
+            fin[r].init();
+            fin[r].m = st.m2 == neg_inf() ? neg_inf() : st.m2 * kLn2;
+            fin[r].l = st.l;
+            fin[r].t = st.t2 * kLn2;
+            // Key 0's term, held by the thread t = 0 of the row (the quad's sum is its).
+            fin[r].e0 = row_sum<4>(t == 0 ? ex2_ftz(fmaf(s_key0[2 * threadIdx.x + r], scale_log2, -st.m_ref())) : 0.f);
+            // The sink's term, which started at 1 with m2 = c·s'.
+            fin[r].es = sink_in_denominator(p.variant) ? ex2_ftz(x_sink[r] * kLog2e - st.m_ref()) : 0.f;
+            fin[r].max_score = st.max_s * p.scale;
+            row_max_record[r] = st.m2;
         } else {
-            reduce_row<4>(st);
+            OnlineRow& st = rows.st[r];
+            if (clipped) {
+                st.weight_sum = row_sum<4>(st.weight_sum);
+                st.w_log_w = row_sum<4>(st.w_log_w);
+                st.w0 = row_sum<4>(st.w0);
+            } else {
+                reduce_row<4>(st);
+            }
+            fin[r] = st;
+            row_max_record[r] = st.m;
         }
     }
 
@@ -435,68 +765,191 @@ attention_tc(const AttnParams p) {
     for (int r = 0; r < 2; ++r) {
         const int row = row0 + warp * kRowsPerWarp + g + 8 * r;
         if (row >= p.q_len) continue;
-        const RowResult res = finish_row(p, rows.st[r], rows.key_end[r] > 0, rows.x_sink[r]);
+        const RowResult res = finish_row(p, fin[r], key_end(p, row) > 0, x_sink[r]);
         if (t == 0) {
             p.lse[(u64)bh * p.q_len + row] = res.lse;
-            if (p.stats_on && clipped) p.row_weight_sum[(u64)bh * p.q_len + row] = rows.st[r].weight_sum;
+            if (p.row_records) {
+                const gmem_ptr<float> rec = p.row_records + ((u64)bh * p.q_len + row) * kRowRecord;
+                rec[kRowMax] = row_max_record[r];
+                rec[kRowInvL] = res.inv_l;
+                rec[kRowWeightSum] = fin[r].weight_sum;
+            }
         }
         const bool scaled = p.variant == kContextScale;
         const float gamma_head = scaled && !p.gate_per_channel ? gate_at(p, b, row, h, 0) : 1.f;
-        if (p.stats_on && res.counted && t == 0) {
-            bs.add_row(res, rows.st[r].max_score);
+        if (stats && res.counted && t == 0) {
+            bs.add_row(res, fin[r].max_score);
             if (scaled && !p.gate_per_channel) bs.add_gate(gamma_head);
         }
-        const gmem_ptr<elem_t> o_row = p.o + row_offset(p.lo, b, row, h);
+        const gmem_ptr<elem_t> o_row = p.o + q_row_offset(p.lo, b, row, h);
 #pragma unroll
         for (int dt = 0; dt < kDTiles; ++dt) {
-            const int c = dt * 8 + 2 * t;
+            const int c = dt * 8 + 2 * t;  // this thread's two channels c, c + 1
             if (c >= p.head_dim) break;
+            float val[2];
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-                float val = acc_o[dt][2 * r + e] * res.out_scale;
-                if (res.bias_scale != 0.f) val += res.bias_scale * p.v_param[h * p.head_dim + c + e];
+                val[e] = acc_o[dt][2 * r + e] * res.out_scale;
+                if (res.bias_scale != 0.f) val[e] += res.bias_scale * p.v_param[h * p.head_dim + c + e];
                 if (scaled) {
                     const float gamma = p.gate_per_channel ? gate_at(p, b, row, h, c + e) : gamma_head;
-                    val *= gamma;
-                    if (p.stats_on && p.gate_per_channel && res.counted) bs.add_gate(gamma);
+                    val[e] *= gamma;
+                    if (stats && p.gate_per_channel && res.counted) bs.add_gate(gamma);
                 }
-                o_row[c + e] = from_float(val);
+            }
+            if (p.o_aligned) {
+                // Both channels in one 32-bit store (c is even, d % 8 == 0).
+                gmem_cast<unsigned>(o_row + c)[0] = pack2(val[0], val[1]);
+            } else {
+                o_row[c] = from_float(val[0]);
+                o_row[c + 1] = from_float(val[1]);
             }
         }
     }
 
-    // HeadsAndKeys: each key's probability summed over this block's rows, from the very scores
-    // the passes above normalised (the same tile_scores, the row's own m and l). Fixed while
-    // running these kernels on the CPU emulator: a separate kernel recomputed the scores with a
-    // sequential f32 dot product and took p = e^{s − LSE}; under massive activations (|s| ~ 1e6,
-    // ulp 0.125) its scores and the rounded LSE disagreed with the forward pass by 1/16, a 6 %
-    // error in every probability. The per-block sums are added in block order by `key_mass`.
-    if (p.key_mass) {
-        const smem_ptr<float> s_cols = smem_cast<float>(s_v);  // [kWarps][kBlockN]; V is not read again
-        bool live[2];
-        float inv_l[2];
+    if (stats) {
+        if (lane == 0) {  // the warp's channel sums, in lane 0 only: write_partials adds lanes
+            const smem_ptr<const float> sums = s_stats + kWarpMaxFloats + warp * kWarpSums;
+            bs.q_abs = sums[kSumQ];
+            bs.k_abs = sums[kSumK];
+            bs.v_abs = sums[kSumV];
+            bs.v_norm = sums[kSumVNorm];
+            bs.v_norm0 = sums[kSumVNorm0];
+        }
+        write_partials<kWarps>(p, bs, s_scratch, bh, m_block);  // begins with a barrier
+        write_channel_max(p, s_stats, bh, m_block, kv_stats);
+    }
+}
+
+}  // namespace tc
+
+// The two paths are two kernels, so that each gets the registers it needs (the generic path
+// needs more, and would push the fast one into spills). The host launches `attention_tc` for
+// the softmax family without softcap (`takes_fast_path`), `attention_tc_generic` otherwise.
+// grid: (m_blocks, Hq, B); block: tc::kThreads; dynamic shared memory: tc::kSmemBytes.
+extern "C" __global__ void __launch_bounds__(tc::kThreads)
+attention_tc(const AttnParams p) {
+    tc::forward_block<true>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(tc::kThreads)
+attention_tc_generic(const AttnParams p) {
+    tc::forward_block<false>(p);
+}
+
+// ---------------------------------------------------------------------------------------------
+// HeadsAndKeys: key_mass[b, h, j] = Σ_i (probability of key j in row i), keys outside: one
+// block per tile of kBlockN keys walks every query block that sees them, recomputes S with
+// tile_scores (the forward's mma sequence on the same fragments: the same bits) and the
+// probabilities from the row records the forward pass wrote (its final max and 1/l, as the
+// forward would have normalised them), and sums the columns in registers, in a fixed order.
+// grid: (ceil(Nk / kBlockN), Hq, B); block: tc::kThreads; dynamic shared memory: tc::kKeyMassSmemBytes.
+// ---------------------------------------------------------------------------------------------
+namespace tc {
+// A K tile, and Q tiles double buffered.
+constexpr int kKeyMassSmemBytes = (kTileElems + 2 * kQElems) * 2;
+static_assert(kKeyMassSmemBytes <= kSmemBytes, "the key-mass kernel fits where the forward kernel does");
+static_assert(kKeyMassSmemBytes == kHostTcKeyMassSmemBytes, "the host launches with this much");
+static_assert(kWarps * kBlockN * 4 <= kTileElems * 2, "the column scratch fits in the K tile");
+}  // namespace tc
+
+namespace tc {
+template <bool kFast>
+DEVICE void key_mass_block(const AttnParams& p) {
+    const smem_ptr<elem_t> s_k = dynamic_smem<elem_t>();  // [kBlockN][kHeadDimTile], swizzled
+    const smem_ptr<elem_t> s_q = s_k + kTileElems;         // [2][kBlockM][kHeadDimTile]
+    const smem_ptr<float> s_cols = smem_cast<float>(s_k);  // [kWarps][kBlockN], after the last tile
+
+    const int n = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int bh = b * p.q_heads + h;
+    const int g_kv = h / p.group;
+    const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+    const int g = lane / 4, t = lane % 4;
+    const int n0 = n * kBlockN;
+    const float scale_log2 = p.scale * kLog2e;
+
+    // The query blocks whose rows see a key of this tile: all, or under the causal mask those
+    // from the block of row n0 + Nq − Nk (the first that sees key n0).
+    int m_first = 0;
+    if (p.causal) {
+        const long long r = (long long)n0 + p.q_len - p.kv_len;
+        m_first = r < 0 ? 0 : (int)(r / kBlockM);
+    }
+    load_tile<kBlockN>(s_k, p.k, p.lk.offset, n0, p.kv_len, p,
+                       [&](int key) { return kv_row_offset(p.lk, b, key, g_kv); });
+    load_q_tile(s_q, p, b, h, m_first * kBlockM);
+    cp_async_commit();
+
+    float col[kNTiles][2];  // this thread's column sums: keys n0 + 8nt + 2t + e, over rows g, g + 8
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) col[nt][0] = col[nt][1] = 0.f;
+    for (int m = m_first; m < p.m_blocks; ++m) {
+        const int buf = (m - m_first) % 2;
+        if (m + 1 < p.m_blocks) {
+            load_q_tile(s_q + (1 - buf) * kQElems, p, b, h, (m + 1) * kBlockM);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        unsigned q_frag[kKSteps][4];
+        load_q_fragments(q_frag, s_q + buf * kQElems);
+        float s[kNTiles][4];
+        tile_scores(s, q_frag, s_k);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            live[r] = row0 + warp * kRowsPerWarp + g + 8 * r < p.q_len;
-            inv_l[r] = rows.st[r].l > 0.f ? 1.f / rows.st[r].l : 0.f;
-        }
-        const gmem_ptr<float> partial = p.key_mass_partials + ((u64)bh * p.m_blocks + m_block) * p.kv_len;
-        for (int n = 0; n < n_tiles; ++n) {
-            __syncthreads();  // the previous K tile and column sums are consumed
-            load_tile<kBlockN>(s_k, p.k, p.lk, b, g_kv, n * kBlockN, p.kv_len, p);
-            cp_async_commit();
-            cp_async_wait<0>();
-            __syncthreads();
-            key_mass_tile(p, rows, live, inv_l, q_frag, s_k, n * kBlockN, s_cols);
-            __syncthreads();
-            for (int c = threadIdx.x; c < kBlockN && n * kBlockN + c < p.kv_len; c += kThreads) {
-                float sum = 0.f;
-                for (int w = 0; w < kWarps; ++w) sum += s_cols[w * kBlockN + c];
-                partial[n * kBlockN + c] = sum;
+            const int row = m * kBlockM + warp * kRowsPerWarp + g + 8 * r;
+            if (row >= p.q_len) continue;
+            const gmem_ptr<const float> rec = p.row_records + ((u64)bh * p.q_len + row) * kRowRecord;
+            const float row_max = rec[kRowMax], inv_l = rec[kRowInvL];
+            OnlineRow st;  // what key_probability reads of a finished generic row
+            st.init();
+            st.m = row_max;
+            st.weight_sum = rec[kRowWeightSum];
+            const int end = key_end(p, row);
+#pragma unroll
+            for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int j = n0 + nt * 8 + 2 * t + e;
+                    const float x = s[nt][2 * r + e];
+                    float prob;
+                    if constexpr (kFast) {
+                        prob = j < end ? fast_probability(x, scale_log2, row_max, inv_l) : 0.f;
+                    } else {
+                        // As attend_tile_generic turns a score into a logit (without calls).
+                        const float l = logit_of<true>(p, score_of<true>(x, p));
+                        prob = j < end ? key_probability(p, st, l, inv_l) : 0.f;
+                    }
+                    col[nt][e] += prob;
+                }
             }
         }
-        // Keys past the last tile: no row of this block sees them.
-        for (int j = n_tiles * kBlockN + threadIdx.x; j < p.kv_len; j += kThreads) partial[j] = 0.f;
+        __syncthreads();  // the buffer is refilled by the next iteration's prefetch
     }
-    if (p.stats_on) write_partials<kWarps>(p, bs, s_scratch, bh, m_block);
+
+    // The eight row groups of a column: lanes t, t + 4, ..., t + 28; then the warps, in order.
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            float c = col[nt][e];
+            for (int off = 4; off < kWarpSize; off <<= 1) c += __shfl_xor_sync(kFullMask, c, off);
+            if (g == 0) s_cols[warp * kBlockN + nt * 8 + 2 * t + e] = c;
+        }
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < kBlockN && n0 + c < p.kv_len; c += kThreads) {
+        float sum = 0.f;
+        for (int w = 0; w < kWarps; ++w) sum += s_cols[w * kBlockN + c];
+        p.key_mass[(u64)bh * p.kv_len + n0 + c] = sum;
+    }
+}
+}  // namespace tc
+
+extern "C" __global__ void __launch_bounds__(tc::kThreads)
+key_mass(const AttnParams p) {
+    if (takes_fast_path(p)) tc::key_mass_block<true>(p);
+    else tc::key_mass_block<false>(p);
 }

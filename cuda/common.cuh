@@ -16,7 +16,7 @@ typedef unsigned long long u64;
 // defines them as pointers that check every access against the buffer or shared array they
 // point into, so every pointer to global or shared memory is declared with one of them.
 //   gmem_ptr<T>       global memory (the buffers in AttnParams and pointers derived from them)
-//   smem_ptr<T>       shared memory
+//   smem_ptr<T>       shared memory (smem_cast / gmem_cast reinterpret either kind)
 //   dynamic_smem<T>() the block's dynamic shared memory (extern __shared__)
 //   STATIC_SMEM(T, name, count)  a static __shared__ T name[count]
 #if !defined(OUTLIER_ATTN_EMU)
@@ -26,6 +26,8 @@ template <class T>
 using smem_ptr = T*;
 template <class T, class U>
 DEVICE T* smem_cast(U* p) { return reinterpret_cast<T*>(p); }
+template <class T, class U>
+DEVICE T* gmem_cast(U* p) { return reinterpret_cast<T*>(p); }
 template <class T>
 DEVICE T* dynamic_smem() {
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -39,6 +41,17 @@ DEVICE T* dynamic_smem() {
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kWarpSize = 32;
 constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// std::conditional, without the standard headers.
+template <bool kCond, class T, class F>
+struct type_if {
+    using type = T;
+};
+template <class T, class F>
+struct type_if<false, T, F> {
+    using type = F;
+};
 
 DEVICE float neg_inf() { return __uint_as_float(0xff800000u); }
 DEVICE float pos_inf() { return __uint_as_float(0x7f800000u); }
@@ -119,9 +132,8 @@ struct AttnParams {
     gmem_ptr<const elem_t> gate;        // [B, Nq, Hq] or [B, Nq, Hq, d] (ContextScale)
     gmem_ptr<float> stats;              // [B, Hq, kStatCount]
     gmem_ptr<float> key_mass;           // [B, Hq, Nk]
-    gmem_ptr<float> partials;           // workspace [B, Hq, m_blocks, kPartialCount]
-    gmem_ptr<float> row_weight_sum;     // workspace [B, Hq, Nq]: W of ClippedSoftmax
-    gmem_ptr<float> key_mass_partials;  // workspace [B, Hq, m_blocks, Nk]: each query block's key mass
+    gmem_ptr<float> partials;           // workspace [B, Hq, m_blocks, part_record]: each forward block's statistics
+    gmem_ptr<float> row_records;        // workspace [B, Hq, Nq, kRowRecord] (HeadsAndKeys): for key_mass
     TensorLayout lq, lk, lv, lo;
     int batch, q_heads, kv_heads, q_len, kv_len, head_dim;
     int group;       // Hq / Hkv
@@ -132,8 +144,10 @@ struct AttnParams {
     int gate_per_channel;
     int aligned;     // 1: every row of Q/K/V starts 16-byte aligned, so cp.async may be used
     int m_blocks;    // query blocks per head in the forward kernel
+    int o_aligned;   // 1: every row of O starts 4-byte aligned, so two channels go in one 32-bit store
     float scale, softcap, sigmoid_bias, clip_zeta, clip_gamma;
     int stats_on;    // 1: Heads or HeadsAndKeys (uniform branches, not a specialisation)
+    int part_record; // floats of one block's partial record: kPartialCount + kChannelTensors·d
 };
 static_assert(sizeof(AttnParams) == 320, "KernelParams in src/cuda/params.rs mirrors this");
 
@@ -146,13 +160,37 @@ enum StatIndex : int {
 };
 
 // What one query block of the forward kernel contributes to its head's record; combined in
-// block order by the finalize kernel, so that the statistics are deterministic.
+// block order by the finalize kernel, so that the statistics are deterministic. The sums of the
+// channel statistics come after the row statistics: |q| over the block's rows, and |k|, |v|,
+// ‖v_j‖, ‖v_0‖ over the K/V tiles the block owns (`kv_tile_owner`).
 enum PartialIndex : int {
     kPartRows = 0, kPartFirstKey, kPartSink, kPartEntropy, kPartRowMass, kPartMaxScore,
     kPartGateMin, kPartGateMax, kPartGateSum, kPartGateCount,
+    kPartQAbsSum, kPartKAbsSum, kPartVAbsSum, kPartVNormSum, kPartVNorm0,
     kPartialCount
 };
 static_assert(kPartialCount == kHostPartialCount, "the host sizes the workspace for this record");
+// A block's whole record (p.part_record floats, from the host): the fields above, then the
+// largest |x| of each of the d channels of Q, then of K, then of V.
+constexpr int kMaxHeadDim = 256;
+enum ChannelTensor : int { kTensorQ = 0, kTensorK, kTensorV, kChannelTensors };
+static_assert(kChannelTensors == kHostChannelTensors, "the host sizes the record for these");
+DEVICE int channel_max_field(const AttnParams& p, int tensor) { return kPartialCount + tensor * p.head_dim; }
+// What key_mass reads of each row the forward pass finished: the max the row was normalised
+// with (log2 units on the fast path, natural units on the generic one), 1/l, and W of
+// ClippedSoftmax.
+enum RowRecordIndex : int { kRowMax = 0, kRowInvL, kRowWeightSum, kRowRecord };
+static_assert(kRowRecord == kHostRowRecord, "the host sizes the workspace for this record");
+
+DEVICE gmem_ptr<float> partial_record(const AttnParams& p, int bh, int m_block) {
+    return p.partials + ((u64)bh * p.m_blocks + m_block) * p.part_record;
+}
+
+// The softmax family without softcap: the tensor-core fast path (src/cuda/spec.rs,
+// `Specialization::forward_entry`, makes the same choice).
+DEVICE bool takes_fast_path(const AttnParams& p) {
+    return !p.has_softcap && p.variant != kSigmoid && p.variant != kClippedSoftmax;
+}
 
 DEVICE bool has_sink(int variant) {
     return variant == kContextBias || variant == kKvSink || variant == kLogitSink || variant == kSoftmax1;
@@ -166,20 +204,24 @@ DEVICE bool sink_in_denominator(int variant) {
 DEVICE bool accumulates_softmax(int variant) { return variant != kSigmoid && variant != kClippedSoftmax; }
 
 DEVICE float sigmoidf(float z) { return 1.f / (1.f + expf(-z)); }
-// Out of line: it only serves Sigmoid, and inlined per score it triples the compile time.
-__device__ __noinline__ float log_sigmoidf(float z) { return z >= 0.f ? -log1pf(expf(-z)) : z - log1pf(expf(z)); }
+DEVICE float log_sigmoid_inline(float z) { return z >= 0.f ? -log1pf(expf(-z)) : z - log1pf(expf(z)); }
+// Out of line in the forward kernels: it only serves Sigmoid, and inlined per score it
+// triples the compile time. (The key-mass kernel inlines it: a call there costs spills.)
+__device__ __noinline__ float log_sigmoidf(float z) { return log_sigmoid_inline(z); }
 
 DEVICE float gate_factor(int kind, float z) {
     return kind == kGateTwoSigmoid ? 2.f * sigmoidf(z) : (kind == kGateSigmoid ? sigmoidf(z) : z);
 }
 
 // c·tanh(s/c); out of line, so that the softcap costs no code size per score.
-__device__ __noinline__ float softcapped(float s, float c) { return c * tanhf(s / c); }
+DEVICE float softcap_inline(float s, float c) { return c * tanhf(s / c); }
+__device__ __noinline__ float softcapped(float s, float c) { return softcap_inline(s, c); }
 
-// s = σ·(q·k), softcapped.
+// s = σ·(q·k), softcapped (kInline: without a call).
+template <bool kInline = false>
 DEVICE float score_of(float dot, const AttnParams& p) {
     float s = dot * p.scale;
-    if (p.has_softcap) s = softcapped(s, p.softcap);
+    if (p.has_softcap) s = kInline ? softcap_inline(s, p.softcap) : softcapped(s, p.softcap);
     return s;
 }
 
@@ -190,6 +232,12 @@ DEVICE int key_end(const AttnParams& p, int row) {
     long long end = (long long)row + 1 + p.kv_len - p.q_len;
     return (int)(end < 0 ? 0 : (end > p.kv_len ? p.kv_len : end));
 }
+
+// The sink's term e^{x_sink − m} at m = x_sink, where a row starts: 1; NaN for x_sink = +inf
+// or NaN (e^{inf − inf}, as the reference has it); 0 for −inf, which then leaves m to the
+// keys (a row that sees none is finished as NaN by finish_row, as the reference's
+// e^{−inf − (−inf)}).
+DEVICE float sink_term(float x_sink) { return x_sink == neg_inf() ? 0.f : x_sink - x_sink + 1.f; }
 
 // ---------------------------------------------------------------------------------------------
 // Online softmax of one query row, with the running sums the statistics need.
@@ -218,11 +266,12 @@ struct OnlineRow {
         max_score = neg_inf();
     }
 
-    // Starts the row at the sink, as one more key seen first: m = x_sink, its term 1.
-    // `owner` is the one thread of the row that holds the sink's share of the partial sums.
+    // Starts the row at the sink, as one more key seen first: m = x_sink, its term
+    // sink_term(x_sink). `owner` is the one thread of the row that holds the sink's share of
+    // the partial sums.
     DEVICE void init_sink(float x_sink, bool owner) {
         m = x_sink;
-        if (owner) { l = 1.f; es = 1.f; }
+        if (owner) l = es = sink_term(x_sink);
     }
 
     // Moves the running max to m_new (>= m) and returns the factor that rescales what was
@@ -250,7 +299,8 @@ struct OnlineRow {
     DEVICE float add(float x, bool stats) {
         float e = exp2f((x - m_ref()) * kLog2e);
         l += e;
-        if (stats && e > 0.f) t += e * (x - m_ref());  // e = 0: skip 0·(−inf)
+        // e = 0: skip 0·(−inf). A NaN e is skipped too, but it has made l NaN.
+        if (stats && e > 0.f) t += e * (x - m_ref());
         return e;
     }
 
@@ -313,57 +363,74 @@ struct RowResult {
     float lse;
     bool counted;        // the row enters the statistics
     float first_key, sink_mass, entropy, row_mass;
+    float inv_l;         // 1/l, for the key-mass record
 };
+
+// 1/l of a row's sum, 0 for an empty row (l = 0). Written `l == 0` rather than `l > 0`
+// throughout, so that a NaN sum (NaN in Q, K or V) stays NaN as in the reference.
+DEVICE float inv_or_zero(float l) { return l == 0.f ? 0.f : 1.f / l; }
+
+// x clipped to [0, 1], NaN kept (fminf/fmaxf would drop it), as the reference clips.
+DEVICE float clip01(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
 
 // `r` is reduced; `sees_key`: the row sees at least one key; `x_sink` the sink's logit.
 DEVICE RowResult finish_row(const AttnParams& p, const OnlineRow& r, bool sees_key, float x_sink) {
     RowResult out;
     const int variant = p.variant;
-    out.lse = r.l > 0.f ? r.m + logf(r.l) : neg_inf();
+    // l = 0 where the row should have a term: a row with no key whose sink logit is −inf, or
+    // a row whose every visible score is −inf (infinite inputs): e^{−inf − (−inf)} = NaN in
+    // the reference. (ClippedSoftmax's second pass gives such a row zero weights: not done.)
+    const bool should_sum = sees_key ? variant != kClippedSoftmax : sink_in_denominator(variant);
+    const float l = should_sum && r.l == 0.f ? quiet_nan() : r.l;
+    out.lse = l == 0.f ? neg_inf() : r.m + logf(l);
     out.counted = sees_key || has_sink(variant);
     out.bias_scale = variant == kValueBias ? 1.f : 0.f;
-    out.out_scale = accumulates_softmax(variant) ? (r.l > 0.f ? 1.f / r.l : 0.f) : 1.f;
-    float inv_l = r.l > 0.f ? 1.f / r.l : 0.f;
-    out.first_key = r.e0 * inv_l;
-    out.sink_mass = r.es * inv_l;
-    out.entropy = r.l > 0.f ? logf(r.l) - r.t * inv_l : 0.f;
-    out.row_mass = (r.l - r.es) * inv_l;
+    const float inv_l = inv_or_zero(l);
+    out.inv_l = inv_l;
+    // O sums over the keys (KvSink: and v′, its accumulator's start): a row that sees none
+    // has O = 0 (KvSink: the sink's share of v′) even where l is NaN.
+    out.out_scale = accumulates_softmax(variant) ? (sees_key || variant == kKvSink ? inv_l : 0.f) : 1.f;
+    // A row that sees no key puts exactly 0 on key 0 and on the keys, whatever l is.
+    out.first_key = sees_key ? r.e0 * inv_l : 0.f;
+    out.sink_mass = r.es * inv_l;  // 0/l: NaN with l, as the reference's share
+    out.entropy = l == 0.f ? 0.f : logf(l) - r.t * inv_l;
+    out.row_mass = sees_key ? (l - r.es) * inv_l : 0.f;
     if (variant == kContextBias) {
-        // 1 − S = e^{s'} / (e^{s'} + Σ e^s): the share the sink would take; 1 with no key.
-        float one_minus_s = 1.f;
-        if (r.l > 0.f) {
-            float mm = fmaxf(r.m, x_sink);
-            float e_sink = exp2f((x_sink - mm) * kLog2e);
-            one_minus_s = e_sink / (e_sink + r.l * exp2f((r.m - mm) * kLog2e));
-        }
+        // 1 − S = e^{s'} / (e^{s'} + Σ e^s): the share the sink would take; 1 with no key
+        // (l = 0, m = −inf: e^{s'} / e^{s'}), NaN for an infinite s' as in the reference.
+        const float mm = fmaxf(r.m, x_sink);
+        const float e_sink = exp2f((x_sink - mm) * kLog2e);
+        const float one_minus_s = e_sink / (e_sink + r.l * exp2f((r.m - mm) * kLog2e));
         out.bias_scale = one_minus_s;
         out.sink_mass = one_minus_s;
     } else if (variant == kSigmoid) {
         out.row_mass = r.weight_sum;
+        out.sink_mass = 0.f;  // no sink, whatever l is (the reference's 0)
     } else if (variant == kClippedSoftmax) {
-        // The statistics describe w / W; all zeros when W = 0.
+        // The statistics describe w / W; all zeros when W = 0. (sink_mass stays 0/l: 0, or
+        // NaN with a NaN first pass, as the reference's share.)
         float W = r.weight_sum;
         out.row_mass = W;
-        out.first_key = W > 0.f ? r.w0 / W : 0.f;
-        out.entropy = W > 0.f ? logf(W) - r.w_log_w / W : 0.f;
-        out.sink_mass = 0.f;
+        out.first_key = W == 0.f ? 0.f : r.w0 / W;
+        out.entropy = W == 0.f ? 0.f : logf(W) - r.w_log_w / W;
     }
     return out;
 }
 
-// The probability of a key of logit x (−inf when masked) in a finished row `st`, as the
-// statistics define it: e^{x−m}/l (`inv_l` = 1/l), and for ClippedSoftmax w/W with the clipped
-// weight w computed exactly as its second pass applies it.
+// The probability of a visible key of logit x in a finished row `st`, as the statistics
+// define it: e^{x−m}/l (`inv_l` = 1/l), and for ClippedSoftmax w/W with the clipped weight w
+// computed exactly as its second pass applies it. The caller gives masked keys 0; a logit of
+// −inf (from an infinite input) gives 0, or NaN where the row's l or m is not finite, as in
+// the reference.
 DEVICE float key_probability(const AttnParams& p, const OnlineRow& st, float x, float inv_l) {
-    if (x == neg_inf()) return 0.f;
     const float prob = exp2f((x - st.m) * kLog2e) * inv_l;
     if (p.variant != kClippedSoftmax) return prob;
-    const float w = fminf(fmaxf((p.clip_zeta - p.clip_gamma) * prob + p.clip_gamma, 0.f), 1.f);
-    return st.weight_sum > 0.f ? w / st.weight_sum : 0.f;
+    const float w = clip01((p.clip_zeta - p.clip_gamma) * prob + p.clip_gamma);
+    return st.weight_sum == 0.f ? 0.f : w / st.weight_sum;
 }
 
-// w ln w (0 for w = 0); out of line, as it serves one variant only.
-__device__ __noinline__ float w_log_w(float w) { return w > 0.f ? w * logf(w) : 0.f; }
+// w ln w (0 for w = 0, NaN for NaN); out of line, as it serves one variant only.
+__device__ __noinline__ float w_log_w(float w) { return w == 0.f ? 0.f : w * logf(w); }
 
 // The weight key j gets in O, after `rescale` has moved the row to this tile's max; `l` is
 // the key's logit (−inf when masked). Accumulates the row's sums on the way.
@@ -372,7 +439,7 @@ DEVICE float key_weight(OnlineRow& st, const AttnParams& p, float l, bool clip_p
         // ClippedSoftmax, second pass: m and l are final, p = e^{x−m}/l is exact.
         if (l == neg_inf()) return 0.f;
         float prob = exp2f((l - st.m) * kLog2e) * inv_l;
-        float w = fminf(fmaxf((p.clip_zeta - p.clip_gamma) * prob + p.clip_gamma, 0.f), 1.f);
+        float w = clip01((p.clip_zeta - p.clip_gamma) * prob + p.clip_gamma);
         st.weight_sum += w;
         if (p.stats_on) st.w_log_w += w_log_w(w);
         return w;
@@ -387,9 +454,23 @@ DEVICE float key_weight(OnlineRow& st, const AttnParams& p, float l, bool clip_p
     return e;
 }
 
-// The logit the normaliser runs over for score x (−inf stays −inf).
+// The logit the normaliser runs over for score x (−inf stays −inf; kInline: without a call).
+template <bool kInline = false>
 DEVICE float logit_of(const AttnParams& p, float x) {
-    return (p.variant == kSigmoid && x != neg_inf()) ? log_sigmoidf(x + p.sigmoid_bias) : x;
+    if (p.variant != kSigmoid || x == neg_inf()) return x;
+    return kInline ? log_sigmoid_inline(x + p.sigmoid_bias) : log_sigmoidf(x + p.sigmoid_bias);
+}
+
+// A square root for the statistics (norms): sqrt.approx, a few ulp off at most, where sqrtf's
+// correctly rounded slow path is a call in the middle of the main loop.
+DEVICE float sqrt_approx(float x) {
+#if defined(OUTLIER_ATTN_EMU)
+    return emu::sqrt_approx_f32(x);
+#else
+    float r;
+    asm("sqrt.approx.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+#endif
 }
 
 // Index of [b, n, h, 0] in a tensor, in 64 bits.
@@ -404,16 +485,18 @@ DEVICE float gate_at(const AttnParams& p, int b, int row, int h, int c) {
     return gate_factor(p.gate_kind, to_float(p.gate[idx]));
 }
 
-// Block statistics: each thread adds its rows' contributions here, then `write_partials`
-// combines the warps in a fixed order.
+// Block statistics: each thread adds its rows' contributions (and its share of the channel
+// sums) here, then `write_partials` combines the warps in a fixed order.
 struct BlockStats {
     float rows, first_key, sink, entropy, row_mass, max_score, gate_min, gate_max, gate_sum, gate_count;
+    float q_abs, k_abs, v_abs, v_norm, v_norm0;
     DEVICE void init() {
         rows = first_key = sink = entropy = row_mass = 0.f;
         max_score = neg_inf();
         gate_min = pos_inf();
         gate_max = neg_inf();
         gate_sum = gate_count = 0.f;
+        q_abs = k_abs = v_abs = v_norm = v_norm0 = 0.f;
     }
     DEVICE void add_row(const RowResult& rr, float max_score_row) {
         rows += 1.f;
@@ -431,14 +514,15 @@ struct BlockStats {
     }
 };
 
-// Reduces every thread's BlockStats and writes the block's partial record.
-// `scratch` holds kPartialCount floats per warp and may alias memory the block read before;
-// every thread of the block must call this.
+// Reduces every thread's BlockStats and writes fields [0, kPartialCount) of the block's partial
+// record. `scratch` holds kPartialCount floats per warp and may alias memory the block read
+// before; every thread of the block must call this.
 template <int kWarps>
 DEVICE void write_partials(const AttnParams& p, BlockStats s, smem_ptr<float> scratch, int bh, int m_block) {
     __syncthreads();
-    float v[kPartialCount] = {s.rows, s.first_key, s.sink, s.entropy, s.row_mass, s.max_score,
-                              s.gate_min, s.gate_max, s.gate_sum, s.gate_count};
+    float v[kPartialCount] = {s.rows,     s.first_key, s.sink,     s.entropy,  s.row_mass,
+                              s.max_score, s.gate_min, s.gate_max, s.gate_sum, s.gate_count,
+                              s.q_abs,    s.k_abs,     s.v_abs,    s.v_norm,   s.v_norm0};
 #pragma unroll
     for (int f = 0; f < kPartialCount; ++f) {
         if (f == kPartMaxScore || f == kPartGateMax) v[f] = row_max<kWarpSize>(v[f]);
@@ -460,6 +544,29 @@ DEVICE void write_partials(const AttnParams& p, BlockStats s, smem_ptr<float> sc
             else if (f == kPartGateMin) acc = fminf(acc, x);
             else acc += x;
         }
-        p.partials[((u64)bh * p.m_blocks + m_block) * kPartialCount + f] = acc;
+        partial_record(p, bh, m_block)[f] = acc;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Channel statistics of K and V, fused into the forward pass: each K/V tile of kv head g is
+// counted once, by one block of the first query head of its group (h = g·group) that loads the
+// tile anyway. The blocks that load tile n are m >= first(n): all of them without a mask, and
+// under the causal mask those whose last row sees key n·block_n (rows from n·block_n + Nq − Nk
+// on). The tiles are dealt round robin among them, so that no block takes many.
+// This relies on the last query block loading every tile (its last row sees all Nk keys under
+// None and Causal); a mask that lets blocks skip tiles must revisit it.
+// ---------------------------------------------------------------------------------------------
+DEVICE int kv_tile_owner(const AttnParams& p, int n, int block_m, int block_n) {
+    int first = 0;
+    if (p.causal) {
+        const long long r = (long long)n * block_n + p.q_len - p.kv_len;  // the first row that sees the tile
+        first = r < 0 ? 0 : (int)(r / block_m);
+    }
+    return first + n % (p.m_blocks - first);
+}
+
+// Whether this block counts the channel statistics of K/V tile n.
+DEVICE bool scans_kv_tile(const AttnParams& p, int h, int m_block, int n, int block_m, int block_n) {
+    return p.stats_on && h % p.group == 0 && kv_tile_owner(p, n, block_m, block_n) == m_block;
 }

@@ -229,6 +229,11 @@ fn is_neg_inf(x: f32) -> bool {
     return bitcast<u32>(x) == 0xff800000u;
 }
 
+// Whether x is +inf, read from its bits (as is_neg_inf).
+fn is_pos_inf(x: f32) -> bool {
+    return bitcast<u32>(x) == 0x7f800000u;
+}
+
 // 0, or NaN when `poisoned` (written out: a compiler may fold 0 · x to 0 even for a NaN x).
 fn nan_if(poisoned: bool) -> f32 {
     return select(0.0, nan(), poisoned);

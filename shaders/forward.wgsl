@@ -327,7 +327,8 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     // A NaN among the row's logits (or x − m undefined: x = m = ±inf). exp() need not return
     // NaN for a NaN argument (lavapipe clamps it), so the row is poisoned explicitly, as the
     // reference's sums are by any NaN term.
-    var poisoned = is_nan(m);
+    // A sink logit of +inf is the row's max, and its own term e^(+inf − (+inf)) is NaN.
+    var poisoned = is_nan(m) || (SINK_IN_DENOMINATOR && is_pos_inf(sink_logit));
     var sigmoid_mass = 0.0; // Σ sigmoid(s + β)
 
     k_best = ArgMax(-1.0, 0u);
@@ -558,7 +559,10 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
                     if !(l == 0.0) {
                         entropy = log(l) - t_ent * inv_l;
                     }
-                    row_mass = select(l_keys * key_scale, sigmoid_mass, VARIANT == VARIANT_SIGMOID);
+                    // The weight on no key at all is 0, whatever the normaliser.
+                    if has_keys {
+                        row_mass = select(l_keys * key_scale, sigmoid_mass, VARIANT == VARIANT_SIGMOID);
+                    }
                     if SINK_IN_DENOMINATOR {
                         sink_mass = select(exp(sink_logit - m), 0.0, is_neg_inf(sink_logit)) * inv_l;
                     } else if VARIANT == VARIANT_CONTEXT_BIAS {

@@ -64,7 +64,14 @@
 //!   statistic that sums over them (the means, `mean_entropy` included, the key mass); a
 //!   ClippedSoftmax weight of NaN stays NaN. Maxima and minima (`max_score`, the absmax
 //!   values and their channels, `gate_min`/`gate_max`) ignore NaN, as GPU `max`/`fmax` do, so
-//!   that one NaN does not hide where the outliers are.
+//!   that one NaN does not hide where the outliers are. ±Inf follows the same arithmetic
+//!   (a score of +inf gives e^{inf − inf} = NaN in its row; −inf gives weight 0).
+//!   The CUDA kernels follow this (tests/common `nonfinite_cases`, on the emulator), with two
+//!   differences a tiled P·V cannot avoid or that were left: a NaN or infinite V element
+//!   also reaches, as NaN, that channel of rows of the same query block that the mask hides
+//!   its key from, or that see no key (their weight 0 times it is NaN; FlashAttention does
+//!   the same); and a `ClippedSoftmax` row whose every visible score is −inf (infinite
+//!   inputs only) gets zero weights (O = 0, LSE −inf) where the reference has NaN.
 //! - A statistics or key-mass buffer given for a level that does not write it is refused
 //!   ([`Error::UnexpectedOutput`]) rather than silently left alone. An output layout whose
 //!   strides make elements alias is refused ([`Error::OverlappingOutput`]).

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use outlier_attn::cuda_emu::{EmuBuffer, EmuError, EmuModule};
 
 const SOURCE: &str = include_str!("cuda_emu/faults.cu");
-const ENTRIES: [&str; 15] = [
+const ENTRIES: [&str; 16] = [
     "global_read_past_end",
     "global_write_before_start",
     "global_write_to_input",
@@ -22,6 +22,7 @@ const ENTRIES: [&str; 15] = [
     "barrier_divergent",
     "cp_async_read_before_wait",
     "cp_async_wait_too_shallow",
+    "global_store_misaligned",
     "shuffle_lane_missing",
     "mma_lane_missing",
     "ldmatrix_misaligned",
@@ -97,6 +98,16 @@ fn a_global_write_before_the_start_of_its_buffer() {
         2,
         40,
         &["outside buffer `out`", "[-4, 0)"],
+    );
+}
+
+#[test]
+fn a_global_store_that_is_not_aligned_to_its_size() {
+    check(
+        "global_store_misaligned",
+        1,
+        12,
+        &["misaligned global", "8 bytes at byte 52 of buffer `out`"],
     );
 }
 

@@ -1,7 +1,7 @@
 //! The emulator's PTX instructions against the PTX ISA: ldmatrix (x1, x2, x4, .trans),
 //! mma.sync m16n8k16 (f16, bf16, f32 accumulate), cp.async (.cg 16 and .ca 4/8 with zero fill,
 //! commit and wait groups), the cvt packs (round to nearest even, which operand goes high),
-//! cvt.f32.f16, ex2 and the warp shuffles. Test kernels (tests/cuda_emu/isa.cu) feed each
+//! cvt.f32.f16, ex2, max.NaN and the warp shuffles. Test kernels (tests/cuda_emu/isa.cu) feed each
 //! instruction index-encoded operands; every (lane, register) result is checked here against
 //! the ISA's fragment tables, written again in Rust, and conversions against the `half` crate.
 #![cfg(feature = "cuda-emulator")]
@@ -22,6 +22,7 @@ fn module() -> Option<Arc<EmuModule>> {
         "cp_async_test",
         "cvt_test",
         "shfl_test",
+        "max_nan_test",
     ];
     match MODULE
         .get_or_init(|| EmuModule::build("isa-tests", SOURCE, &entries).map_err(|e| e.to_string()))
@@ -287,6 +288,41 @@ fn cvt_rounds_to_nearest_even_and_packs_the_first_operand_high() {
                 "ex2 of {}: {e:e}, not {want:e}",
                 x[i] * 1e-3
             );
+        }
+    }
+}
+
+/// max.NaN.f32: NaN when either operand is NaN, else the larger (the plain max returns the
+/// other operand; the fast path floors its exponents with max.NaN so that NaN survives).
+#[test]
+fn max_nan_keeps_nan() {
+    let Some(m) = module() else { return };
+    let x = [
+        f32::NAN,
+        f32::NEG_INFINITY,
+        -127.0,
+        -1.5,
+        -0.0,
+        0.0,
+        2.0,
+        f32::INFINITY,
+    ];
+    let n = x.len();
+    let mut out = vec![0f32; n * n];
+    let bufs = [
+        EmuBuffer::input("x", &x),
+        EmuBuffer::output("out", &mut out),
+    ];
+    let mut args = args_of(&bufs.iter().map(|b| b.addr()).collect::<Vec<_>>());
+    args.extend_from_slice(bytemuck::cast_slice(&[n as i32, 0i32]));
+    run(&m, "max_nan_test", 32, 0, &args, &bufs);
+    drop(bufs);
+    for (e, &got) in out.iter().enumerate() {
+        let (a, b) = (x[e / n], x[e % n]);
+        if a.is_nan() || b.is_nan() {
+            assert!(got.is_nan(), "max.NaN({a}, {b}) = {got}");
+        } else {
+            assert_eq!(got, if a > b { a } else { b }, "max.NaN({a}, {b})");
         }
     }
 }

@@ -74,7 +74,7 @@ fn cuda_emu_passes_the_parity_sweep() {
     sweep(b, &Limits::default(), u32::MAX);
 }
 
-/// Lengths past the 64-row query block and one and two K/V tiles, head dims up to 256.
+/// Lengths past one 128-row query block and one and two K/V tiles, head dims up to 256.
 #[test]
 fn cuda_emu_passes_the_parity_sweep_past_one_tile() {
     let Some(b) = backend() else { return };
@@ -126,6 +126,107 @@ fn cuda_emu_every_tile_and_variant() {
     }
 }
 
+/// Lengths across several query blocks and K/V tiles, every variant causal and not, every
+/// statistic, f16 and bf16 at d = 64, 128 and 256 (tests/common `cuda_block_cases`).
+#[test]
+fn cuda_emu_passes_across_several_blocks_and_tiles() {
+    let Some(b) = backend() else { return };
+    let start = std::time::Instant::now();
+    let block = |d| match b.attention().specialization(DType::F16, d).path {
+        KernelPath::TensorCore(t) => (t.block_m(), t.block_n()),
+        KernelPath::Simt => panic!("d = {d}: f16 on sm_80 takes the tensor-core kernel"),
+    };
+    let cases = common::cuda_block_cases();
+    common::assert_block_cases_cover(&cases, block);
+    for case in cases {
+        if let Err(e) = common::check_case(b, &case) {
+            panic!("{e}");
+        }
+    }
+    eprintln!(
+        "several blocks and tiles on the emulator in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+}
+
+/// A workspace reserved from the largest call before the first one (as an engine that
+/// captures CUDA graphs does) serves every smaller call without growing.
+#[test]
+fn cuda_emu_workspace_reserved_for_the_largest_call_is_enough() {
+    use outlier_attn::cuda::WorkspaceLayout;
+    let Some(b) = backend() else { return };
+    let attention: &EmuAttention = b.attention();
+    let largest = Problem::new(Shape::new(2, 4, 2, 200, 1, 64), DType::F16)
+        .with_stats(StatsLevel::HeadsAndKeys);
+    let mut workspace = EmuWorkspace::new();
+    workspace.reserve(WorkspaceLayout::for_problem(&largest, attention.arch()).len());
+    let reserved = workspace.bytes();
+    assert!(reserved > 0);
+    for (shape, stats) in [
+        (Shape::new(2, 4, 2, 200, 150, 64), StatsLevel::HeadsAndKeys),
+        (Shape::new(1, 4, 1, 130, 300, 64), StatsLevel::Heads),
+        (Shape::new(2, 2, 2, 7, 1000, 56), StatsLevel::HeadsAndKeys),
+    ] {
+        let problem = Problem::new(shape, DType::F16)
+            .with_variant(Variant::LogitSink)
+            .with_mask(Mask::Causal)
+            .with_stats(stats);
+        let inputs = cases::random_inputs(&problem, &InputSpec::default());
+        let expected = b.forward(&problem, &inputs).expect("host level");
+        let s = &problem.shape;
+        let typed = |t: &outlier_attn::HostTensor| -> Vec<half::f16> {
+            bytemuck::pod_collect_to_vec(t.as_bytes())
+        };
+        let (q, k, v) = (typed(&inputs.q), typed(&inputs.k), typed(&inputs.v));
+        let theta: Vec<f32> = inputs
+            .params
+            .sink_logits
+            .as_ref()
+            .expect("θ")
+            .to_f64_vec()
+            .iter()
+            .map(|&x| x as f32)
+            .collect();
+        let mut o = vec![half::f16::ZERO; s.batch * s.q_len * s.q_heads * s.head_dim];
+        let mut lse = vec![f32::NAN; s.lse_len()];
+        let mut stats_out = vec![f32::NAN; s.heads_total() * Stat::COUNT];
+        let mut key_mass = vec![f32::NAN; s.heads_total() * s.kv_len];
+        let keys = stats == StatsLevel::HeadsAndKeys;
+        attention
+            .forward(
+                &problem,
+                EmuArgs {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    o: &mut o,
+                    lse: &mut lse,
+                    stats: Some(&mut stats_out),
+                    key_mass: keys.then_some(&mut key_mass[..]),
+                    layouts: inputs.layouts,
+                    params: EmuParams {
+                        sink_logits: Some(&theta),
+                        ..EmuParams::default()
+                    },
+                },
+                &mut workspace,
+            )
+            .expect("device level");
+        assert_eq!(workspace.bytes(), reserved, "{shape:?}: the workspace grew");
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&stats_out),
+            bits(expected.stats.as_deref().expect("stats"))
+        );
+        if keys {
+            assert_eq!(
+                bits(&key_mass),
+                bits(expected.key_mass.as_deref().expect("key mass"))
+            );
+        }
+    }
+}
+
 /// The CUDA backend's fixed cases (tests/common), dense and as views.
 #[test]
 fn cuda_emu_fixed_cases() {
@@ -154,6 +255,19 @@ fn cuda_emu_is_deterministic_and_reads_views() {
             Ok(())
         })
         .unwrap();
+}
+
+/// NaN and ±Inf in a query row, a key and a value channel propagate as in the reference, on
+/// both tensor-core paths and the SIMT kernel (tests/common `nonfinite_cases`).
+#[test]
+fn cuda_emu_propagates_nonfinite_inputs() {
+    let Some(b) = backend() else { return };
+    let start = std::time::Instant::now();
+    common::assert_nonfinite_propagate(b);
+    eprintln!(
+        "non-finite cases on the emulator in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
 }
 
 #[test]

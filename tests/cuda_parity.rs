@@ -33,7 +33,7 @@ fn cuda_passes_the_parity_sweep() {
     common::parity_sweep(b, &common::Limits::default());
 }
 
-/// Lengths past the 64-row query block and the 64-key tile, head dims up to 256 (every tile,
+/// Lengths past one 128-row query block and the 64-key tile, head dims up to 256 (every tile,
 /// and dims that are not a multiple of 16), fewer cases as each is larger.
 #[test]
 fn cuda_passes_the_parity_sweep_past_one_tile() {
@@ -81,10 +81,22 @@ fn cuda_every_tile_and_variant() {
     }
 }
 
-/// NaN and ±Inf in one query row, one key or one channel of V, and a −inf sink logit: NaN and
-/// Inf exactly where the reference has them (the shared sweep every backend is held to).
+/// Lengths across several 128-row query blocks and 64-key tiles, every variant and statistic
+/// (shared with the emulator's tests).
 #[test]
-fn cuda_propagates_nonfinite_inputs_as_the_reference() {
+fn cuda_passes_across_several_blocks_and_tiles() {
+    let Some(b) = backend() else { return };
+    for case in common::cuda_block_cases() {
+        if let Err(e) = common::check_case(b, &case) {
+            panic!("{e}");
+        }
+    }
+}
+
+/// NaN and ±Inf in a query row, a key and a value channel propagate as in the reference
+/// (shared with the emulator's tests).
+#[test]
+fn cuda_propagates_nonfinite_inputs() {
     let Some(b) = backend() else { return };
     common::assert_nonfinite_propagate(b);
 }

@@ -82,6 +82,12 @@ inline float ex2_approx_ftz_f32(float x) {
     return std::fpclassify(r) == FP_SUBNORMAL ? 0.f : r;
 }
 
+// max.NaN.f32: NaN if either operand is NaN (plain max returns the other operand).
+inline float max_NaN_f32(float a, float b) { return std::isnan(a) || std::isnan(b) ? bits_to_float(0x7fffffffu) : std::fmax(a, b); }
+
+// sqrt.approx.f32 (an approximation on the GPU; the host's sqrt is correctly rounded).
+inline float sqrt_approx_f32(float x) { return std::sqrt(x); }
+
 // ---------------------------------------------------------------------------------------------
 // Warp shuffles (shfl.sync) and votes. Every lane of `mask` must execute the same call; a lane
 // reading a lane outside the mask is a fault. The clamp `c` of shfl is derived from `width`
@@ -382,6 +388,10 @@ using gmem_ptr = ::emu::gptr<T>;
 template <class T>
 using smem_ptr = ::emu::sptr<T>;
 using ::emu::smem_cast;
+template <class T, class U>
+inline gmem_ptr<T> gmem_cast(gmem_ptr<U> p) {
+    return gmem_ptr<T>(reinterpret_cast<T*>(p.raw()));
+}
 template <class T>
 inline smem_ptr<T> dynamic_smem() {
     return ::emu::dynamic_smem<T>();

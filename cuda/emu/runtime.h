@@ -538,6 +538,11 @@ inline void* check_global(uintptr_t base, int64_t offset, size_t size, bool writ
               std::to_string(start + int64_t(size)) + ") of its " + std::to_string(b->bytes));
     }
     if (write && !b->writable) fault(std::string("global write to read-only buffer `") + b->name + "`");
+    // A GPU faults on a global access that is not aligned to its size.
+    if ((b->addr + uint64_t(start)) % size != 0) {
+        fault(std::string("misaligned global ") + what + " of " + std::to_string(size) + " bytes at byte " +
+              std::to_string(start) + " of buffer `" + b->name + "`");
+    }
     return reinterpret_cast<void*>(b->addr + uint64_t(start));
 }
 

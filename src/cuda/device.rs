@@ -12,8 +12,7 @@ use cudarc::nvrtc::Ptx;
 use half::{bf16, f16};
 
 use super::kernels::{
-    self, Arch, CHANNEL_ENTRY, CacheOutcome, FINALIZE_ENTRY, KEY_MASS_ENTRY, NvrtcVersion,
-    Specialization,
+    self, Arch, CacheOutcome, FINALIZE_ENTRY, KEY_MASS_ENTRY, NvrtcVersion, Specialization,
 };
 use super::plan::{Addresses, LaunchPlan};
 use super::{BACKEND, backend_error};
@@ -77,13 +76,16 @@ pub struct DeviceArgs<'a, T> {
     pub params: DeviceParams<'a, T>,
 }
 
-/// Scratch memory reused from call to call, needed only with statistics: per-query-block
-/// partial records, the row weights of ClippedSoftmax and the Q/K/V channel-scan chunks
-/// (about 10·B·Hq·Nq/64 + B·Hq·Nq + 780·B·Hq·max(Nq, Nk)/128 floats), and with
-/// `HeadsAndKeys` each query block's key mass (B·Hq·⌈Nq/64⌉·Nk floats; ⌈Nq/8⌉ blocks on the
-/// SIMT path); [`LaunchPlan::workspace`](super::LaunchPlan) lays it out. It grows when a call
-/// needs more and is never shrunk; one workspace serves one stream at a time (calls take it
-/// by `&mut`).
+/// Scratch memory reused from call to call, needed only with statistics: the forward kernel's
+/// per-query-block partial records and, with `HeadsAndKeys`, one record per query row for the
+/// key-mass kernel; [`WorkspaceLayout`](super::WorkspaceLayout) gives the size formula (it
+/// never depends on Nk). A call grows it when it needs more and never shrinks it; one
+/// workspace serves one stream at a time (calls take it by `&mut`).
+///
+/// To capture a forward pass in a CUDA graph, size it before the first call with
+/// [`reserve`](Workspace::reserve) and
+/// [`WorkspaceLayout::for_problem`](super::WorkspaceLayout::for_problem) of the largest call
+/// the engine will make: calls that fit allocate nothing.
 #[derive(Default)]
 pub struct Workspace {
     buffer: Option<CudaSlice<f32>>,
@@ -99,15 +101,29 @@ impl Workspace {
     pub fn bytes(&self) -> usize {
         self.buffer.as_ref().map_or(0, |b| b.len() * 4)
     }
+
+    /// Makes it hold at least `floats` floats, allocating on `stream` if it holds fewer.
+    ///
+    /// # Errors
+    /// [`Error::Backend`](crate::Error::Backend) when the allocation fails.
+    pub fn reserve(&mut self, stream: &Arc<CudaStream>, floats: usize) -> Result<()> {
+        if floats > 0 && self.buffer.as_ref().is_none_or(|b| b.len() < floats) {
+            self.buffer = None;
+            self.buffer = Some(
+                stream
+                    .alloc_zeros::<f32>(floats)
+                    .map_err(|e| backend_error(format!("workspace of {floats} floats: {e}")))?,
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The functions of one loaded module.
 struct Kernels {
-    forward: CudaFunction,
-    channel: CudaFunction,
+    forward: Vec<(&'static str, CudaFunction)>,
     finalize: CudaFunction,
     key_mass: CudaFunction,
-    forward_entry: &'static str,
     _module: Arc<CudaModule>,
     prepared: Prepared,
 }
@@ -129,11 +145,14 @@ impl Kernels {
     /// The function of a plan's launch.
     fn function(&self, entry: &str) -> Result<&CudaFunction> {
         match entry {
-            CHANNEL_ENTRY => Ok(&self.channel),
             FINALIZE_ENTRY => Ok(&self.finalize),
             KEY_MASS_ENTRY => Ok(&self.key_mass),
-            e if e == self.forward_entry => Ok(&self.forward),
-            other => Err(backend_error(format!("no kernel {other} in the module"))),
+            other => self
+                .forward
+                .iter()
+                .find(|(name, _)| *name == other)
+                .map(|(_, f)| f)
+                .ok_or_else(|| backend_error(format!("no kernel {other} in the module"))),
         }
     }
 }
@@ -234,24 +253,31 @@ impl CudaAttention {
                 .load_function(name)
                 .map_err(|e| backend_error(format!("{spec}: no kernel {name}: {e}")))
         };
-        let forward = function(spec.entry())?;
-        let smem = LaunchPlan::max_forward_smem(spec);
-        if smem > 48 * 1024 {
-            forward
-                .set_attribute(
+        let forward = spec
+            .forward_entries()
+            .iter()
+            .map(|&name| Ok((name, function(name)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let key_mass = function(KEY_MASS_ENTRY)?;
+        let smem_needs = forward
+            .iter()
+            .map(|(_, f)| (f, LaunchPlan::max_forward_smem(spec)))
+            .chain([(&key_mass, spec.key_mass_smem_bytes())]);
+        for (f, smem) in smem_needs {
+            if smem > 48 * 1024 {
+                f.set_attribute(
                     CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                     smem as i32,
                 )
                 .map_err(|e| {
                     backend_error(format!("{spec}: {smem} bytes of shared memory: {e}"))
                 })?;
+            }
         }
         let kernels = Arc::new(Kernels {
             forward,
-            channel: function(CHANNEL_ENTRY)?,
             finalize: function(FINALIZE_ENTRY)?,
-            key_mass: function(KEY_MASS_ENTRY)?,
-            forward_entry: spec.entry(),
+            key_mass,
             _module: module,
             prepared: Prepared {
                 spec,
@@ -273,8 +299,8 @@ impl CudaAttention {
     /// reaches this point.
     ///
     /// # Errors
-    /// Every refusal of [`validate`]; [`Error::Unsupported`](crate::Error::Unsupported) for more than 65535 (batch, head)
-    /// pairs; [`Error::Backend`](crate::Error::Backend) for compilation or launch failures.
+    /// Every refusal of [`validate`]; [`Error::Unsupported`](crate::Error::Unsupported) for more than 65535
+    /// query heads or sequences; [`Error::Backend`](crate::Error::Backend) for compilation or launch failures.
     pub fn forward<T: CudaElement>(
         &self,
         stream: &Arc<CudaStream>,
@@ -291,14 +317,7 @@ impl CudaAttention {
         let kernels = self.kernels(spec)?;
 
         let needed = plan.workspace.len();
-        if needed > 0 && workspace.buffer.as_ref().is_none_or(|b| b.len() < needed) {
-            workspace.buffer = None;
-            workspace.buffer = Some(
-                stream
-                    .alloc_zeros::<f32>(needed)
-                    .map_err(|e| backend_error(format!("workspace of {needed} floats: {e}")))?,
-            );
-        }
+        workspace.reserve(stream, needed)?;
 
         // Device addresses; each guard records the buffer's use on this stream when dropped,
         // after the launches below.

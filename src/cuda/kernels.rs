@@ -9,7 +9,7 @@ use cudarc::nvrtc::{result as nvrtc_result, sys as nvrtc_sys};
 
 use super::spec::fnv1a;
 pub use super::spec::{
-    Arch, CHANNEL_ENTRY, FINALIZE_ENTRY, HeadDimTile, KEY_MASS_ENTRY, KernelPath, Specialization,
+    Arch, FINALIZE_ENTRY, HeadDimTile, KEY_MASS_ENTRY, KernelPath, Specialization,
     TENSOR_CORE_MIN_ARCH, cache_dir,
 };
 

@@ -39,8 +39,7 @@ pub(crate) struct KernelParams {
     pub stats: u64,
     pub key_mass: u64,
     pub partials: u64,
-    pub row_weight_sum: u64,
-    pub key_mass_partials: u64,
+    pub row_records: u64,
     pub lq: TensorLayout,
     pub lk: TensorLayout,
     pub lv: TensorLayout,
@@ -59,12 +58,14 @@ pub(crate) struct KernelParams {
     pub gate_per_channel: i32,
     pub aligned: i32,
     pub m_blocks: i32,
+    pub o_aligned: i32,
     pub scale: f32,
     pub softcap: f32,
     pub sigmoid_bias: f32,
     pub clip_zeta: f32,
     pub clip_gamma: f32,
     pub stats_on: i32,
+    pub part_record: i32,
 }
 
 #[cfg(feature = "cuda")]
@@ -80,11 +81,13 @@ mod tests {
 
     #[test]
     fn layout_matches_the_c_struct() {
-        // 14 pointers, 4 layouts of 4 u64, 14 ints, 5 floats, 1 int: 112 + 128 + 80 = 320.
+        // 13 pointers, 4 layouts of 4 u64, 15 ints, 5 floats, 2 ints: 104 + 128 + 88 = 320.
         assert_eq!(size_of::<TensorLayout>(), 32);
-        assert_eq!(offset_of!(KernelParams, lq), 112);
-        assert_eq!(offset_of!(KernelParams, batch), 240);
-        assert_eq!(offset_of!(KernelParams, scale), 296);
+        assert_eq!(offset_of!(KernelParams, lq), 104);
+        assert_eq!(offset_of!(KernelParams, batch), 232);
+        assert_eq!(offset_of!(KernelParams, scale), 292);
+        assert_eq!(offset_of!(KernelParams, stats_on), 312);
+        assert_eq!(offset_of!(KernelParams, part_record), 316);
         assert_eq!(size_of::<KernelParams>(), 320);
     }
 }

@@ -5,10 +5,12 @@
 
 use super::params::{KernelParams, TensorLayout};
 use super::spec::{
-    Arch, CHANNEL_ENTRY, CHANNEL_RECORD, FINALIZE_ENTRY, KEY_MASS_ENTRY, PARTIAL_COUNT, SCAN_ROWS,
-    STATS_THREADS, Specialization,
+    Arch, FINALIZE_ENTRY, KEY_MASS_ENTRY, ROW_RECORD, STATS_THREADS, Specialization,
+    partial_record, takes_fast_path,
 };
-use crate::contract::{Error, Gate, GateGranularity, Mask, Result, Validated, Variant};
+use crate::contract::{
+    Error, Gate, GateGranularity, Mask, Problem, Result, StatsLevel, Validated, Variant,
+};
 
 /// The backend name in refusals: the plan's limits are the CUDA kernels', on either executor.
 const BACKEND: &str = "cuda";
@@ -27,25 +29,66 @@ pub struct Launch {
 }
 
 /// Where the parts of the workspace lie, in f32 elements from its start: the forward kernel's
-/// per-query-block partial records, the row weights of ClippedSoftmax, the channel scan's
-/// chunk records (stats.cu finds the chunks after the row weights), then the per-query-block
-/// key mass of `HeadsAndKeys`.
+/// per-query-block partial records (row statistics and Q/K/V channel statistics, combined by
+/// `finalize_stats`), then, with `HeadsAndKeys`, one record per query row for the key-mass
+/// kernel (the row's max and 1/l, and ClippedSoftmax's weight sum).
+///
+/// Its size depends only on the batch, the query heads, the query length, the head-dim tile
+/// and the statistics level (never on the key length), and grows with each: an engine sizes
+/// one workspace from the largest call it will make ([`WorkspaceLayout::for_problem`]) before
+/// its first call, and every smaller call fits in it, so a forward pass can be captured in a
+/// CUDA graph. In floats, with `blocks = ⌈Nq / block_m⌉` and block_m = 128 on the tensor-core
+/// tiles 64 and 128, 64 on tile 256, 8 on the SIMT path:
+///
+/// - `Off`: 0;
+/// - `Heads`: B·Hq·blocks·(15 + 3d) (15 sums, then the d channel maxima of each of Q, K, V);
+/// - `HeadsAndKeys`: that plus B·Hq·Nq·3.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct WorkspaceLayout {
-    /// Floats of partial records (`[B, Hq, m_blocks, PARTIAL_COUNT]`), at 0.
+    /// Floats of partial records (`[B, Hq, blocks, 15 + 3d]`), at 0.
     pub partials: usize,
-    /// Floats of row weights (`[B, Hq, Nq]`), after the partials.
-    pub row_weights: usize,
-    /// Floats of chunk records, after the row weights.
-    pub chunks: usize,
-    /// Floats of per-query-block key mass (`[B, Hq, m_blocks, Nk]`), after the chunks.
-    pub key_partials: usize,
+    /// Floats of row records (`[B, Hq, Nq, 3]`), after the partials.
+    pub rows: usize,
 }
 
 impl WorkspaceLayout {
+    /// The workspace of a call with `batch` x `q_heads` heads of `q_len` queries at head dim
+    /// `head_dim` on `spec`.
+    pub fn new(
+        spec: Specialization,
+        batch: usize,
+        q_heads: usize,
+        q_len: usize,
+        head_dim: usize,
+        stats: StatsLevel,
+    ) -> WorkspaceLayout {
+        let heads = batch * q_heads;
+        WorkspaceLayout {
+            partials: if stats.heads() {
+                heads * q_len.div_ceil(spec.block_m()) * partial_record(head_dim)
+            } else {
+                0
+            },
+            rows: if stats.keys() {
+                heads * q_len * ROW_RECORD
+            } else {
+                0
+            },
+        }
+    }
+
+    /// The workspace `problem` needs on a device of `arch`: what [`LaunchPlan::new`] lays out
+    /// for it, and at least what any call with no larger batch, query heads, query length and
+    /// head dim, the same dtype and head-dim tile and no higher statistics level needs.
+    pub fn for_problem(problem: &Problem, arch: Arch) -> WorkspaceLayout {
+        let s = &problem.shape;
+        let spec = Specialization::select(problem.dtype, s.head_dim, arch);
+        WorkspaceLayout::new(spec, s.batch, s.q_heads, s.q_len, s.head_dim, problem.stats)
+    }
+
     /// Floats the workspace must hold (0 without statistics).
     pub fn len(&self) -> usize {
-        self.partials + self.row_weights + self.chunks + self.key_partials
+        self.partials + self.rows
     }
 
     /// Whether the call needs no workspace.
@@ -101,8 +144,8 @@ impl LaunchPlan {
     /// The plan of `checked` on a device of `arch`.
     ///
     /// # Errors
-    /// [`Error::Unsupported`] for more than 65535 (batch, head) pairs (the grid's y limit), a
-    /// sequence above 2^31 tokens, or a grid above 2^32 blocks.
+    /// [`Error::Unsupported`] for more than 65535 query heads or 65535 sequences (the grid's y
+    /// and z limits), or a sequence above 2^31 tokens.
     pub fn new(checked: &Validated, arch: Arch) -> Result<LaunchPlan> {
         // The engine-shaped calls of DESIGN.md section 6 are not implemented by these kernels
         // yet: refused by name.
@@ -110,54 +153,36 @@ impl LaunchPlan {
         let problem = checked.problem();
         let s = checked.shape();
         let spec = Specialization::select(problem.dtype, s.head_dim, arch);
-        let heads = s.batch * s.q_heads;
         let unsupported = |reason: String| Error::Unsupported {
             backend: BACKEND.to_string(),
             reason,
         };
-        if heads > 65535 {
-            return Err(unsupported(format!(
-                "batch x heads = {heads}, above the grid limit 65535"
-            )));
+        // Batch and head are grid dimensions of their own (z and y), as in FlashAttention-2.
+        for (what, n) in [("query heads", s.q_heads), ("batch", s.batch)] {
+            if n > 65535 {
+                return Err(unsupported(format!(
+                    "{what} = {n}, above the grid limit 65535"
+                )));
+            }
         }
         if [s.q_len, s.kv_len].iter().any(|&n| n > i32::MAX as usize) {
             return Err(unsupported("a sequence above 2^31 tokens".to_string()));
         }
         let to_u32 = |x: usize| u32::try_from(x).map_err(|_| unsupported(format!("grid of {x}")));
         let m_blocks = s.q_len.div_ceil(spec.block_m());
-        let scan_chunks = s.q_len.max(s.kv_len).div_ceil(SCAN_ROWS);
-        let stats_on = problem.stats.heads();
-        let workspace = if stats_on {
-            WorkspaceLayout {
-                partials: heads * m_blocks * PARTIAL_COUNT,
-                row_weights: heads * s.q_len,
-                chunks: heads * scan_chunks * CHANNEL_RECORD,
-                key_partials: if problem.stats.keys() {
-                    heads * m_blocks * s.kv_len
-                } else {
-                    0
-                },
-            }
-        } else {
-            WorkspaceLayout::default()
-        };
-        let heads = heads as u32;
+        let workspace =
+            WorkspaceLayout::new(spec, s.batch, s.q_heads, s.q_len, s.head_dim, problem.stats);
+        let (heads, batch) = (s.q_heads as u32, s.batch as u32);
         let mut launches = vec![Launch {
-            entry: spec.entry(),
-            grid: [to_u32(m_blocks)?, heads, 1],
+            entry: spec.forward_entry(takes_fast_path(problem)),
+            grid: [to_u32(m_blocks)?, heads, batch],
             threads: spec.threads(),
             dynamic_smem: spec.forward_smem_bytes(s.head_dim),
         }];
-        if stats_on {
-            launches.push(Launch {
-                entry: CHANNEL_ENTRY,
-                grid: [to_u32(scan_chunks)?, heads, 1],
-                threads: STATS_THREADS,
-                dynamic_smem: 0,
-            });
+        if problem.stats.heads() {
             launches.push(Launch {
                 entry: FINALIZE_ENTRY,
-                grid: [heads, 1, 1],
+                grid: [heads, batch, 1],
                 threads: STATS_THREADS,
                 dynamic_smem: 0,
             });
@@ -165,9 +190,13 @@ impl LaunchPlan {
         if problem.stats.keys() {
             launches.push(Launch {
                 entry: KEY_MASS_ENTRY,
-                grid: [to_u32(s.kv_len.div_ceil(STATS_THREADS as usize))?, heads, 1],
-                threads: STATS_THREADS,
-                dynamic_smem: 0,
+                grid: [
+                    to_u32(s.kv_len.div_ceil(spec.key_mass_block_keys()))?,
+                    heads,
+                    batch,
+                ],
+                threads: spec.threads(),
+                dynamic_smem: spec.key_mass_smem_bytes(),
             });
         }
         Ok(LaunchPlan {
@@ -181,7 +210,8 @@ impl LaunchPlan {
 
     /// The argument block every launch of the plan takes, with the buffers at `a`. The
     /// workspace parts follow [`WorkspaceLayout`]; `aligned` is set when every row of Q, K and V
-    /// starts 16-byte aligned (cp.async moves 16 bytes).
+    /// starts 16-byte aligned (cp.async moves 16 bytes), `o_aligned` when every row of O
+    /// starts 4-byte aligned (two channels per store).
     pub(crate) fn arguments(&self, a: &Addresses) -> KernelParams {
         let mut p = self.scalars;
         p.q = a.q;
@@ -195,23 +225,24 @@ impl LaunchPlan {
         p.gate = a.gate;
         p.stats = a.stats;
         p.key_mass = a.key_mass;
-        if !self.workspace.is_empty() {
+        let w = &self.workspace;
+        if w.partials > 0 {
             p.partials = a.workspace;
-            let w = &self.workspace;
-            p.row_weight_sum = a.workspace + (w.partials * 4) as u64;
-            if w.key_partials > 0 {
-                p.key_mass_partials = a.workspace + ((w.len() - w.key_partials) * 4) as u64;
-            }
+        }
+        if w.rows > 0 {
+            p.row_records = a.workspace + (w.partials * 4) as u64;
         }
         let elem = self.elem_bytes;
+        let rows_aligned = |ptr: u64, l: &TensorLayout, bytes: u64| {
+            ptr % bytes == 0
+                && [l.offset, l.batch, l.seq, l.head]
+                    .iter()
+                    .all(|&x| x.wrapping_mul(elem) % bytes == 0)
+        };
         p.aligned = [(a.q, &p.lq), (a.k, &p.lk), (a.v, &p.lv)]
             .iter()
-            .all(|(ptr, l)| {
-                ptr % 16 == 0
-                    && [l.offset, l.batch, l.seq, l.head]
-                        .iter()
-                        .all(|&x| x.wrapping_mul(elem) % 16 == 0)
-            }) as i32;
+            .all(|(ptr, l)| rows_aligned(*ptr, l, 16)) as i32;
+        p.o_aligned = rows_aligned(a.o, &p.lo, 4) as i32;
         p
     }
 
@@ -278,6 +309,7 @@ fn kernel_params(checked: &Validated, m_blocks: usize) -> KernelParams {
         clip_zeta: zeta,
         clip_gamma: gamma,
         stats_on: problem.stats.heads() as i32,
+        part_record: int(partial_record(s.head_dim)),
         ..KernelParams::default()
     }
 }
@@ -344,50 +376,110 @@ mod tests {
         assert_eq!(off.launches.len(), 1);
         assert_eq!(
             off.launches[0].grid,
-            [3, 8, 1],
-            "ceil(130 / 64) query blocks, B·Hq"
+            [2, 4, 2],
+            "ceil(130 / 128) query blocks, Hq, B"
         );
         assert_eq!(off.launches[0].entry, "attention_tc");
+        assert_eq!(off.launches[0].threads, 256);
         assert!(off.workspace.is_empty());
+        let generic = plan_of(&base.with_softcap(20.0));
+        assert_eq!(generic.launches[0].entry, "attention_tc_generic");
         let keys = plan_of(&base.with_stats(StatsLevel::HeadsAndKeys));
         let entries: Vec<_> = keys.launches.iter().map(|l| l.entry).collect();
+        assert_eq!(entries, ["attention_tc", "finalize_stats", "key_mass"]);
+        assert_eq!(keys.launches[1].grid, [4, 2, 1], "Hq, B");
         assert_eq!(
-            entries,
-            [
-                "attention_tc",
-                "channel_partials",
-                "finalize_stats",
-                "key_mass"
-            ]
-        );
-        assert_eq!(keys.launches[1].grid, [3, 8, 1], "ceil(300 / 128) chunks");
-        assert_eq!(
-            keys.launches[3].grid,
-            [2, 8, 1],
-            "ceil(300 / 256) key blocks"
+            keys.launches[2].grid,
+            [5, 4, 2],
+            "ceil(300 / 64) key tiles, Hq, B"
         );
         assert_eq!(
             keys.workspace,
             WorkspaceLayout {
-                partials: 8 * 3 * PARTIAL_COUNT,
-                row_weights: 8 * 130,
-                chunks: 8 * 3 * CHANNEL_RECORD,
-                key_partials: 8 * 3 * 300,
+                partials: 8 * 2 * (15 + 3 * 128),
+                rows: 8 * 130 * ROW_RECORD,
             }
         );
         let a = Addresses {
             q: 0x1000,
             k: 0x2000,
             v: 0x3000,
+            o: 0x4000,
             workspace: 0x10000,
             ..Addresses::default()
         };
         let p = keys.arguments(&a);
         assert_eq!(p.partials, 0x10000);
-        assert_eq!(p.row_weight_sum, 0x10000 + 4 * 8 * 3 * PARTIAL_COUNT as u64);
-        let before_keys = 8 * 3 * PARTIAL_COUNT + 8 * 130 + 8 * 3 * CHANNEL_RECORD;
-        assert_eq!(p.key_mass_partials, 0x10000 + 4 * before_keys as u64);
-        assert_eq!(p.aligned, 1);
+        assert_eq!(p.row_records, 0x10000 + 4 * 8 * 2 * (15 + 3 * 128) as u64);
+        assert_eq!(p.part_record, 15 + 3 * 128);
+        assert_eq!((p.aligned, p.o_aligned), (1, 1));
         assert_eq!(keys.arguments(&Addresses { k: 0x2002, ..a }).aligned, 0);
+        assert_eq!(keys.arguments(&Addresses { o: 0x4002, ..a }).o_aligned, 0);
+        let heads = plan_of(&base.with_stats(StatsLevel::Heads));
+        assert_eq!(
+            heads.arguments(&a).row_records,
+            0,
+            "no row records without key mass"
+        );
+    }
+
+    /// The size formula of [`WorkspaceLayout`]'s docs, written out, against the plans of
+    /// random shapes; and the bound an engine takes from its largest call covers every
+    /// smaller call.
+    #[test]
+    fn workspace_follows_its_documented_formula_and_is_bounded_by_the_largest_call() {
+        let mut rng = crate::cases::Rng::new(7);
+        for _ in 0..200 {
+            let batch = 1 + rng.below(4);
+            let kv_heads = 1 + rng.below(3);
+            let q_heads = kv_heads * (1 + rng.below(3));
+            let q_len = 1 + rng.below(700);
+            let kv_len = 1 + rng.below(700);
+            let head_dim = 8 * (1 + rng.below(32));
+            let dtype = [DType::F32, DType::F16, DType::Bf16][rng.below(3)];
+            let stats =
+                [StatsLevel::Off, StatsLevel::Heads, StatsLevel::HeadsAndKeys][rng.below(3)];
+            let shape = Shape::new(batch, q_heads, kv_heads, q_len, kv_len, head_dim);
+            let problem = Problem::new(shape, dtype).with_stats(stats);
+            let plan = plan_of(&problem);
+            let block_m = match dtype {
+                DType::F32 => 8,
+                _ if head_dim <= 128 => 128,
+                _ => 64,
+            };
+            let heads = batch * q_heads;
+            let mut floats = 0;
+            if stats != StatsLevel::Off {
+                floats += heads * q_len.div_ceil(block_m) * (15 + 3 * head_dim);
+            }
+            if stats == StatsLevel::HeadsAndKeys {
+                floats += heads * q_len * 3;
+            }
+            assert_eq!(plan.workspace.len(), floats, "{problem:?}");
+            assert_eq!(
+                WorkspaceLayout::for_problem(&problem, Arch::SM90),
+                plan.workspace
+            );
+            // Any call with no larger batch, heads or query length fits in the bound.
+            let largest = Problem::new(Shape::new(4, 9, 3, 700, 1, head_dim), dtype)
+                .with_stats(StatsLevel::HeadsAndKeys);
+            assert!(
+                plan.workspace.len() <= WorkspaceLayout::for_problem(&largest, Arch::SM90).len()
+            );
+        }
+    }
+
+    #[test]
+    fn batch_and_heads_have_grid_dimensions_of_their_own() {
+        // B·Hq = 80000: refused while both shared grid.y, launched now.
+        let wide = plan_of(&Problem::new(Shape::new(40_000, 2, 1, 1, 1, 8), DType::F16));
+        assert_eq!(wide.launches[0].grid, [1, 2, 40_000]);
+        let problem = Problem::new(Shape::new(70_000, 1, 1, 1, 1, 8), DType::F16);
+        let inputs = random_inputs(&problem, &InputSpec::default());
+        let checked = inputs.validate(&problem).expect("valid");
+        match LaunchPlan::new(&checked, Arch::SM90) {
+            Err(Error::Unsupported { reason, .. }) => assert!(reason.contains("batch"), "{reason}"),
+            other => panic!("a batch of 70000 must be refused: {other:?}"),
+        }
     }
 }

@@ -5,35 +5,42 @@
 //! A [`Specialization`] is what changes the shape of the code: the element type and, for the
 //! tensor-core path, the head-dim tile. Everything else (variant, mask, softcap, scale, gate,
 //! statistics level) is a kernel argument, so the whole space is nine modules per
-//! architecture ([`Specialization::ALL`]). Each module holds the forward kernel and the three
-//! statistics kernels.
+//! architecture ([`Specialization::ALL`]). Each module holds the forward kernel, the kernel
+//! that finishes the statistics record and the key-mass kernel.
 
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::contract::DType;
+use crate::contract::{DType, Problem, Variant};
 
 const COMMON_SRC: &str = include_str!("../../cuda/common.cuh");
 const TC_SRC: &str = include_str!("../../cuda/attention_tc.cu");
 const SIMT_SRC: &str = include_str!("../../cuda/attention_simt.cu");
 const STATS_SRC: &str = include_str!("../../cuda/stats.cu");
 
-/// Entry point of the statistics kernel that scans Q/K/V channels, one chunk of rows per block.
-pub const CHANNEL_ENTRY: &str = "channel_partials";
-/// Entry point of the statistics kernel that combines the partial records into the record.
+/// Entry point of the tensor-core forward kernel's fast path.
+pub const TC_FAST_ENTRY: &str = "attention_tc";
+/// Entry point of the tensor-core forward kernel's generic path (softcap, Sigmoid,
+/// ClippedSoftmax).
+pub const TC_GENERIC_ENTRY: &str = "attention_tc_generic";
+/// Entry point of the SIMT forward kernel.
+pub const SIMT_ENTRY: &str = "attention_simt";
+/// Entry point of the statistics kernel that combines the forward kernel's per-block partial
+/// records into the record.
 pub const FINALIZE_ENTRY: &str = "finalize_stats";
-/// Entry point of the second pass that computes `key_mass`.
+/// Entry point of the second pass that computes `key_mass` (keys outside, one block per key
+/// tile; on tensor cores in the tensor-core modules).
 pub const KEY_MASS_ENTRY: &str = "key_mass";
 
 /// The head-dim tile of the tensor-core kernel: the smallest that holds d. Channels between d
 /// and the tile are zero-filled in shared memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HeadDimTile {
-    /// d ≤ 64 (tuned for 64): 64-key tiles, 45 KiB of shared memory.
+    /// d ≤ 64 (tuned for 64): 128 query rows (8 warps), 64-key tiles, 48 KiB of shared memory.
     D64,
-    /// 64 < d ≤ 128 (tuned for 128): 64-key tiles, 85 KiB.
+    /// 64 < d ≤ 128 (tuned for 128): 128 query rows (8 warps), 64-key tiles, 96 KiB.
     D128,
-    /// 128 < d ≤ 256: 32-key tiles, 99 KiB.
+    /// 128 < d ≤ 256: 64 query rows (4 warps), 32-key tiles, 96 KiB.
     D256,
 }
 
@@ -62,8 +69,35 @@ impl HeadDimTile {
     /// Keys per K/V tile (`kBlockN` of attention_tc.cu): 64 keeps S at 32 registers per
     /// thread; at d = 256 the O accumulator alone is 128 registers, so the tile halves to stay
     /// within the register file.
-    fn block_n(self) -> usize {
+    pub fn block_n(self) -> usize {
         if self.channels() <= 128 { 64 } else { 32 }
+    }
+
+    /// Warps per block of the tensor-core kernels; each owns 16 query rows (the m of
+    /// m16n8k16) and keeps their Q fragments in registers. FlashAttention-2's 128-row block
+    /// as 8 warps x 16 rows, not 4 x 32: with 16 rows a warp holds Q (32 registers at d = 128)
+    /// and S and O for one m16 slab, where 32 rows would need Q re-read from shared memory per
+    /// k-step and 64 more accumulator registers, past the 255 a thread may have with the
+    /// statistics' state. At d = 256 the O accumulator alone is 128 registers and the 99 KiB
+    /// of shared memory an sm_86/sm_89 block may have hold only 64 rows: 4 warps.
+    pub fn warps(self) -> usize {
+        if self.channels() <= 128 { 8 } else { 4 }
+    }
+
+    /// Query rows per block of the tensor-core kernel (`kBlockM`).
+    pub fn block_m(self) -> usize {
+        self.warps() * TC_ROWS_PER_WARP
+    }
+
+    /// Dynamic shared memory of the forward kernel: a Q tile and double-buffered K and V
+    /// tiles, unpadded (their 16-byte chunks are swizzled instead), 2-byte elements.
+    fn forward_smem_bytes(self) -> usize {
+        (self.block_m() + 4 * self.block_n()) * self.channels() * 2
+    }
+
+    /// Dynamic shared memory of the key-mass kernel: a K tile and double-buffered Q tiles.
+    fn key_mass_smem_bytes(self) -> usize {
+        (self.block_n() + 2 * self.block_m()) * self.channels() * 2
     }
 }
 
@@ -83,6 +117,18 @@ pub struct Specialization {
     pub dtype: DType,
     /// Forward kernel.
     pub path: KernelPath,
+}
+
+/// Whether `problem` takes the tensor-core kernel's fast path: the softmax family (Softmax,
+/// ValueBias, ContextBias, KvSink, ContextScale, LogitSink, Softmax1) without softcap, whose
+/// scores need one FFMA and one exp2 each. `takes_fast_path` in cuda/common.cuh decides the
+/// same for the key-mass kernel.
+pub fn takes_fast_path(problem: &Problem) -> bool {
+    problem.softcap.is_none()
+        && !matches!(
+            problem.variant,
+            Variant::Sigmoid { .. } | Variant::ClippedSoftmax { .. }
+        )
 }
 
 /// The first compute capability with the tensor-core path (mma.sync bf16, ldmatrix, cp.async).
@@ -136,12 +182,31 @@ impl Specialization {
         }
     }
 
-    /// The forward kernel's entry point.
-    pub fn entry(&self) -> &'static str {
+    /// The forward kernels' entry points in the module: on tensor cores the fast path (the
+    /// softmax family without softcap) and the generic path, on SIMT one kernel.
+    pub fn forward_entries(&self) -> &'static [&'static str] {
         match self.path {
-            KernelPath::TensorCore(_) => "attention_tc",
-            KernelPath::Simt => "attention_simt",
+            KernelPath::TensorCore(_) => &[TC_FAST_ENTRY, TC_GENERIC_ENTRY],
+            KernelPath::Simt => &[SIMT_ENTRY],
         }
+    }
+
+    /// The forward kernel that runs a problem: `fast` when it takes the fast path
+    /// ([`takes_fast_path`]).
+    pub fn forward_entry(&self, fast: bool) -> &'static str {
+        match self.path {
+            KernelPath::TensorCore(_) if fast => TC_FAST_ENTRY,
+            KernelPath::TensorCore(_) => TC_GENERIC_ENTRY,
+            KernelPath::Simt => SIMT_ENTRY,
+        }
+    }
+
+    /// Every entry point of the module: the forward kernels, then the statistics record's and
+    /// the key mass's.
+    pub fn entries(&self) -> Vec<&'static str> {
+        let mut all = self.forward_entries().to_vec();
+        all.extend([FINALIZE_ENTRY, KEY_MASS_ENTRY]);
+        all
     }
 
     /// The full source NVRTC compiles: the defines, then the shared header and the kernels.
@@ -178,18 +243,19 @@ impl Specialization {
     /// memory, record sizes) against the host's values with `static_assert`s.
     pub fn geometry_header(&self) -> String {
         let mut constants = vec![
-            ("kHostTcWarps", TC_WARPS),
-            ("kHostTcSmemPad", TC_SMEM_PAD),
             ("kHostSimtWarps", SIMT_WARPS),
             ("kHostSimtBlockN", SIMT_BLOCK_N),
             ("kHostStatsThreads", STATS_THREADS as usize),
-            ("kHostScanRows", SCAN_ROWS),
             ("kHostPartialCount", PARTIAL_COUNT),
-            ("kHostChanRecord", CHANNEL_RECORD_PER_TENSOR),
+            ("kHostChannelTensors", CHANNEL_TENSORS),
+            ("kHostRowRecord", ROW_RECORD),
         ];
         if let KernelPath::TensorCore(t) = self.path {
+            constants.push(("kHostTcWarps", t.warps()));
+            constants.push(("kHostTcBlockM", t.block_m()));
             constants.push(("kHostTcBlockN", t.block_n()));
-            constants.push(("kHostTcSmemBytes", self.forward_smem_bytes(t.channels())));
+            constants.push(("kHostTcSmemBytes", t.forward_smem_bytes()));
+            constants.push(("kHostTcKeyMassSmemBytes", t.key_mass_smem_bytes()));
         }
         let mut s = String::from(
             "// Launch geometry, written by src/cuda/spec.rs: the host computes grids, shared memory\n\
@@ -206,10 +272,7 @@ impl Specialization {
     /// (whose accesses the emulator checks against exactly this much).
     pub fn forward_smem_bytes(&self, head_dim: usize) -> usize {
         match self.path {
-            KernelPath::TensorCore(t) => {
-                let stride = t.channels() + TC_SMEM_PAD;
-                (TC_BLOCK_M * stride + 4 * t.block_n() * stride) * 2
-            }
+            KernelPath::TensorCore(t) => t.forward_smem_bytes(),
             KernelPath::Simt => {
                 (2 * SIMT_BLOCK_N * (head_dim + 1)
                     + SIMT_WARPS * head_dim
@@ -222,16 +285,33 @@ impl Specialization {
     /// Query rows per block of the forward kernel.
     pub fn block_m(&self) -> usize {
         match self.path {
-            KernelPath::TensorCore(_) => TC_BLOCK_M,
+            KernelPath::TensorCore(t) => t.block_m(),
             KernelPath::Simt => SIMT_WARPS,
         }
     }
 
-    /// Threads per block of the forward kernel.
+    /// Threads per block of the forward kernel and of the key-mass kernel.
     pub fn threads(&self) -> u32 {
         match self.path {
-            KernelPath::TensorCore(_) => TC_THREADS,
+            KernelPath::TensorCore(t) => (t.warps() * 32) as u32,
             KernelPath::Simt => (SIMT_WARPS * 32) as u32,
+        }
+    }
+
+    /// Keys per block of the key-mass kernel: a K tile on tensor cores, one key per thread
+    /// on SIMT.
+    pub fn key_mass_block_keys(&self) -> usize {
+        match self.path {
+            KernelPath::TensorCore(t) => t.block_n(),
+            KernelPath::Simt => SIMT_WARPS * 32,
+        }
+    }
+
+    /// Dynamic shared memory of the key-mass kernel, in bytes.
+    pub fn key_mass_smem_bytes(&self) -> usize {
+        match self.path {
+            KernelPath::TensorCore(t) => t.key_mass_smem_bytes(),
+            KernelPath::Simt => 0,
         }
     }
 }
@@ -245,31 +325,30 @@ impl fmt::Display for Specialization {
 // Launch geometry, defined here once: `Specialization::source` writes it into every module as
 // C++ constants (`geometry_header`), the kernels take their tiles from those, and their
 // static_asserts hold what they derive (shared memory, record sizes) to the numbers below.
-/// Warps per block of the tensor-core kernel; each owns 16 query rows (the m of m16n8k16).
-const TC_WARPS: usize = 4;
-/// Query rows per warp of the tensor-core kernel (`kRowsPerWarp`).
+/// Query rows per warp of the tensor-core kernel (`kRowsPerWarp`: the m of m16n8k16); the
+/// warps per block follow the head-dim tile ([`HeadDimTile`]).
 const TC_ROWS_PER_WARP: usize = 16;
-/// Query rows per block of the tensor-core kernel (`kBlockM`).
-const TC_BLOCK_M: usize = TC_WARPS * TC_ROWS_PER_WARP;
-/// Threads per block of the tensor-core kernel.
-const TC_THREADS: u32 = (TC_WARPS * 32) as u32;
-/// Elements of padding per shared-memory row (16 bytes: conflict-free ldmatrix).
-const TC_SMEM_PAD: usize = 8;
 /// Warps (= query rows) per block of the SIMT kernel.
 const SIMT_WARPS: usize = 8;
 /// Keys per tile of the SIMT kernel: two lanes score each key.
 const SIMT_BLOCK_N: usize = 16;
-/// Floats in one query block's partial statistics record (`kPartialCount`).
-pub(crate) const PARTIAL_COUNT: usize = 10;
-/// Threads per block of the statistics kernels.
+/// Sums and extrema in one query block's partial statistics record (`kPartialCount`: ten
+/// of the rows, five of the channels).
+pub(crate) const PARTIAL_COUNT: usize = 15;
+/// Tensors whose per-channel maxima follow the sums in a partial record (Q, K, V:
+/// `kChannelTensors`).
+pub(crate) const CHANNEL_TENSORS: usize = 3;
+
+/// Floats of one query block's whole partial record at head dim `d` (`part_record` of the
+/// kernel arguments): the sums, then the largest |x| of each channel of Q, K and V.
+pub(crate) fn partial_record(head_dim: usize) -> usize {
+    PARTIAL_COUNT + CHANNEL_TENSORS * head_dim
+}
+/// Floats per query row that the key-mass kernel reads (`kRowRecord`: the row's max, 1/l
+/// and ClippedSoftmax's weight sum).
+pub(crate) const ROW_RECORD: usize = 3;
+/// Threads per block of the statistics kernel.
 pub(crate) const STATS_THREADS: u32 = 256;
-/// Rows of each tensor per block of the channel scan (`kScanRows` in stats.cu).
-pub(crate) const SCAN_ROWS: usize = 128;
-/// Floats per tensor in one chunk record of the channel scan (`kChanRecord`: a maximum per
-/// channel up to d = 256, then three sums and a pad).
-const CHANNEL_RECORD_PER_TENSOR: usize = 256 + 4;
-/// Floats of one chunk record of the channel scan, three tensors.
-pub(crate) const CHANNEL_RECORD: usize = 3 * CHANNEL_RECORD_PER_TENSOR;
 
 /// A compute capability.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

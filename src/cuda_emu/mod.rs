@@ -36,7 +36,6 @@ use crate::contract::{
     Args, Backend, BufferArg, DType, Element, Error, HostInputs, HostOutputs, HostTensor, Layout,
     Layouts, Problem, Result, TensorArg, validate,
 };
-use crate::cuda::spec::{CHANNEL_ENTRY, FINALIZE_ENTRY, KEY_MASS_ENTRY};
 use crate::cuda::{Addresses, Arch, LaunchPlan, Specialization};
 use crate::parity;
 
@@ -52,11 +51,7 @@ fn backend_error(message: String) -> Error {
 
 /// The kernels of one specialisation, built for the host.
 pub fn build(spec: Specialization) -> std::result::Result<Arc<EmuModule>, EmuError> {
-    EmuModule::build(
-        &spec.name(),
-        &spec.source(),
-        &[spec.entry(), CHANNEL_ENTRY, FINALIZE_ENTRY, KEY_MASS_ENTRY],
-    )
+    EmuModule::build(&spec.name(), &spec.source(), &spec.entries())
 }
 
 /// The learned parameters in host memory; a variant reads exactly those of
@@ -109,7 +104,10 @@ pub struct EmuArgs<'a, T> {
 }
 
 /// Scratch memory reused from call to call (the statistics' partial records, as the CUDA
-/// backend's `Workspace`); grows when a call needs more, never shrinks.
+/// backend's `Workspace`); grows when a call needs more, never shrinks. Sized in advance with
+/// [`reserve`](EmuWorkspace::reserve) and
+/// [`WorkspaceLayout::for_problem`](crate::cuda::WorkspaceLayout::for_problem), as an engine
+/// sizes the CUDA one.
 #[derive(Default)]
 pub struct EmuWorkspace {
     buffer: Vec<f32>,
@@ -124,6 +122,13 @@ impl EmuWorkspace {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.buffer.len() * 4
+    }
+
+    /// Makes it hold at least `floats` floats.
+    pub fn reserve(&mut self, floats: usize) {
+        if self.buffer.len() < floats {
+            self.buffer = vec![0.0; floats];
+        }
     }
 }
 
@@ -207,9 +212,7 @@ impl EmuAttention {
         let plan = LaunchPlan::new(&checked, self.arch)?;
         let module = self.module(plan.spec)?;
         let needed = plan.workspace.len();
-        if workspace.buffer.len() < needed {
-            workspace.buffer = vec![0.0; needed];
-        }
+        workspace.reserve(needed);
 
         let p = &args.params;
         let mut buffers = vec![

@@ -486,134 +486,6 @@ pub fn assert_long_sequences_pass(backend: &dyn Backend) {
     }
 }
 
-/// Where [`nonfinite_cases`] puts a non-finite value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Poison {
-    /// One element of one query row (that row's scores).
-    QueryRow,
-    /// One element of one key (that key's score in every row that sees it).
-    Key,
-    /// One channel of V for every key of one kv head (that channel of every row reading it).
-    ValueChannel,
-    /// The learned sink logit θ of one head set to −inf (LogitSink only).
-    SinkLogit,
-}
-
-/// NaN and ±Inf inside Q, K and V, which DESIGN.md section 4 says are not refused but propagate
-/// to the rows they touch as the reference propagates them: every variant, with one query row,
-/// one key or one channel of V poisoned by NaN, +Inf or −Inf, causal (rows that do not see the
-/// poisoned key stay finite) and not, GQA, f32 and f16, statistics and key mass on; plus a
-/// learned sink logit of −inf. Each case is (label, problem, inputs).
-pub fn nonfinite_cases() -> Vec<(String, Problem, HostInputs)> {
-    let mut out = Vec::new();
-    let variants = Variant::all_default();
-    let sites = [Poison::QueryRow, Poison::Key, Poison::ValueChannel];
-    let values = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
-    let mut n = 0usize;
-    for variant in variants.iter() {
-        for site in sites {
-            for value in values {
-                let dtype = if n % 2 == 0 { DType::F32 } else { DType::F16 };
-                let mask = if n % 3 == 0 { Mask::None } else { Mask::Causal };
-                n += 1;
-                // Nq > Nk under the causal mask: the first rows see no key at all.
-                let shape = Shape::new(1, 4, 2, 9, 7, 16);
-                let problem = Problem::new(shape, dtype)
-                    .with_variant(*variant)
-                    .with_mask(mask)
-                    .with_stats(StatsLevel::HeadsAndKeys);
-                let mut inputs = cases::random_inputs(
-                    &problem,
-                    &InputSpec {
-                        seed: n as u64,
-                        ..InputSpec::default()
-                    },
-                );
-                poison(&mut inputs, site, value);
-                let label = format!("{} with {value} in {site:?}", cases::label(&problem));
-                out.push((label, problem, inputs));
-            }
-        }
-    }
-    for mask in [Mask::None, Mask::Causal] {
-        let problem = Problem::new(Shape::new(1, 4, 2, 9, 7, 16), DType::F32)
-            .with_variant(Variant::LogitSink)
-            .with_mask(mask)
-            .with_stats(StatsLevel::HeadsAndKeys);
-        let mut inputs = cases::random_inputs(&problem, &InputSpec::default());
-        poison(&mut inputs, Poison::SinkLogit, f64::NEG_INFINITY);
-        out.push((
-            format!("{} with θ = -inf", cases::label(&problem)),
-            problem,
-            inputs,
-        ));
-    }
-    out
-}
-
-/// Writes `value` where `site` says (query row 5 of head 1, key 3 of kv head 0, channel 7 of
-/// V's kv head 1, θ of head 2).
-fn poison(inputs: &mut HostInputs, site: Poison, value: f64) {
-    let layouts = inputs.layouts;
-    match site {
-        Poison::QueryRow => {
-            inputs.q.set(layouts.q.index(0, 5, 1, 3), value);
-        }
-        Poison::Key => {
-            inputs.k.set(layouts.k.index(0, 3, 0, 2), value);
-        }
-        Poison::ValueChannel => {
-            for j in 0..7 {
-                inputs.v.set(layouts.v.index(0, j, 1, 7), value);
-            }
-        }
-        Poison::SinkLogit => {
-            if let Some(theta) = inputs.params.sink_logits.as_mut() {
-                theta.set(2, value);
-            }
-        }
-    }
-}
-
-/// Holds `backend` to the reference's propagation on [`nonfinite_cases`]: NaN and Inf exactly
-/// where the reference has them (O, LSE, every statistic, the key mass), finite values within
-/// the parity bound. A case whose baseline is not finite where the reference is says nothing
-/// and is reported; most must say something.
-pub fn assert_nonfinite_propagate(backend: &dyn Backend) {
-    let all = nonfinite_cases();
-    let mut failures = Vec::new();
-    let mut invalid = 0;
-    for (label, problem, inputs) in &all {
-        let report = match parity::check_backend(backend, problem, inputs) {
-            Ok(r) => r,
-            Err(e) => {
-                failures.push(format!("{label}: {e}"));
-                continue;
-            }
-        };
-        if report.invalid() {
-            invalid += 1;
-            eprintln!("note: {label}: the baseline is not finite where the reference is");
-        } else if !report.passed() {
-            failures.push(format!("{label}:\n{report}"));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{}: {} of {} non-finite cases differ from the reference:\n{}",
-        backend.name(),
-        failures.len(),
-        all.len(),
-        failures.join("\n")
-    );
-    assert!(
-        invalid * 2 < all.len(),
-        "{}: {invalid} of {} non-finite cases were invalid",
-        backend.name(),
-        all.len()
-    );
-}
-
 /// An engine-shaped batch within `limits` (DESIGN.md section 6): up to three sequences whose
 /// lengths differ (dense Q or K/V force them equal), Q dense or packed, K/V dense, dense with
 /// `seqlens_k` and spare NaN slots, packed, or paged with page sizes 1, 3, 16 and 256 and
@@ -829,6 +701,259 @@ pub fn cuda_tile_cases() -> Vec<Case> {
         }
     }
     out
+}
+
+/// Cases for the CUDA tensor-core kernel's query blocks (128 rows, 64 at d = 256) and K/V
+/// tiles (64 keys, 32 at d = 256): lengths across two to five query blocks and up to ten key
+/// tiles (so that whole unmasked tiles, tiles the causal diagonal crosses and the tail past Nk
+/// all occur, and several blocks own K/V tiles), GQA groups of two and three (K/V statistics
+/// counted once per kv head), Nq > Nk (rows that see no key) and Nq < Nk. Every variant (on
+/// the fast and the generic path) runs twice: once causal with `HeadsAndKeys` and once
+/// without a mask with `Heads`, or the other way round; f16 and bf16 at each of d = 64, 128
+/// and 256; massive activations on a third; views on a quarter
+/// ([`assert_block_cases_cover`] checks these claims).
+pub fn cuda_block_cases() -> Vec<Case> {
+    let variants = Variant::all_default();
+    let shapes = [
+        Shape::new(1, 4, 2, 300, 260, 64),
+        Shape::new(1, 3, 1, 260, 130, 128),
+        Shape::new(2, 2, 1, 129, 300, 64),
+        Shape::new(1, 2, 2, 200, 200, 128),
+        Shape::new(1, 2, 1, 150, 100, 256),
+        Shape::new(1, 3, 1, 70, 150, 256),
+    ];
+    let mut out = Vec::new();
+    for round in 0..2 {
+        for (i, variant) in variants.iter().enumerate() {
+            let n = round * variants.len() + i;
+            let shape = shapes[n % shapes.len()];
+            let dtype = if (n + n / shapes.len()) % 2 == 0 {
+                DType::Bf16
+            } else {
+                DType::F16
+            };
+            let causal = (i + round) % 2 == 0;
+            let (mask, stats) = if causal {
+                (Mask::Causal, StatsLevel::HeadsAndKeys)
+            } else {
+                (Mask::None, StatsLevel::Heads)
+            };
+            out.push(Case {
+                problem: Problem::new(shape, dtype)
+                    .with_variant(*variant)
+                    .with_mask(mask)
+                    .with_stats(stats),
+                spec: InputSpec {
+                    seed: 500 + n as u64,
+                    massive: n % 3 == 0,
+                    ..InputSpec::default()
+                },
+                views: n % 4 == 3,
+            });
+        }
+    }
+    out
+}
+
+/// Checks what [`cuda_block_cases`] claims to cover: every variant both causal and not,
+/// both `Heads` and `HeadsAndKeys`, f16 and bf16 at each of d = 64, 128 and 256, and every
+/// case longer than `block(d)` = (query rows, keys) of one block and one K/V tile.
+pub fn assert_block_cases_cover(cases: &[Case], block: impl Fn(usize) -> (usize, usize)) {
+    use std::collections::BTreeSet;
+    let mut seen = BTreeSet::new();
+    for case in cases {
+        let p = &case.problem;
+        let s = p.shape;
+        let (rows, keys) = block(s.head_dim);
+        assert!(
+            s.q_len > rows && s.kv_len > keys,
+            "{}: within one block or tile",
+            cases::label(p)
+        );
+        seen.insert(format!("{} {:?}", p.variant.name(), p.mask));
+        seen.insert(format!("{:?}", p.stats));
+        seen.insert(format!("{:?} d{}", p.dtype, s.head_dim));
+    }
+    let mut want: Vec<String> = Variant::all_default()
+        .iter()
+        .flat_map(|v| [Mask::Causal, Mask::None].map(|m| format!("{} {m:?}", v.name())))
+        .collect();
+    want.extend([StatsLevel::Heads, StatsLevel::HeadsAndKeys].map(|l| format!("{l:?}")));
+    for d in [64, 128, 256] {
+        want.extend([DType::F16, DType::Bf16].map(|t| format!("{t:?} d{d}")));
+    }
+    let missing: Vec<&String> = want.iter().filter(|w| !seen.contains(*w)).collect();
+    assert!(missing.is_empty(), "not covered: {missing:?}");
+}
+
+/// Where [`nonfinite_cases`] writes a non-finite value: one element each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NonfiniteSite {
+    /// Channel 3 of query row 5 of head 1 (that row's scores and its sink logit).
+    QueryRow,
+    /// Channel 2 of key 2 of kv head 0 (every row sees it; in the first K/V tile, which the
+    /// rows of the first shape see whole: the unmasked loop).
+    EarlyKey,
+    /// Channel 2 of key Nk − 5 of kv head 0 (in the last, masked K/V tile: under the causal
+    /// mask only the last rows see it).
+    LateKey,
+    /// Channel 7 of value 2 of the last kv head (that channel of every row that sees a key).
+    /// Always in the first shape, where every row sees key 2: a tiled P·V multiplies the
+    /// weight 0 of a key masked for some rows of a block by its value, and 0 · inf is NaN
+    /// (the crate docs, "NaN and Inf", say so; FlashAttention does the same).
+    ValueChannel,
+    /// Channel 3 of query row 0 of head 1 at −inf and channel 3 of every key of kv head 0
+    /// positive: every score of that row is −inf (NaN in the reference, e^{−inf − (−inf)},
+    /// unless a sink is in the denominator). Only with −inf, in the first shape, and not for
+    /// ClippedSoftmax (the crate docs, "NaN and Inf").
+    EveryScoreNegInf,
+}
+
+/// NaN, +Inf and −Inf in one query row, one key and one value channel, which DESIGN.md
+/// section 4 says are not refused but propagate to what they reach as the reference
+/// propagates them. Every variant at each site and value; f16, bf16 and f32 in turn (the
+/// tensor-core and the SIMT CUDA kernels); causal and not in turn; two shapes in turn, both
+/// past one K/V tile: 20 rows over 140 keys (the first K/V tile unmasked for every row) and
+/// 140 rows over 70 keys (two query blocks; under the causal mask the first 70 rows see no key,
+/// so a poisoned row 5 reaches only a sink); GQA; `HeadsAndKeys`, `Heads` on a quarter; and a
+/// row whose every score is −inf; a learned sink logit of −inf. Each case is (label, problem,
+/// inputs).
+pub fn nonfinite_cases() -> Vec<(String, Problem, HostInputs)> {
+    let shapes = [
+        Shape::new(1, 4, 2, 20, 140, 16),
+        Shape::new(1, 2, 1, 140, 70, 32),
+    ];
+    let sites = [
+        NonfiniteSite::QueryRow,
+        NonfiniteSite::EarlyKey,
+        NonfiniteSite::LateKey,
+        NonfiniteSite::ValueChannel,
+        NonfiniteSite::EveryScoreNegInf,
+    ];
+    let mut out = Vec::new();
+    let mut n = 0usize;
+    for (v, variant) in Variant::all_default().iter().enumerate() {
+        for (si, &site) in sites.iter().enumerate() {
+            for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                let every_score = site == NonfiniteSite::EveryScoreNegInf;
+                if every_score
+                    && (value != f64::NEG_INFINITY
+                        || matches!(variant, Variant::ClippedSoftmax { .. }))
+                {
+                    continue;
+                }
+                // Every (site, value) meets each dtype, both masks and both shapes.
+                let dtype = [DType::F16, DType::Bf16, DType::F32][(n + v) % 3];
+                let mask = if (n + v) % 2 == 0 {
+                    Mask::Causal
+                } else {
+                    Mask::None
+                };
+                let stats = if n % 4 == 3 {
+                    StatsLevel::Heads
+                } else {
+                    StatsLevel::HeadsAndKeys
+                };
+                let shape = if site == NonfiniteSite::ValueChannel || every_score {
+                    shapes[0]
+                } else {
+                    shapes[(v + si) % 2]
+                };
+                n += 1;
+                let problem = Problem::new(shape, dtype)
+                    .with_variant(*variant)
+                    .with_mask(mask)
+                    .with_stats(stats);
+                let mut inputs = cases::random_inputs(
+                    &problem,
+                    &InputSpec {
+                        seed: 900 + n as u64,
+                        ..InputSpec::default()
+                    },
+                );
+                let l = inputs.layouts;
+                let (nk, last_kv) = (shape.kv_len, shape.kv_heads - 1);
+                let written = match site {
+                    NonfiniteSite::QueryRow => inputs.q.set(l.q.index(0, 5, 1, 3), value),
+                    NonfiniteSite::EarlyKey => inputs.k.set(l.k.index(0, 2, 0, 2), value),
+                    NonfiniteSite::LateKey => inputs.k.set(l.k.index(0, nk - 5, 0, 2), value),
+                    NonfiniteSite::ValueChannel => inputs.v.set(l.v.index(0, 2, last_kv, 7), value),
+                    NonfiniteSite::EveryScoreNegInf => {
+                        for j in 0..nk {
+                            let at = l.k.index(0, j, 0, 3);
+                            let k = inputs.k.get(at).expect("inside K");
+                            inputs.k.set(at, k.abs() + 0.5);
+                        }
+                        inputs.q.set(l.q.index(0, 0, 1, 3), value)
+                    }
+                };
+                assert!(written, "{site:?} lies inside the tensor");
+                let label = format!("{} with {value} in {site:?}", cases::label(&problem));
+                out.push((label, problem, inputs));
+            }
+        }
+    }
+    // A learned sink logit θ = −inf (head 1), on rows that see keys and, causal in the second
+    // shape, on rows that see none.
+    for (i, mask) in [Mask::None, Mask::Causal].into_iter().enumerate() {
+        for (dtype, shape) in [(DType::F16, shapes[1]), (DType::F32, shapes[0])] {
+            let problem = Problem::new(shape, dtype)
+                .with_variant(Variant::LogitSink)
+                .with_mask(mask)
+                .with_stats(StatsLevel::HeadsAndKeys);
+            let mut inputs = cases::random_inputs(
+                &problem,
+                &InputSpec {
+                    seed: 990 + i as u64,
+                    ..InputSpec::default()
+                },
+            );
+            let theta = inputs.params.sink_logits.as_mut().expect("θ");
+            assert!(theta.set(1, f64::NEG_INFINITY), "head 1 has a θ");
+            let label = format!("{} with θ = -inf", cases::label(&problem));
+            out.push((label, problem, inputs));
+        }
+    }
+    out
+}
+
+/// Holds `backend` to the reference on [`nonfinite_cases`]: NaN and ±Inf exactly where the
+/// reference has them (O, LSE, every statistic, the key mass; the parity rule's first check),
+/// finite values within the parity bound. A case whose baseline is not finite where the
+/// reference is says nothing and is reported; most must say something, and most must have a
+/// non-finite value in the reference's O or LSE (or the sweep tests nothing).
+pub fn assert_nonfinite_propagate(backend: &dyn Backend) {
+    let all = nonfinite_cases();
+    let (mut failures, mut invalid, mut reaching) = (Vec::new(), 0, 0);
+    for (label, problem, inputs) in &all {
+        let r = exact(problem, inputs);
+        if r.o.iter().chain(&r.lse).any(|x| !x.is_finite()) {
+            reaching += 1;
+        }
+        match parity::check_backend(backend, problem, inputs) {
+            Err(e) => failures.push(format!("{label}: {e}")),
+            Ok(report) if report.invalid() => {
+                invalid += 1;
+                eprintln!("note: {label}: the baseline is not finite where the reference is");
+            }
+            Ok(report) if !report.passed() => failures.push(format!("{label}:\n{report}")),
+            Ok(_) => {}
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}: {} of {} non-finite cases differ from the reference:\n{}",
+        backend.name(),
+        failures.len(),
+        all.len(),
+        failures.join("\n")
+    );
+    assert!(
+        invalid * 4 < all.len() && reaching * 2 > all.len(),
+        "{}: of {} non-finite cases {invalid} were invalid, {reaching} reach O or the LSE",
+        backend.name(),
+        all.len()
+    );
 }
 
 /// What a device-level kernel must write for one output row (a query token, all heads) when

@@ -20,6 +20,13 @@ extern "C" __global__ void global_write_before_start(const FaultArgs a) {
     if (blockIdx.x == 1) a.out[t == a.culprit ? -1 : t] = 1.f;
 }
 
+// Stores 8 bytes at a 4-byte aligned address of `out` (as a packed store would with an odd
+// channel offset).
+extern "C" __global__ void global_store_misaligned(const FaultArgs a) {
+    const int t = threadIdx.x;
+    if (t % 2 == 0) gmem_cast<unsigned long long>(a.out + (t == a.culprit ? t + 1 : t))[0] = 0ull;
+}
+
 // Writes through a pointer into `in`, which the launch gave as read-only.
 extern "C" __global__ void global_write_to_input(const FaultArgs a) {
     const gmem_ptr<float> in(const_cast<float*>(a.in.raw()));

@@ -145,3 +145,13 @@ extern "C" __global__ void shfl_test(const ShflArgs a) {
     if (lane % 2 == 0) partial = __shfl_xor_sync(0x55555555u, v, 2);
     a.out[5 * 32 + lane] = partial;
 }
+
+struct MaxNanArgs {
+    gmem_ptr<const float> x;  // n floats
+    gmem_ptr<float> out;      // n * n: max.NaN.f32 of (x[i], x[j]) at i·n + j
+    int n;
+};
+
+extern "C" __global__ void max_nan_test(const MaxNanArgs a) {
+    for (int e = threadIdx.x; e < a.n * a.n; e += blockDim.x) a.out[e] = emu::max_NaN_f32(a.x[e / a.n], a.x[e % a.n]);
+}
