@@ -1,14 +1,16 @@
 //! One WGSL forward timing, for side-by-side comparisons of two builds of the crate
 //! (`scripts/wgsl_speed.sh` runs a grid with an old and a new build alternately):
-//! `wgsl_speed D DTYPE N VARIANT STATS [REPS]` prints the median device time in ms of B = 1,
-//! Hq = 8, Hkv = 2, Nq = Nk = N, no mask, inputs resident (device timestamps around the pass).
-//! VARIANT: softmax, kv_sink, clipped; STATS: off, heads, heads_and_keys.
+//! `wgsl_speed D DTYPE N VARIANT STATS [REPS] [MASK]` prints the median device time in ms of
+//! B = 1, Hq = 8, Hkv = 2, Nq = Nk = N, inputs resident (device timestamps around the pass).
+//! VARIANT: softmax, kv_sink, logit_sink, clipped; STATS: off, heads, heads_and_keys; MASK:
+//! none (the default), causal, or window:L (L keys before the diagonal, none after it:
+//! gpt-oss's 128-token window is window:127).
 use outlier_attn::wgsl::WgslBackend;
-use outlier_attn::{Backend, DType, Problem, Shape, StatsLevel, Variant};
+use outlier_attn::{Backend, DType, Mask, Problem, Shape, StatsLevel, Variant};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: wgsl_speed D DTYPE N VARIANT STATS [REPS]";
+    let usage = "usage: wgsl_speed D DTYPE N VARIANT STATS [REPS] [MASK]";
     if args.len() < 5 {
         return Err(usage.into());
     }
@@ -23,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let variant = match args[3].as_str() {
         "softmax" => Variant::Softmax,
         "kv_sink" => Variant::KvSink,
+        "logit_sink" => Variant::LogitSink,
         "clipped" => Variant::ClippedSoftmax {
             zeta: 1.1,
             gamma: -0.1,
@@ -36,9 +39,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => return Err(usage.into()),
     };
     let reps: usize = args.get(5).map(|r| r.parse()).transpose()?.unwrap_or(3);
+    let mask = match args.get(6).map(String::as_str) {
+        None | Some("none") => Mask::None,
+        Some("causal") => Mask::Causal,
+        Some(w) => match w.strip_prefix("window:").map(str::parse) {
+            Some(Ok(left)) => Mask::window(Some(left), Some(0)),
+            _ => return Err(usage.into()),
+        },
+    };
     let backend = WgslBackend::new()?;
     let problem = Problem::new(Shape::new(1, 8, 2, n, n, d), dtype)
         .with_variant(variant)
+        .with_mask(mask)
         .with_stats(stats);
     let inputs = outlier_attn::cases::random_inputs(&problem, &Default::default());
     let mut times = backend
