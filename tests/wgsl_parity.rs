@@ -390,11 +390,13 @@ fn nonfinite_inputs_propagate_as_the_reference() {
     common::assert_nonfinite_propagate(&b);
 }
 
-/// The same sweep on the path without subgroup operations (its own row reductions).
+/// The same sweep on the path without subgroup operations (its own key exchange and row
+/// reductions; the propagation logic is the subgroup path's): its f32 cases, which meet every
+/// variant, site and value, and a third of the pipelines to build.
 #[test]
 fn nonfinite_inputs_propagate_on_the_workgroup_path() {
     let Some(b) = backend(false) else { return };
-    common::assert_nonfinite_propagate(&b);
+    common::assert_nonfinite_propagate_where(&b, |p| p.dtype == DType::F32);
 }
 
 #[test]
