@@ -257,9 +257,10 @@ pub fn arb_windowed_case(limits: &Limits) -> impl Strategy<Value = Case> + use<>
     })
 }
 
-/// The parity sweep of [`arb_windowed_case`]: every case must run and pass.
-pub fn windowed_parity_sweep(backend: &dyn Backend, limits: &Limits) {
-    let mut runner = TestRunner::new(config());
+/// The parity sweep of [`arb_windowed_case`], `cases` random cases (e.g. `config().cases`):
+/// every case must run and pass.
+pub fn windowed_parity_sweep(backend: &dyn Backend, limits: &Limits, cases: u32) {
+    let mut runner = TestRunner::new(ProptestConfig { cases, ..config() });
     let result = runner.run(&arb_windowed_case(limits), |case| {
         check_case(backend, &case).map(|_| ())
     });
