@@ -2,10 +2,11 @@
 //! from the device's limits, and the uniform block the kernels read.
 //!
 //! Specialisation is textual and happens in one place, [`Kernel::source`]: a header of WGSL
-//! `const` declarations (head dim, tile sizes, dtype, variant, gate, mask, statistics level),
-//! then `shaders/common.wgsl`, for the forward pass one of the two key files (subgroup shuffles
-//! or workgroup memory), and the kernel file. Constants rather than override constants because
-//! the head dim sizes private arrays, which WGSL only allows with a `const`.
+//! `const` declarations (head dim, tile sizes, dtype, variant, gate, statistics level; the
+//! mask's window bounds are uniforms), then `shaders/common.wgsl`, for the forward pass one of
+//! the two key files (subgroup shuffles or workgroup memory), and the kernel file. Constants
+//! rather than override constants because the head dim sizes private arrays, which WGSL only
+//! allows with a `const`.
 //!
 //! Two directives are expanded on the way:
 //! - `//unroll_all c < N: statement` writes the statement out for c = 0..N, always. It is what

@@ -7,8 +7,8 @@
 //! - [`WgslAttention`], for engines: it takes the caller's `wgpu::Device` and buffers (with
 //!   element offsets and strides, as a KV cache holds them) and records compute passes into
 //!   the caller's `CommandEncoder`. Pipelines are cached per specialisation (head dim, dtype,
-//!   variant, gate, mask, statistics level, reduction path); the statistics scratch buffer is
-//!   reused across calls.
+//!   variant, gate, statistics level, reduction path; the mask is a uniform); the statistics
+//!   scratch buffer is reused across calls.
 //! - [`WgslBackend`], the crate's [`Backend`](crate::Backend): finds an adapter, opens a
 //!   device, uploads, runs and reads back. [`Backend::describe`](crate::Backend::describe)
 //!   says which adapter was chosen, which features it has and which path each one selects.
