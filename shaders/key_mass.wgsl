@@ -24,30 +24,6 @@ const LANE_QUADS: u32 = D4 / ROW_LANES; // channel quads per lane of a forward r
 var<workgroup> q_tile: array<vec4<f32>, TILE_ROWS * D4>;         // [row][channel quad]
 var<workgroup> row_state: array<f32, TILE_ROWS * ROW_STATE_LEN>; // [row, (m, l, clip mass)]
 
-fn load_q(i: u32) -> f32 {
-    return decode(q_buf[word_index(i)], i);
-}
-
-fn load_k(i: u32) -> f32 {
-    return decode(k_buf[word_index(i)], i);
-}
-
-fn load_k4(i: u32) -> vec4<f32> {
-    if ELEM == ELEM_F32 {
-        return bitcast<vec4<f32>>(vec4<u32>(k_buf[i], k_buf[i + 1u], k_buf[i + 2u], k_buf[i + 3u]));
-    }
-    let w = i >> 1u;
-    return decode_half_quad(k_buf[w], k_buf[w + 1u], k_buf[min(w + 2u, arrayLength(&k_buf) - 1u)], i);
-}
-
-fn load_q4(i: u32) -> vec4<f32> {
-    if ELEM == ELEM_F32 {
-        return bitcast<vec4<f32>>(vec4<u32>(q_buf[i], q_buf[i + 1u], q_buf[i + 2u], q_buf[i + 3u]));
-    }
-    let w = i >> 1u;
-    return decode_half_quad(q_buf[w], q_buf[w + 1u], q_buf[min(w + 2u, arrayLength(&q_buf) - 1u)], i);
-}
-
 // Quad e of the Q tile: row r0 + e / D4 (the last row repeated past Nq), channels
 // 4 · (e % D4) ...
 fn load_q_quad(b: u32, h: u32, r0: u32, e: u32) {

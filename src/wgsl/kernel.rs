@@ -3,8 +3,9 @@
 //!
 //! Specialisation is textual and happens in one place, [`Kernel::source`]: a header of WGSL
 //! `const` declarations (head dim, tile sizes, dtype, variant, gate, statistics level; the
-//! mask's window bounds are uniforms), then `shaders/common.wgsl`, for the forward pass one of
-//! the two key files (subgroup shuffles or workgroup memory), and the kernel file. Constants
+//! mask's window bounds are uniforms), then `shaders/common.wgsl`, `shaders/qk_loads.wgsl` for
+//! the two kernels that read Q and K, for the forward pass one of the two key files (subgroup
+//! shuffles or workgroup memory), and the kernel file. Constants
 //! rather than override constants because the head dim sizes private arrays, which WGSL only
 //! allows with a `const`.
 //!
@@ -28,6 +29,7 @@ use crate::contract::{DType, Gate, GateGranularity, Mask, Stat, StatsLevel, Vari
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 const KEYS_WORKGROUP: &str = include_str!("../../shaders/keys_workgroup.wgsl");
 const KEYS_SUBGROUP: &str = include_str!("../../shaders/keys_subgroup.wgsl");
+const QK_LOADS: &str = include_str!("../../shaders/qk_loads.wgsl");
 const FORWARD: &str = include_str!("../../shaders/forward.wgsl");
 const COMBINE: &str = include_str!("../../shaders/combine.wgsl");
 const KEY_MASS: &str = include_str!("../../shaders/key_mass.wgsl");
@@ -295,6 +297,7 @@ impl Kernel {
         text.push_str(COMMON);
         match self.kind {
             KernelKind::Forward => {
+                text.push_str(QK_LOADS);
                 text.push_str(FORWARD);
                 text.push_str(if self.subgroups {
                     KEYS_SUBGROUP
@@ -303,7 +306,10 @@ impl Kernel {
                 });
             }
             KernelKind::Combine => text.push_str(COMBINE),
-            KernelKind::KeyMass => text.push_str(KEY_MASS),
+            KernelKind::KeyMass => {
+                text.push_str(QK_LOADS);
+                text.push_str(KEY_MASS);
+            }
         }
         expand_unrolls(&text, self.head_dim, self.row_lanes, self.head_dim / 4)
     }
