@@ -101,7 +101,7 @@ impl WorkspaceLayout {
 /// emulator; 0 where a buffer is absent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Addresses {
-    /// Q, K, V, O.
+    /// Q.
     pub q: u64,
     /// K.
     pub k: u64,
