@@ -5,6 +5,8 @@
 //! is exit status 2 with a message naming it.
 
 mod cli_common;
+#[cfg(feature = "cuda-emulator")]
+mod common;
 use cli_common::{temp, text, tool};
 
 use std::path::{Path, PathBuf};
@@ -125,6 +127,20 @@ fn paged_decode_written_by_pytorch_replays() {
 #[test]
 fn gpt_oss_window_written_by_pytorch_replays() {
     replay_agrees_with_pytorch("gpt_oss_window", "reference");
+}
+
+/// The CUDA kernels replay the three engine-shaped files on the emulator (packed prefill,
+/// paged decode over shuffled 16-token pages, a gpt-oss window with sinks).
+#[cfg(feature = "cuda-emulator")]
+#[test]
+fn engine_replays_run_on_the_cuda_emulator() {
+    if let Err(e) = outlier_attn::cuda_emu::compiler_version() {
+        common::skip_or_fail("cuda-emu", &e.to_string());
+        return;
+    }
+    for name in ["packed_prefill", "paged_decode", "gpt_oss_window"] {
+        replay_agrees_with_pytorch(name, "cuda-emu");
+    }
 }
 
 /// The fixture `name` with tensor `tensor` replaced by `dtype`, `dims`, `bytes` (or removed

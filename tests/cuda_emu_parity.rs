@@ -674,3 +674,33 @@ fn cuda_emu_contains_bad_index_tensors() {
         }
     }
 }
+
+/// Paged caches past several pages and K/V tiles: a page size that is a multiple of the 64-key
+/// tile (one block-table lookup per tile), one that is not (a lookup per key), and 16-token
+/// pages on the SIMT kernel's 16-key tiles; under a window and with statistics.
+#[test]
+fn cuda_emu_paged_caches_past_several_pages() {
+    let Some(b) = backend() else { return };
+    for (dtype, page_size, mask) in [
+        (DType::Bf16, 64, Mask::Causal),
+        (DType::F16, 24, Mask::window(Some(50), Some(0))),
+        (DType::F32, 16, Mask::window(Some(20), Some(3))),
+    ] {
+        let template = Problem::new(Shape::new(1, 2, 1, 1, 1, 16), dtype)
+            .with_variant(Variant::KvSink)
+            .with_mask(mask)
+            .with_stats(StatsLevel::HeadsAndKeys);
+        let seqs = cases::SeqCase {
+            q_lens: vec![3, 1],
+            kv_lens: vec![150, 70],
+            packed_q: true,
+            kv: cases::KvStorage::Paged {
+                page_size,
+                spare_pages: 2,
+            },
+        };
+        let (problem, inputs) = cases::engine_inputs(&template, &seqs, &InputSpec::default());
+        let report = outlier_attn::parity::check_backend(b, &problem, &inputs).expect("runs");
+        assert!(report.passed(), "{}:\n{report}", cases::label(&problem));
+    }
+}

@@ -165,7 +165,7 @@ impl LaunchPlan {
     ///
     /// # Errors
     /// [`Error::Unsupported`] for more than 65535 query heads or 65535 sequences (the grid's y
-    /// and z limits), or a sequence, a packed tensor or a page count above 2^31.
+    /// and z limits), Nq + Nk above 2^30, or a packed tensor or page count above 2^31.
     pub fn new(checked: &Validated, arch: Arch) -> Result<LaunchPlan> {
         checked.require_features(BACKEND, SUPPORTED)?;
         let problem = checked.problem();
@@ -183,8 +183,12 @@ impl LaunchPlan {
                 )));
             }
         }
-        if [s.q_len, s.kv_len].iter().any(|&n| n > i32::MAX as usize) {
-            return Err(unsupported("a sequence above 2^31 tokens".to_string()));
+        // The kernels' key ranges are 32-bit sums of Nq, Nk and a window side (key_range).
+        if s.q_len + s.kv_len > 1 << 30 {
+            return Err(unsupported(format!(
+                "Nq + Nk = {} above 2^30 tokens",
+                s.q_len + s.kv_len
+            )));
         }
         // The sequence map of cuda/common.cuh counts rows and pages in i32, as the index
         // tensors do.
@@ -217,7 +221,7 @@ impl LaunchPlan {
             WorkspaceLayout::new(spec, s.batch, s.q_heads, s.q_len, s.head_dim, problem.stats);
         let (heads, batch) = (s.q_heads as u32, s.batch as u32);
         let mut launches = vec![Launch {
-            entry: spec.forward_entry(takes_fast_path(problem)),
+            entry: spec.forward_entry(takes_fast_path(problem, spec.block_n())),
             grid: [to_u32(m_blocks)?, heads, batch],
             threads: spec.threads(),
             dynamic_smem: spec.forward_smem_bytes(s.head_dim),
@@ -329,8 +333,9 @@ fn kernel_params(checked: &Validated, m_blocks: usize, block_n: usize) -> Kernel
             3
         }
     };
-    // A window side beyond every key is no bound at all (and fits an i32).
-    let side = |x: Option<usize>| x.map_or(-1, |v| v.min(i32::MAX as usize) as i32);
+    // A window side that reaches past every key of every row is no bound at all: left >= Nk
+    // or right >= Nq (then key_range's 32-bit sums stay below Nq + 2·Nk).
+    let side = |x: Option<usize>, reach: usize| x.filter(|&v| v < reach).map_or(-1, int);
     let (left, right) = problem.mask.bounds();
     // The parameters through their own layouts (dense ones as [1, 1, Hq, w] or the gate's
     // dims): the element at (outer, token, head, channel) is offset + the strides.
@@ -414,8 +419,8 @@ fn kernel_params(checked: &Validated, m_blocks: usize, block_n: usize) -> Kernel
         pages,
         page_size,
         max_pages,
-        window_left: side(left),
-        window_right: side(right),
+        window_left: side(left, s.kv_len),
+        window_right: side(right, s.q_len),
         sigmoid_bias_per_seq: per_seq_bias as i32,
         paged_tiles: (page_size as usize % block_n == 0) as i32,
         ..KernelParams::default()
