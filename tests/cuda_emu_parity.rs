@@ -677,17 +677,20 @@ fn cuda_emu_contains_bad_index_tensors() {
 }
 
 /// Paged caches past several pages and K/V tiles: a page size that is a multiple of the 64-key
-/// tile (one block-table lookup per tile), one that is not (a lookup per key), and 16-token
-/// pages on the SIMT kernel's 16-key tiles; under a window and with statistics.
+/// tile (one block-table lookup per tile), one that is not (a lookup per key), 16-token pages
+/// on the SIMT kernel's 16-key tiles and 32-token pages on the d = 256 tile's; under windows
+/// and with statistics.
 #[test]
 fn cuda_emu_paged_caches_past_several_pages() {
     let Some(b) = backend() else { return };
-    for (dtype, page_size, mask) in [
-        (DType::Bf16, 64, Mask::Causal),
-        (DType::F16, 24, Mask::window(Some(50), Some(0))),
-        (DType::F32, 16, Mask::window(Some(20), Some(3))),
+    for (dtype, page_size, mask, d) in [
+        (DType::Bf16, 64, Mask::Causal, 16),
+        (DType::F16, 24, Mask::window(Some(50), Some(0)), 16),
+        (DType::F32, 16, Mask::window(Some(20), Some(3)), 16),
+        // The d = 256 tile's 32-key tiles: 32-token pages take its fast path.
+        (DType::Bf16, 32, Mask::window(Some(40), Some(0)), 200),
     ] {
-        let template = Problem::new(Shape::new(1, 2, 1, 1, 1, 16), dtype)
+        let template = Problem::new(Shape::new(1, 2, 1, 1, 1, d), dtype)
             .with_variant(Variant::KvSink)
             .with_mask(mask)
             .with_stats(StatsLevel::HeadsAndKeys);
