@@ -618,8 +618,8 @@ mod tests {
         );
         let p = plan(&template, KvStorage::Packed).scalars;
         assert_eq!((p.kv_seqs, p.kv_total, p.sigmoid_bias_per_seq), (2, 79, 0));
-        // A side past every key (capacity 72, 4 queries) is unbounded; Sigmoid without a bias takes −ln Nk_b per
-        // sequence on the device.
+        // A side past every key (capacity 72, 4 queries) is unbounded; Sigmoid without a
+        // bias takes −ln Nk_b per sequence on the device.
         let wide = template
             .with_mask(Mask::window(Some(72), Some(4)))
             .with_variant(Variant::Sigmoid { bias: None });
