@@ -147,15 +147,15 @@ pub fn poisoned_outputs(problem: &Problem) -> HostOutputs {
     HostOutputs {
         o: HostTensor::filled(
             problem.dtype,
-            s.batch * s.q_len * s.q_heads * s.head_dim,
+            problem.q_tokens() * s.q_heads * s.head_dim,
             f64::NAN,
         ),
-        lse: nan(s.lse_len()),
+        lse: nan(problem.lse_len()),
         stats: problem
             .stats
             .heads()
             .then(|| nan(s.heads_total() * Stat::COUNT)),
-        key_mass: problem.stats.keys().then(|| nan(s.key_mass_len())),
+        key_mass: problem.stats.keys().then(|| nan(problem.key_mass_len())),
     }
 }
 

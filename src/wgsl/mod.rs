@@ -36,6 +36,6 @@ mod kernel;
 pub use ::wgpu;
 
 pub use device::{
-    DeviceArgs, DeviceSlice, DeviceTensor, UNIFORM_SLOTS, WgslAttention, WgslOptions,
+    DeviceArgs, DeviceIndex, DeviceSlice, DeviceTensor, UNIFORM_SLOTS, WgslAttention, WgslOptions,
 };
 pub use host::WgslBackend;

@@ -602,8 +602,13 @@ pub fn check_engine_case(backend: &dyn Backend, case: &EngineCase) -> Result<boo
 /// The engine-shaped parity sweep: random cases within `limits`, each passed or refused by
 /// name. Returns how many ran (the rest were refused).
 pub fn engine_parity_sweep(backend: &dyn Backend, limits: &Limits) -> usize {
+    engine_parity_sweep_cases(backend, limits, config().cases)
+}
+
+/// [`engine_parity_sweep`] with `cases` random cases.
+pub fn engine_parity_sweep_cases(backend: &dyn Backend, limits: &Limits, cases: u32) -> usize {
     let ran = std::cell::Cell::new(0usize);
-    let mut runner = TestRunner::new(config());
+    let mut runner = TestRunner::new(ProptestConfig { cases, ..config() });
     let result = runner.run(&arb_engine_case(limits), |case| {
         if check_engine_case(backend, &case)? {
             ran.set(ran.get() + 1);
@@ -1099,7 +1104,8 @@ pub fn bad_index_cases() -> Vec<BadIndexCase> {
 /// Holds a device-level run's outputs to what [`BadIndexCase::rows`] requires: rows that read
 /// a bad entry are NaN (O and LSE, every head), rows that read nothing bad pass the parity rule
 /// against the reference of the valid call, and a sequence with a NaN row has an all-NaN
-/// statistics record and NaN key mass; every other sequence's record and key mass pass.
+/// statistics record and NaN key mass (in the `[B, Hq, Nk]` layouts, past its length NaN or
+/// 0); every other sequence's record and key mass pass.
 pub fn check_bad_index_outputs(
     case: &BadIndexCase,
     actual: &outlier_attn::HostOutputs,
@@ -1164,17 +1170,26 @@ pub fn check_bad_index_outputs(
             exact.key_mass.clone(),
             b_km.iter().map(|&v| v as f64).collect::<Vec<_>>(),
         );
+        let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        // In the `[B, Hq, Nk]` layouts a poisoned sequence's row past its length may be NaN
+        // too: when the bad entry is its seqlens_k, the kernel cannot know that length.
+        let row_len = match p.seqs.kv {
+            outlier_attn::KvSeqs::Packed { .. } => 0,
+            _ => p.shape.kv_len,
+        };
         for (b, span) in map.spans().iter().enumerate() {
             if poisoned[b] {
                 for h in 0..hq {
-                    for j in 0..span.kv_len {
-                        r[map.key_mass_index(b, h, j)] = f64::NAN;
-                        bb[map.key_mass_index(b, h, j)] = f64::NAN;
+                    for j in 0..span.kv_len.max(row_len) {
+                        let at = map.key_mass_index(b, h, j);
+                        if j < span.kv_len || x[at].is_nan() {
+                            r[at] = f64::NAN;
+                            bb[at] = f64::NAN;
+                        }
                     }
                 }
             }
         }
-        let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
         checks.push(parity::compare_values("key_mass", p.dtype, &x, &r, &bb));
     }
     let failed: Vec<String> = checks
