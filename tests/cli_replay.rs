@@ -2,7 +2,8 @@
 //! a packed prefill batch, a paged decode batch and a gpt-oss windowed layer replay with the
 //! flags stored in each file, pass the parity rule, and agree with PyTorch's own float64
 //! results stored beside the inputs (output, LSE, first-key mass); every malformed index tensor
-//! is exit status 2 with a message naming it.
+//! is exit status 2 with a message naming it. The three replays run on the reference and, with
+//! the `wgpu` feature, on the WGSL backend.
 
 mod cli_common;
 use cli_common::{temp, text, tool};
@@ -125,6 +126,16 @@ fn paged_decode_written_by_pytorch_replays() {
 #[test]
 fn gpt_oss_window_written_by_pytorch_replays() {
     replay_agrees_with_pytorch("gpt_oss_window", "reference");
+}
+
+/// The same replays on the WGSL backend (lavapipe in CI): packed, paged and windowed calls
+/// through `--backend wgsl`.
+#[cfg(feature = "wgpu")]
+#[test]
+fn engine_replays_run_on_wgsl() {
+    for name in ["packed_prefill", "paged_decode", "gpt_oss_window"] {
+        replay_agrees_with_pytorch(name, "wgsl");
+    }
 }
 
 /// The fixture `name` with tensor `tensor` replaced by `dtype`, `dims`, `bytes` (or removed
