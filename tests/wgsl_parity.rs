@@ -523,6 +523,38 @@ fn decode_over_16k_keys_and_prefill_at_4k() {
     }
 }
 
+/// Batched decode over a paged cache at 32 000 keys, on lavapipe too (within its loop budget
+/// at d = 32): two sequences of different lengths over shuffled 16-token pages, held to the
+/// reference.
+#[test]
+fn decode_over_32k_keys_of_a_paged_cache() {
+    use outlier_attn::cases::{KvStorage, SeqCase};
+    let Some(b) = backend(true) else { return };
+    let case = common::EngineCase {
+        template: Problem::new(Shape::new(1, 4, 2, 1, 1, 32), DType::F16)
+            .with_variant(Variant::LogitSink)
+            .with_stats(StatsLevel::Heads),
+        seqs: SeqCase {
+            q_lens: vec![1, 1],
+            kv_lens: vec![32_000, 20_011],
+            packed_q: false,
+            kv: KvStorage::Paged {
+                page_size: 16,
+                spare_pages: 2,
+            },
+        },
+        spec: InputSpec {
+            seed: 32,
+            ..InputSpec::default()
+        },
+    };
+    match common::check_engine_case(&b, &case) {
+        Ok(true) => {}
+        Ok(false) => panic!("refused"),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// An engine's frame: its own compute pass writes Q, two attention calls of different shapes
 /// (two slots of the uniform ring) are recorded after it, and its own pass after them reads
 /// O; one submission, one read-back. Every O must equal the host level's, bit for bit.
