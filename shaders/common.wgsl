@@ -122,6 +122,7 @@ struct Params {
     bias_per_seq: u32,   // 1: Sigmoid's β is −ln Nk_b of each sequence, not sigmoid_bias
     pad0: u32,           // the uniform block is a whole number of 16-byte rows
     pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -355,8 +356,12 @@ struct Seq {
 }
 
 // Whether the call has sequence records (else every sequence is the shape's Nq by Nk).
+// SEQ_RECORDS (specialisation) is false for the forward and key-mass kernels of dense calls,
+// so that their sequence is the uniforms' and every test below folds away: a compiler then
+// sees the loops over keys and rows as uniform, as before sequences existed (lavapipe runs
+// them about 8% faster so).
 fn has_seq_records() -> bool {
-    return p.q_packed != 0u || p.kv_mode != KV_DENSE;
+    return SEQ_RECORDS && (p.q_packed != 0u || p.kv_mode != KV_DENSE);
 }
 
 // Sequence b of the call. Integers travel in the f32 scratch buffer as their bits.
@@ -372,7 +377,7 @@ fn seq_of(b: u32) -> Seq {
 
 // (outer, token) of query i of sequence b (`SeqMap::q_pos`), for Q, O and the gate.
 fn q_place(seq: Seq, b: u32, i: u32) -> vec2<u32> {
-    if p.q_packed != 0u {
+    if SEQ_RECORDS && p.q_packed != 0u {
         return vec2<u32>(0u, min(seq.q_start + i, p.q_total - 1u));
     }
     return vec2<u32>(b, i);
@@ -387,6 +392,9 @@ fn q_row(seq: Seq, b: u32, i: u32) -> u32 {
 // (outer, token) of key j of sequence b in K and V (`SeqMap::kv_pos`): a paged key is slot
 // j % page_size of the physical page the checked block table names.
 fn kv_place(seq: Seq, b: u32, j: u32) -> vec2<u32> {
+    if !SEQ_RECORDS {
+        return vec2<u32>(b, j);
+    }
     switch p.kv_mode {
         case KV_PACKED: { return vec2<u32>(0u, min(seq.kv_start + j, p.kv_total - 1u)); }
         case KV_PAGED: {
@@ -399,7 +407,7 @@ fn kv_place(seq: Seq, b: u32, j: u32) -> vec2<u32> {
 
 // Index in the LSE of query i of sequence b, head h (`SeqMap::lse_index`).
 fn lse_index(seq: Seq, b: u32, h: u32, i: u32) -> u32 {
-    if p.q_packed != 0u {
+    if SEQ_RECORDS && p.q_packed != 0u {
         return h * p.q_total + seq.q_start + i;
     }
     return (b * p.q_heads + h) * p.q_len + i;
@@ -407,7 +415,7 @@ fn lse_index(seq: Seq, b: u32, h: u32, i: u32) -> u32 {
 
 // Index in the key mass of key j of sequence b, head h (`SeqMap::key_mass_index`).
 fn key_mass_index(seq: Seq, b: u32, h: u32, j: u32) -> u32 {
-    if p.kv_mode == KV_PACKED {
+    if SEQ_RECORDS && p.kv_mode == KV_PACKED {
         return h * p.kv_total + seq.kv_start + j;
     }
     return (b * p.q_heads + h) * p.kv_len + j;

@@ -241,10 +241,13 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     let t = lane.index;
     let g = wg.y;
     let b = wg.z;
-    if t == 0u {
-        block_seq = seq_of(b);
+    var seq = seq_of(b);
+    if SEQ_RECORDS {
+        if t == 0u {
+            block_seq = seq;
+        }
+        seq = workgroupUniformLoad(&block_seq);
     }
-    let seq = workgroupUniformLoad(&block_seq);
     let nq = seq.q_len;
     let nk = seq.kv_len;
     // The grid covers the longest sequence; a shorter one's surplus blocks leave at once

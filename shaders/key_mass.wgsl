@@ -46,10 +46,13 @@ fn key_mass(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: 
     let h = wg.y;
     let b = wg.z;
     let g = h / p.group;
-    if t == 0u {
-        block_seq = seq_of(b);
+    var seq = seq_of(b);
+    if SEQ_RECORDS {
+        if t == 0u {
+            block_seq = seq;
+        }
+        seq = workgroupUniformLoad(&block_seq);
     }
-    let seq = workgroupUniformLoad(&block_seq);
     let nq = seq.q_len;
     let nk = seq.kv_len;
     let j = key_block * BLOCK_KEYS + t;

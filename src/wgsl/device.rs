@@ -795,6 +795,7 @@ impl WgslAttention {
                 problem.stats,
                 subgroups,
             )
+            .with_sequences(problem.seqs.is_dense())
         };
         Ok(Plan {
             forward: kernel(

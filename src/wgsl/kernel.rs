@@ -166,6 +166,9 @@ pub(crate) struct Kernel {
     pub stats: StatsLevel,
     /// Keys reach the forward kernel's lanes by subgroup shuffles (else from workgroup memory).
     pub subgroups: bool,
+    /// The call may have sequence records (`SEQ_RECORDS`): false only for the forward and
+    /// key-mass kernels of dense calls (see [`Kernel::with_sequences`]).
+    pub seq_records: bool,
 }
 
 /// `UNBOUNDED` of common.wgsl: a side of the window without a bound.
@@ -230,6 +233,7 @@ impl Kernel {
             per_channel_gate,
             stats,
             subgroups,
+            seq_records: true,
         };
         // The smaller kernels read only part of the specialisation; the rest is set to one
         // value so that they are built once for all the forward kernels that share them
@@ -269,6 +273,23 @@ impl Kernel {
         }
     }
 
+    /// The kernel for a call whose sequences are `dense` ([`Sequences::is_dense`]): the
+    /// forward and key-mass kernels of a dense call read the shape's lengths as constants of
+    /// the uniforms rather than sequence records, which keeps their loops uniform to the
+    /// compiler; the combine and sequence passes serve both.
+    ///
+    /// [`Sequences::is_dense`]: crate::Sequences::is_dense
+    pub(crate) fn with_sequences(self, dense: bool) -> Kernel {
+        let seq_records = match self.kind {
+            KernelKind::Forward | KernelKind::KeyMass => !dense,
+            KernelKind::Combine | KernelKind::Seqs => true,
+        };
+        Kernel {
+            seq_records,
+            ..self
+        }
+    }
+
     /// The WGSL module of this kernel: the specialisation header, then the shared files and
     /// the kernel.
     pub(crate) fn source(&self) -> String {
@@ -294,6 +315,7 @@ impl Kernel {
              const GATE_PER_CHANNEL: bool = {per_channel};\n\
              const STATS: bool = {stats};\n\
              const KEY_MASS: bool = {keys};\n\
+             const SEQ_RECORDS: bool = {seq_records};\n\
              const LOAD_UNROLL: u32 = {LOAD_UNROLL}u;\n\
              const STAGE_UNROLL: u32 = {STAGE_UNROLL}u;\n",
             entry = self.kind.entry_point(),
@@ -305,6 +327,7 @@ impl Kernel {
             per_channel = self.per_channel_gate,
             stats = self.stats.heads(),
             keys = self.stats.keys(),
+            seq_records = self.seq_records,
         );
         // The statistics record's layout comes from the contract, not from a second copy.
         text.push_str(&format!("const STAT_COUNT: u32 = {}u;\n", Stat::COUNT));
@@ -569,6 +592,7 @@ pub(crate) struct Params {
     pub bias_per_seq: u32,
     pub pad0: u32,
     pub pad1: u32,
+    pub pad2: u32,
 }
 
 #[cfg(test)]
