@@ -25,8 +25,10 @@ fn combine(@builtin(global_invocation_id) id: vec3<u32>) {
     var q_max = -1.0;
     var q_argmax = 0.0;
     var q_sum = 0.0;
-    for (var row = 0u; row < p.q_len; row++) {
-        let at = p.partials_offset + (head * p.q_len + row) * PARTIAL_LEN;
+    let b = head / p.q_heads;
+    let seq = seq_of(b);
+    for (var row = 0u; row < seq.q_len; row++) {
+        let at = p.partials_offset + row_record(b, head % p.q_heads, row) * PARTIAL_LEN;
         counted += u32(scratch[at + PART_COUNTED]);
         first += scratch[at + PART_FIRST];
         sink += scratch[at + PART_SINK];
@@ -47,15 +49,14 @@ fn combine(@builtin(global_invocation_id) id: vec3<u32>) {
         q_sum += scratch[at + PART_Q_SUM];
     }
     // The K/V record of kv head g = h / group.
-    let b = head / p.q_heads;
     let g = (head % p.q_heads) / p.group;
     let kv = p.kv_partials_offset + (b * (p.q_heads / p.group) + g) * KV_PARTIAL_LEN;
 
     // Means over counted rows are NaN when no row is counted, as in the reference (0 / 0).
     let n = f32(counted);
     let none = counted == 0u;
-    let q_elems = f32(p.q_len) * f32(HEAD_DIM);
-    let k_elems = f32(p.kv_len) * f32(HEAD_DIM);
+    let q_elems = f32(seq.q_len) * f32(HEAD_DIM);
+    let k_elems = f32(seq.kv_len) * f32(HEAD_DIM);
     let gate_none = gate_count == 0u;
     let out = p.stats_offset + head * STAT_COUNT;
     stats_buf[out + STAT_FIRST_KEY_MASS] = select(first / n, nan(), none);
@@ -71,9 +72,15 @@ fn combine(@builtin(global_invocation_id) id: vec3<u32>) {
     stats_buf[out + STAT_V_ABSMAX] = scratch[kv + KV_V_MAX];
     stats_buf[out + STAT_V_ABSMEAN] = scratch[kv + KV_V_SUM] / k_elems;
     stats_buf[out + STAT_V0_NORM_RATIO] = scratch[kv + KV_V0_NORM]
-        / (scratch[kv + KV_V_NORM_SUM] / f32(p.kv_len));
+        / (scratch[kv + KV_V_NORM_SUM] / f32(seq.kv_len));
     stats_buf[out + STAT_GATE_MIN] = select(gate_min, nan(), gate_none);
     stats_buf[out + STAT_GATE_MEAN] = select(gate_sum / f32(gate_count), nan(), gate_none);
     stats_buf[out + STAT_GATE_MAX] = select(gate_max, nan(), gate_none);
     stats_buf[out + STAT_ROW_MASS_MEAN] = select(row_mass / n, nan(), none);
+    // A sequence whose index entries were bad has an all-NaN record.
+    if seq.bad != 0u {
+        for (var stat = 0u; stat < STAT_COUNT; stat++) {
+            stats_buf[out + stat] = nan();
+        }
+    }
 }

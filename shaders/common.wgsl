@@ -105,7 +105,24 @@ struct Params {
     neg_inf_bits: u32,   // shader compiler folds them away or rejects them as constants
     window_left: u32,    // keys seen before the diagonal, or UNBOUNDED
     window_right: u32,   // keys seen after the diagonal (0: causal), or UNBOUNDED
-    pad: u32,            // the uniform block is a whole number of 16-byte rows
+    // The sequence layout (DESIGN.md section 6; `seq_of`, `q_place`, `kv_place` below).
+    q_packed: u32,       // 1: Q, O, the gate `[total_q, Hq, ·]` with cu_seqlens_q
+    kv_mode: u32,        // KV_DENSE, KV_LENS, KV_PACKED or KV_PAGED
+    q_total: u32,        // rows of packed Q
+    kv_total: u32,       // rows of packed K and V
+    pages: u32,          // physical pages of a paged cache
+    page_size: u32,
+    max_pages: u32,      // entries per sequence in block_table
+    seqs_offset: u32,    // the sequence records (SEQ_LEN words each) in the scratch buffer
+    table_offset: u32,   // the checked block table in the scratch buffer
+    cu_q_offset: u32,    // element offsets of the engine's index tensors in their bindings
+    cu_k_offset: u32,
+    lens_offset: u32,
+    block_table_offset: u32,
+    bias_per_seq: u32,   // 1: Sigmoid's β is −ln Nk_b of each sequence, not sigmoid_bias
+    pad0: u32,           // the uniform block is a whole number of 16-byte rows
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -284,27 +301,137 @@ fn sum_parts(parts: array<f32, 8>) -> f32 {
 // A side of the sliding window that has no bound (`window_left`, `window_right`).
 const UNBOUNDED: u32 = 0xffffffffu;
 
-// The keys [start, end) query row i sees: key j iff i + Nk − Nq − left <= j <= i + Nk − Nq +
-// right (`Mask::key_range` in src/contract: bottom-right aligned; causal is right = 0, no
-// mask has neither bound). Computed without negative numbers: every sum stays below
-// 2·(Nq + Nk) + 1, which the host keeps within u32. The one place the kernels learn a row's
-// keys.
+// The keys [start, end) query row i of a sequence of nq queries and nk keys sees: key j iff
+// i + nk − nq − left <= j <= i + nk − nq + right (`Mask::key_range` in src/contract:
+// bottom-right aligned per sequence; causal is right = 0, no mask has neither bound).
+// Computed without negative numbers: every sum stays below 2·(Nq + Nk) + 1, which the host
+// keeps within u32. The one place the kernels learn a row's keys.
 struct KeyRange {
     start: u32,
     end: u32,
 }
 
-fn key_range(i: u32) -> KeyRange {
-    var end = p.kv_len;
+fn key_range(i: u32, nq: u32, nk: u32) -> KeyRange {
+    var end = nk;
     if p.window_right != UNBOUNDED {
-        let reach = i + p.kv_len + p.window_right + 1u; // one past the last key seen, + Nq
-        end = select(0u, min(reach - p.q_len, p.kv_len), reach > p.q_len);
+        let reach = i + nk + p.window_right + 1u; // one past the last key seen, + nq
+        end = select(0u, min(reach - nq, nk), reach > nq);
     }
     var start = 0u;
     if p.window_left != UNBOUNDED {
-        let diagonal = i + p.kv_len;         // the diagonal, + Nq
-        let back = p.q_len + p.window_left;
+        let diagonal = i + nk;         // the diagonal, + nq
+        let back = nq + p.window_left;
         start = select(0u, diagonal - back, diagonal > back);
     }
     return KeyRange(min(start, end), end);
+}
+
+// The sequences of a call: the device side of `SeqMap` (src/contract/seqs.rs), the one map
+// from (sequence, token) to a place, for every kernel. A call that is not dense in both Q and
+// K/V first runs the `seqs` pass (seqs.wgsl), which reads the engine's index tensors once,
+// checks them, and leaves one record per sequence and a checked copy of the block table in
+// the scratch buffer (which every kernel binds as `scratch`); the other kernels read only
+// those, so a bad index tensor never reaches an address.
+const KV_DENSE: u32 = 0u;  // K, V [B, Nk, Hkv, d]
+const KV_LENS: u32 = 1u;   // the same, sequence b using its first seqlens_k[b] keys
+const KV_PACKED: u32 = 2u; // K, V [total_k, Hkv, d], cu_seqlens_k
+const KV_PAGED: u32 = 3u;  // K, V [pages, page_size, Hkv, d], block_table, seqlens_k
+
+// A sequence record: where its queries and keys start in packed tensors (0 otherwise), how
+// many there are (clamped into the tensors), and whether its index entries were bad (its
+// rows, statistics and key mass are then NaN; crate docs, "Bad index tensors on the device").
+const SEQ_Q_START: u32 = 0u;
+const SEQ_Q_LEN: u32 = 1u;
+const SEQ_KV_START: u32 = 2u;
+const SEQ_KV_LEN: u32 = 3u;
+const SEQ_BAD: u32 = 4u;
+const SEQ_LEN: u32 = 5u;
+
+struct Seq {
+    q_start: u32,
+    q_len: u32,
+    kv_start: u32,
+    kv_len: u32,
+    bad: u32,
+}
+
+// Whether the call has sequence records (else every sequence is the shape's Nq by Nk).
+// SEQ_RECORDS (specialisation) is false for the forward and key-mass kernels of dense calls,
+// so that their sequence is the uniforms' and every test below folds away: a compiler then
+// sees the loops over keys and rows as uniform, as before sequences existed (lavapipe runs
+// them about 8% faster so).
+fn has_seq_records() -> bool {
+    return SEQ_RECORDS && (p.q_packed != 0u || p.kv_mode != KV_DENSE);
+}
+
+// Sequence b of the call. Integers travel in the f32 scratch buffer as their bits.
+fn seq_of(b: u32) -> Seq {
+    if !has_seq_records() {
+        return Seq(0u, p.q_len, 0u, p.kv_len, 0u);
+    }
+    let at = p.seqs_offset + b * SEQ_LEN;
+    return Seq(bitcast<u32>(scratch[at + SEQ_Q_START]), bitcast<u32>(scratch[at + SEQ_Q_LEN]),
+        bitcast<u32>(scratch[at + SEQ_KV_START]), bitcast<u32>(scratch[at + SEQ_KV_LEN]),
+        bitcast<u32>(scratch[at + SEQ_BAD]));
+}
+
+// (outer, token) of query i of sequence b (`SeqMap::q_pos`), for Q, O and the gate.
+fn q_place(seq: Seq, b: u32, i: u32) -> vec2<u32> {
+    if SEQ_RECORDS && p.q_packed != 0u {
+        return vec2<u32>(0u, min(seq.q_start + i, p.q_total - 1u));
+    }
+    return vec2<u32>(b, i);
+}
+
+// Row of query i of sequence b in the gate's `[tokens, Hq, ·]` (tokens = B·Nq or total_q).
+fn q_row(seq: Seq, b: u32, i: u32) -> u32 {
+    let at = q_place(seq, b, i);
+    return at.x * p.q_len + at.y;
+}
+
+// (outer, token) of key j of sequence b in K and V (`SeqMap::kv_pos`): a paged key is slot
+// j % page_size of the physical page the checked block table names.
+fn kv_place(seq: Seq, b: u32, j: u32) -> vec2<u32> {
+    if !SEQ_RECORDS {
+        return vec2<u32>(b, j);
+    }
+    switch p.kv_mode {
+        case KV_PACKED: { return vec2<u32>(0u, min(seq.kv_start + j, p.kv_total - 1u)); }
+        case KV_PAGED: {
+            let page = bitcast<u32>(scratch[p.table_offset + b * p.max_pages + j / p.page_size]);
+            return vec2<u32>(page, j % p.page_size);
+        }
+        default: { return vec2<u32>(b, j); }
+    }
+}
+
+// Index in the LSE of query i of sequence b, head h (`SeqMap::lse_index`).
+fn lse_index(seq: Seq, b: u32, h: u32, i: u32) -> u32 {
+    if SEQ_RECORDS && p.q_packed != 0u {
+        return h * p.q_total + seq.q_start + i;
+    }
+    return (b * p.q_heads + h) * p.q_len + i;
+}
+
+// Index in the key mass of key j of sequence b, head h (`SeqMap::key_mass_index`).
+fn key_mass_index(seq: Seq, b: u32, h: u32, j: u32) -> u32 {
+    if SEQ_RECORDS && p.kv_mode == KV_PACKED {
+        return h * p.kv_total + seq.kv_start + j;
+    }
+    return (b * p.q_heads + h) * p.kv_len + j;
+}
+
+// Index of query i of sequence b, head h, in the per-row scratch records (the statistics
+// partials, the key mass's row state): [B, Hq, Nq] with Nq the longest sequence, whatever
+// the layout.
+fn row_record(b: u32, h: u32, i: u32) -> u32 {
+    return (b * p.q_heads + h) * p.q_len + i;
+}
+
+// β of Sigmoid for a sequence of nk keys: the given bias, or −ln nk.
+fn sigmoid_bias_of(nk: u32) -> f32 {
+    if p.bias_per_seq != 0u {
+        return -log(f32(nk));
+    }
+    return p.sigmoid_bias;
 }

@@ -138,28 +138,32 @@ fn fold_abs(best: ptr<function, ArgMax>, sum: ptr<function, f32>, x: vec4<f32>, 
     *sum += (a.x + a.y) + (a.z + a.w);
 }
 
-// Stages keys [tile, tile + BLOCK_N) of kv head g into k_tile and v_tile: quad e of the tile is
-// key e / D4, channels 4 · (e % D4) ..; keys past Nk read 0. STAGE_UNROLL quads of each
-// tensor per lane and loop trip.
-fn stage_quad(b: u32, g: u32, tile: u32, e: u32) {
+// Stages keys [tile, tile + BLOCK_N) of sequence b, kv head g into k_tile and v_tile: quad e
+// of the tile is key e / D4, channels 4 · (e % D4) ..; keys past the sequence's Nk_b read 0.
+// STAGE_UNROLL quads of each tensor per lane and loop trip.
+fn stage_quad(seq: Seq, b: u32, g: u32, tile: u32, e: u32) {
     if e >= BLOCK_N * D4 {
         return;
     }
     let j = tile + e / D4;
     let c = (e % D4) * 4u;
-    let inside = j < p.kv_len;
-    let jc = min(j, p.kv_len - 1u);
-    let k = load_k4(p.k_offset + b * p.k_stride_b + jc * p.k_stride_n + g * p.k_stride_h + c);
-    let v = load_v4(p.v_offset + b * p.v_stride_b + jc * p.v_stride_n + g * p.v_stride_h + c);
+    let inside = j < seq.kv_len;
+    let at = kv_place(seq, b, min(j, max(seq.kv_len, 1u) - 1u));
+    let k = load_k4(p.k_offset + at.x * p.k_stride_b + at.y * p.k_stride_n + g * p.k_stride_h + c);
+    let v = load_v4(p.v_offset + at.x * p.v_stride_b + at.y * p.v_stride_n + g * p.v_stride_h + c);
     k_tile[e] = select(vec4<f32>(0.0), k, inside);
     v_tile[e] = select(vec4<f32>(0.0), v, inside);
 }
 
-fn stage_tile(t: u32, b: u32, g: u32, tile: u32) {
+fn stage_tile(t: u32, seq: Seq, b: u32, g: u32, tile: u32) {
     for (var e0 = t; e0 < BLOCK_N * D4; e0 += WORKGROUP_SIZE * STAGE_UNROLL) {
-        //unroll u < STAGE_UNROLL: stage_quad(b, g, tile, e0 + u * WORKGROUP_SIZE);
+        //unroll u < STAGE_UNROLL: stage_quad(seq, b, g, tile, e0 + u * WORKGROUP_SIZE);
     }
 }
+
+// The workgroup's sequence, read once by one lane and shared: a value every lane holds
+// alike, so that loops over its keys may hold barriers (WGSL's uniformity rules).
+var<workgroup> block_seq: Seq;
 
 // Running K/V statistics of the keys this lane measures (lanes t < BLOCK_N of the last
 // block, key tile + t of every tile).
@@ -234,24 +238,40 @@ fn store_o_quad(at: u32, o: vec4<f32>) {
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
-    let rl = init_lane(lane);
     let t = lane.index;
     let g = wg.y;
     let b = wg.z;
-    let folded = p.q_len * p.group;
+    var seq = seq_of(b);
+    if SEQ_RECORDS {
+        if t == 0u {
+            block_seq = seq;
+        }
+        seq = workgroupUniformLoad(&block_seq);
+    }
+    let nq = seq.q_len;
+    let nk = seq.kv_len;
+    // The grid covers the longest sequence; a shorter one's surplus blocks leave at once
+    // (its first block always runs: it measures K and V even for a sequence of no query).
+    let folded = nq * p.group;
+    let seq_blocks = max((folded + BLOCK_M - 1u) / BLOCK_M, 1u);
+    if wg.x >= seq_blocks {
+        return;
+    }
+    let rl = init_lane(lane);
     let f0 = wg.x * BLOCK_M;
     let live = f0 + rl.row < folded;
     // Lanes past the last row shadow it, so that every load stays in bounds; they write
     // nothing and count in no statistic.
-    let f = min(f0 + rl.row, folded - 1u);
+    let last_row = max(folded, 1u) - 1u;
+    let f = min(f0 + rl.row, last_row);
     let i = f / p.group;
     let h = g * p.group + f % p.group;
     let c0 = rl.part * LANE_QUADS; // this lane's first channel quad
     // The keys each row sees, and the span of keys the block visits (uniform: the union of
     // its first and last rows' ranges), in one place: `key_range` (common.wgsl).
-    let row_keys = key_range(i);
-    let first_keys = key_range(f0 / p.group);
-    let last_keys = key_range((min(f0 + BLOCK_M, folded) - 1u) / p.group);
+    let row_keys = key_range(i, nq, nk);
+    let first_keys = key_range(f0 / p.group, nq, nk);
+    let last_keys = key_range(min(f0 + BLOCK_M - 1u, last_row) / p.group, nq, nk);
     // Tiles wholly outside every row's window are never staged; tiles stay aligned to
     // BLOCK_N, so that a block visits at most the tiles the loop budget counts (kernel.rs).
     let key_start = min(first_keys.start, last_keys.start) / BLOCK_N * BLOCK_N;
@@ -259,10 +279,13 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     let has_keys = row_keys.end > row_keys.start;
     // The last block measures K and V: its last row's range ends at Nk under every mask, and
     // the keys before its tiles (a window's) it measures in a loop of their own.
-    let kv_block = wg.x + 1u == p.q_blocks;
+    let kv_block = wg.x + 1u == seq_blocks;
+    let sigmoid_bias = sigmoid_bias_of(nk);
 
     var q_reg: array<vec4<f32>, LANE_QUADS>; // registers: this lane's slice of the row of Q
-    let q_base = p.q_offset + b * p.q_stride_b + i * p.q_stride_n + h * p.q_stride_h + c0 * 4u;
+    let q_at = q_place(seq, b, i);
+    let q_base = p.q_offset + q_at.x * p.q_stride_b + q_at.y * p.q_stride_n + h * p.q_stride_h
+        + c0 * 4u;
     //unroll_all c < LANE_QUADS: q_reg[c] = load_q4(q_base + c * 4u);
     var q_best = ArgMax(-1.0, 0u);
     var q_sum = 0.0;
@@ -327,7 +350,7 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     if STATS && kv_block {
         for (var tile = 0u; tile < key_start; tile += BLOCK_N) {
             workgroupBarrier();
-            stage_tile(t, b, g, tile);
+            stage_tile(t, seq, b, g, tile);
             workgroupBarrier();
             if measures {
                 measure_key(t, tile + t);
@@ -336,9 +359,9 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     }
     for (var tile = key_start; tile < key_end; tile += BLOCK_N) {
         workgroupBarrier(); // every invocation is done with the previous tile
-        stage_tile(t, b, g, tile);
+        stage_tile(t, seq, b, g, tile);
         workgroupBarrier();
-        if measures && tile + t < p.kv_len {
+        if measures && tile + t < nk {
             measure_key(t, tile + t);
         }
         // Trip counts the compiler cannot know, so that it never writes the loops out.
@@ -357,7 +380,7 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
                 var x = s;
                 var w_sigmoid = 0.0;
                 if VARIANT == VARIANT_SIGMOID {
-                    let z = s + p.sigmoid_bias;
+                    let z = s + sigmoid_bias;
                     w_sigmoid = select(0.0, select(sigmoid(z), nan(), is_nan(z)), seen);
                     sigmoid_mass += w_sigmoid;
                     x = log_sigmoid(z);
@@ -426,7 +449,7 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     if VARIANT == VARIANT_CLIPPED_SOFTMAX {
         for (var tile = key_start; tile < key_end; tile += BLOCK_N) {
             workgroupBarrier();
-            stage_tile(t, b, g, tile);
+            stage_tile(t, seq, b, g, tile);
             workgroupBarrier();
             let tile_keys = min(BLOCK_N, key_end - tile);
             for (var u0 = 0u; u0 < tile_keys; u0 += KEYS_HELD) {
@@ -473,7 +496,7 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     let key_scale = select(inv_l, 0.0, !has_keys && VARIANT != VARIANT_KV_SINK);
     let scale = select(vec4<f32>(key_scale), vec4<f32>(1.0),
         VARIANT == VARIANT_SIGMOID || VARIANT == VARIANT_CLIPPED_SOFTMAX);
-    let token = (b * p.q_len + i) * p.q_heads + h;
+    let token = q_row(seq, b, i) * p.q_heads + h;
     var gamma_row = 1.0;
     if VARIANT == VARIANT_CONTEXT_SCALE && !GATE_PER_CHANNEL {
         gamma_row = gate_factor(gate_z(token));
@@ -484,7 +507,7 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
             gate_count = 1.0;
         }
     }
-    let o_base = p.o_offset + b * p.o_stride_b + i * p.o_stride_n + h * p.o_stride_h;
+    let o_base = p.o_offset + q_at.x * p.o_stride_b + q_at.y * p.o_stride_n + h * p.o_stride_h;
     //unroll_all c < LANE_QUADS: acc[c] = acc[c] * scale;
     if VARIANT == VARIANT_VALUE_BIAS {
         //unroll_all c < LANE_QUADS: acc[c] += param_a4(h * HEAD_DIM + (c0 + c) * 4u);
@@ -504,13 +527,19 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
             //unroll_all c < LANE_QUADS: acc[c] *= gamma_row;
         }
     }
+    // A sequence whose index entries were bad: its rows are NaN (the combine and key-mass
+    // passes make its statistics and key mass NaN).
+    let bad = seq.bad != 0u;
+    if bad {
+        //unroll_all c < LANE_QUADS: acc[c] = vec4<f32>(nan());
+    }
     if live {
         //unroll_all c < LANE_QUADS: store_o_quad(o_base + (c0 + c) * 4u, acc[c]);
     }
     // The row's one record, from its lane 0.
     if live && rl.part == 0u {
-        let row_index = (b * p.q_heads + h) * p.q_len + i;
-        lse_buf[p.lse_offset + row_index] = lse;
+        let row_index = row_record(b, h, i);
+        lse_buf[p.lse_offset + lse_index(seq, b, h, i)] = select(lse, nan(), bad);
         if KEY_MASS {
             let at = p.rows_offset + row_index * ROW_STATE_LEN;
             scratch[at] = m;

@@ -24,16 +24,21 @@ const LANE_QUADS: u32 = D4 / ROW_LANES; // channel quads per lane of a forward r
 var<workgroup> q_tile: array<vec4<f32>, TILE_ROWS * D4>;         // [row][channel quad]
 var<workgroup> row_state: array<f32, TILE_ROWS * ROW_STATE_LEN>; // [row, (m, l, clip mass)]
 
-// Quad e of the Q tile: row r0 + e / D4 (the last row repeated past Nq), channels
-// 4 · (e % D4) ...
-fn load_q_quad(b: u32, h: u32, r0: u32, e: u32) {
+// Quad e of the Q tile: row r0 + e / D4 of sequence b (the last row repeated past Nq_b),
+// channels 4 · (e % D4) ...
+fn load_q_quad(seq: Seq, b: u32, h: u32, r0: u32, e: u32) {
     if e >= TILE_ROWS * D4 {
         return;
     }
-    let i = min(r0 + e / D4, p.q_len - 1u);
-    let at = p.q_offset + b * p.q_stride_b + i * p.q_stride_n + h * p.q_stride_h + (e % D4) * 4u;
+    let i = min(r0 + e / D4, max(seq.q_len, 1u) - 1u);
+    let place = q_place(seq, b, i);
+    let at = p.q_offset + place.x * p.q_stride_b + place.y * p.q_stride_n + h * p.q_stride_h
+        + (e % D4) * 4u;
     q_tile[e] = load_q4(at);
 }
+
+// The workgroup's sequence, shared so that the loop over its rows may hold barriers.
+var<workgroup> block_seq: Seq;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn key_mass(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -41,12 +46,22 @@ fn key_mass(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: 
     let h = wg.y;
     let b = wg.z;
     let g = h / p.group;
+    var seq = seq_of(b);
+    if SEQ_RECORDS {
+        if t == 0u {
+            block_seq = seq;
+        }
+        seq = workgroupUniformLoad(&block_seq);
+    }
+    let nq = seq.q_len;
+    let nk = seq.kv_len;
     let j = key_block * BLOCK_KEYS + t;
-    let live = j < p.kv_len;
-    let jc = min(j, p.kv_len - 1u);
+    let live = j < nk;
+    let k_at = kv_place(seq, b, min(j, max(nk, 1u) - 1u));
+    let sigmoid_bias = sigmoid_bias_of(nk);
 
     var k_row: array<vec4<f32>, D4>; // registers: this key
-    let k_base = p.k_offset + b * p.k_stride_b + jc * p.k_stride_n + g * p.k_stride_h;
+    let k_base = p.k_offset + k_at.x * p.k_stride_b + k_at.y * p.k_stride_n + g * p.k_stride_h;
     //unroll_all c < D4: k_row[c] = load_k4(k_base + c * 4u);
 
     // Row i sees key j iff j is in key_range(i). A row's range moves right with i, so the
@@ -56,30 +71,33 @@ fn key_mass(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: 
     let j0 = key_block * BLOCK_KEYS;
     let j1 = j0 + BLOCK_KEYS;
     var row_start = 0u;
-    if p.window_right != UNBOUNDED && j0 + p.q_len > p.kv_len + p.window_right {
-        row_start = j0 + p.q_len - p.kv_len - p.window_right;
+    if p.window_right != UNBOUNDED && j0 + nq > nk + p.window_right {
+        row_start = j0 + nq - nk - p.window_right;
     }
-    var row_end = p.q_len;
+    var row_end = nq;
     if p.window_left != UNBOUNDED {
-        let reach = j1 + p.q_len + p.window_left;
-        row_end = select(0u, min(reach - p.kv_len, p.q_len), reach > p.kv_len);
+        let reach = j1 + nq + p.window_left;
+        row_end = select(0u, min(reach - nk, nq), reach > nk);
     }
-    let rows_base = p.rows_offset + (b * p.q_heads + h) * p.q_len * ROW_STATE_LEN;
+    if j0 >= nk {
+        row_end = 0u; // a block past the sequence's keys: nothing to weigh
+    }
+    let rows_base = p.rows_offset + row_record(b, h, 0u) * ROW_STATE_LEN;
     var mass = 0.0;
     for (var r0 = row_start; r0 < row_end; r0 += TILE_ROWS) {
         workgroupBarrier(); // every invocation is done with the previous tile
         // Written out as in the forward pass: lavapipe's loop budget (see forward.wgsl).
         for (var e0 = t; e0 < TILE_ROWS * D4; e0 += BLOCK_KEYS * LOAD_UNROLL) {
-            //unroll u < LOAD_UNROLL: load_q_quad(b, h, r0, e0 + u * BLOCK_KEYS);
+            //unroll u < LOAD_UNROLL: load_q_quad(seq, b, h, r0, e0 + u * BLOCK_KEYS);
         }
         for (var e = t; e < TILE_ROWS * ROW_STATE_LEN; e += BLOCK_KEYS) {
-            let i = min(r0 + e / ROW_STATE_LEN, p.q_len - 1u);
+            let i = min(r0 + e / ROW_STATE_LEN, max(nq, 1u) - 1u);
             row_state[e] = scratch[rows_base + i * ROW_STATE_LEN + e % ROW_STATE_LEN];
         }
         workgroupBarrier();
         let rows = min(TILE_ROWS, row_end - r0);
         for (var rr = 0u; rr < rows; rr++) {
-            let seen = key_range(r0 + rr);
+            let seen = key_range(r0 + rr, nq, nk);
             if !live || j < seen.start || j >= seen.end {
                 continue;
             }
@@ -94,7 +112,7 @@ fn key_mass(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: 
             let s = finish_score(sum_parts(parts));
             var x = s;
             if VARIANT == VARIANT_SIGMOID {
-                x = log_sigmoid(s + p.sigmoid_bias);
+                x = log_sigmoid(s + sigmoid_bias);
             }
             let m = row_state[rr * ROW_STATE_LEN];
             let l = row_state[rr * ROW_STATE_LEN + 1u];
@@ -111,7 +129,12 @@ fn key_mass(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: 
             mass += prob;
         }
     }
-    if live {
-        key_mass_buf[p.key_mass_offset + (b * p.q_heads + h) * p.kv_len + j] = mass;
+    // Keys past a sequence's length have mass 0 in the `[B, Hq, Nk]` layouts (packed K has
+    // no such place); a sequence whose index entries were bad has NaN key mass, over its
+    // whole row there, since a bad seqlens_k leaves its true length unknown.
+    let bad = seq.bad != 0u;
+    if live || (p.kv_mode != KV_PACKED && j < p.kv_len) {
+        let value = select(select(0.0, mass, live), nan(), bad);
+        key_mass_buf[p.key_mass_offset + key_mass_index(seq, b, h, j)] = value;
     }
 }

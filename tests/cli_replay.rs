@@ -2,10 +2,11 @@
 //! a packed prefill batch, a paged decode batch and a gpt-oss windowed layer replay with the
 //! flags stored in each file, pass the parity rule, and agree with PyTorch's own float64
 //! results stored beside the inputs (output, LSE, first-key mass); every malformed index tensor
-//! is exit status 2 with a message naming it.
+//! is exit status 2 with a message naming it. The three replays run on the reference and, with
+//! the `wgpu` and `cuda-emulator` features, on the WGSL backend and the CUDA emulator.
 
 mod cli_common;
-#[cfg(feature = "cuda-emulator")]
+#[cfg(any(feature = "cuda-emulator", feature = "wgpu"))]
 mod common;
 use cli_common::{temp, text, tool};
 
@@ -150,6 +151,19 @@ fn engine_replays_run_on_the_cuda_emulator() {
     }
     for name in ["packed_prefill", "paged_decode", "gpt_oss_window"] {
         replay(name, "cuda-emu");
+    }
+}
+
+/// The same replays on the WGSL backend (lavapipe in CI): packed, paged and windowed calls
+/// through `--backend wgsl`.
+#[cfg(feature = "wgpu")]
+#[test]
+fn engine_replays_run_on_wgsl() {
+    if let Err(e) = outlier_attn::wgsl::WgslBackend::new() {
+        return common::skip_or_fail("wgsl", &e.to_string());
+    }
+    for name in ["packed_prefill", "paged_decode", "gpt_oss_window"] {
+        replay_agrees_with_pytorch(name, "wgsl");
     }
 }
 

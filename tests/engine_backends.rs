@@ -12,15 +12,19 @@ fn reference_runs_every_engine_shaped_case() {
     assert_eq!(ran as u32, common::config().cases);
 }
 
+/// A quarter of the cases on each backend: the reference runs them all above, and each
+/// backend's own tests sweep its paths (`tests/wgsl_parity.rs`); on lavapipe every case the
+/// WGSL backend runs builds its pipelines cold in CI.
 #[test]
 fn every_backend_passes_or_refuses_engine_shaped_calls_by_name() {
     let found = outlier_attn::discover();
+    let cases = common::config().cases / 4;
     for backend in &found.backends {
-        let ran = common::engine_parity_sweep(backend.as_ref(), &common::Limits::default());
+        let ran =
+            common::engine_parity_sweep_cases(backend.as_ref(), &common::Limits::default(), cases);
         eprintln!(
-            "{}: {ran} of {} engine-shaped cases ran, the rest were refused by name",
+            "{}: {ran} of {cases} engine-shaped cases ran, the rest were refused by name",
             backend.name(),
-            common::config().cases
         );
     }
     for (name, why) in &found.missing {

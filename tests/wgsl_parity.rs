@@ -303,6 +303,7 @@ fn device_level_offsets_and_refusals() {
             sink_logits: Some(slice(&theta, 0, s.q_heads)),
             ..Params::none()
         },
+        indices: outlier_attn::SeqIndices::none(),
     };
     let mut encoder = device.create_command_encoder(&Default::default());
     b.attention()
@@ -522,6 +523,38 @@ fn decode_over_16k_keys_and_prefill_at_4k() {
     }
 }
 
+/// Batched decode over a paged cache at 32 000 keys, on lavapipe too (within its loop budget
+/// at d = 32): two sequences of different lengths over shuffled 16-token pages, held to the
+/// reference.
+#[test]
+fn decode_over_32k_keys_of_a_paged_cache() {
+    use outlier_attn::cases::{KvStorage, SeqCase};
+    let Some(b) = backend(true) else { return };
+    let case = common::EngineCase {
+        template: Problem::new(Shape::new(1, 4, 2, 1, 1, 32), DType::F16)
+            .with_variant(Variant::LogitSink)
+            .with_stats(StatsLevel::Heads),
+        seqs: SeqCase {
+            q_lens: vec![1, 1],
+            kv_lens: vec![32_000, 20_011],
+            packed_q: false,
+            kv: KvStorage::Paged {
+                page_size: 16,
+                spare_pages: 2,
+            },
+        },
+        spec: InputSpec {
+            seed: 32,
+            ..InputSpec::default()
+        },
+    };
+    match common::check_engine_case(&b, &case) {
+        Ok(true) => {}
+        Ok(false) => panic!("refused"),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// An engine's frame: its own compute pass writes Q, two attention calls of different shapes
 /// (two slots of the uniform ring) are recorded after it, and its own pass after them reads
 /// O; one submission, one read-back. Every O must equal the host level's, bit for bit.
@@ -659,6 +692,7 @@ fn calls_recorded_between_engine_passes_read_back_after_one_submit() {
                 sink_logits: None,
                 gate: None,
             },
+            indices: outlier_attn::SeqIndices::none(),
         };
         b.attention()
             .encode(&mut encoder, &problem, &args)
@@ -697,5 +731,135 @@ fn calls_recorded_between_engine_passes_read_back_after_one_submit() {
             got == want,
             "call {n}: O after the engine's passes differs from the host level"
         );
+    }
+}
+
+/// Engine-shaped calls (DESIGN.md section 6): packed and paged batches under every mask, an
+/// eighth of the shared sweep's cases on each key path (tests/engine_backends.rs runs a
+/// quarter more on the default path); none may be refused.
+fn engine_sweep(subgroups: bool) {
+    let Some(b) = backend(subgroups) else { return };
+    let cases = common::config().cases / 8;
+    let ran = common::engine_parity_sweep_cases(&b, &Limits::default(), cases);
+    assert_eq!(ran as u32, cases, "engine-shaped cases refused on WGSL");
+}
+
+#[test]
+fn engine_shaped_sweep_subgroup_path() {
+    engine_sweep(true);
+}
+
+#[test]
+fn engine_shaped_sweep_workgroup_path() {
+    engine_sweep(false);
+}
+
+/// Index tensors corrupted after the host checks, as an engine's device-level call can get
+/// them: the kernels stay inside their buffers and the rows that used a bad entry are NaN.
+#[test]
+fn bad_device_indices_give_nan_rows() {
+    let Some(b) = backend(true) else { return };
+    for case in common::bad_index_cases() {
+        let out = b
+            .forward_with_device_indices(&case.problem, &case.valid, &case.bad)
+            .unwrap_or_else(|e| panic!("{}: {e}", case.label));
+        if let Err(e) = common::check_bad_index_outputs(&case, &out) {
+            panic!("{e}");
+        }
+    }
+}
+
+/// Batch invariance (as FlashInfer tests it): a sequence's rows, statistics and key mass are
+/// bitwise the same whether it runs in a sub-batch or with a longer sequence beside it, for
+/// packed queries over a paged cache (prefill) and dense queries over a paged cache (decode).
+#[test]
+fn sub_batches_give_the_same_bits() {
+    use outlier_attn::cases::{KvStorage, SeqCase, engine_inputs};
+    let Some(b) = backend(true) else { return };
+    let template = Problem::new(Shape::new(1, 4, 2, 1, 1, 64), DType::F16)
+        .with_variant(Variant::LogitSink)
+        .with_mask(Mask::Causal)
+        .with_stats(StatsLevel::HeadsAndKeys);
+    let paged = KvStorage::Paged {
+        page_size: 16,
+        spare_pages: 1,
+    };
+    for (q_lens, kv_lens, packed_q) in [
+        (vec![5, 9, 70], vec![20, 9, 90], true),
+        (vec![1, 1, 1], vec![37, 5, 130], false),
+    ] {
+        let full = SeqCase {
+            q_lens: q_lens.clone(),
+            kv_lens: kv_lens.clone(),
+            packed_q,
+            kv: paged,
+        };
+        let sub = SeqCase {
+            q_lens: q_lens[..2].to_vec(),
+            kv_lens: kv_lens[..2].to_vec(),
+            ..full.clone()
+        };
+        let spec = InputSpec {
+            seed: 5,
+            massive: true,
+            ..InputSpec::default()
+        };
+        let run = |case: &SeqCase| {
+            let (problem, inputs) = engine_inputs(&template, case, &spec);
+            let out = b.forward(&problem, &inputs).expect("engine-shaped call");
+            (problem, inputs, out)
+        };
+        let (p_full, i_full, full_out) = run(&full);
+        let (p_sub, i_sub, sub_out) = run(&sub);
+        let map = |p: &Problem, i: &HostInputs| {
+            outlier_attn::SeqMap::new(&p.shape, &p.seqs, &i.indices).expect("valid indices")
+        };
+        let (m_full, m_sub) = (map(&p_full, &i_full), map(&p_sub, &i_sub));
+        let (hq, d) = (template.shape.q_heads, template.shape.head_dim);
+        let row =
+            |m: &outlier_attn::SeqMap, p: &Problem, out: &outlier_attn::HostOutputs, bi, i| {
+                let (outer, token) = m.q_pos(bi, i);
+                let at = (outer * p.shape.q_len + token) * hq * d;
+                let o: Vec<u64> = (at..at + hq * d)
+                    .map(|x| out.o.get(x).unwrap_or(f64::NAN).to_bits())
+                    .collect();
+                let lse: Vec<u32> = (0..hq)
+                    .map(|h| out.lse[m.lse_index(bi, h, i)].to_bits())
+                    .collect();
+                (o, lse)
+            };
+        for bi in 0..2 {
+            for i in 0..q_lens[bi] {
+                assert!(
+                    row(&m_full, &p_full, &full_out, bi, i) == row(&m_sub, &p_sub, &sub_out, bi, i),
+                    "sequence {bi} row {i} differs between the full batch and the sub-batch"
+                );
+            }
+            let stats = |out: &outlier_attn::HostOutputs| {
+                let n = hq * outlier_attn::Stat::COUNT;
+                let s = out.stats.as_ref().expect("statistics");
+                s[bi * n..(bi + 1) * n]
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                stats(&full_out),
+                stats(&sub_out),
+                "sequence {bi} statistics"
+            );
+            let mass = |m: &outlier_attn::SeqMap, out: &outlier_attn::HostOutputs| {
+                let km = out.key_mass.as_ref().expect("key mass");
+                (0..hq)
+                    .flat_map(|h| (0..kv_lens[bi]).map(move |j| (h, j)))
+                    .map(|(h, j)| km[m.key_mass_index(bi, h, j)].to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                mass(&m_full, &full_out),
+                mass(&m_sub, &sub_out),
+                "sequence {bi} key mass"
+            );
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Building a call's [`DeviceArgs`] in a line: dense buffers first, then what the call adds.
 
-use super::device::{DeviceArgs, DeviceSlice, DeviceTensor};
-use crate::contract::{DType, Layouts, Params, Problem, Stat};
+use super::device::{DeviceArgs, DeviceIndex, DeviceSlice, DeviceTensor};
+use crate::contract::{DType, Layouts, Params, Problem, SeqIndices, Stat};
 
 impl<'a> DeviceSlice<'a> {
     /// All of `buffer`, read as elements of `dtype` (a parameter such as k′ or θ).
@@ -25,9 +25,23 @@ impl<'a> DeviceSlice<'a> {
     }
 }
 
+impl<'a> DeviceIndex<'a> {
+    /// All of `buffer`, read as i32 elements.
+    pub fn whole(buffer: &'a ::wgpu::Buffer) -> DeviceIndex<'a> {
+        DeviceIndex {
+            buffer,
+            offset: 0,
+            len: (buffer.size() / 4) as usize,
+        }
+    }
+}
+
 impl<'a> DeviceArgs<'a> {
-    /// Q, K, V and O dense `[B, N, H, d]` in the problem's dtype, each at the start of its
-    /// buffer, and the LSE `[B, Hq, Nq]` at the start of `lse`; no statistics, no parameters.
+    /// Q, K, V and O contiguous in the problem's sequence layout ([`Problem::tensor_dims`]:
+    /// `[B, N, H, d]` dense, `[total, H, d]` packed, `[pages, page_size, Hkv, d]` paged) in the
+    /// problem's dtype, each at the start of its buffer, and the LSE at the start of `lse`; no
+    /// statistics, no parameters, no index tensors (add those of a packed or paged call with
+    /// [`with_indices`](Self::with_indices)).
     /// Add those with the `with_` methods below; for strided views (a KV cache with room for
     /// more tokens, a fused QKV buffer) set the tensors' `layout` or use
     /// [`with_layouts`](Self::with_layouts).
@@ -39,7 +53,7 @@ impl<'a> DeviceArgs<'a> {
         o: &'a ::wgpu::Buffer,
         lse: &'a ::wgpu::Buffer,
     ) -> DeviceArgs<'a> {
-        let layouts = Layouts::contiguous(&problem.shape);
+        let layouts = problem.contiguous_layouts();
         let tensor = |buffer, layout| DeviceTensor {
             buffer,
             dtype: problem.dtype,
@@ -50,10 +64,11 @@ impl<'a> DeviceArgs<'a> {
             k: tensor(k, layouts.k),
             v: tensor(v, layouts.v),
             o: tensor(o, layouts.o),
-            lse: DeviceSlice::f32(lse, problem.shape.lse_len()),
+            lse: DeviceSlice::f32(lse, problem.lse_len()),
             stats: None,
             key_mass: None,
             params: Params::none(),
+            indices: SeqIndices::none(),
         }
     }
 
@@ -67,13 +82,19 @@ impl<'a> DeviceArgs<'a> {
         }
     }
 
-    /// With the key mass `[B, Hq, Nk]` at the start of `key_mass` (level `HeadsAndKeys`).
+    /// With the key mass ([`Problem::key_mass_len`]) at the start of `key_mass` (level
+    /// `HeadsAndKeys`).
     pub fn with_key_mass(self, problem: &Problem, key_mass: &'a ::wgpu::Buffer) -> DeviceArgs<'a> {
-        let len = problem.shape.key_mass_len();
+        let len = problem.key_mass_len();
         DeviceArgs {
             key_mass: Some(DeviceSlice::f32(key_mass, len)),
             ..self
         }
+    }
+
+    /// With the index tensors of a packed or paged call.
+    pub fn with_indices(self, indices: SeqIndices<DeviceIndex<'a>>) -> DeviceArgs<'a> {
+        DeviceArgs { indices, ..self }
     }
 
     /// With the variant's learned tensors.

@@ -7,20 +7,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::kernel::{
-    BLOCK_M, BLOCK_M_SHORT, COMBINE_THREADS, KV_PARTIAL_LEN, Kernel, KernelKind,
-    LAVAPIPE_LOOP_ITERATIONS, LoopTrips, PARTIAL_LEN, Params, ROW_STATE_LEN, row_lanes, tile_rows,
-    window_uniforms,
+    BLOCK_M, BLOCK_M_SHORT, COMBINE_THREADS, KV_DENSE, KV_LENS, KV_PACKED, KV_PAGED,
+    KV_PARTIAL_LEN, Kernel, KernelKind, LAVAPIPE_LOOP_ITERATIONS, LoopTrips, PARTIAL_LEN, Params,
+    ROW_STATE_LEN, SEQ_LEN, SEQS_THREADS, row_lanes, tile_rows, window_uniforms,
 };
 use crate::contract::{
-    Args, BufferArg, DType, EngineFeature, Error, Layout, Params as VariantParams, Problem, Result,
-    SeqIndices, TensorArg, TensorName, Validated, Variant, validate,
+    Args, BufferArg, DType, EngineFeature, Error, KvSeqs, Layout, Params as VariantParams, Problem,
+    QuerySeqs, Result, SeqIndices, TensorArg, TensorName, Validated, Variant, validate,
 };
 
 /// The backend's name in errors.
 pub(crate) const BACKEND: &str = "wgsl";
 
 /// The engine-shaped features of DESIGN.md section 6 these kernels implement.
-const SUPPORTED: &[EngineFeature] = &[EngineFeature::Window];
+const SUPPORTED: &[EngineFeature] = &[
+    EngineFeature::Window,
+    EngineFeature::PackedQueries,
+    EngineFeature::KeyLengths,
+    EngineFeature::PackedKeys,
+    EngineFeature::PagedKv,
+];
 
 /// A strided `[B, N, H, d]` tensor in a caller's buffer.
 #[derive(Clone, Copy, Debug)]
@@ -46,25 +52,47 @@ pub struct DeviceSlice<'a> {
     pub len: usize,
 }
 
-/// The buffers of one call.
+/// A dense run of i32 elements in a caller's buffer: one of the index tensors of DESIGN.md
+/// section 6 (`cu_seqlens_q`, `cu_seqlens_k`, `seqlens_k`, `block_table`).
+///
+/// Their values stay on the device and are never checked by the host: the kernels clamp every
+/// index they read into the buffers they were given and write the rows that used a bad entry
+/// as NaN (crate docs, "Bad index tensors on the device").
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceIndex<'a> {
+    /// The buffer; needs `BufferUsages::STORAGE`.
+    pub buffer: &'a ::wgpu::Buffer,
+    /// Offset of the first element, in elements from the start of the buffer.
+    pub offset: u64,
+    /// Number of elements.
+    pub len: usize,
+}
+
+/// The buffers of one call, in the problem's sequence layout ([`Problem::tensor_dims`]).
 #[derive(Clone, Debug)]
 pub struct DeviceArgs<'a> {
-    /// Q `[B, Nq, Hq, d]`.
+    /// Q `[B, Nq, Hq, d]`, or `[total_q, Hq, d]` packed.
     pub q: DeviceTensor<'a>,
-    /// K `[B, Nk, Hkv, d]`.
+    /// K `[B, Nk, Hkv, d]`, `[total_k, Hkv, d]` packed, `[pages, page_size, Hkv, d]` paged.
     pub k: DeviceTensor<'a>,
-    /// V `[B, Nk, Hkv, d]`.
+    /// V, shaped as K.
     pub v: DeviceTensor<'a>,
-    /// O `[B, Nq, Hq, d]`, written.
+    /// O, shaped as Q, written.
     pub o: DeviceTensor<'a>,
-    /// LSE `[B, Hq, Nq]`, f32, written.
+    /// LSE `[B, Hq, Nq]` (`[Hq, total_q]` for packed Q), f32, written.
     pub lse: DeviceSlice<'a>,
     /// Statistics `[B, Hq, Stat::COUNT]`, f32, written; present iff the level asks for them.
     pub stats: Option<DeviceSlice<'a>>,
-    /// Key mass `[B, Hq, Nk]`, f32, written; present iff the level is `HeadsAndKeys`.
+    /// Key mass ([`Problem::key_mass_len`]), f32, written; present iff the level is
+    /// `HeadsAndKeys`.
     pub key_mass: Option<DeviceSlice<'a>>,
     /// The variant's learned tensors.
     pub params: VariantParams<DeviceSlice<'a>>,
+    /// The index tensors the sequence layout reads ([`Sequences::index_tensors`]); none for
+    /// a dense call.
+    ///
+    /// [`Sequences::index_tensors`]: crate::Sequences::index_tensors
+    pub indices: SeqIndices<DeviceIndex<'a>>,
 }
 
 /// Which kernel paths to use.
@@ -104,9 +132,11 @@ pub struct WgslAttention {
     forward_layout: ::wgpu::BindGroupLayout,
     combine_layout: ::wgpu::BindGroupLayout,
     key_mass_layout: ::wgpu::BindGroupLayout,
+    seqs_layout: ::wgpu::BindGroupLayout,
     forward_pipeline_layout: ::wgpu::PipelineLayout,
     combine_pipeline_layout: ::wgpu::PipelineLayout,
     key_mass_pipeline_layout: ::wgpu::PipelineLayout,
+    seqs_pipeline_layout: ::wgpu::PipelineLayout,
     pipelines: Mutex<HashMap<Kernel, ::wgpu::ComputePipeline>>,
     scratch: Mutex<Option<::wgpu::Buffer>>,
     /// Bound in place of a parameter the variant does not read.
@@ -243,6 +273,17 @@ impl WgslAttention {
                 storage_entry(4, false), // key mass
             ],
         );
+        let seqs_layout = layout(
+            "outlier-attn sequences",
+            &[
+                uniform_entry(0),
+                storage_entry(1, true),  // cu_seqlens_q
+                storage_entry(2, true),  // cu_seqlens_k
+                storage_entry(3, true),  // seqlens_k
+                storage_entry(4, true),  // block_table
+                storage_entry(5, false), // scratch
+            ],
+        );
         let pipeline_layout = |label, bgl: &::wgpu::BindGroupLayout| {
             device.create_pipeline_layout(&::wgpu::PipelineLayoutDescriptor {
                 label: Some(label),
@@ -287,9 +328,11 @@ impl WgslAttention {
             forward_pipeline_layout: pipeline_layout("outlier-attn forward", &forward_layout),
             combine_pipeline_layout: pipeline_layout("outlier-attn combine", &combine_layout),
             key_mass_pipeline_layout: pipeline_layout("outlier-attn key mass", &key_mass_layout),
+            seqs_pipeline_layout: pipeline_layout("outlier-attn sequences", &seqs_layout),
             forward_layout,
             combine_layout,
             key_mass_layout,
+            seqs_layout,
             limits,
             pipelines: Mutex::new(HashMap::new()),
             scratch: Mutex::new(None),
@@ -411,6 +454,7 @@ impl WgslAttention {
             KernelKind::Forward => &self.forward_pipeline_layout,
             KernelKind::Combine => &self.combine_pipeline_layout,
             KernelKind::KeyMass => &self.key_mass_pipeline_layout,
+            KernelKind::Seqs => &self.seqs_pipeline_layout,
         };
         let pipeline = self
             .device
@@ -603,6 +647,20 @@ impl WgslAttention {
                 len: s.len,
             })
         };
+        // An index tensor must lie inside its buffer; its values are the kernels' to check.
+        for (name, slot) in args.indices.slots() {
+            if let Some(x) = slot {
+                let held = x.buffer.size() / 4;
+                let needed = x.offset.saturating_add(x.len as u64);
+                if needed > held {
+                    return Err(Error::BufferTooShort {
+                        tensor: name,
+                        needed,
+                        len: held,
+                    });
+                }
+            }
+        }
         let mut params = VariantParams::none();
         for (name, slot) in args.params.slots() {
             let arg = slot.map(|s| slice_arg(name, s)).transpose()?;
@@ -634,7 +692,7 @@ impl WgslAttention {
                     .transpose()?,
                 params,
                 param_layouts: VariantParams::none(),
-                indices: SeqIndices::none(),
+                indices: args.indices.map(|x| x.len),
             },
         )?;
         checked.require_features(BACKEND, SUPPORTED)?;
@@ -711,6 +769,7 @@ impl WgslAttention {
                 Some(trips.forward),
                 key_mass_tile.map(|_| trips.key_mass),
                 problem.stats.heads().then_some(trips.combine),
+                (!problem.seqs.is_dense()).then(|| seqs_trips(problem)),
             ]
             .into_iter()
             .flatten()
@@ -736,6 +795,7 @@ impl WgslAttention {
                 problem.stats,
                 subgroups,
             )
+            .with_sequences(problem.seqs.is_dense())
         };
         Ok(Plan {
             forward: kernel(
@@ -749,6 +809,8 @@ impl WgslAttention {
                 .heads()
                 .then(|| kernel(KernelKind::Combine, COMBINE_THREADS, 1, false)),
             key_mass: key_mass_tile.map(|tile| kernel(KernelKind::KeyMass, BLOCK_M, tile, false)),
+            seqs: (!problem.seqs.is_dense())
+                .then(|| kernel(KernelKind::Seqs, SEQS_THREADS, 1, false)),
             q_len,
             kv_len,
             q_blocks,
@@ -768,10 +830,11 @@ impl WgslAttention {
         let s = checked.shape();
         let plan = self.plan(problem)?;
 
-        let (q, q_strides) = self.bind_tensor(TensorName::Q, &args.q, s.dims(TensorName::Q))?;
-        let (k, k_strides) = self.bind_tensor(TensorName::K, &args.k, s.dims(TensorName::K))?;
-        let (v, v_strides) = self.bind_tensor(TensorName::V, &args.v, s.dims(TensorName::V))?;
-        let (o, o_strides) = self.bind_tensor(TensorName::O, &args.o, s.dims(TensorName::O))?;
+        let dims = |t| problem.tensor_dims(t);
+        let (q, q_strides) = self.bind_tensor(TensorName::Q, &args.q, dims(TensorName::Q))?;
+        let (k, k_strides) = self.bind_tensor(TensorName::K, &args.k, dims(TensorName::K))?;
+        let (v, v_strides) = self.bind_tensor(TensorName::V, &args.v, dims(TensorName::V))?;
+        let (o, o_strides) = self.bind_tensor(TensorName::O, &args.o, dims(TensorName::O))?;
         let lse = self.bind_slice(TensorName::Lse, &args.lse)?;
         let stats = args
             .stats
@@ -821,7 +884,16 @@ impl WgslAttention {
         } else {
             0
         };
-        let scratch_bytes = ((partials_len + kv_partials_len + rows_len) * 4) as u64;
+        // The sequence records and the checked block table (seqs.wgsl), for calls that are not
+        // dense.
+        let (seqs_len, table_len) = match (plan.seqs, problem.seqs.kv) {
+            (None, _) => (0, 0),
+            (Some(_), KvSeqs::Paged { max_pages, .. }) => (s.batch * SEQ_LEN, s.batch * max_pages),
+            (Some(_), _) => (s.batch * SEQ_LEN, 0),
+        };
+        let seqs_offset = partials_len + kv_partials_len + rows_len;
+        let scratch_words = seqs_offset + seqs_len + table_len;
+        let scratch_bytes = (scratch_words * 4) as u64;
         if scratch_bytes > self.limits.max_storage_buffer_binding_size {
             return Err(unsupported(format!(
                 "the statistics scratch needs {scratch_bytes} bytes, more than one storage binding holds"
@@ -840,6 +912,32 @@ impl WgslAttention {
             _ => (1.0, 0.0),
         };
         let (window_left, window_right) = window_uniforms(problem.mask, plan.q_len, plan.kv_len);
+        let too_big = |what: &str| unsupported(format!("{what} does not fit 32-bit indexing"));
+        let q_total = match problem.seqs.q {
+            QuerySeqs::Packed { total } => u32::try_from(total).map_err(|_| too_big("total_q"))?,
+            QuerySeqs::Dense => 0,
+        };
+        let (kv_mode, kv_total, pages, page_size, max_pages) = match problem.seqs.kv {
+            KvSeqs::Dense => (KV_DENSE, 0, 0, 1, 0),
+            KvSeqs::DenseWithLens => (KV_LENS, 0, 0, 1, 0),
+            KvSeqs::Packed { total } => (KV_PACKED, total, 0, 1, 0),
+            KvSeqs::Paged {
+                pages,
+                page_size,
+                max_pages,
+            } => (KV_PAGED, 0, pages, page_size, max_pages),
+        };
+        let word = |what: &str, n: usize| u32::try_from(n).map_err(|_| too_big(what));
+        // The index tensors, in the order of `SeqIndices::slots` (a placeholder for each the
+        // layout does not read).
+        let [cu_q, cu_k, lens, table] = args.indices.slots().map(|(name, x)| match x {
+            Some(x) => self.bind(name, x.buffer, 4, x.offset, x.offset + x.len as u64),
+            None => Ok(placeholder()),
+        });
+        let (cu_q, cu_k, lens, table) = (cu_q?, cu_k?, lens?, table?);
+        // β of Sigmoid left to the shader when each sequence has its own Nk_b.
+        let bias_per_seq = matches!(problem.variant, Variant::Sigmoid { bias: None })
+            && problem.seqs.kv != KvSeqs::Dense;
         let uniforms = Params {
             batch: s.batch as u32,
             q_heads: s.q_heads as u32,
@@ -880,9 +978,24 @@ impl WgslAttention {
             neg_inf_bits: f32::NEG_INFINITY.to_bits(),
             window_left,
             window_right,
+            q_packed: u32::from(matches!(problem.seqs.q, QuerySeqs::Packed { .. })),
+            kv_mode,
+            q_total,
+            kv_total: word("total_k", kv_total)?,
+            pages: word("pages", pages)?,
+            page_size: word("page_size", page_size)?,
+            max_pages: word("max_pages", max_pages)?,
+            seqs_offset: word("the scratch buffer", seqs_offset)?,
+            table_offset: word("the scratch buffer", seqs_offset + seqs_len)?,
+            cu_q_offset: cu_q.base,
+            cu_k_offset: cu_k.base,
+            lens_offset: lens.base,
+            block_table_offset: table.base,
+            bias_per_seq: u32::from(bias_per_seq),
             ..Params::default()
         };
 
+        let seqs_pipeline = plan.seqs.map(|k| self.pipeline(&k));
         let forward = self.pipeline(&plan.forward);
         let combine = plan.combine.map(|k| self.pipeline(&k));
         let key_mass_pipeline = plan.key_mass.map(|k| self.pipeline(&k));
@@ -944,10 +1057,29 @@ impl WgslAttention {
                 ],
             })
         });
+        let seqs_group = seqs_pipeline.as_ref().map(|_| {
+            self.device.create_bind_group(&::wgpu::BindGroupDescriptor {
+                label: Some("outlier-attn sequences"),
+                layout: &self.seqs_layout,
+                entries: &[
+                    uniform_entry.clone(),
+                    cu_q.entry(1),
+                    cu_k.entry(2),
+                    lens.entry(3),
+                    table.entry(4),
+                    scratch_bound.entry(5),
+                ],
+            })
+        });
         let mut pass = encoder.begin_compute_pass(&::wgpu::ComputePassDescriptor {
             label: Some("outlier-attn"),
             timestamp_writes,
         });
+        if let (Some(pipeline), Some(group)) = (&seqs_pipeline, &seqs_group) {
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, group, &dynamic);
+            pass.dispatch_workgroups((s.batch as u32).div_ceil(SEQS_THREADS), 1, 1);
+        }
         pass.set_pipeline(&forward);
         pass.set_bind_group(0, &forward_group, &dynamic);
         pass.dispatch_workgroups(plan.q_blocks, s.kv_heads as u32, s.batch as u32);
@@ -981,6 +1113,8 @@ struct Plan {
     forward: Kernel,
     combine: Option<Kernel>,
     key_mass: Option<Kernel>,
+    /// The sequence pass, for calls that are not dense.
+    seqs: Option<Kernel>,
     q_len: u32,
     kv_len: u32,
     /// Folded query blocks per (batch, kv head).
@@ -991,10 +1125,20 @@ struct Plan {
 
 impl Plan {
     fn kernels(&self) -> impl Iterator<Item = Kernel> {
-        [Some(self.forward), self.combine, self.key_mass]
+        [self.seqs, Some(self.forward), self.combine, self.key_mass]
             .into_iter()
             .flatten()
     }
+}
+
+/// Loop iterations of one invocation of the sequence pass (`seqs.wgsl`): two passes over the
+/// cumulative lengths, one over the sequence's block table, each with its exit.
+fn seqs_trips(problem: &Problem) -> u64 {
+    let max_pages = match problem.seqs.kv {
+        KvSeqs::Paged { max_pages, .. } => max_pages as u64,
+        _ => 0,
+    };
+    2 * (problem.shape.batch as u64 + 1) + max_pages + 1
 }
 
 /// Shared ownership for the host level.

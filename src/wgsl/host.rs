@@ -7,10 +7,12 @@ use std::time::Duration;
 use ::wgpu::util::DeviceExt;
 
 use super::device::{
-    BACKEND, DeviceArgs, DeviceSlice, DeviceTensor, SharedAttention, WgslAttention, WgslOptions,
+    BACKEND, DeviceArgs, DeviceIndex, DeviceSlice, DeviceTensor, SharedAttention, WgslAttention,
+    WgslOptions,
 };
 use crate::contract::{
-    Backend, DType, Error, HostInputs, HostOutputs, HostTensor, Layout, Problem, Result, TensorName,
+    Backend, DType, Error, HostInputs, HostOutputs, HostTensor, Layout, Problem, Result,
+    SeqIndices, TensorName,
 };
 use crate::parity;
 
@@ -187,15 +189,14 @@ fn param_slice(uploaded: &Option<(::wgpu::Buffer, DType, usize)>) -> Option<Devi
 }
 
 /// O's layout on the device: the caller's `layouts.o` when it is a valid output layout (so
-/// that strided writes are exercised), else dense.
+/// that strided writes are exercised), else contiguous in Q's sequence layout.
 fn output_layout(problem: &Problem, inputs: &HostInputs) -> Layout {
-    let s = &problem.shape;
-    let dims = s.dims(TensorName::O);
+    let dims = problem.tensor_dims(TensorName::O);
     let o = inputs.layouts.o;
     if o.strides.channel == 1 && o.is_non_overlapping(dims) && o.reach(dims).is_some() {
         o
     } else {
-        Layout::contiguous(s.q_len, s.q_heads, s.head_dim)
+        Layout::contiguous(dims[1], dims[2], dims[3])
     }
 }
 
@@ -214,6 +215,7 @@ struct Resident {
     stats: Option<::wgpu::Buffer>,
     key_mass: Option<::wgpu::Buffer>,
     params: crate::contract::Params<(::wgpu::Buffer, DType, usize)>,
+    indices: SeqIndices<::wgpu::Buffer>,
     poisoned: HostOutputs,
 }
 
@@ -246,19 +248,32 @@ impl Resident {
                 sink_logits: param_slice(&self.params.sink_logits),
                 gate: param_slice(&self.params.gate),
             },
+            indices: SeqIndices {
+                cu_seqlens_q: self.indices.cu_seqlens_q.as_ref().map(DeviceIndex::whole),
+                cu_seqlens_k: self.indices.cu_seqlens_k.as_ref().map(DeviceIndex::whole),
+                seqlens_k: self.indices.seqlens_k.as_ref().map(DeviceIndex::whole),
+                block_table: self.indices.block_table.as_ref().map(DeviceIndex::whole),
+            },
         }
     }
 }
 
 impl WgslBackend {
-    /// Uploads validated host inputs and allocates poisoned outputs.
-    fn resident(&self, problem: &Problem, inputs: &HostInputs) -> Resident {
-        let s = &problem.shape;
+    /// Uploads validated host inputs, with `indices` as the index tensors the device sees,
+    /// and allocates poisoned outputs.
+    fn resident(
+        &self,
+        problem: &Problem,
+        inputs: &HostInputs,
+        indices: &SeqIndices<Vec<i32>>,
+    ) -> Resident {
         let read_only = ::wgpu::BufferUsages::empty();
         let copy_src = ::wgpu::BufferUsages::COPY_SRC;
         let poisoned = parity::poisoned_outputs(problem);
         let o_layout = output_layout(problem, inputs);
-        let o_reach = o_layout.reach(s.dims(TensorName::O)).unwrap_or(0) as usize;
+        let o_reach = o_layout
+            .reach(problem.tensor_dims(TensorName::O))
+            .unwrap_or(0) as usize;
         let o_len = o_reach + GUARD_ELEMENTS;
         let o_init = HostTensor::filled(problem.dtype, o_len, f64::NAN);
         Resident {
@@ -284,77 +299,22 @@ impl WgslBackend {
                     t.len(),
                 )
             }),
+            indices: indices.map(|x| self.upload("index", bytemuck::cast_slice(x), read_only)),
             poisoned,
         }
     }
 
-    fn wait(&self) -> Result<()> {
-        self.device
-            .poll(::wgpu::PollType::wait_indefinitely())
-            .map_err(|e| backend_error(format!("waiting for the device failed: {e}")))?;
-        Ok(())
-    }
-}
-
-impl Backend for WgslBackend {
-    fn name(&self) -> String {
-        format!("wgsl ({}, {:?})", self.info.name, self.info.backend)
-    }
-
-    fn describe(&self) -> Vec<String> {
-        let has = |f: ::wgpu::Features| self.adapter_features.contains(f);
-        let yes_no = |b: bool| if b { "yes" } else { "no" };
-        vec![
-            self.name(),
-            format!(
-                "adapter: {} ({:?}, driver {} {})",
-                self.info.name, self.info.device_type, self.info.driver, self.info.driver_info
-            ),
-            format!(
-                "SUBGROUP: {} (sizes {}..={}); keys reach the lanes by {} (options.subgroups = {})",
-                yes_no(has(::wgpu::Features::SUBGROUP)),
-                self.info.subgroup_min_size,
-                self.info.subgroup_max_size,
-                if self.attention.uses_subgroups() {
-                    "subgroup shuffles"
-                } else {
-                    "workgroup-memory broadcasts"
-                },
-                self.options.subgroups
-            ),
-            format!(
-                "TIMESTAMP_QUERY: {}; benchmarks time {}",
-                yes_no(has(::wgpu::Features::TIMESTAMP_QUERY)),
-                if self
-                    .device
-                    .features()
-                    .contains(::wgpu::Features::TIMESTAMP_QUERY)
-                {
-                    "the compute pass with the device's timestamps"
-                } else {
-                    "host wall time"
-                }
-            ),
-            format!(
-                "SHADER_F16: {}; not needed: f16 and bf16 are read and written as packed 32-bit words on every adapter",
-                yes_no(has(::wgpu::Features::SHADER_F16))
-            ),
-            format!(
-                "workgroup memory: {} bytes; K/V tile of the forward pass: {} keys at d = 64, {} at d = 128, {} at d = 256",
-                self.workgroup_storage,
-                self.attention.forward_tile(64).unwrap_or(0),
-                self.attention.forward_tile(128).unwrap_or(0),
-                self.attention.forward_tile(256).unwrap_or(0),
-            ),
-        ]
-    }
-
-    fn forward(&self, problem: &Problem, inputs: &HostInputs) -> Result<HostOutputs> {
-        // Refuse bad host inputs before anything is uploaded.
-        inputs.validate(problem)?;
+    /// Runs a validated call with `indices` as the index tensors the device sees (the
+    /// inputs' own for [`Backend::forward`]).
+    fn run(
+        &self,
+        problem: &Problem,
+        inputs: &HostInputs,
+        indices: &SeqIndices<Vec<i32>>,
+    ) -> Result<HostOutputs> {
         let s = &problem.shape;
         let dtype = problem.dtype;
-        let resident = self.resident(problem, inputs);
+        let resident = self.resident(problem, inputs, indices);
         let Resident {
             o,
             o_layout,
@@ -422,11 +382,11 @@ impl Backend for WgslBackend {
         .ok_or_else(|| backend_error("O read back with a partial element"))?;
         // Gather O dense and check that nothing outside its view changed.
         let mut in_view = vec![false; o_len];
-        let mut o_dense =
-            HostTensor::filled(dtype, s.batch * s.q_len * s.q_heads * s.head_dim, 0.0);
-        let dense = Layout::contiguous(s.q_len, s.q_heads, s.head_dim);
-        for b in 0..s.batch {
-            for i in 0..s.q_len {
+        let [outer, tokens, _, _] = problem.tensor_dims(TensorName::O);
+        let mut o_dense = HostTensor::filled(dtype, outer * tokens * s.q_heads * s.head_dim, 0.0);
+        let dense = Layout::contiguous(tokens, s.q_heads, s.head_dim);
+        for b in 0..outer {
+            for i in 0..tokens {
                 for h in 0..s.q_heads {
                     for c in 0..s.head_dim {
                         let at = o_layout.index(b, i, h, c);
@@ -444,7 +404,7 @@ impl Backend for WgslBackend {
             )));
         }
         let mut next = 1;
-        let lse_out = f32s(&ranges[next], s.lse_len());
+        let lse_out = f32s(&ranges[next], problem.lse_len());
         next += 1;
         let stats_out = poisoned.stats.as_ref().map(|x| {
             let r = f32s(&ranges[next], x.len());
@@ -463,6 +423,91 @@ impl Backend for WgslBackend {
         })
     }
 
+    /// As [`Backend::forward`], with the index tensors the device sees replaced by
+    /// `device_indices` after the host checks passed on the inputs' own: what an engine's
+    /// device-level call receives when its index tensors are wrong. The kernels must still
+    /// stay inside every buffer and write the rows that used a bad entry as NaN (crate docs,
+    /// "Bad index tensors on the device"); tests hold them to it.
+    ///
+    /// # Errors
+    /// As [`Backend::forward`]; [`Error::Size`] when `device_indices` differ from the inputs'
+    /// in length.
+    pub fn forward_with_device_indices(
+        &self,
+        problem: &Problem,
+        inputs: &HostInputs,
+        device_indices: &SeqIndices<Vec<i32>>,
+    ) -> Result<HostOutputs> {
+        inputs.validate(problem)?;
+        self.run(problem, inputs, device_indices)
+    }
+
+    fn wait(&self) -> Result<()> {
+        self.device
+            .poll(::wgpu::PollType::wait_indefinitely())
+            .map_err(|e| backend_error(format!("waiting for the device failed: {e}")))?;
+        Ok(())
+    }
+}
+
+impl Backend for WgslBackend {
+    fn name(&self) -> String {
+        format!("wgsl ({}, {:?})", self.info.name, self.info.backend)
+    }
+
+    fn describe(&self) -> Vec<String> {
+        let has = |f: ::wgpu::Features| self.adapter_features.contains(f);
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
+        vec![
+            self.name(),
+            format!(
+                "adapter: {} ({:?}, driver {} {})",
+                self.info.name, self.info.device_type, self.info.driver, self.info.driver_info
+            ),
+            format!(
+                "SUBGROUP: {} (sizes {}..={}); keys reach the lanes by {} (options.subgroups = {})",
+                yes_no(has(::wgpu::Features::SUBGROUP)),
+                self.info.subgroup_min_size,
+                self.info.subgroup_max_size,
+                if self.attention.uses_subgroups() {
+                    "subgroup shuffles"
+                } else {
+                    "workgroup-memory broadcasts"
+                },
+                self.options.subgroups
+            ),
+            format!(
+                "TIMESTAMP_QUERY: {}; benchmarks time {}",
+                yes_no(has(::wgpu::Features::TIMESTAMP_QUERY)),
+                if self
+                    .device
+                    .features()
+                    .contains(::wgpu::Features::TIMESTAMP_QUERY)
+                {
+                    "the compute pass with the device's timestamps"
+                } else {
+                    "host wall time"
+                }
+            ),
+            format!(
+                "SHADER_F16: {}; not needed: f16 and bf16 are read and written as packed 32-bit words on every adapter",
+                yes_no(has(::wgpu::Features::SHADER_F16))
+            ),
+            format!(
+                "workgroup memory: {} bytes; K/V tile of the forward pass: {} keys at d = 64, {} at d = 128, {} at d = 256",
+                self.workgroup_storage,
+                self.attention.forward_tile(64).unwrap_or(0),
+                self.attention.forward_tile(128).unwrap_or(0),
+                self.attention.forward_tile(256).unwrap_or(0),
+            ),
+        ]
+    }
+
+    fn forward(&self, problem: &Problem, inputs: &HostInputs) -> Result<HostOutputs> {
+        // Refuse bad host inputs before anything is uploaded.
+        inputs.validate(problem)?;
+        self.run(problem, inputs, &inputs.indices)
+    }
     /// Timestamps around the call's compute pass ([`WgslAttention::encode_timed`]), one
     /// submission per pass with the device idle in between, inputs resident. `Ok(None)` when
     /// the device has no `TIMESTAMP_QUERY`.
@@ -482,7 +527,7 @@ impl Backend for WgslBackend {
         }
         inputs.validate(problem)?;
         self.attention.prepare(problem)?;
-        let resident = self.resident(problem, inputs);
+        let resident = self.resident(problem, inputs, &inputs.indices);
         let args = resident.args(problem.dtype, inputs);
         let queries = self.device.create_query_set(&::wgpu::QuerySetDescriptor {
             label: Some("outlier-attn timestamps"),

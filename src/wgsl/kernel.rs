@@ -33,6 +33,7 @@ const QK_LOADS: &str = include_str!("../../shaders/qk_loads.wgsl");
 const FORWARD: &str = include_str!("../../shaders/forward.wgsl");
 const COMBINE: &str = include_str!("../../shaders/combine.wgsl");
 const KEY_MASS: &str = include_str!("../../shaders/key_mass.wgsl");
+const SEQS: &str = include_str!("../../shaders/seqs.wgsl");
 
 /// f32 values in one row's partial statistics record (`PARTIAL_LEN` in `shaders/common.wgsl`).
 pub(crate) const PARTIAL_LEN: usize = 13;
@@ -40,6 +41,15 @@ pub(crate) const PARTIAL_LEN: usize = 13;
 pub(crate) const KV_PARTIAL_LEN: usize = 7;
 /// f32 values of per-row state kept for the key-mass pass (`ROW_STATE_LEN`).
 pub(crate) const ROW_STATE_LEN: usize = 3;
+/// 32-bit words of one sequence record (`SEQ_LEN`).
+pub(crate) const SEQ_LEN: usize = 5;
+/// `kv_mode` of the uniforms (`KV_*` in common.wgsl): how K and V hold the sequences.
+pub(crate) const KV_DENSE: u32 = 0;
+pub(crate) const KV_LENS: u32 = 1;
+pub(crate) const KV_PACKED: u32 = 2;
+pub(crate) const KV_PAGED: u32 = 3;
+/// Invocations per workgroup of the sequence pass (one sequence each).
+pub(crate) const SEQS_THREADS: u32 = 64;
 
 /// Invocations per forward workgroup (`ROW_LANES` per folded query row), and keys per key-mass
 /// workgroup. 64 keeps lavapipe's 8-wide SIMD busy and is a common GPU wavefront multiple.
@@ -118,6 +128,9 @@ pub(crate) enum KernelKind {
     Combine,
     /// The second pass of `HeadsAndKeys`.
     KeyMass,
+    /// The engine's index tensors to sequence records, ahead of the others (packed and
+    /// paged calls).
+    Seqs,
 }
 
 impl KernelKind {
@@ -127,6 +140,7 @@ impl KernelKind {
             KernelKind::Forward => "forward",
             KernelKind::Combine => "combine",
             KernelKind::KeyMass => "key_mass",
+            KernelKind::Seqs => "seqs",
         }
     }
 }
@@ -152,6 +166,9 @@ pub(crate) struct Kernel {
     pub stats: StatsLevel,
     /// Keys reach the forward kernel's lanes by subgroup shuffles (else from workgroup memory).
     pub subgroups: bool,
+    /// The call may have sequence records (`SEQ_RECORDS`): false only for the forward and
+    /// key-mass kernels of dense calls (see [`Kernel::with_sequences`]).
+    pub seq_records: bool,
 }
 
 /// `UNBOUNDED` of common.wgsl: a side of the window without a bound.
@@ -216,6 +233,7 @@ impl Kernel {
             per_channel_gate,
             stats,
             subgroups,
+            seq_records: true,
         };
         // The smaller kernels read only part of the specialisation; the rest is set to one
         // value so that they are built once for all the forward kernels that share them
@@ -233,6 +251,13 @@ impl Kernel {
             KernelKind::Forward => full,
             // Reads the partial records: depends on the head dim alone.
             KernelKind::Combine => neutral,
+            // Reads index tensors only: one pipeline for every call.
+            KernelKind::Seqs => Kernel {
+                head_dim: 8,
+                row_lanes: 1,
+                tile: 1,
+                ..neutral
+            },
             // Scores, mask and the variant's probability (softmax family, Sigmoid, Clipped).
             KernelKind::KeyMass => {
                 let family = match variant {
@@ -245,6 +270,23 @@ impl Kernel {
                     ..neutral
                 }
             }
+        }
+    }
+
+    /// The kernel for a call whose sequences are `dense` ([`Sequences::is_dense`]): the
+    /// forward and key-mass kernels of a dense call read the shape's lengths as constants of
+    /// the uniforms rather than sequence records, which keeps their loops uniform to the
+    /// compiler; the combine and sequence passes serve both.
+    ///
+    /// [`Sequences::is_dense`]: crate::Sequences::is_dense
+    pub(crate) fn with_sequences(self, dense: bool) -> Kernel {
+        let seq_records = match self.kind {
+            KernelKind::Forward | KernelKind::KeyMass => !dense,
+            KernelKind::Combine | KernelKind::Seqs => true,
+        };
+        Kernel {
+            seq_records,
+            ..self
         }
     }
 
@@ -273,6 +315,7 @@ impl Kernel {
              const GATE_PER_CHANNEL: bool = {per_channel};\n\
              const STATS: bool = {stats};\n\
              const KEY_MASS: bool = {keys};\n\
+             const SEQ_RECORDS: bool = {seq_records};\n\
              const LOAD_UNROLL: u32 = {LOAD_UNROLL}u;\n\
              const STAGE_UNROLL: u32 = {STAGE_UNROLL}u;\n",
             entry = self.kind.entry_point(),
@@ -284,6 +327,7 @@ impl Kernel {
             per_channel = self.per_channel_gate,
             stats = self.stats.heads(),
             keys = self.stats.keys(),
+            seq_records = self.seq_records,
         );
         // The statistics record's layout comes from the contract, not from a second copy.
         text.push_str(&format!("const STAT_COUNT: u32 = {}u;\n", Stat::COUNT));
@@ -310,6 +354,7 @@ impl Kernel {
                 text.push_str(QK_LOADS);
                 text.push_str(KEY_MASS);
             }
+            KernelKind::Seqs => text.push_str(SEQS),
         }
         expand_unrolls(&text, self.head_dim, self.row_lanes, self.head_dim / 4)
     }
@@ -411,7 +456,7 @@ fn replace_identifier(text: &str, name: &str, with: &str) -> String {
 ///   (one trip per key of a tile).
 /// - key mass: per tile of query rows, the tile loop, the Q and row-state loads and the loop
 ///   over the rows; one loop over the channels of K.
-/// - combine: one trip per query row.
+/// - combine: one trip per query row, and one per statistic (a bad sequence's NaN record).
 pub(crate) struct LoopTrips {
     pub forward: u64,
     pub key_mass: u64,
@@ -463,7 +508,7 @@ impl LoopTrips {
                     + 1)
                 + head_dim
                 + 1,
-            combine: q_len + 1,
+            combine: q_len + 1 + Stat::COUNT as u64 + 1,
         }
     }
 }
@@ -531,7 +576,23 @@ pub(crate) struct Params {
     pub neg_inf_bits: u32,
     pub window_left: u32,
     pub window_right: u32,
-    pub pad: u32,
+    pub q_packed: u32,
+    pub kv_mode: u32,
+    pub q_total: u32,
+    pub kv_total: u32,
+    pub pages: u32,
+    pub page_size: u32,
+    pub max_pages: u32,
+    pub seqs_offset: u32,
+    pub table_offset: u32,
+    pub cu_q_offset: u32,
+    pub cu_k_offset: u32,
+    pub lens_offset: u32,
+    pub block_table_offset: u32,
+    pub bias_per_seq: u32,
+    pub pad0: u32,
+    pub pad1: u32,
+    pub pad2: u32,
 }
 
 #[cfg(test)]
@@ -572,6 +633,18 @@ mod tests {
         assert!(COMMON.contains(&format!("const PARTIAL_LEN: u32 = {PARTIAL_LEN}u;")));
         assert!(COMMON.contains(&format!("const KV_PARTIAL_LEN: u32 = {KV_PARTIAL_LEN}u;")));
         assert!(COMMON.contains(&format!("const ROW_STATE_LEN: u32 = {ROW_STATE_LEN}u;")));
+        assert!(COMMON.contains(&format!("const SEQ_LEN: u32 = {SEQ_LEN}u;")));
+        for (name, value) in [
+            ("KV_DENSE", KV_DENSE),
+            ("KV_LENS", KV_LENS),
+            ("KV_PACKED", KV_PACKED),
+            ("KV_PAGED", KV_PAGED),
+        ] {
+            assert!(
+                COMMON.contains(&format!("const {name}: u32 = {value}u;")),
+                "{name}"
+            );
+        }
     }
 
     #[test]
@@ -614,6 +687,7 @@ mod tests {
                 KernelKind::Forward,
                 KernelKind::Combine,
                 KernelKind::KeyMass,
+                KernelKind::Seqs,
             ] {
                 let kernel = Kernel::new(
                     kind,

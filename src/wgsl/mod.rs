@@ -23,6 +23,13 @@
 //! - K/V tiles follow the device's workgroup-memory limit (16 KiB by WebGPU default, 32 KiB
 //!   on lavapipe, more on GPUs).
 //!
+//! Engine-shaped calls (DESIGN.md section 6): sliding windows, packed Q and K/V, dense K/V
+//! with `seqlens_k`, paged K/V of any page size. The sequence layout is uniforms, not a
+//! specialisation; calls that are not dense first run a small sequence pass
+//! (`shaders/seqs.wgsl`) that reads the engine's index tensors ([`DeviceArgs::indices`]), checks
+//! them on the device and leaves one record per sequence and a checked block table for the
+//! other kernels, so that a bad entry makes rows NaN and never an address outside a buffer.
+//!
 //! Statistics are deterministic: each query block writes a partial record, and a combine pass
 //! folds them in block order; no float atomics anywhere.
 
@@ -36,6 +43,6 @@ mod kernel;
 pub use ::wgpu;
 
 pub use device::{
-    DeviceArgs, DeviceSlice, DeviceTensor, UNIFORM_SLOTS, WgslAttention, WgslOptions,
+    DeviceArgs, DeviceIndex, DeviceSlice, DeviceTensor, UNIFORM_SLOTS, WgslAttention, WgslOptions,
 };
 pub use host::WgslBackend;

@@ -605,7 +605,7 @@ pub fn engine_parity_sweep(backend: &dyn Backend, limits: &Limits) -> usize {
     engine_parity_sweep_cases(backend, limits, config().cases)
 }
 
-/// [`engine_parity_sweep`] with `cases` cases (for slow backends such as the emulator).
+/// [`engine_parity_sweep`] with `cases` random cases (for slow backends such as the emulator).
 pub fn engine_parity_sweep_cases(backend: &dyn Backend, limits: &Limits, cases: u32) -> usize {
     let ran = std::cell::Cell::new(0usize);
     let mut runner = TestRunner::new(ProptestConfig { cases, ..config() });
@@ -1101,9 +1101,9 @@ pub fn bad_index_cases() -> Vec<BadIndexCase> {
     out
 }
 
-/// The keys of a poisoned sequence whose key mass is NaN: its own keys in packed K, its whole
-/// row `[0, Nk)` otherwise (where the row outlives the sequence's length, which a bad
-/// `seqlens_k` no longer tells).
+/// The keys of a poisoned sequence whose key mass may be NaN: its own keys in packed K, its
+/// whole row `[0, Nk)` otherwise (where the row outlives the sequence's length, which a bad
+/// `seqlens_k` no longer tells). Its own keys must be NaN; the rest NaN or 0.
 pub fn poisoned_keys(p: &Problem, span: &outlier_attn::SeqSpan) -> usize {
     match p.seqs.kv {
         outlier_attn::KvSeqs::Packed { .. } => span.kv_len,
@@ -1114,8 +1114,8 @@ pub fn poisoned_keys(p: &Problem, span: &outlier_attn::SeqSpan) -> usize {
 /// Holds a device-level run's outputs to what [`BadIndexCase::rows`] requires: rows that read
 /// a bad entry are NaN (O and LSE, every head), rows that read nothing bad pass the parity rule
 /// against the reference of the valid call, and a sequence with a NaN row has an all-NaN
-/// statistics record and NaN key mass ([`poisoned_keys`]); every other sequence's record and
-/// key mass pass.
+/// statistics record and NaN key mass over its own keys (past them, up to [`poisoned_keys`],
+/// NaN or the reference's 0); every other sequence's record and key mass pass.
 pub fn check_bad_index_outputs(
     case: &BadIndexCase,
     actual: &outlier_attn::HostOutputs,
@@ -1180,17 +1180,22 @@ pub fn check_bad_index_outputs(
             exact.key_mass.clone(),
             b_km.iter().map(|&v| v as f64).collect::<Vec<_>>(),
         );
+        let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        // In the `[B, Hq, Nk]` layouts a poisoned sequence's row past its length may be NaN
+        // too: when the bad entry is its seqlens_k, the kernel cannot know that length.
         for (b, span) in map.spans().iter().enumerate() {
             if poisoned[b] {
                 for h in 0..hq {
                     for j in 0..poisoned_keys(p, span) {
-                        r[map.key_mass_index(b, h, j)] = f64::NAN;
-                        bb[map.key_mass_index(b, h, j)] = f64::NAN;
+                        let at = map.key_mass_index(b, h, j);
+                        if j < span.kv_len || x[at].is_nan() {
+                            r[at] = f64::NAN;
+                            bb[at] = f64::NAN;
+                        }
                     }
                 }
             }
         }
-        let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
         checks.push(parity::compare_values("key_mass", p.dtype, &x, &r, &bb));
     }
     let failed: Vec<String> = checks
