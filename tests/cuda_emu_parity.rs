@@ -474,7 +474,7 @@ fn cuda_emu_device_level_workspace_and_guards() {
 /// Engine-shaped calls (DESIGN.md section 6) on both kernels: windows, packed Q and K/V, dense
 /// K/V with lengths and paged caches of any page size, every variant and statistic; the
 /// emulator refuses none of them. Small shapes and a sixteenth of the environment's cases
-/// (tests/engine_backends.rs runs all of them on sm_80's paths).
+/// (tests/engine_backends.rs runs a quarter of them on sm_80's paths).
 #[test]
 fn cuda_emu_runs_every_engine_shaped_case() {
     for arch in [Arch::SM80, SM75] {

@@ -12,9 +12,10 @@ fn reference_runs_every_engine_shaped_case() {
     assert_eq!(ran as u32, common::config().cases);
 }
 
-/// A quarter of the cases on each backend: the reference runs them all above, and each
-/// backend's own tests sweep its paths (`tests/wgsl_parity.rs`); on lavapipe every case the
-/// WGSL backend runs builds its pipelines cold in CI.
+/// A quarter of the cases on each backend, none refused: the reference runs them all above,
+/// and each backend's own tests sweep its other paths (`tests/wgsl_parity.rs`,
+/// `tests/cuda_emu_parity.rs`); on lavapipe every case the WGSL backend runs builds its
+/// pipelines cold in CI.
 #[test]
 fn every_backend_passes_or_refuses_engine_shaped_calls_by_name() {
     let found = outlier_attn::discover();
@@ -26,6 +27,8 @@ fn every_backend_passes_or_refuses_engine_shaped_calls_by_name() {
             "{}: {ran} of {cases} engine-shaped cases ran, the rest were refused by name",
             backend.name(),
         );
+        // Every backend implements every layout, window and index tensor the sweep draws.
+        assert_eq!(ran as u32, cases, "{}: engine-shaped cases refused", backend.name());
     }
     for (name, why) in &found.missing {
         common::skip_or_fail(name, why);
