@@ -219,9 +219,17 @@ DEVICE void load_tile(smem_ptr<elem_t> s_tile, gmem_ptr<const elem_t> g_base, u6
     }
 }
 
-DEVICE void load_q_tile(smem_ptr<elem_t> s_q, const AttnParams& p, int b, int h, int row0) {
-    load_tile<kBlockM>(s_q, p.q, p.lq.offset, row0, p.q_len, p,
-                       [&](int row) { return q_row_offset(p.lq, b, row, h); });
+// The rows of a head block (`hb`, of p.fold query heads) are its heads' query rows interleaved,
+// head fastest: row r is query r / fold of head hb·fold + r % fold. With fold = 1 (prefill, and
+// every call with statistics) a block's rows are one head's queries; with fold = Hq/Hkv (decode)
+// a GQA group's heads share one tile, so each K/V tile feeds fold·Nq rows instead of Nq.
+DEVICE int row_query(const AttnParams& p, int row) { return row / p.fold; }
+DEVICE int row_head(const AttnParams& p, int hb, int row) { return hb * p.fold + row % p.fold; }
+
+DEVICE void load_q_tile(smem_ptr<elem_t> s_q, const AttnParams& p, int b, int hb, int row0) {
+    load_tile<kBlockM>(s_q, p.q, p.lq.offset, row0, p.q_rows, p, [&](int row) {
+        return q_row_offset(p.lq, b, row_query(p, row), row_head(p, hb, row));
+    });
 }
 // K tile n (keys n·kBlockN ...) of kv head g, and the V tile with it when `with_v`.
 DEVICE void load_kv_tile(smem_ptr<elem_t> s_k, smem_ptr<elem_t> s_v, const AttnParams& p, int b, int g, int n,
@@ -245,14 +253,24 @@ struct KeyTiles {
     DEVICE bool masked(int n) const { return n < full_begin || n >= full_end; }
 };
 
-DEVICE KeyTiles key_tiles(const AttnParams& p, int row0) {
-    const int last_row = min(row0 + kBlockM, p.q_len) - 1;
+// `first_query`, `last_query`: the query positions of the block's first and last rows (the
+// query of a row never decreases with the row, folded or not).
+DEVICE KeyTiles key_tiles(const AttnParams& p, int first_query, int last_query) {
     KeyTiles kt;
     kt.begin = 0;
-    kt.end = (key_end(p, last_row) + kBlockN - 1) / kBlockN;
+    kt.end = (key_end(p, last_query) + kBlockN - 1) / kBlockN;
     kt.full_begin = 0;
     // key_end grows with the row, so the first row bounds what every row sees.
-    kt.full_end = min(key_end(p, row0) / kBlockN, kt.end);
+    kt.full_end = min(key_end(p, first_query) / kBlockN, kt.end);
+    return kt;
+}
+
+// The tiles of split `split` among `kt` (all of them without split-KV); possibly none.
+DEVICE KeyTiles split_tiles(const AttnParams& p, KeyTiles kt, int split) {
+    if (p.splits > 1) {
+        kt.begin = max(kt.begin, split * p.tiles_per_split);
+        kt.end = max(kt.begin, min(kt.end, (split + 1) * p.tiles_per_split));
+    }
     return kt;
 }
 
@@ -352,7 +370,7 @@ template <bool kFast>
 struct Rows {
     using State = typename type_if<kFast, FastRow, OnlineRow>::type;
     State st[2];
-    int row;  // the first of them; the other is row + 8
+    int query[2];  // their query positions (rows g and g + 8 may be two heads of one query)
 };
 
 // One K/V tile of the fast path. kMasked: the tile crosses a mask boundary (the causal
@@ -373,7 +391,7 @@ DEVICE void attend_tile_fast(const AttnParams& p, Rows<true>& rows, float (&acc_
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
                 float& x = s[nt][2 * r + e];
-                if (kMasked && n0 + nt * 8 + 2 * t + e >= key_end(p, rows.row + 8 * r)) x = neg_inf();
+                if (kMasked && n0 + nt * 8 + 2 * t + e >= key_end(p, rows.query[r])) x = neg_inf();
                 tile_max = fmaxf(tile_max, x);
             }
         }
@@ -430,7 +448,7 @@ DEVICE void attend_tile_generic(const AttnParams& p, Rows<false>& rows, float (&
             for (int e = 0; e < 2; ++e) {
                 const int j = n0 + nt * 8 + 2 * t + e;
                 float x = score_of(s[nt][2 * r + e], p);
-                if (j >= key_end(p, rows.row + 8 * r)) x = neg_inf();
+                if (j >= key_end(p, rows.query[r])) x = neg_inf();
                 // Sigmoid's logits are not its scores: the max must see x itself.
                 if (p.stats_on && !clip_pass && p.variant == kSigmoid) st.max_score = fmaxf(st.max_score, x);
                 x = logit_of(p, x);
@@ -544,9 +562,9 @@ DEVICE void merge_warp_max(float (&mx)[kChunk], smem_ptr<float> slot, bool first
 
 // Writes the block's per-channel maxima (over the warps, in order) to its partial record.
 // Called after a barrier; `kv`: this block's K/V maxima are wanted (first head of the group).
-DEVICE void write_channel_max(const AttnParams& p, smem_ptr<float> s_stats, int bh, int m_block, bool kv) {
+DEVICE void write_channel_max(const AttnParams& p, smem_ptr<float> s_stats, int bh, int record, bool kv) {
     static_assert(kStatTensors == kChannelTensors, "Q, K, V in record order");
-    const gmem_ptr<float> rec = partial_record(p, bh, m_block);
+    const gmem_ptr<float> rec = partial_record(p, bh, record);
     for (int tensor = 0; tensor < (kv ? kStatTensors : 1); ++tensor) {
         for (int c = threadIdx.x; c < p.head_dim; c += kThreads) {
             float m = 0.f;
@@ -569,23 +587,31 @@ DEVICE void forward_block(const AttnParams& p) {
     const smem_ptr<float> s_sinks = s_scratch + kWarps * kPartialCount;  // [kThreads][2]
     const smem_ptr<float> s_key0 = s_sinks + 2 * kThreads;             // [kThreads][2]: s of key 0
 
-    // Longest first: under the causal mask the last query blocks visit the most key tiles.
-    const int m_block = p.m_blocks - 1 - (int)blockIdx.x;
-    const int h = blockIdx.y, b = blockIdx.z;
+    // Longest first: under the causal mask the last query blocks visit the most key tiles. The
+    // splits of one query block are neighbours in x.
+    const int split = (int)blockIdx.x % p.splits;
+    const int m_block = p.m_blocks - 1 - (int)blockIdx.x / p.splits;
+    const int record = m_block * p.splits + split;  // this block's partial statistics record
+    const bool split_kv = p.splits > 1;
+    const int hb = blockIdx.y, b = blockIdx.z;  // head block: p.fold query heads from hb·fold
+    const int h = hb * p.fold;                  // its first head (the only one with statistics)
     const int bh = b * p.q_heads + h;
     const int g_kv = h / p.group;
     const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
     const int g = lane / 4, t = lane % 4;
     const int row0 = m_block * kBlockM;
-    const KeyTiles kt = key_tiles(p, row0);
+    const int last_row = min(row0 + kBlockM, p.q_rows) - 1;
+    const KeyTiles kt = split_tiles(p, key_tiles(p, row_query(p, row0), row_query(p, last_row)), split);
     const bool stats = p.stats_on;
     const bool kv_stats = stats && h % p.group == 0;  // this head counts its kv head's K/V
+    // The sink is one more key, counted once per row: by split 0.
+    const bool with_sink = has_sink(p.variant) && split == 0;
 
     // Q, and (single pass) the first K/V tile behind it, so that its latency hides under the
     // Q fragment loads and the sink set-up.
     const bool clipped = !kFast && p.variant == kClippedSoftmax;
     const bool kv0_in_flight = !clipped && kt.end > kt.begin;
-    load_q_tile(s_q, p, b, h, row0);
+    load_q_tile(s_q, p, b, hb, row0);
     cp_async_commit();
     if (kv0_in_flight) {
         load_kv_tile(s_k, s_v, p, b, g_kv, kt.begin, true);
@@ -603,23 +629,30 @@ DEVICE void forward_block(const AttnParams& p) {
     float acc_o[kDTiles][4];
 #pragma unroll
     for (int dt = 0; dt < kDTiles; ++dt) acc_o[dt][0] = acc_o[dt][1] = acc_o[dt][2] = acc_o[dt][3] = 0.f;
-    rows.row = row0 + warp * kRowsPerWarp + g;
+    int row_h[2];  // the head of each of the thread's rows
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = row0 + warp * kRowsPerWarp + g + 8 * r;
+        rows.query[r] = row_query(p, row);
+        row_h[r] = row_head(p, hb, row);
+    }
     float x_sink[2] = {0.f, 0.f};  // the sink's logit of each row, natural units
 #pragma unroll
     for (int r = 0; r < 2; ++r) rows.st[r].init();
 
     // The sink: s' needs q·k' of each row; the warp reduces each of its 16 rows in turn.
-    if (has_sink(p.variant)) {
+    if (with_sink) {
         for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+            const int row = warp * kRowsPerWarp + rr;
+            const int hr = row_head(p, hb, row0 + row);
             float dot = 0.f;
             if (p.variant == kContextBias || p.variant == kKvSink) {
-                const int row = warp * kRowsPerWarp + rr;
                 for (int c = lane; c < p.head_dim; c += kWarpSize) {
-                    dot += to_float(s_q[smem_index(row, c)]) * p.k_sink[h * p.head_dim + c];
+                    dot += to_float(s_q[smem_index(row, c)]) * p.k_sink[hr * p.head_dim + c];
                 }
                 dot = row_sum<kWarpSize>(dot);
             }
-            const float x = sink_logit(p, h, dot);
+            const float x = sink_logit(p, hr, dot);
             if (rr == g) x_sink[0] = x;
             if (rr == g + 8) x_sink[1] = x;
         }
@@ -639,20 +672,26 @@ DEVICE void forward_block(const AttnParams& p) {
 #pragma unroll
             for (int dt = 0; dt < kDTiles; ++dt) {
                 const int c = dt * 8 + 2 * t;
-                const float v0 = c < p.head_dim ? p.v_param[h * p.head_dim + c] : 0.f;
-                const float v1 = c < p.head_dim ? p.v_param[h * p.head_dim + c + 1] : 0.f;
-                acc_o[dt][0] = acc_o[dt][2] = v0;
-                acc_o[dt][1] = acc_o[dt][3] = v1;
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const gmem_ptr<const float> v_sink = p.v_param + row_h[r] * p.head_dim;
+                    acc_o[dt][2 * r] = c < p.head_dim ? v_sink[c] : 0.f;
+                    acc_o[dt][2 * r + 1] = c < p.head_dim ? v_sink[c + 1] : 0.f;
+                }
             }
         }
     }
 
     // Q's channel statistics from the tile in shared memory; then Q's rows become the scratch.
+    // (Split: the combine kernel takes Q's, once per row; these records get zeros.)
     float mx[kChunk];
     float q_abs = 0.f;
-    if (stats) {
+    if (stats && !split_kv) {
         float unused_norm = 0.f, unused_norm0 = 0.f;
         scan_tile<kBlockM>(s_q, mx, q_abs, false, unused_norm, unused_norm0, -1);
+    } else {
+#pragma unroll
+        for (int e = 0; e < kChunk; ++e) mx[e] = 0.f;
     }
     __syncthreads();  // every warp is done reading Q's rows
     s_sinks[2 * threadIdx.x] = x_sink[0];
@@ -695,6 +734,7 @@ DEVICE void forward_block(const AttnParams& p) {
             }
             __syncthreads();
             const smem_ptr<const elem_t> k_tile = s_k + buf * kTileElems, v_tile = s_v + buf * kTileElems;
+            // Tile n lies in one split only: its owner among the query blocks counts it.
             if (kv_stats && with_v && scans_kv_tile(p, h, m_block, n, kBlockM, kBlockN)) {
                 float k_abs = 0.f, v_abs = 0.f, v_norm = 0.f, v_norm0 = 0.f, unused = 0.f;
                 scan_tile<kBlockN>(k_tile, mx, k_abs, false, unused, unused, -1);
@@ -728,7 +768,7 @@ DEVICE void forward_block(const AttnParams& p) {
     x_sink[0] = s_sinks[2 * threadIdx.x];
     x_sink[1] = s_sinks[2 * threadIdx.x + 1];
     OnlineRow fin[2];  // the rows in the generic path's terms, for finish_row
-    float row_max_record[2];
+    float row_max_record[2], t_record[2];  // the max and t in the path's units (split partials)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         if constexpr (kFast) {
@@ -742,9 +782,10 @@ DEVICE void forward_block(const AttnParams& p) {
             // Key 0's term, held by the thread t = 0 of the row (the quad's sum is its).
             fin[r].e0 = row_sum<4>(t == 0 ? ex2_ftz(fmaf(s_key0[2 * threadIdx.x + r], scale_log2, -st.m_ref())) : 0.f);
             // The sink's term, which started at 1 with m2 = c·s'.
-            fin[r].es = sink_in_denominator(p.variant) ? ex2_ftz(x_sink[r] * kLog2e - st.m_ref()) : 0.f;
+            fin[r].es = with_sink && sink_in_denominator(p.variant) ? ex2_ftz(x_sink[r] * kLog2e - st.m_ref()) : 0.f;
             fin[r].max_score = st.max_s * p.scale;
             row_max_record[r] = st.m2;
+            t_record[r] = st.t2;
         } else {
             OnlineRow& st = rows.st[r];
             if (clipped) {
@@ -756,6 +797,7 @@ DEVICE void forward_block(const AttnParams& p) {
             }
             fin[r] = st;
             row_max_record[r] = st.m;
+            t_record[r] = st.t;
         }
     }
 
@@ -764,24 +806,40 @@ DEVICE void forward_block(const AttnParams& p) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         const int row = row0 + warp * kRowsPerWarp + g + 8 * r;
-        if (row >= p.q_len) continue;
-        const RowResult res = finish_row(p, fin[r], key_end(p, row) > 0, x_sink[r]);
-        if (t == 0) {
-            p.lse[(u64)bh * p.q_len + row] = res.lse;
-            if (p.row_records) {
-                const gmem_ptr<float> rec = p.row_records + ((u64)bh * p.q_len + row) * kRowRecord;
-                rec[kRowMax] = row_max_record[r];
-                rec[kRowInvL] = res.inv_l;
-                rec[kRowWeightSum] = fin[r].weight_sum;
+        if (row >= p.q_rows) continue;
+        const int i = rows.query[r], hr = row_h[r];
+        const int bhr = b * p.q_heads + hr;
+        if (split_kv) {
+            // This split's state of the row and its unnormalised O, for combine_splits.
+            const gmem_ptr<float> part = split_partial(p, bhr, i, split);
+            if (t == 0) {
+                part[kSplitMax] = row_max_record[r];
+                part[kSplitL] = fin[r].l;
+                part[kSplitT] = t_record[r];
+                part[kSplitE0] = fin[r].e0;
+                part[kSplitEs] = fin[r].es;
+                part[kSplitMaxScore] = fin[r].max_score;
+                part[kSplitSinkLogit] = x_sink[r];
+                part[kSplitWeightSum] = fin[r].weight_sum;
             }
+#pragma unroll
+            for (int dt = 0; dt < kDTiles; ++dt) {
+                const int c = dt * 8 + 2 * t;
+                if (c >= p.head_dim) break;
+                part[kSplitScalars + c] = acc_o[dt][2 * r];
+                part[kSplitScalars + c + 1] = acc_o[dt][2 * r + 1];
+            }
+            continue;
         }
+        const RowResult res = finish_row(p, fin[r], key_end(p, i) > 0, x_sink[r]);
+        if (t == 0) write_row_outputs(p, bhr, i, res, row_max_record[r], fin[r].weight_sum);
         const bool scaled = p.variant == kContextScale;
-        const float gamma_head = scaled && !p.gate_per_channel ? gate_at(p, b, row, h, 0) : 1.f;
+        const float gamma_head = scaled && !p.gate_per_channel ? gate_at(p, b, i, hr, 0) : 1.f;
         if (stats && res.counted && t == 0) {
             bs.add_row(res, fin[r].max_score);
             if (scaled && !p.gate_per_channel) bs.add_gate(gamma_head);
         }
-        const gmem_ptr<elem_t> o_row = p.o + q_row_offset(p.lo, b, row, h);
+        const gmem_ptr<elem_t> o_row = p.o + q_row_offset(p.lo, b, i, hr);
 #pragma unroll
         for (int dt = 0; dt < kDTiles; ++dt) {
             const int c = dt * 8 + 2 * t;  // this thread's two channels c, c + 1
@@ -789,13 +847,9 @@ DEVICE void forward_block(const AttnParams& p) {
             float val[2];
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-                val[e] = acc_o[dt][2 * r + e] * res.out_scale;
-                if (res.bias_scale != 0.f) val[e] += res.bias_scale * p.v_param[h * p.head_dim + c + e];
-                if (scaled) {
-                    const float gamma = p.gate_per_channel ? gate_at(p, b, row, h, c + e) : gamma_head;
-                    val[e] *= gamma;
-                    if (stats && p.gate_per_channel && res.counted) bs.add_gate(gamma);
-                }
+                const float gamma = scaled && p.gate_per_channel ? gate_at(p, b, i, hr, c + e) : gamma_head;
+                val[e] = output_channel(p, res, acc_o[dt][2 * r + e], hr, c + e, gamma);
+                if (scaled && stats && p.gate_per_channel && res.counted) bs.add_gate(gamma);
             }
             if (p.o_aligned) {
                 // Both channels in one 32-bit store (c is even, d % 8 == 0).
@@ -816,8 +870,8 @@ DEVICE void forward_block(const AttnParams& p) {
             bs.v_norm = sums[kSumVNorm];
             bs.v_norm0 = sums[kSumVNorm0];
         }
-        write_partials<kWarps>(p, bs, s_scratch, bh, m_block);  // begins with a barrier
-        write_channel_max(p, s_stats, bh, m_block, kv_stats);
+        write_partials<kWarps>(p, bs, s_scratch, bh, record);  // begins with a barrier
+        write_channel_max(p, s_stats, bh, record, kv_stats);
     }
 }
 

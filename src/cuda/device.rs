@@ -14,7 +14,8 @@ use half::{bf16, f16};
 use super::kernels::{
     self, Arch, CacheOutcome, FINALIZE_ENTRY, KEY_MASS_ENTRY, NvrtcVersion, Specialization,
 };
-use super::plan::{Addresses, LaunchPlan};
+use super::plan::{Addresses, LaunchPlan, PlanOptions, SplitKv};
+use super::spec::COMBINE_ENTRY;
 use super::{BACKEND, backend_error};
 use crate::contract::{
     Args, BufferArg, DType, Element, Layouts, Problem, Result, TensorArg, validate,
@@ -124,6 +125,7 @@ struct Kernels {
     forward: Vec<(&'static str, CudaFunction)>,
     finalize: CudaFunction,
     key_mass: CudaFunction,
+    combine: Option<CudaFunction>,
     _module: Arc<CudaModule>,
     prepared: Prepared,
 }
@@ -147,6 +149,10 @@ impl Kernels {
         match entry {
             FINALIZE_ENTRY => Ok(&self.finalize),
             KEY_MASS_ENTRY => Ok(&self.key_mass),
+            COMBINE_ENTRY => self
+                .combine
+                .as_ref()
+                .ok_or_else(|| backend_error(format!("no kernel {entry} in the module"))),
             other => self
                 .forward
                 .iter()
@@ -164,6 +170,7 @@ impl Kernels {
 pub struct CudaAttention {
     ctx: Arc<CudaContext>,
     arch: Arch,
+    options: PlanOptions,
     nvrtc: NvrtcVersion,
     modules: Mutex<HashMap<Specialization, Arc<Kernels>>>,
 }
@@ -179,11 +186,21 @@ impl CudaAttention {
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| backend_error(format!("cannot read the compute capability: {e}")))?;
+        let arch = Arch {
+            major: major as u32,
+            minor: minor as u32,
+        };
+        let multiprocessors = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(|e| backend_error(format!("cannot read the multiprocessor count: {e}")))?;
         Ok(CudaAttention {
             ctx,
-            arch: Arch {
-                major: major as u32,
-                minor: minor as u32,
+            arch,
+            options: PlanOptions {
+                split_kv: SplitKv::Auto,
+                multiprocessors: multiprocessors.max(1) as u32,
             },
             nvrtc,
             modules: Mutex::new(HashMap::new()),
@@ -193,6 +210,20 @@ impl CudaAttention {
     /// The device's compute capability.
     pub fn arch(&self) -> Arch {
         self.arch
+    }
+
+    /// With split-KV forced on or off, or chunked ([`SplitKv`]); the automatic split by
+    /// default.
+    pub fn with_split_kv(self, split_kv: SplitKv) -> CudaAttention {
+        CudaAttention {
+            options: self.options.with_split_kv(split_kv),
+            ..self
+        }
+    }
+
+    /// The plan options: the split setting and the device's multiprocessors.
+    pub fn plan_options(&self) -> &PlanOptions {
+        &self.options
     }
 
     /// The NVRTC version that compiles the kernels.
@@ -278,6 +309,10 @@ impl CudaAttention {
             forward,
             finalize: function(FINALIZE_ENTRY)?,
             key_mass,
+            combine: spec
+                .splits_kv()
+                .then(|| function(COMBINE_ENTRY))
+                .transpose()?,
             _module: module,
             prepared: Prepared {
                 spec,
@@ -312,7 +347,7 @@ impl CudaAttention {
         // yet: refused by name before anything else.
         problem.require_dense(BACKEND)?;
         let checked = validate(problem, &describe(&args))?;
-        let plan = LaunchPlan::new(&checked, self.arch)?;
+        let plan = LaunchPlan::with_options(&checked, self.arch, &self.options)?;
         let spec = plan.spec;
         let kernels = self.kernels(spec)?;
 

@@ -62,7 +62,9 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 pub use device::{CudaAttention, CudaElement, DeviceArgs, DeviceParams, Prepared, Workspace};
 #[cfg(feature = "cuda")]
 pub use kernels::{CacheOutcome, CompileError, CompiledModule, KernelResources, NvrtcVersion};
-pub use plan::{Addresses, Launch, LaunchPlan, WorkspaceLayout};
+pub use plan::{
+    Addresses, DecodeCut, Launch, LaunchPlan, MAX_SPLITS, PlanOptions, SplitKv, WorkspaceLayout,
+};
 pub use spec::{Arch, HeadDimTile, KernelPath, Specialization};
 
 #[cfg(feature = "cuda")]

@@ -66,6 +66,13 @@ pub(crate) struct KernelParams {
     pub clip_gamma: f32,
     pub stats_on: i32,
     pub part_record: i32,
+    pub split_partials: u64,
+    pub fold: i32,
+    pub q_rows: i32,
+    pub splits: i32,
+    pub tiles_per_split: i32,
+    pub part_count: i32,
+    pub split_record: i32,
 }
 
 #[cfg(feature = "cuda")]
@@ -81,13 +88,16 @@ mod tests {
 
     #[test]
     fn layout_matches_the_c_struct() {
-        // 13 pointers, 4 layouts of 4 u64, 15 ints, 5 floats, 2 ints: 104 + 128 + 88 = 320.
+        // 13 pointers, 4 layouts of 4 u64, 15 ints, 5 floats, 2 ints: 104 + 128 + 88 = 320;
+        // then the decode's pointer and 6 ints: 352.
         assert_eq!(size_of::<TensorLayout>(), 32);
         assert_eq!(offset_of!(KernelParams, lq), 104);
         assert_eq!(offset_of!(KernelParams, batch), 232);
         assert_eq!(offset_of!(KernelParams, scale), 292);
         assert_eq!(offset_of!(KernelParams, stats_on), 312);
         assert_eq!(offset_of!(KernelParams, part_record), 316);
-        assert_eq!(size_of::<KernelParams>(), 320);
+        assert_eq!(offset_of!(KernelParams, split_partials), 320);
+        assert_eq!(offset_of!(KernelParams, split_record), 348);
+        assert_eq!(size_of::<KernelParams>(), 352);
     }
 }
