@@ -160,6 +160,19 @@ impl CudaBackend {
         })
     }
 
+    /// Opens device 0 with split-KV set to `split_kv` ([`SplitKv`]; `new` takes the automatic
+    /// split).
+    ///
+    /// # Errors
+    /// Those of [`new`](Self::new).
+    pub fn with_split_kv(split_kv: SplitKv) -> Result<CudaBackend> {
+        let backend = CudaBackend::new()?;
+        Ok(CudaBackend {
+            attention: backend.attention.with_split_kv(split_kv),
+            ..backend
+        })
+    }
+
     /// The device-level API underneath.
     pub fn attention(&self) -> &CudaAttention {
         &self.attention

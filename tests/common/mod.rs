@@ -616,6 +616,42 @@ pub fn engine_parity_sweep(backend: &dyn Backend, limits: &Limits) -> usize {
     ran.get()
 }
 
+/// Decode-shaped cases for split-KV (Nq of 1 to 3, Nk over two or three K/V tiles of 64
+/// keys, GQA), every variant that splits (ClippedSoftmax does not) in turn, causal and not,
+/// every statistics level, both 16-bit dtypes, some with massive activations or as views.
+pub fn decode_cases() -> Vec<Case> {
+    let variants: Vec<Variant> = Variant::all_default()
+        .into_iter()
+        .filter(|v| !matches!(v, Variant::ClippedSoftmax { .. }))
+        .collect();
+    let stats = [StatsLevel::Off, StatsLevel::Heads, StatsLevel::HeadsAndKeys];
+    let shapes = [
+        Shape::new(1, 4, 1, 1, 160, 64),
+        Shape::new(1, 4, 2, 3, 129, 128),
+        Shape::new(2, 2, 2, 2, 129, 32),
+    ];
+    variants
+        .iter()
+        .enumerate()
+        .map(|(i, &variant)| {
+            Problem::new(shapes[i % shapes.len()], [DType::Bf16, DType::F16][i % 2])
+                .with_variant(variant)
+                .with_mask([Mask::None, Mask::Causal][(i / 2) % 2])
+                .with_stats(stats[i % stats.len()])
+        })
+        .enumerate()
+        .map(|(i, problem)| Case {
+            problem,
+            spec: InputSpec {
+                seed: 40 + i as u64,
+                massive: i % 3 == 0,
+                ..InputSpec::default()
+            },
+            views: i % 4 == 1,
+        })
+        .collect()
+}
+
 /// The CUDA backend's fixed cases, run on a GPU (tests/cuda_parity.rs) and on the emulator
 /// (tests/cuda_emu_parity.rs): causal with Nq > Nk (rows that see no key), decode (Nq = 1),
 /// a sink variant with statistics, both tuned head dims, lengths past one and two tiles, the
