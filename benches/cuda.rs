@@ -12,7 +12,6 @@
 //! when `OUTLIER_ATTN_BENCH_OUT` names a file, appends it there as JSON for
 //! scripts/h200/compare.py. Without a GPU it prints why and measures nothing.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -183,14 +182,7 @@ fn report(problem: &Problem, seconds: f64) {
         tflops
     );
     println!("outlier-attn-bench {line}");
-    if let Some(path) = std::env::var_os("OUTLIER_ATTN_BENCH_OUT")
-        && let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-    {
-        let _ = writeln!(f, "{line}");
-    }
+    common::append_json(&line);
 }
 
 fn problems() -> Vec<Problem> {

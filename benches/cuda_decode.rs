@@ -16,8 +16,9 @@
 //! Nk <= 32k (a smoke run); `OUTLIER_ATTN_DECODE_MAX_GB` caps the K/V bytes of one case
 //! (default 40). Without a GPU it prints why and measures nothing.
 
-use std::io::Write;
 use std::sync::Arc;
+
+mod common;
 
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaSlice, CudaStream};
@@ -30,14 +31,7 @@ const FILL_CHUNK: usize = 1 << 22;
 
 fn emit(json: String) {
     println!("outlier-attn-decode {json}");
-    if let Some(path) = std::env::var_os("OUTLIER_ATTN_BENCH_OUT")
-        && let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-    {
-        let _ = writeln!(f, "{json}");
-    }
+    common::append_json(&json);
 }
 
 /// A case that was not measured, and why.

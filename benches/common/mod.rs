@@ -95,3 +95,17 @@ pub fn suite(c: &mut Criterion, group: &str, backend: &dyn Backend, lens: &[usiz
     }
     group.finish();
 }
+
+/// Appends one JSON line to the file `OUTLIER_ATTN_BENCH_OUT` names, if any (the results the
+/// scripts/h200 comparisons read); a file that cannot be opened is skipped.
+pub fn append_json(line: &str) {
+    use std::io::Write;
+    if let Some(path) = std::env::var_os("OUTLIER_ATTN_BENCH_OUT")
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
