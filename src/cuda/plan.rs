@@ -9,7 +9,7 @@ use super::spec::{
     SPLIT_SCALARS, STATS_THREADS, Specialization, partial_record, takes_fast_path,
 };
 use crate::contract::{
-    Error, Gate, GateGranularity, Mask, Problem, Result, StatsLevel, Validated, Variant,
+    Error, Gate, GateGranularity, Mask, Problem, QuerySeqs, Result, StatsLevel, Validated, Variant,
 };
 
 /// The backend name in refusals: the plan's limits are the CUDA kernels', on either executor.
@@ -198,7 +198,8 @@ impl PlanOptions {
 /// - `fold`: with Nq below a block's rows (decode, speculative decode) and Hq/Hkv > 1, the
 ///   Hq/Hkv query heads that read one kv head share a block (rows interleaved, head fastest), so
 ///   each K/V tile read from memory serves all of them: Hq/Hkv times less K/V traffic. Not with
-///   statistics (their records are per head and per block) nor on the SIMT path.
+///   statistics (their records are per head and per block), packed Q (prefill: its sequences
+///   fill blocks) nor on the SIMT path.
 /// - `splits`, `tiles_per_split`: split `s` runs K/V tiles [s·tiles_per_split,
 ///   (s + 1)·tiles_per_split) of every row; 1 split is no split.
 ///
@@ -239,7 +240,12 @@ impl DecodeCut {
         let s = &problem.shape;
         let group = s.group_size();
         let tensor_core = matches!(spec.path, KernelPath::TensorCore(_));
-        let fold = if tensor_core && !problem.stats.heads() && group > 1 && s.q_len < spec.block_m()
+        let dense_q = matches!(problem.seqs.q, QuerySeqs::Dense);
+        let fold = if tensor_core
+            && dense_q
+            && !problem.stats.heads()
+            && group > 1
+            && s.q_len < spec.block_m()
         {
             group
         } else {
