@@ -24,7 +24,9 @@ use half::{bf16, f16};
 use outlier_attn::cuda::{
     CudaAttention, CudaBackend, CudaElement, DeviceArgs, DeviceParams, Workspace, detect,
 };
-use outlier_attn::{DType, Layouts, Mask, Problem, Shape, Stat, StatsLevel, TensorName, Variant};
+use outlier_attn::{
+    DType, Layouts, Mask, Problem, SeqIndices, Shape, Stat, StatsLevel, TensorName, Variant,
+};
 
 const TOKENS: usize = 16 * 1024;
 const HEADS: usize = 16;
@@ -124,6 +126,7 @@ fn run<T: CudaElement>(
             sink_logits: wants(TensorName::SinkLogits).then(|| bufs.sink_logits.as_view()),
             gate: wants(TensorName::Gate).then(|| bufs.gate.as_view()),
         },
+        indices: SeqIndices::none(),
     };
     attn.forward(stream, problem, args, workspace)
         .expect("forward");

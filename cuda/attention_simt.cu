@@ -30,16 +30,17 @@ DEVICE float key_dot(smem_ptr<const float> q_row, smem_ptr<const float> k_row, i
     return dot + __shfl_xor_sync(kFullMask, dot, kBlockN);
 }
 
-// Converts keys [n0, n0 + kBlockN) of K (and V when `with_v`) to f32 in shared memory; keys past
-// Nk are zero.
-DEVICE void load_kv_tile(const AttnParams& p, smem_ptr<float> s_k, smem_ptr<float> s_v, int b, int g_kv, int n0,
-                         bool with_v) {
+// Converts keys [n0, n0 + kBlockN) of the sequence's K (and V when `with_v`) to f32 in shared
+// memory; keys past Nk_b are zero.
+DEVICE void load_kv_tile(const AttnParams& p, smem_ptr<float> s_k, smem_ptr<float> s_v, const SeqSpan& sp, int g_kv,
+                         int n0, bool with_v) {
     const int d = p.head_dim, stride = tile_stride(d);
+    const KvTileAddr ka = kv_tile_addr(p, p.lk, sp, n0, g_kv), va = kv_tile_addr(p, p.lv, sp, n0, g_kv);
     for (int idx = threadIdx.x; idx < kBlockN * d; idx += kThreads) {
         const int r = idx / d, c = idx % d;
-        const bool valid = n0 + r < p.kv_len;
-        s_k[r * stride + c] = valid ? to_float(p.k[row_offset(p.lk, b, n0 + r, g_kv) + c]) : 0.f;
-        if (with_v) s_v[r * stride + c] = valid ? to_float(p.v[row_offset(p.lv, b, n0 + r, g_kv) + c]) : 0.f;
+        const bool valid = n0 + r < sp.kv_len;
+        s_k[r * stride + c] = valid ? to_float(p.k[kv_tile_row(p, p.lk, sp, ka, n0, r, g_kv) + c]) : 0.f;
+        if (with_v) s_v[r * stride + c] = valid ? to_float(p.v[kv_tile_row(p, p.lv, sp, va, n0, r, g_kv) + c]) : 0.f;
     }
 }
 
@@ -61,6 +62,20 @@ DEVICE float scan_row(smem_ptr<const float> row, int d, float (&mx)[kMaxChannels
         }
     }
     return sqrt_approx(row_sum<kWarpSize>(sq));
+}
+
+// Counts K/V tile n, loaded at s_k, s_v, in this warp's channel statistics.
+DEVICE void count_kv_tile(const AttnParams& p, const SeqSpan& sp, smem_ptr<const float> s_k, smem_ptr<const float> s_v,
+                          int n0, float (&k_mx)[kMaxChannelsPerLane], float (&v_mx)[kMaxChannelsPerLane], BlockStats& bs) {
+    const int stride = tile_stride(p.head_dim), warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+    for (int r = warp; r < kBlockN; r += kWarps) {
+        scan_row(s_k + r * stride, p.head_dim, k_mx, bs.k_abs);
+        const float norm = scan_row(s_v + r * stride, p.head_dim, v_mx, bs.v_abs);
+        if (lane == 0 && n0 + r < sp.kv_len) {  // rows past Nk_b are zero: norm 0
+            bs.v_norm += norm;
+            if (n0 + r == 0) bs.v_norm0 = norm;
+        }
+    }
 }
 
 // Writes the block's per-channel maxima of one tensor (every warp's `mx`, combined in warp
@@ -103,14 +118,20 @@ attention_simt(const AttnParams p) {
     const int m_block = blockIdx.x;
     const int row0 = m_block * kWarps;
     const int row = row0 + warp;
-    const bool row_valid = row < p.q_len;
+    const SeqSpan sp = seq_span(p, b);
+    if (sp.bad) {  // uniform: the sequence read a bad index; its statistics are finalize's NaN
+        poison_rows(p, sp, h, m_block, kWarps);
+        return;
+    }
+    if (row0 >= sp.q_len && !p.stats_on) return;  // past the sequence's queries, nothing to count
+    const bool row_valid = row < sp.q_len;
     const int kv = lane % kBlockN;       // the key this lane scores
     const int half = lane / kBlockN;     // which half of the channels it sums
     const int c_begin = half * (d / 2), c_end = c_begin + d / 2;
 
     const smem_ptr<float> q_row = s_q + warp * d;
     for (int c = lane; c < d; c += kWarpSize) {
-        q_row[c] = row_valid ? to_float(p.q[row_offset(p.lq, b, row, h) + c]) : 0.f;
+        q_row[c] = row_valid ? to_float(p.q[q_offset(p, p.lq, sp, row, h) + c]) : 0.f;
     }
     __syncwarp();
 
@@ -124,9 +145,8 @@ attention_simt(const AttnParams p) {
     if (p.stats_on) scan_row(q_row, d, q_mx, bs.q_abs);
     const bool kv_stats = p.stats_on && h % p.group == 0;
 
-    const int last_row = min(row0 + kWarps, p.q_len) - 1;
-    const int n_tiles = (key_end(p, last_row) + kBlockN - 1) / kBlockN;
-    const int my_key_end = key_end(p, row);
+    const KeyTiles kt = key_tiles(p, sp, row0, kWarps, kBlockN);
+    const KeyRange keys = key_range(p, sp, row);
 
     OnlineRow st;
     st.init();
@@ -138,7 +158,7 @@ attention_simt(const AttnParams p) {
     if (has_sink(p.variant)) {
         float dot = 0.f;
         if (p.variant == kContextBias || p.variant == kKvSink) {
-            for (int c = lane; c < d; c += kWarpSize) dot += q_row[c] * p.k_sink[h * d + c];
+            for (int c = lane; c < d; c += kWarpSize) dot += q_row[c] * k_sink_at(p, h, c);
             dot = row_sum<kWarpSize>(dot);
         }
         x_sink = sink_logit(p, h, dot);
@@ -147,7 +167,7 @@ attention_simt(const AttnParams p) {
 #pragma unroll
             for (int u = 0; u < kMaxChannelsPerLane; ++u) {
                 const int c = lane + u * kWarpSize;
-                if (c < d) acc[u] = p.v_param[h * d + c];
+                if (c < d) acc[u] = v_param_at(p, h, c);
             }
         }
     }
@@ -156,28 +176,21 @@ attention_simt(const AttnParams p) {
     for (int pass = clipped ? 0 : 1; pass < 2; ++pass) {
         const bool clip_pass = clipped && pass == 1;
         const bool with_v = pass == 1;
-        for (int n = 0; n < n_tiles; ++n) {
+        for (int n = kt.begin; n < kt.end; ++n) {
             const int n0 = n * kBlockN;
             __syncthreads();  // everyone is done with the previous tile
-            load_kv_tile(p, s_k, s_v, b, g_kv, n0, with_v);
+            load_kv_tile(p, s_k, s_v, sp, g_kv, n0, with_v);
             __syncthreads();
-            if (kv_stats && with_v && scans_kv_tile(p, h, m_block, n, kWarps, kBlockN)) {
-                for (int r = warp; r < kBlockN; r += kWarps) {
-                    scan_row(s_k + r * stride, d, k_mx, bs.k_abs);
-                    const float norm = scan_row(s_v + r * stride, d, v_mx, bs.v_abs);
-                    if (lane == 0 && n0 + r < p.kv_len) {  // rows past Nk are zero: norm 0
-                        bs.v_norm += norm;
-                        if (n0 + r == 0) bs.v_norm0 = norm;
-                    }
-                }
+            if (kv_stats && with_v && scans_kv_tile(p, sp, h, m_block, n, kWarps, kBlockN)) {
+                count_kv_tile(p, sp, s_k, s_v, n0, k_mx, v_mx, bs);
             }
 
             const float dot = key_dot(q_row, s_k + kv * stride, c_begin, c_end);
             const int j = n0 + kv;
-            float x = j < my_key_end ? score_of(dot, p) : neg_inf();
+            float x = j >= keys.begin && j < keys.end ? score_of(dot, p) : neg_inf();
             if (p.stats_on && !clip_pass && half == 0) st.max_score = fmaxf(st.max_score, x);
             // Lanes of the second half hold the same keys: they take no part in the sums.
-            float l = half == 0 ? logit_of(p, x) : neg_inf();
+            float l = half == 0 ? logit_of(p, sp.sigmoid_bias, x) : neg_inf();
             float inv_l = 0.f;
             if (clip_pass) {
                 inv_l = inv_or_zero(st.l);
@@ -203,6 +216,18 @@ attention_simt(const AttnParams p) {
         if (clipped && pass == 0) reduce_row<kWarpSize>(st);
     }
 
+    // The K/V tiles no block visits (left of every window), for the statistics alone, dealt
+    // round robin over the sequence's blocks as kv_tile_owner deals them.
+    if (kv_stats) {
+        const int blocks = max(ceil_div(sp.q_len, kWarps), 1);
+        for (int n = m_block; n < orphan_tiles(p, sp, kBlockN); n += blocks) {
+            __syncthreads();  // everyone is done with the previous tile
+            load_kv_tile(p, s_k, s_v, sp, g_kv, n * kBlockN, true);
+            __syncthreads();
+            count_kv_tile(p, sp, s_k, s_v, n * kBlockN, k_mx, v_mx, bs);
+        }
+    }
+
     if (clipped) {
         st.weight_sum = row_sum<kWarpSize>(st.weight_sum);
         st.w_log_w = row_sum<kWarpSize>(st.w_log_w);
@@ -212,31 +237,31 @@ attention_simt(const AttnParams p) {
     }
 
     if (row_valid) {
-        const RowResult res = finish_row(p, st, my_key_end > 0, x_sink);
+        const RowResult res = finish_row(p, st, keys.end > keys.begin, x_sink);
         if (lane == 0) {
-            p.lse[(u64)bh * p.q_len + row] = res.lse;
+            if (p.lse) p.lse[lse_index(p, sp, h, row)] = res.lse;
             if (p.row_records) {
-                const gmem_ptr<float> rec = p.row_records + ((u64)bh * p.q_len + row) * kRowRecord;
+                const gmem_ptr<float> rec = p.row_records + row_record_index(p, sp, h, row) * kRowRecord;
                 rec[kRowMax] = st.m;
                 rec[kRowInvL] = res.inv_l;
                 rec[kRowWeightSum] = st.weight_sum;
             }
         }
         const bool scaled = p.variant == kContextScale;
-        const float gamma_head = scaled && !p.gate_per_channel ? gate_at(p, b, row, h, 0) : 1.f;
+        const float gamma_head = scaled && !p.gate_per_channel ? gate_at(p, sp, row, h, 0) : 1.f;
         if (p.stats_on && res.counted && lane == 0) {
             bs.add_row(res, st.max_score);
             if (scaled && !p.gate_per_channel) bs.add_gate(gamma_head);
         }
-        const gmem_ptr<elem_t> o_row = p.o + row_offset(p.lo, b, row, h);
+        const gmem_ptr<elem_t> o_row = p.o + q_offset(p, p.lo, sp, row, h);
 #pragma unroll
         for (int u = 0; u < kMaxChannelsPerLane; ++u) {
             const int c = lane + u * kWarpSize;
             if (c >= d) break;
             float val = acc[u] * res.out_scale;
-            if (res.bias_scale != 0.f) val += res.bias_scale * p.v_param[h * d + c];
+            if (res.bias_scale != 0.f) val += res.bias_scale * v_param_at(p, h, c);
             if (scaled) {
-                const float gamma = p.gate_per_channel ? gate_at(p, b, row, h, c) : gamma_head;
+                const float gamma = p.gate_per_channel ? gate_at(p, sp, row, h, c) : gamma_head;
                 val *= gamma;
                 if (p.stats_on && p.gate_per_channel && res.counted) bs.add_gate(gamma);
             }
@@ -266,25 +291,34 @@ extern "C" __global__ void __launch_bounds__(simt::kThreads)
 key_mass(const AttnParams p) {
     using namespace simt;
     const int h = blockIdx.y, b = blockIdx.z;
-    const int bh = b * p.q_heads + h;
     const int g_kv = h / p.group;
     const int j = blockIdx.x * kThreads + threadIdx.x;
+    const SeqSpan sp = seq_span(p, b);
+    if (sp.bad) {
+        poison_key_mass(p, sp, h, blockIdx.x, gridDim.x, kThreads);
+        return;
+    }
     if (j >= p.kv_len) return;
+    if (j >= sp.kv_len) {  // past the sequence: 0 where the layout has room (lengths, pages)
+        if (p.kv_seqs != kKvPacked) p.key_mass[key_mass_index(p, sp, h, j)] = 0.f;
+        return;
+    }
     const int d = p.head_dim, half = d / 2;
-    const gmem_ptr<const elem_t> k_row = p.k + row_offset(p.lk, b, j, g_kv);
+    const gmem_ptr<const elem_t> k_row = p.k + kv_offset(p, p.lk, sp, j, g_kv);
     float total = 0.f;
-    for (int i = 0; i < p.q_len; ++i) {
-        if (j >= key_end(p, i)) continue;
-        const gmem_ptr<const elem_t> q_row = p.q + row_offset(p.lq, b, i, h);
+    for (int i = 0; i < sp.q_len; ++i) {
+        const KeyRange keys = key_range(p, sp, i);
+        if (j < keys.begin || j >= keys.end) continue;
+        const gmem_ptr<const elem_t> q_row = p.q + q_offset(p, p.lq, sp, i, h);
         float lo = 0.f, hi = 0.f;
         for (int c = 0; c < half; ++c) lo += to_float(q_row[c]) * to_float(k_row[c]);
         for (int c = half; c < d; ++c) hi += to_float(q_row[c]) * to_float(k_row[c]);
-        const gmem_ptr<const float> rec = p.row_records + ((u64)bh * p.q_len + i) * kRowRecord;
+        const gmem_ptr<const float> rec = p.row_records + row_record_index(p, sp, h, i) * kRowRecord;
         OnlineRow st;  // what key_probability reads of a finished row
         st.init();
         st.m = rec[kRowMax];
         st.weight_sum = rec[kRowWeightSum];
-        total += key_probability(p, st, logit_of(p, score_of(lo + hi, p)), rec[kRowInvL]);
+        total += key_probability(p, st, logit_of(p, sp.sigmoid_bias, score_of(lo + hi, p)), rec[kRowInvL]);
     }
-    p.key_mass[(u64)bh * p.kv_len + j] = total;
+    p.key_mass[key_mass_index(p, sp, h, j)] = total;
 }

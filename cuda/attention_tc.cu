@@ -187,14 +187,7 @@ DEVICE float max_keep_nan(float x, float lo) {
 }
 #endif  // OUTLIER_ATTN_EMU
 
-// ---------------------------------------------------------------------------------------------
-// Addressing: one function per kind of row, so that another layout (packed sequences, a paged
-// K/V cache) changes these and nothing else.
-// ---------------------------------------------------------------------------------------------
-// Row `row` of head h of Q (or of O, with its layout).
-DEVICE u64 q_row_offset(const TensorLayout& l, int b, int row, int h) { return row_offset(l, b, row, h); }
-// Key `key` of kv head g of K or V.
-DEVICE u64 kv_row_offset(const TensorLayout& l, int b, int key, int g) { return row_offset(l, b, key, g); }
+// Addressing: every row comes from the sequence map of common.cuh (q_offset, kv_tile_addr).
 
 // Copies rows [row0, row0 + kRows) into a swizzled shared tile; `offset_of(r)` is the element
 // offset of row r in `g_base`. Rows at or past `rows` and channels at or past d are
@@ -221,49 +214,32 @@ DEVICE void load_tile(smem_ptr<elem_t> s_tile, gmem_ptr<const elem_t> g_base, u6
 
 // The rows of a head block (`hb`, of p.fold query heads) are its heads' query rows interleaved,
 // head fastest: row r is query r / fold of head hb·fold + r % fold. With fold = 1 (prefill, and
-// every call with statistics) a block's rows are one head's queries; with fold = Hq/Hkv (decode)
-// a GQA group's heads share one tile, so each K/V tile feeds fold·Nq rows instead of Nq.
+// every call with statistics) a block's rows are one head's queries; with fold = Hq/Hkv (decode,
+// dense Q only) a GQA group's heads share one tile, so each K/V tile feeds fold·Nq rows, not Nq.
 DEVICE int row_query(const AttnParams& p, int row) { return row / p.fold; }
 DEVICE int row_head(const AttnParams& p, int hb, int row) { return hb * p.fold + row % p.fold; }
 
-DEVICE void load_q_tile(smem_ptr<elem_t> s_q, const AttnParams& p, int b, int hb, int row0) {
-    load_tile<kBlockM>(s_q, p.q, p.lq.offset, row0, p.q_rows, p, [&](int row) {
-        return q_row_offset(p.lq, b, row_query(p, row), row_head(p, hb, row));
+DEVICE void load_q_tile(smem_ptr<elem_t> s_q, const AttnParams& p, const SeqSpan& sp, int hb, int row0) {
+    load_tile<kBlockM>(s_q, p.q, p.lq.offset, row0, p.fold * sp.q_len, p, [&](int row) {
+        return q_offset(p, p.lq, sp, row_query(p, row), row_head(p, hb, row));
     });
 }
 // K tile n (keys n·kBlockN ...) of kv head g, and the V tile with it when `with_v`.
-DEVICE void load_kv_tile(smem_ptr<elem_t> s_k, smem_ptr<elem_t> s_v, const AttnParams& p, int b, int g, int n,
-                         bool with_v) {
-    load_tile<kBlockN>(s_k, p.k, p.lk.offset, n * kBlockN, p.kv_len, p,
-                       [&](int key) { return kv_row_offset(p.lk, b, key, g); });
+DEVICE void load_kv_tile(smem_ptr<elem_t> s_k, smem_ptr<elem_t> s_v, const AttnParams& p, const SeqSpan& sp, int g,
+                         int n, bool with_v) {
+    const int n0 = n * kBlockN;
+    const KvTileAddr ka = kv_tile_addr(p, p.lk, sp, n0, g);
+    load_tile<kBlockN>(s_k, p.k, p.lk.offset, n0, sp.kv_len, p,
+                       [&](int key) { return kv_tile_row(p, p.lk, sp, ka, n0, key - n0, g); });
     if (with_v) {
-        load_tile<kBlockN>(s_v, p.v, p.lv.offset, n * kBlockN, p.kv_len, p,
-                           [&](int key) { return kv_row_offset(p.lv, b, key, g); });
+        const KvTileAddr va = kv_tile_addr(p, p.lv, sp, n0, g);
+        load_tile<kBlockN>(s_v, p.v, p.lv.offset, n0, sp.kv_len, p,
+                           [&](int key) { return kv_tile_row(p, p.lv, sp, va, n0, key - n0, g); });
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Which key tiles a block of rows [row0, row0 + kBlockM) visits, computed in one place: tiles
-// [begin, end), of which [full_begin, full_end) are visible to every row of the block (no mask
-// needed); the others are masked per score. A window would raise `begin` (whole tiles left of
-// it are skipped) and narrow the full range; a per-sequence key range would set both ends.
-// ---------------------------------------------------------------------------------------------
-struct KeyTiles {
-    int begin, full_begin, full_end, end;
-    DEVICE bool masked(int n) const { return n < full_begin || n >= full_end; }
-};
-
-// `first_query`, `last_query`: the query positions of the block's first and last rows (the
-// query of a row never decreases with the row, folded or not).
-DEVICE KeyTiles key_tiles(const AttnParams& p, int first_query, int last_query) {
-    KeyTiles kt;
-    kt.begin = 0;
-    kt.end = (key_end(p, last_query) + kBlockN - 1) / kBlockN;
-    kt.full_begin = 0;
-    // key_end grows with the row, so the first row bounds what every row sees.
-    kt.full_end = min(key_end(p, first_query) / kBlockN, kt.end);
-    return kt;
-}
+// Which key tiles a block visits, and which of them need no mask: `key_tiles` of common.cuh
+// (KeyTiles), with kBlockM rows and kBlockN keys.
 
 // The tiles of split `split` among `kt` (all of them without split-KV); possibly none.
 DEVICE KeyTiles split_tiles(const AttnParams& p, KeyTiles kt, int split) {
@@ -272,6 +248,23 @@ DEVICE KeyTiles split_tiles(const AttnParams& p, KeyTiles kt, int split) {
         kt.end = max(kt.begin, min(kt.end, (split + 1) * p.tiles_per_split));
     }
     return kt;
+}
+
+// Writes O and the LSE of the block's rows as NaN (its sequence read a bad index): through
+// `poison_rows` one head at a time, or, with a GQA fold (dense Q), row by row.
+DEVICE void poison_block_rows(const AttnParams& p, const SeqSpan& sp, int hb, int m_block) {
+    if (p.fold == 1) {
+        poison_rows(p, sp, hb, m_block, kBlockM);
+        return;
+    }
+    const int row0 = m_block * kBlockM;
+    for (int row = row0; row < row0 + kBlockM && row < p.fold * sp.q_len; ++row) {
+        const int i = row_query(p, row), h = row_head(p, hb, row);
+        for (int c = threadIdx.x; c < p.head_dim; c += kThreads) {
+            p.o[q_offset(p, p.lo, sp, i, h) + c] = from_float(quiet_nan());
+        }
+        if (threadIdx.x == 0 && p.lse) p.lse[lse_index(p, sp, h, i)] = quiet_nan();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -376,7 +369,7 @@ struct Rows {
 // One K/V tile of the fast path. kMasked: the tile crosses a mask boundary (the causal
 // diagonal, or Nk), so each score is tested; elsewhere no score is.
 template <bool kMasked>
-DEVICE void attend_tile_fast(const AttnParams& p, Rows<true>& rows, float (&acc_o)[kDTiles][4],
+DEVICE void attend_tile_fast(const AttnParams& p, const SeqSpan& sp, Rows<true>& rows, float (&acc_o)[kDTiles][4],
                              const unsigned (&q_frag)[kKSteps][4], smem_ptr<const elem_t> s_k,
                              smem_ptr<const elem_t> s_v, int n0, float scale_log2, smem_ptr<float> s_key0) {
     const int t = threadIdx.x % 4;
@@ -386,12 +379,14 @@ DEVICE void attend_tile_fast(const AttnParams& p, Rows<true>& rows, float (&acc_
     for (int r = 0; r < 2; ++r) {
         FastRow& st = rows.st[r];
         float tile_max = neg_inf();
+        const KeyRange kr = key_range(p, sp, rows.query[r]);
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
                 float& x = s[nt][2 * r + e];
-                if (kMasked && n0 + nt * 8 + 2 * t + e >= key_end(p, rows.query[r])) x = neg_inf();
+                const int j = n0 + nt * 8 + 2 * t + e;
+                if (kMasked && (j < kr.begin || j >= kr.end)) x = neg_inf();
                 tile_max = fmaxf(tile_max, x);
             }
         }
@@ -432,7 +427,7 @@ DEVICE void attend_tile_fast(const AttnParams& p, Rows<true>& rows, float (&acc_
 }
 
 // One K/V tile of the generic path: every score masked, scores to logits by the variant.
-DEVICE void attend_tile_generic(const AttnParams& p, Rows<false>& rows, float (&acc_o)[kDTiles][4],
+DEVICE void attend_tile_generic(const AttnParams& p, const SeqSpan& sp, Rows<false>& rows, float (&acc_o)[kDTiles][4],
                                 const unsigned (&q_frag)[kKSteps][4], smem_ptr<const elem_t> s_k,
                                 smem_ptr<const elem_t> s_v, int n0, bool clip_pass, bool with_v) {
     const int t = threadIdx.x % 4;
@@ -442,16 +437,17 @@ DEVICE void attend_tile_generic(const AttnParams& p, Rows<false>& rows, float (&
     for (int r = 0; r < 2; ++r) {
         OnlineRow& st = rows.st[r];
         float tile_max = neg_inf();
+        const KeyRange kr = key_range(p, sp, rows.query[r]);
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
                 const int j = n0 + nt * 8 + 2 * t + e;
                 float x = score_of(s[nt][2 * r + e], p);
-                if (j >= key_end(p, rows.query[r])) x = neg_inf();
+                if (j < kr.begin || j >= kr.end) x = neg_inf();
                 // Sigmoid's logits are not its scores: the max must see x itself.
                 if (p.stats_on && !clip_pass && p.variant == kSigmoid) st.max_score = fmaxf(st.max_score, x);
-                x = logit_of(p, x);
+                x = logit_of(p, sp.sigmoid_bias, x);
                 s[nt][2 * r + e] = x;
                 tile_max = fmaxf(tile_max, x);
             }
@@ -574,6 +570,21 @@ DEVICE void write_channel_max(const AttnParams& p, smem_ptr<float> s_stats, int 
     }
 }
 
+// Counts one K/V tile in the block's channel statistics (`scans_kv_tile`); `has_key0`: the tile
+// holds key 0 (row 0), whose norm v0_norm_ratio needs. Every thread calls it.
+DEVICE void count_kv_tile(smem_ptr<float> s_stats, smem_ptr<const elem_t> k_tile, smem_ptr<const elem_t> v_tile,
+                          float (&mx)[kChunk], bool has_key0) {
+    float k_abs = 0.f, v_abs = 0.f, v_norm = 0.f, v_norm0 = 0.f, unused = 0.f;
+    scan_tile<kBlockN>(k_tile, mx, k_abs, false, unused, unused, -1);
+    merge_warp_max(mx, warp_max_slot(s_stats, 1), false);
+    scan_tile<kBlockN>(v_tile, mx, v_abs, true, v_norm, v_norm0, has_key0 ? 0 : -1);
+    merge_warp_max(mx, warp_max_slot(s_stats, 2), false);
+    add_warp_sum(s_stats, kSumK, k_abs, false);
+    add_warp_sum(s_stats, kSumV, v_abs, false);
+    add_warp_sum(s_stats, kSumVNorm, v_norm, false);
+    add_warp_sum(s_stats, kSumVNorm0, v_norm0, false);
+}
+
 // ---------------------------------------------------------------------------------------------
 // One block of the forward pass.
 // ---------------------------------------------------------------------------------------------
@@ -600,9 +611,19 @@ DEVICE void forward_block(const AttnParams& p) {
     const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
     const int g = lane / 4, t = lane % 4;
     const int row0 = m_block * kBlockM;
-    const int last_row = min(row0 + kBlockM, p.q_rows) - 1;
-    const KeyTiles kt = split_tiles(p, key_tiles(p, row_query(p, row0), row_query(p, last_row)), split);
+    const SeqSpan sp = seq_span(p, b);
+    if (sp.bad) {  // uniform: the sequence read a bad index; its statistics are finalize's NaN
+        if (split == 0) poison_block_rows(p, sp, hb, m_block);
+        return;
+    }
     const bool stats = p.stats_on;
+    // A block past the sequence's queries still writes its (empty) partial record and counts
+    // the K/V tiles it owns; without statistics it has nothing to do.
+    if (row0 >= p.fold * sp.q_len && !stats) return;
+    // The queries of the block's first and last rows bound its key tiles (folded or not).
+    const int q_first = row_query(p, row0);
+    const int q_last = row_query(p, max(min(row0 + kBlockM, p.fold * sp.q_len), row0 + 1) - 1);
+    const KeyTiles kt = split_tiles(p, key_tiles(p, sp, q_first, q_last - q_first + 1, kBlockN), split);
     const bool kv_stats = stats && h % p.group == 0;  // this head counts its kv head's K/V
     // The sink is one more key, counted once per row: by split 0.
     const bool with_sink = has_sink(p.variant) && split == 0;
@@ -611,10 +632,10 @@ DEVICE void forward_block(const AttnParams& p) {
     // Q fragment loads and the sink set-up.
     const bool clipped = !kFast && p.variant == kClippedSoftmax;
     const bool kv0_in_flight = !clipped && kt.end > kt.begin;
-    load_q_tile(s_q, p, b, hb, row0);
+    load_q_tile(s_q, p, sp, hb, row0);
     cp_async_commit();
     if (kv0_in_flight) {
-        load_kv_tile(s_k, s_v, p, b, g_kv, kt.begin, true);
+        load_kv_tile(s_k, s_v, p, sp, g_kv, kt.begin, true);
         cp_async_commit();
         cp_async_wait<1>();  // Q only
     } else {
@@ -648,7 +669,7 @@ DEVICE void forward_block(const AttnParams& p) {
             float dot = 0.f;
             if (p.variant == kContextBias || p.variant == kKvSink) {
                 for (int c = lane; c < p.head_dim; c += kWarpSize) {
-                    dot += to_float(s_q[smem_index(row, c)]) * p.k_sink[hr * p.head_dim + c];
+                    dot += to_float(s_q[smem_index(row, c)]) * k_sink_at(p, hr, c);
                 }
                 dot = row_sum<kWarpSize>(dot);
             }
@@ -674,9 +695,8 @@ DEVICE void forward_block(const AttnParams& p) {
                 const int c = dt * 8 + 2 * t;
 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
-                    const gmem_ptr<const float> v_sink = p.v_param + row_h[r] * p.head_dim;
-                    acc_o[dt][2 * r] = c < p.head_dim ? v_sink[c] : 0.f;
-                    acc_o[dt][2 * r + 1] = c < p.head_dim ? v_sink[c + 1] : 0.f;
+                    acc_o[dt][2 * r] = c < p.head_dim ? v_param_at(p, row_h[r], c) : 0.f;
+                    acc_o[dt][2 * r + 1] = c < p.head_dim ? v_param_at(p, row_h[r], c + 1) : 0.f;
                 }
             }
         }
@@ -718,7 +738,7 @@ DEVICE void forward_block(const AttnParams& p) {
         const bool clip_pass = clipped && pass == 1;
         const bool with_v = pass == 1;
         if (kt.end > kt.begin && !kv0_in_flight) {
-            load_kv_tile(s_k, s_v, p, b, g_kv, kt.begin, with_v);
+            load_kv_tile(s_k, s_v, p, sp, g_kv, kt.begin, with_v);
             cp_async_commit();
         }
         for (int n = kt.begin; n < kt.end; ++n) {
@@ -726,7 +746,7 @@ DEVICE void forward_block(const AttnParams& p) {
             if (n + 1 < kt.end) {
                 // Prefetch the next tile into the other buffer, then wait for this one only.
                 const int nb = 1 - buf;
-                load_kv_tile(s_k + nb * kTileElems, s_v + nb * kTileElems, p, b, g_kv, n + 1, with_v);
+                load_kv_tile(s_k + nb * kTileElems, s_v + nb * kTileElems, p, sp, g_kv, n + 1, with_v);
                 cp_async_commit();
                 cp_async_wait<1>();
             } else {
@@ -735,24 +755,16 @@ DEVICE void forward_block(const AttnParams& p) {
             __syncthreads();
             const smem_ptr<const elem_t> k_tile = s_k + buf * kTileElems, v_tile = s_v + buf * kTileElems;
             // Tile n lies in one split only: its owner among the query blocks counts it.
-            if (kv_stats && with_v && scans_kv_tile(p, h, m_block, n, kBlockM, kBlockN)) {
-                float k_abs = 0.f, v_abs = 0.f, v_norm = 0.f, v_norm0 = 0.f, unused = 0.f;
-                scan_tile<kBlockN>(k_tile, mx, k_abs, false, unused, unused, -1);
-                merge_warp_max(mx, warp_max_slot(s_stats, 1), false);
-                scan_tile<kBlockN>(v_tile, mx, v_abs, true, v_norm, v_norm0, n == 0 ? 0 : -1);
-                merge_warp_max(mx, warp_max_slot(s_stats, 2), false);
-                add_warp_sum(s_stats, kSumK, k_abs, false);
-                add_warp_sum(s_stats, kSumV, v_abs, false);
-                add_warp_sum(s_stats, kSumVNorm, v_norm, false);
-                add_warp_sum(s_stats, kSumVNorm0, v_norm0, false);
+            if (kv_stats && with_v && scans_kv_tile(p, sp, h, m_block, n, kBlockM, kBlockN)) {
+                count_kv_tile(s_stats, k_tile, v_tile, mx, n == 0);
             }
             if constexpr (kFast) {
                 const smem_ptr<float> key0 = s_key0 + 2 * threadIdx.x;
                 const int n0 = n * kBlockN;
-                if (kt.masked(n)) attend_tile_fast<true>(p, rows, acc_o, q_frag, k_tile, v_tile, n0, scale_log2, key0);
-                else attend_tile_fast<false>(p, rows, acc_o, q_frag, k_tile, v_tile, n0, scale_log2, key0);
+                if (kt.masked(n)) attend_tile_fast<true>(p, sp, rows, acc_o, q_frag, k_tile, v_tile, n0, scale_log2, key0);
+                else attend_tile_fast<false>(p, sp, rows, acc_o, q_frag, k_tile, v_tile, n0, scale_log2, key0);
             } else {
-                attend_tile_generic(p, rows, acc_o, q_frag, k_tile, v_tile, n * kBlockN, clip_pass, with_v);
+                attend_tile_generic(p, sp, rows, acc_o, q_frag, k_tile, v_tile, n * kBlockN, clip_pass, with_v);
             }
             __syncthreads();  // the buffer is refilled by the next iteration's prefetch
         }
@@ -761,6 +773,21 @@ DEVICE void forward_block(const AttnParams& p) {
 #pragma unroll
                 for (int r = 0; r < 2; ++r) reduce_row<4>(rows.st[r]);
             }
+        }
+    }
+
+    // The K/V tiles no block visits (left of every window), for the statistics alone: dealt
+    // round robin over the sequence's blocks, as kv_tile_owner deals them (split 0's blocks
+    // only: the splits of a query block would count them once each).
+    if (kv_stats && split == 0) {
+        const int blocks = max(ceil_div(sp.q_len, kBlockM), 1);
+        for (int n = m_block; n < orphan_tiles(p, sp, kBlockN); n += blocks) {
+            load_kv_tile(s_k, s_v, p, sp, g_kv, n, true);
+            cp_async_commit();
+            cp_async_wait<0>();
+            __syncthreads();
+            count_kv_tile(s_stats, s_k, s_v, mx, n == 0);
+            __syncthreads();  // the buffers are refilled by the next one
         }
     }
 
@@ -806,7 +833,7 @@ DEVICE void forward_block(const AttnParams& p) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         const int row = row0 + warp * kRowsPerWarp + g + 8 * r;
-        if (row >= p.q_rows) continue;
+        if (row >= p.fold * sp.q_len) continue;
         const int i = rows.query[r], hr = row_h[r];
         const int bhr = b * p.q_heads + hr;
         if (split_kv) {
@@ -831,15 +858,16 @@ DEVICE void forward_block(const AttnParams& p) {
             }
             continue;
         }
-        const RowResult res = finish_row(p, fin[r], key_end(p, i) > 0, x_sink[r]);
-        if (t == 0) write_row_outputs(p, bhr, i, res, row_max_record[r], fin[r].weight_sum);
+        const KeyRange kr = key_range(p, sp, i);
+        const RowResult res = finish_row(p, fin[r], kr.end > kr.begin, x_sink[r]);
+        if (t == 0) write_row_outputs(p, sp, hr, i, res, row_max_record[r], fin[r].weight_sum);
         const bool scaled = p.variant == kContextScale;
-        const float gamma_head = scaled && !p.gate_per_channel ? gate_at(p, b, i, hr, 0) : 1.f;
+        const float gamma_head = scaled && !p.gate_per_channel ? gate_at(p, sp, i, hr, 0) : 1.f;
         if (stats && res.counted && t == 0) {
             bs.add_row(res, fin[r].max_score);
             if (scaled && !p.gate_per_channel) bs.add_gate(gamma_head);
         }
-        const gmem_ptr<elem_t> o_row = p.o + q_row_offset(p.lo, b, i, hr);
+        const gmem_ptr<elem_t> o_row = p.o + q_offset(p, p.lo, sp, i, hr);
 #pragma unroll
         for (int dt = 0; dt < kDTiles; ++dt) {
             const int c = dt * 8 + 2 * t;  // this thread's two channels c, c + 1
@@ -847,7 +875,7 @@ DEVICE void forward_block(const AttnParams& p) {
             float val[2];
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-                const float gamma = scaled && p.gate_per_channel ? gate_at(p, b, i, hr, c + e) : gamma_head;
+                const float gamma = scaled && p.gate_per_channel ? gate_at(p, sp, i, hr, c + e) : gamma_head;
                 val[e] = output_channel(p, res, acc_o[dt][2 * r + e], hr, c + e, gamma);
                 if (scaled && stats && p.gate_per_channel && res.counted) bs.add_gate(gamma);
             }
@@ -915,32 +943,42 @@ DEVICE void key_mass_block(const AttnParams& p) {
     const smem_ptr<float> s_cols = smem_cast<float>(s_k);  // [kWarps][kBlockN], after the last tile
 
     const int n = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-    const int bh = b * p.q_heads + h;
     const int g_kv = h / p.group;
     const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
     const int g = lane / 4, t = lane % 4;
     const int n0 = n * kBlockN;
     const float scale_log2 = p.scale * kLog2e;
-
-    // The query blocks whose rows see a key of this tile: all, or under the causal mask those
-    // from the block of row n0 + Nq − Nk (the first that sees key n0).
-    int m_first = 0;
-    if (p.causal) {
-        const long long r = (long long)n0 + p.q_len - p.kv_len;
-        m_first = r < 0 ? 0 : (int)(r / kBlockM);
+    const SeqSpan sp = seq_span(p, b);
+    if (sp.bad) {
+        poison_key_mass(p, sp, h, n, gridDim.x, kBlockN);
+        return;
     }
-    load_tile<kBlockN>(s_k, p.k, p.lk.offset, n0, p.kv_len, p,
-                       [&](int key) { return kv_row_offset(p.lk, b, key, g_kv); });
-    load_q_tile(s_q, p, b, h, m_first * kBlockM);
-    cp_async_commit();
+    if (n0 >= sp.kv_len) {  // past the sequence: 0 where the layout has room (lengths, pages)
+        if (p.kv_seqs == kKvPacked) return;
+        for (int c = threadIdx.x; c < kBlockN && n0 + c < p.kv_len; c += kThreads) {
+            p.key_mass[key_mass_index(p, sp, h, n0 + c)] = 0.f;
+        }
+        return;
+    }
+
+    // The query blocks whose rows see a key of this tile (none: the tile is left of every
+    // window, and its key mass is 0).
+    const BlockRange visiting = blocks_visiting(p, sp, n, kBlockM, kBlockN);
+    const int m_first = visiting.first, m_end = visiting.last + 1;
+    if (m_first < m_end) {
+        load_tile<kBlockN>(s_k, p.k, p.lk.offset, n0, sp.kv_len, p,
+                           [&](int key) { return kv_offset(p, p.lk, sp, key, g_kv); });
+        load_q_tile(s_q, p, sp, h, m_first * kBlockM);
+        cp_async_commit();
+    }
 
     float col[kNTiles][2];  // this thread's column sums: keys n0 + 8nt + 2t + e, over rows g, g + 8
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) col[nt][0] = col[nt][1] = 0.f;
-    for (int m = m_first; m < p.m_blocks; ++m) {
+    for (int m = m_first; m < m_end; ++m) {
         const int buf = (m - m_first) % 2;
-        if (m + 1 < p.m_blocks) {
-            load_q_tile(s_q + (1 - buf) * kQElems, p, b, h, (m + 1) * kBlockM);
+        if (m + 1 < m_end) {
+            load_q_tile(s_q + (1 - buf) * kQElems, p, sp, h, (m + 1) * kBlockM);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -954,14 +992,14 @@ DEVICE void key_mass_block(const AttnParams& p) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const int row = m * kBlockM + warp * kRowsPerWarp + g + 8 * r;
-            if (row >= p.q_len) continue;
-            const gmem_ptr<const float> rec = p.row_records + ((u64)bh * p.q_len + row) * kRowRecord;
+            if (row >= sp.q_len) continue;
+            const gmem_ptr<const float> rec = p.row_records + row_record_index(p, sp, h, row) * kRowRecord;
             const float row_max = rec[kRowMax], inv_l = rec[kRowInvL];
             OnlineRow st;  // what key_probability reads of a finished generic row
             st.init();
             st.m = row_max;
             st.weight_sum = rec[kRowWeightSum];
-            const int end = key_end(p, row);
+            const KeyRange kr = key_range(p, sp, row);
 #pragma unroll
             for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
@@ -970,11 +1008,11 @@ DEVICE void key_mass_block(const AttnParams& p) {
                     const float x = s[nt][2 * r + e];
                     float prob;
                     if constexpr (kFast) {
-                        prob = j < end ? fast_probability(x, scale_log2, row_max, inv_l) : 0.f;
+                        prob = j >= kr.begin && j < kr.end ? fast_probability(x, scale_log2, row_max, inv_l) : 0.f;
                     } else {
                         // As attend_tile_generic turns a score into a logit (without calls).
-                        const float l = logit_of<true>(p, score_of<true>(x, p));
-                        prob = j < end ? key_probability(p, st, l, inv_l) : 0.f;
+                        const float l = logit_of<true>(p, sp.sigmoid_bias, score_of<true>(x, p));
+                        prob = j >= kr.begin && j < kr.end ? key_probability(p, st, l, inv_l) : 0.f;
                     }
                     col[nt][e] += prob;
                 }
@@ -994,10 +1032,12 @@ DEVICE void key_mass_block(const AttnParams& p) {
         }
     }
     __syncthreads();
+    // Keys of the tile past the sequence: 0 (lengths, pages), or another sequence's (packed).
     for (int c = threadIdx.x; c < kBlockN && n0 + c < p.kv_len; c += kThreads) {
         float sum = 0.f;
         for (int w = 0; w < kWarps; ++w) sum += s_cols[w * kBlockN + c];
-        p.key_mass[(u64)bh * p.kv_len + n0 + c] = sum;
+        if (n0 + c < sp.kv_len) p.key_mass[key_mass_index(p, sp, h, n0 + c)] = sum;
+        else if (p.kv_seqs != kKvPacked) p.key_mass[key_mass_index(p, sp, h, n0 + c)] = 0.f;
     }
 }
 }  // namespace tc

@@ -1,5 +1,5 @@
 // Split-KV decode: the combine of each row's splits (common.cuh, "Split-KV decode"), in the
-// tensor-core modules after attention_tc.cu, whose addressing it shares.
+// tensor-core modules. Rows, like every address, come from the sequence map of common.cuh.
 //
 // One warp per row, kWarps rows of one (batch, head) per block. Every lane merges the splits'
 // scalars in split order (the same loads in every lane) and owns channels lane, lane + 32, ...
@@ -44,6 +44,10 @@ combine_splits(const AttnParams p) {
     const int bh = b * p.q_heads + h;
     const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
     const int row = blockIdx.x * kWarps + warp;
+    const SeqSpan sp = seq_span(p, b);
+    // A sequence that read a bad index: split 0's forward blocks wrote its rows as NaN, and
+    // finalize_stats its statistics.
+    if (sp.bad) return;
     const bool fast = takes_fast_path(p);
     const bool stats = p.stats_on;
     const bool scaled = p.variant == kContextScale;
@@ -55,7 +59,7 @@ combine_splits(const AttnParams p) {
 #pragma unroll
     for (int u = 0; u < kChannelsPerLane; ++u) q_max[u] = 0.f;
 
-    if (row < p.q_len) {
+    if (row < sp.q_len) {
         const gmem_ptr<const float> part0 = split_partial(p, bh, row, 0);
         float m = neg_inf();
         for (int s = 0; s < p.splits; ++s) m = fmaxf(m, part0[(u64)s * p.split_record + kSplitMax]);
@@ -86,20 +90,21 @@ combine_splits(const AttnParams p) {
         // The row in finish_row's (natural) units, as the forward kernel's epilogue has it.
         r.m = fast && m != neg_inf() ? m * kLn2 : m;
         if (fast) r.t *= kLn2;
-        const RowResult res = finish_row(p, r, key_end(p, row) > 0, part0[kSplitSinkLogit]);
-        if (lane == 0) write_row_outputs(p, bh, row, res, m, r.weight_sum);
-        const float gamma_head = scaled && !p.gate_per_channel ? gate_at(p, b, row, h, 0) : 1.f;
+        const KeyRange kr = key_range(p, sp, row);
+        const RowResult res = finish_row(p, r, kr.end > kr.begin, part0[kSplitSinkLogit]);
+        if (lane == 0) write_row_outputs(p, sp, h, row, res, m, r.weight_sum);
+        const float gamma_head = scaled && !p.gate_per_channel ? gate_at(p, sp, row, h, 0) : 1.f;
         if (stats && res.counted && lane == 0) {
             bs.add_row(res, r.max_score);
             if (scaled && !p.gate_per_channel) bs.add_gate(gamma_head);
         }
-        const gmem_ptr<elem_t> o_row = p.o + tc::q_row_offset(p.lo, b, row, h);
-        const gmem_ptr<const elem_t> q_row = p.q + tc::q_row_offset(p.lq, b, row, h);
+        const gmem_ptr<elem_t> o_row = p.o + q_offset(p, p.lo, sp, row, h);
+        const gmem_ptr<const elem_t> q_row = p.q + q_offset(p, p.lq, sp, row, h);
 #pragma unroll
         for (int u = 0; u < kChannelsPerLane; ++u) {
             const int c = lane + u * kWarpSize;
             if (c >= p.head_dim) break;
-            const float gamma = scaled && p.gate_per_channel ? gate_at(p, b, row, h, c) : gamma_head;
+            const float gamma = scaled && p.gate_per_channel ? gate_at(p, sp, row, h, c) : gamma_head;
             o_row[c] = from_float(output_channel(p, res, acc[u], h, c, gamma));
             if (stats) {
                 if (scaled && p.gate_per_channel && res.counted) bs.add_gate(gamma);

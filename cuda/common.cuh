@@ -148,16 +148,314 @@ struct AttnParams {
     float scale, softcap, sigmoid_bias, clip_zeta, clip_gamma;
     int stats_on;    // 1: Heads or HeadsAndKeys (uniform branches, not a specialisation)
     int part_record; // floats of one block's partial record: kPartialCount + kChannelTensors·d
+    // Engine-shaped calls (DESIGN.md section 6): the index tensors (null where the layout reads
+    // none), the parameters' own layouts, and the sequence layout (`SeqSpan` below reads them).
+    gmem_ptr<const int> cu_seqlens_q;   // [B + 1]: packed Q
+    gmem_ptr<const int> cu_seqlens_k;   // [B + 1]: packed K/V
+    gmem_ptr<const int> seqlens_k;      // [B]: dense K/V with lengths, paged K/V
+    gmem_ptr<const int> block_table;    // [B, max_pages]: paged K/V
+    TensorLayout lgate;                 // z as [B, Nq, Hq, w] (packed: [1, total_q, Hq, w])
+    TensorLayout lk_sink, lv_param, lsink;  // k', v' (or the bias), θ as [1, 1, Hq, w]
+    int q_seqs;      // QuerySeqsCode
+    int kv_seqs;     // KvSeqsCode
+    int q_total;     // rows of packed Q (total_q)
+    int kv_total;    // rows of packed K/V (total_k)
+    int pages, page_size, max_pages;  // paged K/V
+    int window_left, window_right;    // keys seen before / after the diagonal; −1: unbounded
+    int sigmoid_bias_per_seq;  // 1: Sigmoid's β is −ln Nk_b of each sequence (no bias given)
+    int paged_tiles;           // 1: page_size is a multiple of the K/V tile (one lookup per tile)
+    int pad;                   // a whole number of 8-byte words, as KernelParams spells it out
     // Decode (see "Split-KV decode" below).
     gmem_ptr<float> split_partials;  // workspace [B, Hq, Nq, splits, split_record]: each split's rows
     int fold;        // query heads per forward block: 1, or Hq/Hkv with a GQA group's rows in one tile
-    int q_rows;      // rows of a head block: fold·Nq, row r = (query r / fold, head r % fold of the block)
+    int q_rows;      // fold·Nq: the rows the grid is sized for (a sequence has fold·Nq_b; row r is query
+                     // r / fold of head r % fold of the block)
     int splits;      // key splits per row (1: the forward kernel finishes its rows itself)
     int tiles_per_split;  // K/V tiles of one split
     int part_count;  // partial statistics records per head: m_blocks·splits, + combine blocks when split
     int split_record;  // floats of one row's split partial: kSplitScalars + d
 };
-static_assert(sizeof(AttnParams) == 352, "KernelParams in src/cuda/params.rs mirrors this");
+static_assert(sizeof(AttnParams) == 560, "KernelParams in src/cuda/params.rs mirrors this");
+
+// ---------------------------------------------------------------------------------------------
+// Sequences (DESIGN.md section 6): the one device-side map from (sequence, token) to a place,
+// the counterpart of `SeqMap` in src/contract/seqs.rs. Every kernel takes its sequence from
+// `seq_span` and every address of a Q/O/gate row, K/V row, LSE entry and key-mass entry from the
+// functions below; no kernel computes one itself.
+//
+// A call holds B sequences (grid z); sequence b has Nq_b queries and Nk_b keys:
+//   Q, O, gate  dense [B, Nq, H, ·]: query i at (b, i);  packed [total_q, H, ·] (outer 0):
+//               at token cu_seqlens_q[b] + i
+//   K, V        dense [B, Nk, Hkv, d]: key j at (b, j), Nk_b = Nk, or seqlens_k[b] with lengths;
+//               packed [total_k, Hkv, d]: token cu_seqlens_k[b] + j;
+//               paged [pages, page_size, Hkv, d]: page block_table[b, j / page_size], slot
+//               j % page_size, Nk_b = seqlens_k[b]
+//   LSE         [B, Hq, Nq] dense Q, [Hq, total_q] packed Q
+//   key mass    [B, Hq, Nk] (0 past Nk_b), [Hq, total_k] packed K
+//   statistics  [B, Hq, kStatCount]; the workspace's row records stay [B, Hq, Nq] (Nq the
+//               longest sequence), whatever the layout.
+// Shape fields of AttnParams (q_len, kv_len) are the longest sequences (the capacity of a dense
+// cache with lengths): grids are sized from them and blocks past a sequence's end do nothing.
+//
+// Bad index tensors (crate docs, "Bad index tensors on the device"): every index read here is
+// clamped into the buffers the kernel was given, so nothing outside them is read or written,
+// and `SeqSpan::bad` says that the sequence used an entry that was out of range: the kernels
+// then write its rows (O, LSE), its statistics record and its key mass as NaN instead.
+// Cumulative lengths that are not a valid partition (`all_bad`) poison every sequence, and
+// rows are then dealt over the grid by position (`for_each_poisoned_row`), since the table can
+// no longer say which rows belong to whom.
+// ---------------------------------------------------------------------------------------------
+enum QuerySeqsCode : int { kQueriesDense = 0, kQueriesPacked = 1 };
+enum KvSeqsCode : int { kKvDense = 0, kKvDenseWithLens = 1, kKvPacked = 2, kKvPaged = 3 };
+
+struct SeqSpan {
+    int b;
+    int q_len, kv_len;      // Nq_b, Nk_b (clamped: q_len <= p.q_len, kv_len <= p.kv_len)
+    int q_start, kv_start;  // first row of the sequence in packed Q / packed K (0 otherwise)
+    float sigmoid_bias;     // β of Sigmoid for this sequence
+    bool bad;               // the sequence read an index out of range: its outputs are NaN
+    bool all_bad;           // the cumulative lengths are not a partition: every sequence is bad
+};
+
+DEVICE int clamp_int(long long x, long long lo, long long hi) { return (int)(x < lo ? lo : (x > hi ? hi : x)); }
+DEVICE int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// Whether cumulative lengths `cu` [batch + 1] fail to partition `total` rows into sequences of
+// at most `max_len`: start at 0, never decrease, end at `total`. Warp-collective (every lane of
+// the warp calls it; the lanes share the entries and vote).
+DEVICE bool cumulative_bad(gmem_ptr<const int> cu, int batch, int total, int max_len) {
+    bool bad = false;
+    for (int i = threadIdx.x % kWarpSize; i <= batch; i += kWarpSize) {
+        const long long x = cu[i];
+        if (i == 0) bad |= x != 0;
+        else {
+            const long long prev = cu[i - 1];
+            bad |= x < prev || x - prev > max_len;
+        }
+        if (i == batch) bad |= x != total;
+    }
+    return __any_sync(kFullMask, bad);
+}
+
+// Physical page of logical page `page` of sequence b, clamped into [0, pages).
+DEVICE int physical_page(const AttnParams& p, int b, int page) {
+    return clamp_int(p.block_table[(u64)b * p.max_pages + page], 0, p.pages - 1);
+}
+
+// Sequence b of the call, with every index it reads checked. Warp-collective: every thread of
+// the block calls it (each warp votes for itself; all warps get the same answer).
+DEVICE SeqSpan seq_span(const AttnParams& p, int b) {
+    SeqSpan s;
+    s.b = b;
+    s.q_len = p.q_len;
+    s.kv_len = p.kv_len;
+    s.q_start = s.kv_start = 0;
+    s.all_bad = false;
+    bool own_bad = false;  // an index of this sequence alone
+    if (p.q_seqs == kQueriesPacked) {
+        s.all_bad |= cumulative_bad(p.cu_seqlens_q, p.batch, p.q_total, p.q_len);
+        s.q_start = clamp_int(p.cu_seqlens_q[b], 0, p.q_total);
+        s.q_len = clamp_int(p.cu_seqlens_q[b + 1], s.q_start, p.q_total) - s.q_start;
+        s.q_len = s.q_len > p.q_len ? p.q_len : s.q_len;
+    }
+    if (p.kv_seqs == kKvPacked) {
+        s.all_bad |= cumulative_bad(p.cu_seqlens_k, p.batch, p.kv_total, p.kv_len);
+        s.kv_start = clamp_int(p.cu_seqlens_k[b], 0, p.kv_total);
+        s.kv_len = clamp_int(p.cu_seqlens_k[b + 1], s.kv_start, p.kv_total) - s.kv_start;
+        s.kv_len = s.kv_len > p.kv_len ? p.kv_len : s.kv_len;
+    } else if (p.kv_seqs == kKvDenseWithLens || p.kv_seqs == kKvPaged) {
+        const int given = p.seqlens_k[b];
+        s.kv_len = clamp_int(given, 0, p.kv_len);
+        own_bad |= s.kv_len != given;
+    }
+    if (p.kv_seqs == kKvPaged) {
+        // Every page the sequence uses, checked once here; `physical_page` clamps each lookup.
+        bool bad_page = false;
+        const int used = ceil_div(s.kv_len, p.page_size);
+        for (int i = threadIdx.x % kWarpSize; i < used; i += kWarpSize) {
+            const int e = p.block_table[(u64)b * p.max_pages + i];
+            bad_page |= e < 0 || e >= p.pages;
+        }
+        own_bad |= __any_sync(kFullMask, bad_page);
+    }
+    s.bad = s.all_bad || own_bad;
+    s.sigmoid_bias = p.sigmoid_bias_per_seq ? -logf((float)s.kv_len) : p.sigmoid_bias;
+    return s;
+}
+
+// Element offset of query row i (sequence-relative) of head h in Q, O or the gate (layout l).
+DEVICE u64 q_offset(const AttnParams& p, const TensorLayout& l, const SeqSpan& s, int i, int h) {
+    const bool packed = p.q_seqs == kQueriesPacked;
+    return l.offset + (packed ? 0 : (u64)s.b * l.batch) + (u64)(packed ? s.q_start + i : i) * l.seq + (u64)h * l.head;
+}
+
+// Element offset of key j (sequence-relative, j < Nk_b) of kv head g in K or V (layout l).
+DEVICE u64 kv_offset(const AttnParams& p, const TensorLayout& l, const SeqSpan& s, int j, int g) {
+    u64 outer = s.b, token = j;
+    if (p.kv_seqs == kKvPacked) {
+        outer = 0;
+        token = (u64)s.kv_start + j;
+    } else if (p.kv_seqs == kKvPaged) {
+        outer = physical_page(p, s.b, j / p.page_size);
+        token = j % p.page_size;
+    }
+    return l.offset + outer * l.batch + token * l.seq + (u64)g * l.head;
+}
+
+// Where keys [n0, n0 + tile) of a sequence lie when they are evenly strided (every layout but
+// paged with a page size that is not a multiple of the tile): key n0 + r at base + r·stride.
+// `contiguous` false: look each key up with kv_offset.
+struct KvTileAddr {
+    u64 base, stride;
+    bool contiguous;
+};
+DEVICE KvTileAddr kv_tile_addr(const AttnParams& p, const TensorLayout& l, const SeqSpan& s, int n0, int g) {
+    KvTileAddr a;
+    a.contiguous = p.kv_seqs != kKvPaged || p.paged_tiles;
+    a.stride = l.seq;
+    a.base = a.contiguous ? kv_offset(p, l, s, n0, g) : 0;
+    return a;
+}
+DEVICE u64 kv_tile_row(const AttnParams& p, const TensorLayout& l, const SeqSpan& s, const KvTileAddr& a, int n0,
+                       int r, int g) {
+    return a.contiguous ? a.base + (u64)r * a.stride : kv_offset(p, l, s, n0 + r, g);
+}
+
+// Index of query i of head h in the LSE.
+DEVICE u64 lse_index(const AttnParams& p, const SeqSpan& s, int h, int i) {
+    if (p.q_seqs == kQueriesPacked) return (u64)h * p.q_total + s.q_start + i;
+    return ((u64)s.b * p.q_heads + h) * p.q_len + i;
+}
+// Index of key j of head h in the key mass.
+DEVICE u64 key_mass_index(const AttnParams& p, const SeqSpan& s, int h, int j) {
+    if (p.kv_seqs == kKvPacked) return (u64)h * p.kv_total + s.kv_start + j;
+    return ((u64)s.b * p.q_heads + h) * p.kv_len + j;
+}
+// The workspace's record of query i of head h (`RowRecordIndex` fields follow).
+DEVICE u64 row_record_index(const AttnParams& p, const SeqSpan& s, int h, int i) {
+    return ((u64)s.b * p.q_heads + h) * p.q_len + i;
+}
+
+// The keys [begin, end) query i of a sequence sees: key j iff i + Nk − Nq − left <= j <= i +
+// Nk − Nq + right (`Mask::key_range` in src/contract: bottom-right aligned per sequence; causal
+// is right = 0). The one place the kernels learn a row's keys.
+struct KeyRange {
+    int begin, end;
+};
+DEVICE KeyRange key_range(const AttnParams& p, const SeqSpan& s, int i) {
+    const long long diagonal = (long long)i + s.kv_len - s.q_len;
+    const int end = p.window_right < 0 ? s.kv_len : clamp_int(diagonal + p.window_right + 1, 0, s.kv_len);
+    const int begin = p.window_left < 0 ? 0 : clamp_int(diagonal - p.window_left, 0, end);
+    KeyRange r;
+    r.begin = begin < end ? begin : end;
+    r.end = end;
+    return r;
+}
+
+// Which key tiles (of block_n keys) a block of query rows [row0, row0 + block_m) visits:
+// [begin, end), of which [full_begin, full_end) every row of the block sees whole (no mask
+// needed). A row's range moves right with the row, so the block's first and last rows bound
+// them; tiles left of the first row's window are skipped, not masked. A block past the
+// sequence's last query visits none.
+struct KeyTiles {
+    int begin, full_begin, full_end, end;
+    DEVICE bool masked(int n) const { return n < full_begin || n >= full_end; }
+};
+DEVICE KeyTiles key_tiles(const AttnParams& p, const SeqSpan& s, int row0, int block_m, int block_n) {
+    KeyTiles kt;
+    kt.begin = kt.full_begin = kt.full_end = kt.end = 0;
+    if (row0 >= s.q_len) return kt;
+    const int last_row = min(row0 + block_m, s.q_len) - 1;
+    const KeyRange first = key_range(p, s, row0), last = key_range(p, s, last_row);
+    kt.begin = first.begin / block_n;
+    kt.end = ceil_div(last.end, block_n);
+    if (kt.end < kt.begin) kt.end = kt.begin;
+    kt.full_begin = ceil_div(last.begin, block_n);
+    kt.full_end = first.end / block_n;
+    return kt;
+}
+
+// Tiles [0, orphan_tiles) no block visits: the keys left of the first query's window (all of
+// them when the sequence has no query). The K/V statistics still count them (the reference
+// measures every key of the sequence), so their owners load them on their own.
+DEVICE int orphan_tiles(const AttnParams& p, const SeqSpan& s, int block_n) {
+    if (s.q_len == 0) return ceil_div(s.kv_len, block_n);
+    return key_range(p, s, 0).begin / block_n;
+}
+
+// The blocks of rows [m_first, m_last] that visit key tile n (m_first > m_last: none). Block
+// ranges only move right with the block, so both ends are found by bisection.
+struct BlockRange {
+    int first, last;
+};
+DEVICE BlockRange blocks_visiting(const AttnParams& p, const SeqSpan& s, int n, int block_m, int block_n) {
+    const int blocks = ceil_div(s.q_len, block_m);
+    int lo = 0, hi = blocks;  // the first block whose tiles end past n
+    while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if (key_tiles(p, s, mid * block_m, block_m, block_n).end > n) hi = mid;
+        else lo = mid + 1;
+    }
+    BlockRange r;
+    r.first = lo;
+    hi = blocks;  // the first block whose tiles begin past n, from there
+    while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if (key_tiles(p, s, mid * block_m, block_m, block_n).begin > n) hi = mid;
+        else lo = mid + 1;
+    }
+    r.last = lo - 1;
+    return r;
+}
+
+// Calls f(token, in_q) for every query row this block must poison when its sequence is bad:
+// its own rows of the sequence, or, when the cumulative lengths are bad and Q is packed, the
+// rows of packed Q dealt over the grid by position (row (b·m_blocks + m)·block_m + r, then
+// every B·m_blocks·block_m rows). `token` is then an absolute row of packed Q (`in_q` false)
+// or a query of the sequence (`in_q` true).
+template <class F>
+DEVICE void for_each_poisoned_row(const AttnParams& p, const SeqSpan& s, int m_block, int block_m, F f) {
+    if (s.all_bad && p.q_seqs == kQueriesPacked) {
+        const long long step = (long long)p.batch * p.m_blocks * block_m;
+        for (long long r0 = ((long long)s.b * p.m_blocks + m_block) * block_m; r0 < p.q_total; r0 += step) {
+            for (int r = 0; r < block_m && r0 + r < p.q_total; ++r) f((int)(r0 + r), false);
+        }
+    } else {
+        for (int i = m_block * block_m; i < (m_block + 1) * block_m && i < s.q_len; ++i) f(i, true);
+    }
+}
+
+// Writes O and the LSE of every row `for_each_poisoned_row` gives as NaN (all the block's
+// threads share the channels).
+DEVICE void poison_rows(const AttnParams& p, const SeqSpan& s, int h, int m_block, int block_m) {
+    for_each_poisoned_row(p, s, m_block, block_m, [&](int token, bool in_q) {
+        SeqSpan at = s;
+        if (!in_q) at.q_start = 0;  // an absolute row of packed Q
+        for (int c = threadIdx.x; c < p.head_dim; c += blockDim.x) {
+            p.o[q_offset(p, p.lo, at, token, h) + c] = from_float(quiet_nan());
+        }
+        if (threadIdx.x == 0 && p.lse) p.lse[lse_index(p, at, h, token)] = quiet_nan();
+    });
+}
+
+// Writes the key mass of head h as NaN: keys [n0, n0 + block_n) of the sequence (every key of
+// the layout's row up to Nk for unpacked K), or, with bad cumulative lengths and packed K,
+// the keys dealt over the grid by position as for_each_poisoned_row deals rows.
+DEVICE void poison_key_mass(const AttnParams& p, const SeqSpan& s, int h, int n_block, int n_blocks, int block_n) {
+    if (p.kv_seqs == kKvPacked) {
+        if (!s.all_bad) return;  // packed K is bad only through its cumulative lengths
+        const long long step = (long long)p.batch * n_blocks * block_n;
+        for (long long j0 = ((long long)s.b * n_blocks + n_block) * block_n; j0 < p.kv_total; j0 += step) {
+            for (int c = threadIdx.x; c < block_n && j0 + c < p.kv_total; c += blockDim.x) {
+                p.key_mass[(u64)h * p.kv_total + j0 + c] = quiet_nan();
+            }
+        }
+        return;
+    }
+    for (int c = threadIdx.x; c < block_n && n_block * block_n + c < p.kv_len; c += blockDim.x) {
+        p.key_mass[key_mass_index(p, s, h, n_block * block_n + c)] = quiet_nan();
+    }
+}
 
 // Statistics record, in Stat::ALL order (src/contract/stats.rs).
 enum StatIndex : int {
@@ -233,14 +531,6 @@ DEVICE float score_of(float dot, const AttnParams& p) {
     float s = dot * p.scale;
     if (p.has_softcap) s = kInline ? softcap_inline(s, p.softcap) : softcapped(s, p.softcap);
     return s;
-}
-
-// The last key row i sees, plus one: Nk, or i + 1 + (Nk - Nq) under the bottom-right causal
-// mask (<= 0: the row sees no key).
-DEVICE int key_end(const AttnParams& p, int row) {
-    if (!p.causal) return p.kv_len;
-    long long end = (long long)row + 1 + p.kv_len - p.q_len;
-    return (int)(end < 0 ? 0 : (end > p.kv_len ? p.kv_len : end));
 }
 
 // The sink's term e^{x_sink − m} at m = x_sink, where a row starts: 1; NaN for x_sink = +inf
@@ -355,13 +645,19 @@ DEVICE void reduce_row(OnlineRow& r) {
     r.max_score = row_max<lanes>(r.max_score);
 }
 
+// The per-head parameters, each read through its own layout ([1, 1, Hq, w]).
+DEVICE float k_sink_at(const AttnParams& p, int h, int c) { return p.k_sink[p.lk_sink.offset + (u64)h * p.lk_sink.head + c]; }
+DEVICE float v_param_at(const AttnParams& p, int h, int c) {
+    return p.v_param[p.lv_param.offset + (u64)h * p.lv_param.head + c];
+}
+
 // The score of the sink for ContextBias/KvSink (s' = σ·q·k', softcapped), θ for LogitSink,
 // 0 for Softmax1. `dot` is q·k' where the variant has a sink key.
 DEVICE float sink_logit(const AttnParams& p, int h, float dot) {
     switch (p.variant) {
         case kContextBias:
         case kKvSink: return score_of(dot, p);
-        case kLogitSink: return p.sink_logits[h];
+        case kLogitSink: return p.sink_logits[p.lsink.offset + (u64)h * p.lsink.head];
         default: return 0.f;
     }
 }
@@ -427,13 +723,14 @@ DEVICE RowResult finish_row(const AttnParams& p, const OnlineRow& r, bool sees_k
     return out;
 }
 
-// The outputs of a finished row besides O: its LSE and, with HeadsAndKeys, the record the
-// key-mass kernel reads (`row_max` in the units of the path that ran the row).
-DEVICE void write_row_outputs(const AttnParams& p, int bh, int row, const RowResult& res, float row_max,
-                              float weight_sum) {
-    p.lse[(u64)bh * p.q_len + row] = res.lse;
+// The outputs of a finished row (query i of head h of sequence `sp`) besides O: its LSE, where
+// the call wants it, and, with HeadsAndKeys, the record the key-mass kernel reads (`row_max`
+// in the units of the path that ran the row).
+DEVICE void write_row_outputs(const AttnParams& p, const SeqSpan& sp, int h, int i, const RowResult& res,
+                              float row_max, float weight_sum) {
+    if (p.lse) p.lse[lse_index(p, sp, h, i)] = res.lse;
     if (p.row_records) {
-        const gmem_ptr<float> rec = p.row_records + ((u64)bh * p.q_len + row) * kRowRecord;
+        const gmem_ptr<float> rec = p.row_records + row_record_index(p, sp, h, i) * kRowRecord;
         rec[kRowMax] = row_max;
         rec[kRowInvL] = res.inv_l;
         rec[kRowWeightSum] = weight_sum;
@@ -444,7 +741,7 @@ DEVICE void write_row_outputs(const AttnParams& p, int bh, int row, const RowRes
 // bias and (ContextScale) gate factor γ.
 DEVICE float output_channel(const AttnParams& p, const RowResult& res, float acc, int h, int c, float gamma) {
     float val = acc * res.out_scale;
-    if (res.bias_scale != 0.f) val += res.bias_scale * p.v_param[h * p.head_dim + c];
+    if (res.bias_scale != 0.f) val += res.bias_scale * v_param_at(p, h, c);
     return p.variant == kContextScale ? val * gamma : val;
 }
 
@@ -508,11 +805,12 @@ DEVICE float key_weight(OnlineRow& st, const AttnParams& p, float l, bool clip_p
     return e;
 }
 
-// The logit the normaliser runs over for score x (−inf stays −inf; kInline: without a call).
+// The logit the normaliser runs over for score x (−inf stays −inf; kInline: without a call);
+// `sigmoid_bias` is the sequence's β (SeqSpan).
 template <bool kInline = false>
-DEVICE float logit_of(const AttnParams& p, float x) {
+DEVICE float logit_of(const AttnParams& p, float sigmoid_bias, float x) {
     if (p.variant != kSigmoid || x == neg_inf()) return x;
-    return kInline ? log_sigmoid_inline(x + p.sigmoid_bias) : log_sigmoidf(x + p.sigmoid_bias);
+    return kInline ? log_sigmoid_inline(x + sigmoid_bias) : log_sigmoidf(x + sigmoid_bias);
 }
 
 // A square root for the statistics (norms): sqrt.approx, a few ulp off at most, where sqrtf's
@@ -527,15 +825,10 @@ DEVICE float sqrt_approx(float x) {
 #endif
 }
 
-// Index of [b, n, h, 0] in a tensor, in 64 bits.
-DEVICE u64 row_offset(const TensorLayout& l, int b, long long n, int h) {
-    return l.offset + (u64)b * l.batch + (u64)n * l.seq + (u64)h * l.head;
-}
-
-// The applied gate factor γ of (row, channel); `c` is ignored per head.
-DEVICE float gate_at(const AttnParams& p, int b, int row, int h, int c) {
-    u64 token = ((u64)b * p.q_len + row) * p.q_heads + h;
-    u64 idx = p.gate_per_channel ? token * p.head_dim + c : token;
+// The applied gate factor γ of (row, channel), read through the gate's own layout (a view of
+// the q projection, say); `c` is ignored per head.
+DEVICE float gate_at(const AttnParams& p, const SeqSpan& s, int row, int h, int c) {
+    const u64 idx = q_offset(p, p.lgate, s, row, h) + (p.gate_per_channel ? c : 0);
     return gate_factor(p.gate_kind, to_float(p.gate[idx]));
 }
 
@@ -603,24 +896,19 @@ DEVICE void write_partials(const AttnParams& p, BlockStats s, smem_ptr<float> sc
 }
 
 // ---------------------------------------------------------------------------------------------
-// Channel statistics of K and V, fused into the forward pass: each K/V tile of kv head g is
-// counted once, by one block of the first query head of its group (h = g·group) that loads the
-// tile anyway. The blocks that load tile n are m >= first(n): all of them without a mask, and
-// under the causal mask those whose last row sees key n·block_n (rows from n·block_n + Nq − Nk
-// on). The tiles are dealt round robin among them, so that no block takes many.
-// This relies on the last query block loading every tile (its last row sees all Nk keys under
-// None and Causal); a mask that lets blocks skip tiles must revisit it.
+// Channel statistics of K and V, fused into the forward pass: each K/V tile of kv head g of a
+// sequence is counted once, by one block of the first query head of its group (h = g·group).
+// The blocks that visit tile n (`blocks_visiting`) are dealt it round robin, so that no block
+// takes many; the tiles no block visits (`orphan_tiles`: left of every window) go round robin
+// to the sequence's blocks, which load them for the statistics alone.
 // ---------------------------------------------------------------------------------------------
-DEVICE int kv_tile_owner(const AttnParams& p, int n, int block_m, int block_n) {
-    int first = 0;
-    if (p.causal) {
-        const long long r = (long long)n * block_n + p.q_len - p.kv_len;  // the first row that sees the tile
-        first = r < 0 ? 0 : (int)(r / block_m);
-    }
-    return first + n % (p.m_blocks - first);
+DEVICE int kv_tile_owner(const AttnParams& p, const SeqSpan& s, int n, int block_m, int block_n) {
+    const BlockRange r = blocks_visiting(p, s, n, block_m, block_n);
+    if (r.first > r.last) return n % max(ceil_div(s.q_len, block_m), 1);
+    return r.first + n % (r.last - r.first + 1);
 }
 
-// Whether this block counts the channel statistics of K/V tile n.
-DEVICE bool scans_kv_tile(const AttnParams& p, int h, int m_block, int n, int block_m, int block_n) {
-    return p.stats_on && h % p.group == 0 && kv_tile_owner(p, n, block_m, block_n) == m_block;
+// Whether this block counts the channel statistics of K/V tile n, which it visits.
+DEVICE bool scans_kv_tile(const AttnParams& p, const SeqSpan& s, int h, int m_block, int n, int block_m, int block_n) {
+    return p.stats_on && h % p.group == 0 && kv_tile_owner(p, s, n, block_m, block_n) == m_block;
 }

@@ -53,6 +53,11 @@ finalize_stats(const AttnParams p) {
     STATIC_SMEM(float, s_part, kPartialCount);
     const int h = blockIdx.x, b = blockIdx.y;
     const int bh = b * p.q_heads + h;
+    const SeqSpan sp = seq_span(p, b);
+    if (sp.bad) {  // the forward blocks wrote no partials: the whole record is NaN
+        if (threadIdx.x < kStatCount) p.stats[(u64)bh * kStatCount + threadIdx.x] = quiet_nan();
+        return;
+    }
     // K and V were counted by the blocks of the first query head of the group.
     const int kv_bh = b * p.q_heads + (h / p.group) * p.group;
 
@@ -80,21 +85,23 @@ finalize_stats(const AttnParams p) {
 
     // Means over the counted rows: 0/0 = NaN for a head with none, as in the reference.
     const float n = s_part[kPartRows];
-    const float q_elems = (float)p.q_len * (float)p.head_dim, kv_elems = (float)p.kv_len * (float)p.head_dim;
+    // Over a sequence's own queries and keys; over none at all, NaN (as the reference).
+    const float q_elems = (float)sp.q_len * (float)p.head_dim, kv_elems = (float)sp.kv_len * (float)p.head_dim;
+    const float no_q = sp.q_len == 0 ? quiet_nan() : 0.f, no_kv = sp.kv_len == 0 ? quiet_nan() : 0.f;
     const gmem_ptr<float> out = p.stats + (u64)bh * kStatCount;
     out[kFirstKeyMass] = s_part[kPartFirstKey] / n;
     out[kSinkMass] = s_part[kPartSink] / n;
     out[kMaxScore] = s_part[kPartMaxScore];
     out[kMeanEntropy] = s_part[kPartEntropy] / n;
-    out[kQAbsMax] = q.absmax;
+    out[kQAbsMax] = q.absmax + no_q;
     out[kQAbsMean] = s_part[kPartQAbsSum] / q_elems;
-    out[kQArgmax] = q.argmax;
-    out[kKAbsMax] = k.absmax;
+    out[kQArgmax] = q.argmax + no_q;
+    out[kKAbsMax] = k.absmax + no_kv;
     out[kKAbsMean] = s_part[kPartKAbsSum] / kv_elems;
-    out[kKArgmax] = k.argmax;
-    out[kVAbsMax] = v.absmax;
+    out[kKArgmax] = k.argmax + no_kv;
+    out[kVAbsMax] = v.absmax + no_kv;
     out[kVAbsMean] = s_part[kPartVAbsSum] / kv_elems;
-    out[kV0NormRatio] = s_part[kPartVNorm0] / (s_part[kPartVNormSum] / (float)p.kv_len);
+    out[kV0NormRatio] = s_part[kPartVNorm0] / (s_part[kPartVNormSum] / (float)sp.kv_len);
     const bool gated = s_part[kPartGateCount] > 0.f;
     out[kGateMin] = gated ? s_part[kPartGateMin] : quiet_nan();
     out[kGateMean] = gated ? s_part[kPartGateSum] / s_part[kPartGateCount] : quiet_nan();

@@ -102,7 +102,8 @@
 //!   lengths that do not start at 0, decrease, end anywhere but the tensor's length or hold a
 //!   sequence longer than the shape declares make every row of the call NaN (sequences can no
 //!   longer be told apart). A sequence with a NaN row has an all-NaN statistics record and NaN
-//!   key mass. `tests/common` (`bad_index_cases`, `check_bad_index_outputs`) holds kernels to
+//!   key mass (its own keys of packed K, its whole row `[0, Nk)` otherwise: a bad `seqlens_k`
+//!   no longer says where the sequence ends). `tests/common` (`bad_index_cases`, `check_bad_index_outputs`) holds kernels to
 //!   this.
 //! - The LSE buffer is optional at the device level ([`Args::lse`]); host-level calls always
 //!   return it. A dense parameter must hold exactly its elements; one given as a view (an

@@ -139,23 +139,24 @@ pub fn poison(buffer: &mut [f32]) {
     buffer.fill(f32::NAN);
 }
 
-/// Outputs of the right sizes for `problem`, every element NaN. Backends start from these (or
-/// fill their device buffers the same way), so that an element a kernel never writes fails.
+/// Outputs of the right sizes for `problem` in its sequence layout (O and LSE in Q's, the key
+/// mass in K's), every element NaN. Backends start from these (or fill their device buffers
+/// the same way), so that an element a kernel never writes fails.
 pub fn poisoned_outputs(problem: &Problem) -> HostOutputs {
     let s = &problem.shape;
     let nan = |len| vec![f32::NAN; len];
     HostOutputs {
         o: HostTensor::filled(
             problem.dtype,
-            s.batch * s.q_len * s.q_heads * s.head_dim,
+            problem.q_tokens() * s.q_heads * s.head_dim,
             f64::NAN,
         ),
-        lse: nan(s.lse_len()),
+        lse: nan(problem.lse_len()),
         stats: problem
             .stats
             .heads()
             .then(|| nan(s.heads_total() * Stat::COUNT)),
-        key_mass: problem.stats.keys().then(|| nan(s.key_mass_len())),
+        key_mass: problem.stats.keys().then(|| nan(problem.key_mass_len())),
     }
 }
 

@@ -16,8 +16,8 @@ use outlier_attn::cases::{self, InputSpec};
 use outlier_attn::cuda::{Arch, HeadDimTile, KernelPath, PlanOptions, SplitKv};
 use outlier_attn::cuda_emu::{EmuArgs, EmuAttention, EmuBackend, EmuParams, EmuWorkspace};
 use outlier_attn::{
-    Backend, DType, Error, Gate, GateGranularity, Layout, Layouts, Mask, Problem, Shape, Stat,
-    StatsLevel, Strides, Variant,
+    Backend, DType, Error, Gate, GateGranularity, Layout, Layouts, Mask, Problem, SeqIndices,
+    Shape, Stat, StatsLevel, Strides, Variant,
 };
 use proptest::test_runner::TestRunner;
 
@@ -218,6 +218,7 @@ fn cuda_emu_workspace_reserved_for_the_largest_call_is_enough() {
                         sink_logits: Some(&theta),
                         ..EmuParams::default()
                     },
+                    indices: SeqIndices::none(),
                 },
                 &mut workspace,
             )
@@ -379,6 +380,7 @@ fn device_level_workspace_and_guards(split: SplitKv) {
                 gate: Some(&gate),
                 ..EmuParams::default()
             },
+            indices: SeqIndices::none(),
         };
         attention
             .forward(&problem, args, &mut workspace)
@@ -452,6 +454,7 @@ fn device_level_workspace_and_guards(split: SplitKv) {
                 gate: Some(&gate),
                 ..EmuParams::default()
             },
+            indices: SeqIndices::none(),
         };
         let unaligned = problem.with_stats(StatsLevel::Heads);
         attention
@@ -479,6 +482,7 @@ fn device_level_workspace_and_guards(split: SplitKv) {
                     gate: Some(&gate),
                     ..EmuParams::default()
                 },
+                indices: SeqIndices::none(),
             },
             &mut workspace,
         );
@@ -683,5 +687,209 @@ fn cuda_emu_forced_split_of_clipped_softmax_is_refused() {
             assert!(reason.contains("ClippedSoftmax"), "{reason}")
         }
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+}
+
+/// Engine-shaped calls (DESIGN.md section 6) on both kernels: windows, packed Q and K/V, dense
+/// K/V with lengths and paged caches of any page size, every variant and statistic; the
+/// emulator refuses none of them. Small shapes and a quarter of the environment's cases.
+#[test]
+fn cuda_emu_runs_every_engine_shaped_case() {
+    for arch in [Arch::SM80, SM75] {
+        let Some(b) = backend_for(arch) else { return };
+        let start = std::time::Instant::now();
+        let cases = (common::config().cases / 8).max(4);
+        let limits = Limits {
+            max_len: 20,
+            max_head_dim: 32,
+            ..Limits::default()
+        };
+        let ran = common::engine_parity_sweep_cases(b, &limits, cases);
+        assert_eq!(ran as u32, cases, "{}: some cases were refused", b.name());
+        eprintln!(
+            "{}: {cases} engine-shaped cases in {:.1} s",
+            b.name(),
+            start.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Windows past several K/V tiles and query blocks (whole tiles left of the window skipped,
+/// the K/V statistics still counting them), on the tensor-core kernel.
+#[test]
+fn cuda_emu_windows_skip_tiles_and_keep_the_statistics() {
+    let Some(b) = backend() else { return };
+    let window = |left, right| Mask::Window { left, right };
+    for (shape, dtype, variant, mask) in [
+        (
+            Shape::new(1, 2, 1, 140, 300, 32),
+            DType::Bf16,
+            Variant::LogitSink,
+            window(Some(40), Some(0)),
+        ),
+        (
+            Shape::new(1, 2, 2, 20, 200, 16),
+            DType::F16,
+            Variant::Sigmoid { bias: None },
+            window(Some(30), Some(7)),
+        ),
+        (
+            Shape::new(1, 1, 1, 3, 150, 16),
+            DType::F32,
+            Variant::KvSink,
+            window(Some(20), Some(0)),
+        ),
+    ] {
+        let problem = Problem::new(shape, dtype)
+            .with_variant(variant)
+            .with_mask(mask)
+            .with_stats(StatsLevel::HeadsAndKeys);
+        let inputs = cases::random_inputs(&problem, &InputSpec::default());
+        let report = outlier_attn::parity::check_backend(b, &problem, &inputs).expect("runs");
+        assert!(report.passed(), "{}:\n{report}", cases::label(&problem));
+    }
+}
+
+/// Qwen3-Next's per-channel sigmoid gate, read as a view of the q projection: one buffer
+/// [B, N, Hq, 2d] holds q (channels 0..d) and the gate z (channels d..2d), each read through
+/// its own offset and strides; packed queries over a paged cache.
+#[test]
+fn cuda_emu_reads_the_gate_as_a_view_of_the_q_projection() {
+    use outlier_attn::HostTensor;
+    let Some(b) = backend() else { return };
+    for dtype in [DType::Bf16, DType::F32] {
+        let template = Problem::new(Shape::new(1, 4, 2, 1, 1, 16), dtype)
+            .with_variant(Variant::ContextScale {
+                gate: Gate::Sigmoid,
+                granularity: GateGranularity::PerChannel,
+            })
+            .with_mask(Mask::Causal)
+            .with_stats(StatsLevel::HeadsAndKeys);
+        let seqs = cases::SeqCase {
+            q_lens: vec![5, 3],
+            kv_lens: vec![9, 21],
+            packed_q: true,
+            kv: cases::KvStorage::Paged {
+                page_size: 4,
+                spare_pages: 1,
+            },
+        };
+        let (problem, mut inputs) = cases::engine_inputs(&template, &seqs, &InputSpec::default());
+        let s = problem.shape;
+        let (hq, d) = (s.q_heads, s.head_dim);
+        let rows = problem.q_tokens();
+        let (q, z) = (
+            inputs.q.to_f64_vec(),
+            inputs.params.gate.take().expect("z").to_f64_vec(),
+        );
+        let mut fused = vec![0.0; rows * hq * 2 * d];
+        for r in 0..rows {
+            for h in 0..hq {
+                for c in 0..d {
+                    fused[(r * hq + h) * 2 * d + c] = q[(r * hq + h) * d + c];
+                    fused[(r * hq + h) * 2 * d + d + c] = z[(r * hq + h) * d + c];
+                }
+            }
+        }
+        let strides = Strides {
+            batch: (rows * hq * 2 * d) as u64,
+            seq: (hq * 2 * d) as u64,
+            head: (2 * d) as u64,
+            channel: 1,
+        };
+        let projection = HostTensor::from_f64(dtype, &fused);
+        inputs.q = projection.clone();
+        inputs.params.gate = Some(projection);
+        inputs.layouts.q = Layout { offset: 0, strides };
+        inputs.layouts.params.gate = Some(Layout {
+            offset: d as u64,
+            strides,
+        });
+        let report = outlier_attn::parity::check_backend(b, &problem, &inputs).expect("runs");
+        assert!(report.passed(), "{dtype:?}:\n{report}");
+    }
+}
+
+/// Bad index tensors at the device level (crate docs, "Bad index tensors on the device"): the
+/// emulator checks every global access against the buffers given, so a run that completes
+/// read and wrote nothing outside them; the rows that read a bad entry are NaN and the others
+/// exact (tests/common `check_bad_index_outputs`). On the SIMT kernel (f32) and the
+/// tensor-core kernel (bf16).
+#[test]
+fn cuda_emu_contains_bad_index_tensors() {
+    use half::bf16;
+    use outlier_attn::{HostOutputs, HostTensor};
+    let Some(b) = backend() else { return };
+    let attention: &EmuAttention = b.attention();
+    let mut workspace = EmuWorkspace::new();
+    for mut case in common::bad_index_cases() {
+        for dtype in [DType::F32, DType::Bf16] {
+            case.problem.dtype = dtype;
+            for t in [&mut case.valid.q, &mut case.valid.k, &mut case.valid.v] {
+                *t = HostTensor::from_f64(dtype, &t.to_f64_vec());
+            }
+            let p = &case.problem;
+            let f32s =
+                |t: &HostTensor| -> Vec<f32> { t.to_f64_vec().iter().map(|&x| x as f32).collect() };
+            let theta = f32s(case.valid.params.sink_logits.as_ref().expect("θ"));
+            let poisoned = outlier_attn::parity::poisoned_outputs(p);
+            let mut lse = poisoned.lse.clone();
+            let mut stats = poisoned.stats.clone().expect("stats");
+            let mut key_mass = poisoned.key_mass.clone().expect("key mass");
+            let bad = &case.bad;
+            let indices = SeqIndices {
+                cu_seqlens_q: bad.cu_seqlens_q.as_deref(),
+                cu_seqlens_k: bad.cu_seqlens_k.as_deref(),
+                seqlens_k: bad.seqlens_k.as_deref(),
+                block_table: bad.block_table.as_deref(),
+            };
+            macro_rules! run {
+                ($t:ty) => {{
+                    let typed =
+                        |t: &HostTensor| -> Vec<$t> { bytemuck::pod_collect_to_vec(t.as_bytes()) };
+                    let (q, k, v) = (
+                        typed(&case.valid.q),
+                        typed(&case.valid.k),
+                        typed(&case.valid.v),
+                    );
+                    let mut o: Vec<$t> = typed(&poisoned.o);
+                    attention
+                        .forward(
+                            p,
+                            EmuArgs {
+                                q: &q,
+                                k: &k,
+                                v: &v,
+                                o: &mut o,
+                                lse: &mut lse,
+                                stats: Some(&mut stats),
+                                key_mass: Some(&mut key_mass),
+                                layouts: p.contiguous_layouts(),
+                                params: EmuParams {
+                                    sink_logits: Some(&theta),
+                                    ..EmuParams::default()
+                                },
+                                indices,
+                            },
+                            &mut workspace,
+                        )
+                        .unwrap_or_else(|e| panic!("{} {dtype:?}: {e}", case.label));
+                    HostTensor::from(o)
+                }};
+            }
+            let o = match dtype {
+                DType::F32 => run!(f32),
+                _ => run!(bf16),
+            };
+            let out = HostOutputs {
+                o,
+                lse,
+                stats: Some(stats),
+                key_mass: Some(key_mass),
+            };
+            if let Err(e) = common::check_bad_index_outputs(&case, &out) {
+                panic!("{} {dtype:?}: {e}", case.label);
+            }
+        }
     }
 }

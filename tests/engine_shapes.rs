@@ -608,7 +608,7 @@ fn the_bad_index_checker_tells_contained_from_leaked() {
             let at = b * hq * Stat::COUNT;
             contained.stats.as_mut().unwrap()[at..at + hq * Stat::COUNT].fill(f32::NAN);
             for h in 0..hq {
-                for j in 0..span.kv_len {
+                for j in 0..common::poisoned_keys(p, span) {
                     contained.key_mass.as_mut().unwrap()[map.key_mass_index(b, h, j)] = f32::NAN;
                 }
             }

@@ -3,11 +3,11 @@
 use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::device::{DeviceArgs, DeviceParams};
-use crate::contract::{Layouts, Problem};
+use crate::contract::{Layouts, Problem, SeqIndices};
 
 impl<'a, T> DeviceArgs<'a, T> {
-    /// Q, K, V and O dense `[B, N, H, d]` as `problem`'s shape lays them out, and the LSE
-    /// `[B, Hq, Nq]`; no statistics, no parameters. Add those with the `with_` methods below,
+    /// Q, K, V and O contiguous in `problem`'s sequence layout (dense `[B, N, H, d]`, packed,
+    /// paged), and the LSE; no statistics, no parameters, no index tensors. Add those with the `with_` methods below,
     /// and give strided views (a KV cache with room for more tokens, a fused QKV buffer) with
     /// [`with_layouts`](Self::with_layouts).
     pub fn dense(
@@ -26,8 +26,9 @@ impl<'a, T> DeviceArgs<'a, T> {
             lse,
             stats: None,
             key_mass: None,
-            layouts: Layouts::contiguous(&problem.shape),
+            layouts: problem.contiguous_layouts(),
             params: DeviceParams::default(),
+            indices: SeqIndices::none(),
         }
     }
 
@@ -52,8 +53,13 @@ impl<'a, T> DeviceArgs<'a, T> {
         DeviceArgs { params, ..self }
     }
 
-    /// With other offsets and strides for Q, K, V and O.
+    /// With other offsets and strides for Q, K, V, O and the parameters.
     pub fn with_layouts(self, layouts: Layouts) -> DeviceArgs<'a, T> {
         DeviceArgs { layouts, ..self }
+    }
+
+    /// With the index tensors of the problem's sequence layout (DESIGN.md section 6).
+    pub fn with_indices(self, indices: SeqIndices<CudaView<'a, i32>>) -> DeviceArgs<'a, T> {
+        DeviceArgs { indices, ..self }
     }
 }

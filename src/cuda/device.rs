@@ -11,14 +11,14 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 use half::{bf16, f16};
 
+use super::backend_error;
 use super::kernels::{
     self, Arch, CacheOutcome, FINALIZE_ENTRY, KEY_MASS_ENTRY, NvrtcVersion, Specialization,
 };
 use super::plan::{Addresses, LaunchPlan, PlanOptions, SplitKv};
 use super::spec::COMBINE_ENTRY;
-use super::{BACKEND, backend_error};
 use crate::contract::{
-    Args, BufferArg, DType, Element, Layouts, Problem, Result, TensorArg, validate,
+    Args, BufferArg, DType, Element, Layouts, Problem, Result, SeqIndices, TensorArg, validate,
 };
 
 /// An element type the CUDA kernels take: f32, f16 or bf16.
@@ -55,26 +55,32 @@ impl<T> Default for DeviceParams<'_, T> {
 }
 
 /// The buffers of one call. Q, K, V and O are strided views (`layouts`); LSE, statistics and
-/// key mass are dense f32.
+/// key mass are dense f32. Shapes are those of the problem's sequence layout
+/// ([`Problem::tensor_dims`]): packed Q is `[total_q, Hq, d]`, a paged cache `[pages,
+/// page_size, Hkv, d]`, and so on (DESIGN.md section 6).
 pub struct DeviceArgs<'a, T> {
-    /// Q `[B, Nq, Hq, d]` as laid out by `layouts.q`.
+    /// Q `[B, Nq, Hq, d]` (packed: `[total_q, Hq, d]`) as laid out by `layouts.q`.
     pub q: CudaView<'a, T>,
-    /// K `[B, Nk, Hkv, d]`.
+    /// K `[B, Nk, Hkv, d]` (packed `[total_k, Hkv, d]`, paged `[pages, page_size, Hkv, d]`).
     pub k: CudaView<'a, T>,
-    /// V `[B, Nk, Hkv, d]`.
+    /// V, shaped as K.
     pub v: CudaView<'a, T>,
-    /// O `[B, Nq, Hq, d]` as laid out by `layouts.o`.
+    /// O in Q's shape, as laid out by `layouts.o`.
     pub o: CudaViewMut<'a, T>,
-    /// LSE `[B, Hq, Nq]`, always written.
+    /// LSE `[B, Hq, Nq]` (packed Q: `[Hq, total_q]`), always written.
     pub lse: CudaViewMut<'a, f32>,
     /// Statistics `[B, Hq, Stat::COUNT]`: present iff the level is `Heads` or `HeadsAndKeys`.
     pub stats: Option<CudaViewMut<'a, f32>>,
-    /// Key mass `[B, Hq, Nk]`: present iff the level is `HeadsAndKeys`.
+    /// Key mass ([`Problem::key_mass_len`]): present iff the level is `HeadsAndKeys`.
     pub key_mass: Option<CudaViewMut<'a, f32>>,
-    /// Offsets and strides of Q, K, V, O, in elements.
+    /// Offsets and strides of Q, K, V, O and of parameters given as views, in elements.
     pub layouts: Layouts,
     /// The variant's learned tensors.
     pub params: DeviceParams<'a, T>,
+    /// The i32 index tensors the sequence layout reads, on the device. Their values are not
+    /// checked before the kernels run: the kernels clamp every index they read, and rows that
+    /// read a bad one come out NaN (crate docs, "Bad index tensors on the device").
+    pub indices: SeqIndices<CudaView<'a, i32>>,
 }
 
 /// Scratch memory reused from call to call, needed only with statistics: the forward kernel's
@@ -343,9 +349,6 @@ impl CudaAttention {
         mut args: DeviceArgs<'_, T>,
         workspace: &mut Workspace,
     ) -> Result<()> {
-        // The engine-shaped calls of DESIGN.md section 6 are not implemented by these kernels
-        // yet: refused by name before anything else.
-        problem.require_dense(BACKEND)?;
         let checked = validate(problem, &describe(&args))?;
         let plan = LaunchPlan::with_options(&checked, self.arch, &self.options)?;
         let spec = plan.spec;
@@ -372,6 +375,18 @@ impl CudaAttention {
                 params.v_sink.as_ref().or(params.v_bias.as_ref()),
             ),
             (&mut a.sink_logits, params.sink_logits.as_ref()),
+        ] {
+            if let Some(view) = view {
+                let (ptr, guard) = view.device_ptr(stream);
+                *slot = ptr;
+                guards.push(guard);
+            }
+        }
+        for (slot, view) in [
+            (&mut a.cu_seqlens_q, args.indices.cu_seqlens_q.as_ref()),
+            (&mut a.cu_seqlens_k, args.indices.cu_seqlens_k.as_ref()),
+            (&mut a.seqlens_k, args.indices.seqlens_k.as_ref()),
+            (&mut a.block_table, args.indices.block_table.as_ref()),
         ] {
             if let Some(view) = view {
                 let (ptr, guard) = view.device_ptr(stream);
@@ -465,7 +480,7 @@ fn describe<T: CudaElement>(args: &DeviceArgs<'_, T>) -> Args {
                 len: x.len(),
             }),
         },
-        param_layouts: crate::contract::Params::none(),
-        indices: crate::contract::SeqIndices::none(),
+        param_layouts: args.layouts.params,
+        indices: args.indices.map(CudaView::len),
     }
 }

@@ -63,13 +63,15 @@ pub use device::{CudaAttention, CudaElement, DeviceArgs, DeviceParams, Prepared,
 #[cfg(feature = "cuda")]
 pub use kernels::{CacheOutcome, CompileError, CompiledModule, KernelResources, NvrtcVersion};
 pub use plan::{
-    Addresses, DecodeCut, Launch, LaunchPlan, MAX_SPLITS, PlanOptions, SplitKv, WorkspaceLayout,
+    Addresses, DecodeCut, Launch, LaunchPlan, MAX_SPLITS, PlanOptions, SUPPORTED, SplitKv,
+    WorkspaceLayout,
 };
 pub use spec::{Arch, HeadDimTile, KernelPath, Specialization};
 
 #[cfg(feature = "cuda")]
 use crate::contract::{
-    Backend, DType, Error, HostInputs, HostOutputs, HostTensor, Layout, Layouts, Problem, Result,
+    Backend, DType, Error, HostInputs, HostOutputs, HostTensor, Layouts, Problem, Result,
+    SeqIndices,
 };
 #[cfg(feature = "cuda")]
 use crate::parity;
@@ -200,7 +202,8 @@ impl CudaBackend {
                 .map_err(driver_error)
         };
         let upload_f32s = |x: &Vec<f32>| stream.clone_htod(x).map_err(driver_error);
-        let s = &problem.shape;
+        let upload_i32 = |x: &Vec<i32>| stream.clone_htod(x).map_err(driver_error);
+        let ix = &inputs.indices;
         let poisoned = parity::poisoned_outputs(problem);
         let pr = &inputs.params;
         Ok(Resident {
@@ -216,9 +219,15 @@ impl CudaBackend {
             v_bias: pr.v_bias.as_ref().map(upload_f32).transpose()?,
             sink_logits: pr.sink_logits.as_ref().map(upload_f32).transpose()?,
             gate: pr.gate.as_ref().map(upload).transpose()?,
-            // Host-level O is dense; the inputs keep their layouts.
+            indices: SeqIndices {
+                cu_seqlens_q: ix.cu_seqlens_q.as_ref().map(upload_i32).transpose()?,
+                cu_seqlens_k: ix.cu_seqlens_k.as_ref().map(upload_i32).transpose()?,
+                seqlens_k: ix.seqlens_k.as_ref().map(upload_i32).transpose()?,
+                block_table: ix.block_table.as_ref().map(upload_i32).transpose()?,
+            },
+            // Host-level O is contiguous in Q's sequence layout; the inputs keep their layouts.
             layouts: Layouts {
-                o: Layout::contiguous(s.q_len, s.q_heads, s.head_dim),
+                o: problem.contiguous_layouts().o,
                 ..inputs.layouts
             },
         })
@@ -302,6 +311,7 @@ struct Resident<T> {
     v_bias: Option<CudaSlice<f32>>,
     sink_logits: Option<CudaSlice<f32>>,
     gate: Option<CudaSlice<T>>,
+    indices: SeqIndices<CudaSlice<i32>>,
     layouts: Layouts,
 }
 
@@ -323,6 +333,12 @@ impl<T: CudaElement> Resident<T> {
                 v_bias: self.v_bias.as_ref().map(|x| x.as_view()),
                 sink_logits: self.sink_logits.as_ref().map(|x| x.as_view()),
                 gate: self.gate.as_ref().map(|x| x.as_view()),
+            },
+            indices: SeqIndices {
+                cu_seqlens_q: self.indices.cu_seqlens_q.as_ref().map(|x| x.as_view()),
+                cu_seqlens_k: self.indices.cu_seqlens_k.as_ref().map(|x| x.as_view()),
+                seqlens_k: self.indices.seqlens_k.as_ref().map(|x| x.as_view()),
+                block_table: self.indices.block_table.as_ref().map(|x| x.as_view()),
             },
         }
     }

@@ -66,6 +66,26 @@ pub(crate) struct KernelParams {
     pub clip_gamma: f32,
     pub stats_on: i32,
     pub part_record: i32,
+    pub cu_seqlens_q: u64,
+    pub cu_seqlens_k: u64,
+    pub seqlens_k: u64,
+    pub block_table: u64,
+    pub lgate: TensorLayout,
+    pub lk_sink: TensorLayout,
+    pub lv_param: TensorLayout,
+    pub lsink: TensorLayout,
+    pub q_seqs: i32,
+    pub kv_seqs: i32,
+    pub q_total: i32,
+    pub kv_total: i32,
+    pub pages: i32,
+    pub page_size: i32,
+    pub max_pages: i32,
+    pub window_left: i32,
+    pub window_right: i32,
+    pub sigmoid_bias_per_seq: i32,
+    pub paged_tiles: i32,
+    pub pad: i32,
     pub split_partials: u64,
     pub fold: i32,
     pub q_rows: i32,
@@ -89,15 +109,20 @@ mod tests {
     #[test]
     fn layout_matches_the_c_struct() {
         // 13 pointers, 4 layouts of 4 u64, 15 ints, 5 floats, 2 ints: 104 + 128 + 88 = 320;
-        // then the decode's pointer and 6 ints: 352.
+        // then 4 index pointers, 4 parameter layouts and 12 ints (the last one padding): 528;
+        // then the decode's pointer and 6 ints: 560.
         assert_eq!(size_of::<TensorLayout>(), 32);
         assert_eq!(offset_of!(KernelParams, lq), 104);
         assert_eq!(offset_of!(KernelParams, batch), 232);
         assert_eq!(offset_of!(KernelParams, scale), 292);
         assert_eq!(offset_of!(KernelParams, stats_on), 312);
         assert_eq!(offset_of!(KernelParams, part_record), 316);
-        assert_eq!(offset_of!(KernelParams, split_partials), 320);
-        assert_eq!(offset_of!(KernelParams, split_record), 348);
-        assert_eq!(size_of::<KernelParams>(), 352);
+        assert_eq!(offset_of!(KernelParams, cu_seqlens_q), 320);
+        assert_eq!(offset_of!(KernelParams, lgate), 352);
+        assert_eq!(offset_of!(KernelParams, q_seqs), 480);
+        assert_eq!(offset_of!(KernelParams, paged_tiles), 520);
+        assert_eq!(offset_of!(KernelParams, split_partials), 528);
+        assert_eq!(offset_of!(KernelParams, split_record), 556);
+        assert_eq!(size_of::<KernelParams>(), 560);
     }
 }

@@ -9,11 +9,23 @@ use super::spec::{
     SPLIT_SCALARS, STATS_THREADS, Specialization, partial_record, takes_fast_path,
 };
 use crate::contract::{
-    Error, Gate, GateGranularity, Mask, Problem, QuerySeqs, Result, StatsLevel, Validated, Variant,
+    EngineFeature, Error, Gate, GateGranularity, KvSeqs, Layout, Mask, Problem, QuerySeqs, Result,
+    StatsLevel, TensorName, Validated, Variant,
 };
 
 /// The backend name in refusals: the plan's limits are the CUDA kernels', on either executor.
 const BACKEND: &str = "cuda";
+
+/// The engine-shaped features of DESIGN.md section 6 the kernels implement: all of them.
+pub const SUPPORTED: &[EngineFeature] = &[
+    EngineFeature::Window,
+    EngineFeature::PackedQueries,
+    EngineFeature::KeyLengths,
+    EngineFeature::PackedKeys,
+    EngineFeature::PagedKv,
+    EngineFeature::StridedParams,
+    EngineFeature::NoLse,
+];
 
 /// One kernel launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -345,6 +357,14 @@ pub struct Addresses {
     pub sink_logits: u64,
     /// z.
     pub gate: u64,
+    /// `cu_seqlens_q` (i32), packed Q.
+    pub cu_seqlens_q: u64,
+    /// `cu_seqlens_k` (i32), packed K/V.
+    pub cu_seqlens_k: u64,
+    /// `seqlens_k` (i32), dense K/V with lengths and paged K/V.
+    pub seqlens_k: u64,
+    /// `block_table` (i32), paged K/V.
+    pub block_table: u64,
     /// The statistics record.
     pub stats: u64,
     /// The key mass.
@@ -382,16 +402,14 @@ impl LaunchPlan {
     ///
     /// # Errors
     /// [`Error::Unsupported`] for more than 65535 query heads or 65535 sequences (the grid's y
-    /// and z limits), a sequence above 2^31 tokens, or a split forced where the kernels cannot
-    /// split ([`DecodeCut::choose`]).
+    /// and z limits), a sequence, a packed tensor or a page count above 2^31, or a split forced
+    /// where the kernels cannot split ([`DecodeCut::choose`]).
     pub fn with_options(
         checked: &Validated,
         arch: Arch,
         options: &PlanOptions,
     ) -> Result<LaunchPlan> {
-        // The engine-shaped calls of DESIGN.md section 6 are not implemented by these kernels
-        // yet: refused by name.
-        checked.require_dense(BACKEND)?;
+        checked.require_features(BACKEND, SUPPORTED)?;
         let problem = checked.problem();
         let s = checked.shape();
         let spec = Specialization::select(problem.dtype, s.head_dim, arch);
@@ -409,6 +427,31 @@ impl LaunchPlan {
         }
         if [s.q_len, s.kv_len].iter().any(|&n| n > i32::MAX as usize) {
             return Err(unsupported("a sequence above 2^31 tokens".to_string()));
+        }
+        // The sequence map of cuda/common.cuh counts rows and pages in i32, as the index
+        // tensors do.
+        let packed = |n: usize, what: &str| {
+            if n > i32::MAX as usize {
+                Err(unsupported(format!("{what} = {n}, above 2^31")))
+            } else {
+                Ok(())
+            }
+        };
+        if let QuerySeqs::Packed { total } = problem.seqs.q {
+            packed(total, "total_q")?;
+        }
+        match problem.seqs.kv {
+            KvSeqs::Packed { total } => packed(total, "total_k")?,
+            KvSeqs::Paged {
+                pages,
+                page_size,
+                max_pages,
+            } => {
+                packed(pages, "pages")?;
+                packed(page_size, "page_size")?;
+                packed(max_pages, "max_pages")?;
+            }
+            _ => {}
         }
         let to_u32 = |x: usize| u32::try_from(x).map_err(|_| unsupported(format!("grid of {x}")));
         let cut = DecodeCut::choose(problem, spec, options)?;
@@ -478,6 +521,10 @@ impl LaunchPlan {
         p.v_param = a.v_param;
         p.sink_logits = a.sink_logits;
         p.gate = a.gate;
+        p.cu_seqlens_q = a.cu_seqlens_q;
+        p.cu_seqlens_k = a.cu_seqlens_k;
+        p.seqlens_k = a.seqlens_k;
+        p.block_table = a.block_table;
         p.stats = a.stats;
         p.key_mass = a.key_mass;
         let w = &self.workspace;
@@ -511,16 +558,61 @@ impl LaunchPlan {
     }
 }
 
-/// The scalar part of the kernel arguments, from a validated problem.
+/// The scalar part of the kernel arguments, from a validated problem, its decode cut and the
+/// specialisation that runs it.
 fn kernel_params(
     checked: &Validated,
     m_blocks: usize,
     cut: &DecodeCut,
     spec: Specialization,
 ) -> KernelParams {
+    let block_n = spec.block_n();
     let problem = checked.problem();
     let s = checked.shape();
     let l = checked.layouts();
+    // `new` refused counts above 2^31; heads fit the grid limit; d <= 256.
+    let int = |x: usize| x as i32;
+    let (q_seqs, q_total) = match problem.seqs.q {
+        QuerySeqs::Dense => (0, 0),
+        QuerySeqs::Packed { total } => (1, int(total)),
+    };
+    let (mut kv_total, mut pages, mut page_size, mut max_pages) = (0, 0, 1, 0);
+    let kv_seqs = match problem.seqs.kv {
+        KvSeqs::Dense => 0,
+        KvSeqs::DenseWithLens => 1,
+        KvSeqs::Packed { total } => {
+            kv_total = int(total);
+            2
+        }
+        KvSeqs::Paged {
+            pages: n,
+            page_size: size,
+            max_pages: m,
+        } => {
+            (pages, page_size, max_pages) = (int(n), int(size), int(m));
+            3
+        }
+    };
+    // A window side beyond every key is no bound at all (and fits an i32).
+    let side = |x: Option<usize>| x.map_or(-1, |v| v.min(i32::MAX as usize) as i32);
+    let (left, right) = problem.mask.bounds();
+    // The parameters through their own layouts (dense ones as [1, 1, Hq, w] or the gate's
+    // dims): the element at (outer, token, head, channel) is offset + the strides.
+    let param = |name: TensorName, given: Option<&Layout>, width: usize| {
+        let dims = match name {
+            TensorName::Gate => problem.gate_dims().unwrap_or([1, 1, 1, 1]),
+            _ => [1, 1, s.q_heads, width],
+        };
+        TensorLayout::from(
+            &given
+                .copied()
+                .unwrap_or_else(|| Layout::contiguous(dims[1], dims[2], dims[3])),
+        )
+    };
+    let pl = &l.params;
+    // β of Sigmoid: the host's for one key length, the device's −ln Nk_b per sequence.
+    let per_seq_bias = matches!(problem.variant, Variant::Sigmoid { bias: None })
+        && problem.seqs.kv != KvSeqs::Dense;
     let (mut zeta, mut gamma) = (1.0, 0.0);
     let (mut gate_kind, mut per_channel) = (0, 0);
     let variant = match problem.variant {
@@ -545,8 +637,6 @@ fn kernel_params(
             8
         }
     };
-    // `new` refused sequences above 2^31; heads fit the grid limit; d <= 256.
-    let int = |x: usize| x as i32;
     KernelParams {
         lq: TensorLayout::from(&l.q),
         lk: TensorLayout::from(&l.k),
@@ -573,6 +663,25 @@ fn kernel_params(
         clip_gamma: gamma,
         stats_on: problem.stats.heads() as i32,
         part_record: int(partial_record(s.head_dim)),
+        lgate: param(TensorName::Gate, pl.gate.as_ref(), 1),
+        lk_sink: param(TensorName::KSink, pl.k_sink.as_ref(), s.head_dim),
+        lv_param: param(
+            TensorName::VSink,
+            pl.v_sink.as_ref().or(pl.v_bias.as_ref()),
+            s.head_dim,
+        ),
+        lsink: param(TensorName::SinkLogits, pl.sink_logits.as_ref(), 1),
+        q_seqs,
+        kv_seqs,
+        q_total,
+        kv_total,
+        pages,
+        page_size,
+        max_pages,
+        window_left: side(left),
+        window_right: side(right),
+        sigmoid_bias_per_seq: per_seq_bias as i32,
+        paged_tiles: (page_size as usize % block_n == 0) as i32,
         fold: int(cut.fold),
         q_rows: int(cut.fold * s.q_len),
         splits: int(cut.splits),

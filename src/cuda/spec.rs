@@ -310,6 +310,14 @@ impl Specialization {
         }
     }
 
+    /// Keys per K/V tile of the forward kernel (`kBlockN`).
+    pub fn block_n(&self) -> usize {
+        match self.path {
+            KernelPath::TensorCore(t) => t.block_n(),
+            KernelPath::Simt => SIMT_BLOCK_N,
+        }
+    }
+
     /// Threads per block of the forward kernel and of the key-mass kernel.
     pub fn threads(&self) -> u32 {
         match self.path {

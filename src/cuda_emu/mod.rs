@@ -33,8 +33,8 @@ use std::sync::{Arc, Mutex};
 pub use module::{COMPILER_FLAGS, EmuBuffer, EmuError, EmuModule, compiler, compiler_version};
 
 use crate::contract::{
-    Args, Backend, BufferArg, DType, Element, Error, HostInputs, HostOutputs, HostTensor, Layout,
-    Layouts, Problem, Result, TensorArg, validate,
+    Args, Backend, BufferArg, DType, Element, Error, HostInputs, HostOutputs, HostTensor, Layouts,
+    Problem, Result, SeqIndices, TensorArg, validate,
 };
 use crate::cuda::{Addresses, Arch, LaunchPlan, PlanOptions, Specialization};
 use crate::parity;
@@ -81,26 +81,30 @@ impl<T> Default for EmuParams<'_, T> {
     }
 }
 
-/// The buffers of one call, as `DeviceArgs` of the CUDA backend but in host memory.
+/// The buffers of one call, as `DeviceArgs` of the CUDA backend but in host memory, in the
+/// shapes of the problem's sequence layout.
 pub struct EmuArgs<'a, T> {
-    /// Q `[B, Nq, Hq, d]` as laid out by `layouts.q`.
+    /// Q `[B, Nq, Hq, d]` (packed: `[total_q, Hq, d]`) as laid out by `layouts.q`.
     pub q: &'a [T],
-    /// K `[B, Nk, Hkv, d]`.
+    /// K `[B, Nk, Hkv, d]` (packed `[total_k, Hkv, d]`, paged `[pages, page_size, Hkv, d]`).
     pub k: &'a [T],
-    /// V `[B, Nk, Hkv, d]`.
+    /// V, shaped as K.
     pub v: &'a [T],
-    /// O `[B, Nq, Hq, d]` as laid out by `layouts.o`.
+    /// O in Q's shape, as laid out by `layouts.o`.
     pub o: &'a mut [T],
-    /// LSE `[B, Hq, Nq]`, always written.
+    /// LSE `[B, Hq, Nq]` (packed Q: `[Hq, total_q]`), always written.
     pub lse: &'a mut [f32],
     /// Statistics `[B, Hq, Stat::COUNT]`: present iff the level is `Heads` or `HeadsAndKeys`.
     pub stats: Option<&'a mut [f32]>,
-    /// Key mass `[B, Hq, Nk]`: present iff the level is `HeadsAndKeys`.
+    /// Key mass ([`Problem::key_mass_len`]): present iff the level is `HeadsAndKeys`.
     pub key_mass: Option<&'a mut [f32]>,
-    /// Offsets and strides of Q, K, V, O, in elements.
+    /// Offsets and strides of Q, K, V, O and of parameters given as views, in elements.
     pub layouts: Layouts,
     /// The variant's learned tensors.
     pub params: EmuParams<'a, T>,
+    /// The i32 index tensors the sequence layout reads, unchecked as on a device: the
+    /// kernels clamp every index they read (crate docs, "Bad index tensors on the device").
+    pub indices: SeqIndices<&'a [i32]>,
 }
 
 /// Scratch memory reused from call to call (the statistics' partial records, as the CUDA
@@ -218,9 +222,6 @@ impl EmuAttention {
         args: EmuArgs<'_, T>,
         workspace: &mut EmuWorkspace,
     ) -> Result<()> {
-        // The engine-shaped calls of DESIGN.md section 6 are not implemented by the CUDA
-        // kernels yet: refused by name before anything else.
-        problem.require_dense(BACKEND)?;
         let checked = validate(problem, &describe(&args))?;
         let plan = LaunchPlan::with_options(&checked, self.arch, &self.options)?;
         let module = self.module(plan.spec)?;
@@ -261,6 +262,17 @@ impl EmuAttention {
         }
         if let Some(x) = p.gate {
             add(&mut a.gate, EmuBuffer::input("gate", x));
+        }
+        let ix = &args.indices;
+        for (slot, name, x) in [
+            (&mut a.cu_seqlens_q, "cu_seqlens_q", ix.cu_seqlens_q),
+            (&mut a.cu_seqlens_k, "cu_seqlens_k", ix.cu_seqlens_k),
+            (&mut a.seqlens_k, "seqlens_k", ix.seqlens_k),
+            (&mut a.block_table, "block_table", ix.block_table),
+        ] {
+            if let Some(x) = x {
+                add(slot, EmuBuffer::input(name, x));
+            }
         }
         if let Some(x) = args.stats {
             add(&mut a.stats, EmuBuffer::output("stats", x));
@@ -325,8 +337,8 @@ fn describe<T: Element>(args: &EmuArgs<'_, T>) -> Args {
                 len: x.len(),
             }),
         },
-        param_layouts: crate::contract::Params::none(),
-        indices: crate::contract::SeqIndices::none(),
+        param_layouts: args.layouts.params,
+        indices: args.indices.map(|x| x.len()),
     }
 }
 
@@ -374,7 +386,6 @@ impl EmuBackend {
     where
         HostTensor: From<Vec<T>>,
     {
-        let s = &problem.shape;
         let typed = |t: &HostTensor| -> Vec<T> { bytemuck::pod_collect_to_vec(t.as_bytes()) };
         let f32s =
             |t: &HostTensor| -> Vec<f32> { t.to_f64_vec().iter().map(|&x| x as f32).collect() };
@@ -398,9 +409,9 @@ impl EmuBackend {
             lse: &mut lse,
             stats: stats.as_deref_mut(),
             key_mass: key_mass.as_deref_mut(),
-            // Host-level O is dense; the inputs keep their layouts.
+            // Host-level O is contiguous in Q's sequence layout; the inputs keep their layouts.
             layouts: Layouts {
-                o: Layout::contiguous(s.q_len, s.q_heads, s.head_dim),
+                o: problem.contiguous_layouts().o,
                 ..inputs.layouts
             },
             params: EmuParams {
@@ -409,6 +420,12 @@ impl EmuBackend {
                 v_bias: v_bias.as_deref(),
                 sink_logits: sink_logits.as_deref(),
                 gate: gate.as_deref(),
+            },
+            indices: SeqIndices {
+                cu_seqlens_q: inputs.indices.cu_seqlens_q.as_deref(),
+                cu_seqlens_k: inputs.indices.cu_seqlens_k.as_deref(),
+                seqlens_k: inputs.indices.seqlens_k.as_deref(),
+                block_table: inputs.indices.block_table.as_deref(),
             },
         };
         let mut workspace = self.workspace.lock().unwrap_or_else(|e| e.into_inner());

@@ -602,8 +602,13 @@ pub fn check_engine_case(backend: &dyn Backend, case: &EngineCase) -> Result<boo
 /// The engine-shaped parity sweep: random cases within `limits`, each passed or refused by
 /// name. Returns how many ran (the rest were refused).
 pub fn engine_parity_sweep(backend: &dyn Backend, limits: &Limits) -> usize {
+    engine_parity_sweep_cases(backend, limits, config().cases)
+}
+
+/// [`engine_parity_sweep`] with `cases` cases (for slow backends such as the emulator).
+pub fn engine_parity_sweep_cases(backend: &dyn Backend, limits: &Limits, cases: u32) -> usize {
     let ran = std::cell::Cell::new(0usize);
-    let mut runner = TestRunner::new(config());
+    let mut runner = TestRunner::new(ProptestConfig { cases, ..config() });
     let result = runner.run(&arb_engine_case(limits), |case| {
         if check_engine_case(backend, &case)? {
             ran.set(ran.get() + 1);
@@ -1132,10 +1137,21 @@ pub fn bad_index_cases() -> Vec<BadIndexCase> {
     out
 }
 
+/// The keys of a poisoned sequence whose key mass is NaN: its own keys in packed K, its whole
+/// row `[0, Nk)` otherwise (where the row outlives the sequence's length, which a bad
+/// `seqlens_k` no longer tells).
+pub fn poisoned_keys(p: &Problem, span: &outlier_attn::SeqSpan) -> usize {
+    match p.seqs.kv {
+        outlier_attn::KvSeqs::Packed { .. } => span.kv_len,
+        _ => p.shape.kv_len,
+    }
+}
+
 /// Holds a device-level run's outputs to what [`BadIndexCase::rows`] requires: rows that read
 /// a bad entry are NaN (O and LSE, every head), rows that read nothing bad pass the parity rule
 /// against the reference of the valid call, and a sequence with a NaN row has an all-NaN
-/// statistics record and NaN key mass; every other sequence's record and key mass pass.
+/// statistics record and NaN key mass ([`poisoned_keys`]); every other sequence's record and
+/// key mass pass.
 pub fn check_bad_index_outputs(
     case: &BadIndexCase,
     actual: &outlier_attn::HostOutputs,
@@ -1203,7 +1219,7 @@ pub fn check_bad_index_outputs(
         for (b, span) in map.spans().iter().enumerate() {
             if poisoned[b] {
                 for h in 0..hq {
-                    for j in 0..span.kv_len {
+                    for j in 0..poisoned_keys(p, span) {
                         r[map.key_mass_index(b, h, j)] = f64::NAN;
                         bb[map.key_mass_index(b, h, j)] = f64::NAN;
                     }
