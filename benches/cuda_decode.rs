@@ -24,7 +24,9 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
 use outlier_attn::cuda::{CudaAttention, DeviceArgs, DeviceParams, Workspace, detect};
-use outlier_attn::{DType, Mask, Problem, Shape, Variant};
+use outlier_attn::{
+    DType, KvSeqs, Mask, Problem, QuerySeqs, SeqIndices, Sequences, Shape, Variant,
+};
 
 /// Elements of the random chunk that fills large buffers by device copies.
 const FILL_CHUNK: usize = 1 << 22;
@@ -178,22 +180,51 @@ fn mask_json(mask: Mask) -> String {
     format!("[{},{}]", side(left), side(right))
 }
 
-/// Runs one case on dense K/V; paged layouts are refused by this build (reported).
+/// A permutation of 0..n from a fixed LCG (Fisher-Yates).
+fn permutation(n: usize, seed: u64) -> Vec<i32> {
+    let mut out: Vec<i32> = (0..n as i32).collect();
+    let mut x = seed | 1;
+    for i in (1..n).rev() {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        out.swap(i, (x >> 33) as usize % (i + 1));
+    }
+    out
+}
+
+/// Runs one case: K/V dense, or paged with each sequence's pages scattered through the cache.
 fn measure(
     attn: &CudaAttention,
     stream: &Arc<CudaStream>,
     case: &Case,
     copy: f64,
 ) -> Result<(), String> {
+    let mut p = case.problem;
+    let s = p.shape;
+    let q_len = s.batch * s.q_len * s.q_heads * s.head_dim;
+    let mut kv_len = s.batch * s.kv_len * s.kv_heads * s.head_dim;
+    let mut indices: Option<(CudaSlice<i32>, CudaSlice<i32>)> = None;
     if let Some(page_size) = case.page_size {
-        return Err(format!(
-            "paged K/V ({page_size}-token pages) has no device-level call in this build"
+        let max_pages = s.kv_len.div_ceil(page_size);
+        let pages = s.batch * max_pages;
+        p = p.with_seqs(Sequences {
+            q: QuerySeqs::Dense,
+            kv: KvSeqs::Paged {
+                pages,
+                page_size,
+                max_pages,
+            },
+        });
+        kv_len = pages * page_size * s.kv_heads * s.head_dim;
+        let upload = |x: &[i32]| stream.clone_htod(x).map_err(|e| e.to_string());
+        indices = Some((
+            upload(&vec![s.kv_len as i32; s.batch])?,
+            upload(&permutation(pages, 5))?,
         ));
     }
-    let p = &case.problem;
+    let p = &p;
     let s = &p.shape;
-    let q_len = s.batch * s.q_len * s.q_heads * s.head_dim;
-    let kv_len = s.batch * s.kv_len * s.kv_heads * s.head_dim;
     let q = device_buffer(stream, q_len, 2)?;
     let k = device_buffer(stream, kv_len, 3)?;
     let v = device_buffer(stream, kv_len, 4)?;
@@ -215,7 +246,15 @@ fn measure(
             v.as_view(),
             o.as_view_mut(),
             lse.as_view_mut(),
-        );
+        )
+        .with_layouts(p.contiguous_layouts());
+        if let Some((seqlens_k, block_table)) = &indices {
+            args = args.with_indices(SeqIndices {
+                seqlens_k: Some(seqlens_k.as_view()),
+                block_table: Some(block_table.as_view()),
+                ..SeqIndices::none()
+            });
+        }
         if p.variant == Variant::LogitSink {
             args = args.with_params(DeviceParams {
                 sink_logits: Some(theta.as_view()),

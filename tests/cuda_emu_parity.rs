@@ -569,6 +569,28 @@ fn cuda_emu_split_kv_on_and_off_pass_and_are_deterministic() {
     );
 }
 
+/// Split-KV (one tile per split) on the engine layouts (tests/common `decode_engine_cases`):
+/// paged caches with and without tile-multiple pages, dense K/V with lengths, packed Q and K,
+/// and a 128-token window whose first split sees no key (the sink alone), each held to the
+/// reference; and bit-identical from run to run.
+#[test]
+fn cuda_emu_split_kv_runs_on_every_sequence_layout() {
+    let Some(b) = split_backend(ONE_TILE_PER_SPLIT) else {
+        return;
+    };
+    for case in common::decode_engine_cases() {
+        let (problem, inputs) = case.build();
+        let label = format!("{} {}", cases::label(&problem), case.seqs.label());
+        assert!(cut_of(&problem, ONE_TILE_PER_SPLIT).splits >= 2, "{label}");
+        let report = outlier_attn::parity::check_backend(b, &problem, &inputs)
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert!(report.passed(), "{label}:\n{report}");
+        let again = b.forward(&problem, &inputs).expect("second run");
+        let first = b.forward(&problem, &inputs).expect("third run");
+        assert_eq!(again.o.as_bytes(), first.o.as_bytes(), "{label}: O differs");
+    }
+}
+
 /// Splits that see no key of a row (the causal rows above the diagonal of a later split, rows
 /// with no key at all when Nq > Nk) merge without NaN: the sink alone, or nothing.
 #[test]

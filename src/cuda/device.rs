@@ -83,16 +83,17 @@ pub struct DeviceArgs<'a, T> {
     pub indices: SeqIndices<CudaView<'a, i32>>,
 }
 
-/// Scratch memory reused from call to call, needed only with statistics: the forward kernel's
-/// per-query-block partial records and, with `HeadsAndKeys`, one record per query row for the
-/// key-mass kernel; [`WorkspaceLayout`](super::WorkspaceLayout) gives the size formula (it
+/// Scratch memory reused from call to call, needed with statistics and with split-KV: the
+/// per-block partial statistics records, with `HeadsAndKeys` one record per query row for the
+/// key-mass kernel, and with split-KV each row's split partials;
+/// [`WorkspaceLayout`](super::WorkspaceLayout) gives the size formula (without split-KV it
 /// never depends on Nk). A call grows it when it needs more and never shrinks it; one
 /// workspace serves one stream at a time (calls take it by `&mut`).
 ///
 /// To capture a forward pass in a CUDA graph, size it before the first call with
-/// [`reserve`](Workspace::reserve) and
-/// [`WorkspaceLayout::for_problem`](super::WorkspaceLayout::for_problem) of the largest call
-/// the engine will make: calls that fit allocate nothing.
+/// [`reserve`](Workspace::reserve) and the largest
+/// [`WorkspaceLayout::for_problem`](super::WorkspaceLayout::for_problem) over the calls the
+/// engine will make (at their largest key length): calls that fit allocate nothing.
 #[derive(Default)]
 pub struct Workspace {
     buffer: Option<CudaSlice<f32>>,
