@@ -600,9 +600,10 @@ DEVICE void forward_block(const AttnParams& p) {
 
     // Longest first: under the causal mask the last query blocks visit the most key tiles. The
     // splits of one query block are neighbours in x.
+    // (Registers are short in the main loop: what the epilogue needs of the split and the rows'
+    // heads is computed again there from blockIdx rather than kept.)
     const int split = (int)blockIdx.x % p.splits;
     const int m_block = p.m_blocks - 1 - (int)blockIdx.x / p.splits;
-    const int record = m_block * p.splits + split;  // this block's partial statistics record
     const bool split_kv = p.splits > 1;
     const int hb = blockIdx.y, b = blockIdx.z;  // head block: p.fold query heads from hb·fold
     const int h = hb * p.fold;                  // its first head (the only one with statistics)
@@ -650,13 +651,8 @@ DEVICE void forward_block(const AttnParams& p) {
     float acc_o[kDTiles][4];
 #pragma unroll
     for (int dt = 0; dt < kDTiles; ++dt) acc_o[dt][0] = acc_o[dt][1] = acc_o[dt][2] = acc_o[dt][3] = 0.f;
-    int row_h[2];  // the head of each of the thread's rows
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int row = row0 + warp * kRowsPerWarp + g + 8 * r;
-        rows.query[r] = row_query(p, row);
-        row_h[r] = row_head(p, hb, row);
-    }
+    for (int r = 0; r < 2; ++r) rows.query[r] = row_query(p, row0 + warp * kRowsPerWarp + g + 8 * r);
     float x_sink[2] = {0.f, 0.f};  // the sink's logit of each row, natural units
 #pragma unroll
     for (int r = 0; r < 2; ++r) rows.st[r].init();
@@ -695,8 +691,9 @@ DEVICE void forward_block(const AttnParams& p) {
                 const int c = dt * 8 + 2 * t;
 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
-                    acc_o[dt][2 * r] = c < p.head_dim ? v_param_at(p, row_h[r], c) : 0.f;
-                    acc_o[dt][2 * r + 1] = c < p.head_dim ? v_param_at(p, row_h[r], c + 1) : 0.f;
+                    const int hr = row_head(p, hb, row0 + warp * kRowsPerWarp + g + 8 * r);
+                    acc_o[dt][2 * r] = c < p.head_dim ? v_param_at(p, hr, c) : 0.f;
+                    acc_o[dt][2 * r + 1] = c < p.head_dim ? v_param_at(p, hr, c + 1) : 0.f;
                 }
             }
         }
@@ -779,7 +776,7 @@ DEVICE void forward_block(const AttnParams& p) {
     // The K/V tiles no block visits (left of every window), for the statistics alone: dealt
     // round robin over the sequence's blocks, as kv_tile_owner deals them (split 0's blocks
     // only: the splits of a query block would count them once each).
-    if (kv_stats && split == 0) {
+    if (kv_stats && blockIdx.x % p.splits == 0) {
         const int blocks = max(ceil_div(sp.q_len, kBlockM), 1);
         for (int n = m_block; n < orphan_tiles(p, sp, kBlockN); n += blocks) {
             load_kv_tile(s_k, s_v, p, sp, g_kv, n, true);
@@ -809,7 +806,9 @@ DEVICE void forward_block(const AttnParams& p) {
             // Key 0's term, held by the thread t = 0 of the row (the quad's sum is its).
             fin[r].e0 = row_sum<4>(t == 0 ? ex2_ftz(fmaf(s_key0[2 * threadIdx.x + r], scale_log2, -st.m_ref())) : 0.f);
             // The sink's term, which started at 1 with m2 = c·s'.
-            fin[r].es = with_sink && sink_in_denominator(p.variant) ? ex2_ftz(x_sink[r] * kLog2e - st.m_ref()) : 0.f;
+            fin[r].es = blockIdx.x % p.splits == 0 && sink_in_denominator(p.variant)
+                            ? ex2_ftz(x_sink[r] * kLog2e - st.m_ref())
+                            : 0.f;
             fin[r].max_score = st.max_s * p.scale;
             row_max_record[r] = st.m2;
             t_record[r] = st.t2;
@@ -834,11 +833,11 @@ DEVICE void forward_block(const AttnParams& p) {
     for (int r = 0; r < 2; ++r) {
         const int row = row0 + warp * kRowsPerWarp + g + 8 * r;
         if (row >= p.fold * sp.q_len) continue;
-        const int i = rows.query[r], hr = row_h[r];
+        const int i = row_query(p, row), hr = row_head(p, hb, row);
         const int bhr = b * p.q_heads + hr;
         if (split_kv) {
             // This split's state of the row and its unnormalised O, for combine_splits.
-            const gmem_ptr<float> part = split_partial(p, bhr, i, split);
+            const gmem_ptr<float> part = split_partial(p, bhr, i, (int)blockIdx.x % p.splits);
             if (t == 0) {
                 part[kSplitMax] = row_max_record[r];
                 part[kSplitL] = fin[r].l;
@@ -898,6 +897,8 @@ DEVICE void forward_block(const AttnParams& p) {
             bs.v_norm = sums[kSumVNorm];
             bs.v_norm0 = sums[kSumVNorm0];
         }
+        // This block's partial statistics record: m_block·splits + split.
+        const int record = m_block * p.splits + (int)blockIdx.x % p.splits;
         write_partials<kWarps>(p, bs, s_scratch, bh, record);  // begins with a barrier
         write_channel_max(p, s_stats, bh, record, kv_stats);
     }
