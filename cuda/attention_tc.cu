@@ -225,16 +225,18 @@ DEVICE void load_q_tile(smem_ptr<elem_t> s_q, const AttnParams& p, const SeqSpan
     });
 }
 // K tile n (keys n·kBlockN ...) of kv head g, and the V tile with it when `with_v`.
+// kContiguous: the tile is evenly strided (the fast path: `takes_fast_path`).
+template <bool kContiguous>
 DEVICE void load_kv_tile(smem_ptr<elem_t> s_k, smem_ptr<elem_t> s_v, const AttnParams& p, const SeqSpan& sp, int g,
                          int n, bool with_v) {
     const int n0 = n * kBlockN;
     const KvTileAddr ka = kv_tile_addr(p, p.lk, sp, n0, g);
     load_tile<kBlockN>(s_k, p.k, p.lk.offset, n0, sp.kv_len, p,
-                       [&](int key) { return kv_tile_row(p, p.lk, sp, ka, n0, key - n0, g); });
+                       [&](int key) { return kv_tile_row<kContiguous>(p, p.lk, sp, ka, n0, key - n0, g); });
     if (with_v) {
         const KvTileAddr va = kv_tile_addr(p, p.lv, sp, n0, g);
         load_tile<kBlockN>(s_v, p.v, p.lv.offset, n0, sp.kv_len, p,
-                           [&](int key) { return kv_tile_row(p, p.lv, sp, va, n0, key - n0, g); });
+                           [&](int key) { return kv_tile_row<kContiguous>(p, p.lv, sp, va, n0, key - n0, g); });
     }
 }
 
@@ -636,7 +638,7 @@ DEVICE void forward_block(const AttnParams& p) {
     load_q_tile(s_q, p, sp, hb, row0);
     cp_async_commit();
     if (kv0_in_flight) {
-        load_kv_tile(s_k, s_v, p, sp, g_kv, kt.begin, true);
+        load_kv_tile<kFast>(s_k, s_v, p, sp, g_kv, kt.begin, true);
         cp_async_commit();
         cp_async_wait<1>();  // Q only
     } else {
@@ -735,7 +737,7 @@ DEVICE void forward_block(const AttnParams& p) {
         const bool clip_pass = clipped && pass == 1;
         const bool with_v = pass == 1;
         if (kt.end > kt.begin && !kv0_in_flight) {
-            load_kv_tile(s_k, s_v, p, sp, g_kv, kt.begin, with_v);
+            load_kv_tile<kFast>(s_k, s_v, p, sp, g_kv, kt.begin, with_v);
             cp_async_commit();
         }
         for (int n = kt.begin; n < kt.end; ++n) {
@@ -743,7 +745,7 @@ DEVICE void forward_block(const AttnParams& p) {
             if (n + 1 < kt.end) {
                 // Prefetch the next tile into the other buffer, then wait for this one only.
                 const int nb = 1 - buf;
-                load_kv_tile(s_k + nb * kTileElems, s_v + nb * kTileElems, p, sp, g_kv, n + 1, with_v);
+                load_kv_tile<kFast>(s_k + nb * kTileElems, s_v + nb * kTileElems, p, sp, g_kv, n + 1, with_v);
                 cp_async_commit();
                 cp_async_wait<1>();
             } else {
@@ -779,7 +781,7 @@ DEVICE void forward_block(const AttnParams& p) {
     if (kv_stats && blockIdx.x % p.splits == 0) {
         const int blocks = max(ceil_div(sp.q_len, kBlockM), 1);
         for (int n = m_block; n < orphan_tiles(p, sp, kBlockN); n += blocks) {
-            load_kv_tile(s_k, s_v, p, sp, g_kv, n, true);
+            load_kv_tile<kFast>(s_k, s_v, p, sp, g_kv, n, true);
             cp_async_commit();
             cp_async_wait<0>();
             __syncthreads();

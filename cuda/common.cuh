@@ -138,7 +138,7 @@ struct AttnParams {
     int batch, q_heads, kv_heads, q_len, kv_len, head_dim;
     int group;       // Hq / Hkv
     int variant;     // VariantCode
-    int causal;      // 1: bottom-right causal mask
+    int causal;      // 1: bottom-right causal mask (informational: the kernels read window_left/right)
     int has_softcap;
     int gate_kind;   // GateCode
     int gate_per_channel;
@@ -316,9 +316,13 @@ DEVICE KvTileAddr kv_tile_addr(const AttnParams& p, const TensorLayout& l, const
     a.base = a.contiguous ? kv_offset(p, l, s, n0, g) : 0;
     return a;
 }
+// Key n0 + r of a tile; kContiguous: the caller knows the tile is evenly strided (the
+// tensor-core fast path, which paged calls of other page sizes do not take), so the per-key
+// lookup is not even compiled in.
+template <bool kContiguous = false>
 DEVICE u64 kv_tile_row(const AttnParams& p, const TensorLayout& l, const SeqSpan& s, const KvTileAddr& a, int n0,
                        int r, int g) {
-    return a.contiguous ? a.base + (u64)r * a.stride : kv_offset(p, l, s, n0 + r, g);
+    return kContiguous || a.contiguous ? a.base + (u64)r * a.stride : kv_offset(p, l, s, n0 + r, g);
 }
 
 // Index of query i of head h in the LSE.
@@ -338,16 +342,20 @@ DEVICE u64 row_record_index(const AttnParams& p, const SeqSpan& s, int h, int i)
 
 // The keys [begin, end) query i of a sequence sees: key j iff i + Nk − Nq − left <= j <= i +
 // Nk − Nq + right (`Mask::key_range` in src/contract: bottom-right aligned per sequence; causal
-// is right = 0). The one place the kernels learn a row's keys.
+// is right = 0). The one place the kernels learn a row's keys. In 32 bits: the host passes a
+// side that reaches past every key as unbounded (left < Nk, right < Nq) and refuses Nq + Nk
+// above 2^30, so no sum here overflows.
 struct KeyRange {
     int begin, end;
 };
 DEVICE KeyRange key_range(const AttnParams& p, const SeqSpan& s, int i) {
-    const long long diagonal = (long long)i + s.kv_len - s.q_len;
-    const int end = p.window_right < 0 ? s.kv_len : clamp_int(diagonal + p.window_right + 1, 0, s.kv_len);
-    const int begin = p.window_left < 0 ? 0 : clamp_int(diagonal - p.window_left, 0, end);
+    const int diagonal = i + s.kv_len - s.q_len;
+    int end = s.kv_len;
+    if (p.window_right >= 0) end = min(max(diagonal + p.window_right + 1, 0), s.kv_len);
+    int begin = 0;
+    if (p.window_left >= 0) begin = min(max(diagonal - p.window_left, 0), end);
     KeyRange r;
-    r.begin = begin < end ? begin : end;
+    r.begin = begin;
     r.end = end;
     return r;
 }
@@ -383,28 +391,29 @@ DEVICE int orphan_tiles(const AttnParams& p, const SeqSpan& s, int block_n) {
     return key_range(p, s, 0).begin / block_n;
 }
 
-// The blocks of rows [m_first, m_last] that visit key tile n (m_first > m_last: none). Block
-// ranges only move right with the block, so both ends are found by bisection.
+// The blocks of rows [first, last] that visit key tile n (< ⌈Nk_b / block_n⌉) by key_tiles
+// (first > last: none), in closed form. key_tiles' end for block m passes n iff its last row
+// L sees a key at or past n·block_n: L + Nk − Nq + right + 1 > n·block_n, so the first such
+// block holds row t = n·block_n − (Nk − Nq) − right. Its begin is at most n iff its first row
+// R starts before (n + 1)·block_n: R + Nk − Nq − left < (n + 1)·block_n, so the last such
+// block is the last to start before row u = (n + 1)·block_n − (Nk − Nq) + left.
 struct BlockRange {
     int first, last;
 };
 DEVICE BlockRange blocks_visiting(const AttnParams& p, const SeqSpan& s, int n, int block_m, int block_n) {
     const int blocks = ceil_div(s.q_len, block_m);
-    int lo = 0, hi = blocks;  // the first block whose tiles end past n
-    while (lo < hi) {
-        const int mid = (lo + hi) / 2;
-        if (key_tiles(p, s, mid * block_m, block_m, block_n).end > n) hi = mid;
-        else lo = mid + 1;
-    }
+    const int shift = s.kv_len - s.q_len;
     BlockRange r;
-    r.first = lo;
-    hi = blocks;  // the first block whose tiles begin past n, from there
-    while (lo < hi) {
-        const int mid = (lo + hi) / 2;
-        if (key_tiles(p, s, mid * block_m, block_m, block_n).begin > n) hi = mid;
-        else lo = mid + 1;
+    r.first = 0;
+    if (p.window_right >= 0) {
+        const int t = n * block_n - shift - p.window_right;
+        r.first = t <= 0 ? 0 : (t >= s.q_len ? blocks : t / block_m);
     }
-    r.last = lo - 1;
+    r.last = blocks - 1;
+    if (p.window_left >= 0) {
+        const int u = (n + 1) * block_n - shift + p.window_left;
+        r.last = min(r.last, u <= 0 ? -1 : ceil_div(u, block_m) - 1);
+    }
     return r;
 }
 
@@ -496,8 +505,11 @@ DEVICE gmem_ptr<float> partial_record(const AttnParams& p, int bh, int index) {
 
 // The softmax family without softcap: the tensor-core fast path (src/cuda/spec.rs,
 // `Specialization::forward_entry`, makes the same choice).
+// Paged calls take it only when the page size is a multiple of the K/V tile (`paged_tiles`),
+// so that its tiles are evenly strided.
 DEVICE bool takes_fast_path(const AttnParams& p) {
-    return !p.has_softcap && p.variant != kSigmoid && p.variant != kClippedSoftmax;
+    return !p.has_softcap && p.variant != kSigmoid && p.variant != kClippedSoftmax &&
+           (p.kv_seqs != kKvPaged || p.paged_tiles);
 }
 
 DEVICE bool has_sink(int variant) {

@@ -5,6 +5,8 @@
 //! is exit status 2 with a message naming it.
 
 mod cli_common;
+#[cfg(feature = "cuda-emulator")]
+mod common;
 use cli_common::{temp, text, tool};
 
 use std::path::{Path, PathBuf};
@@ -50,9 +52,10 @@ fn f32s(st: &SafeTensors<'_>, name: &str) -> (Vec<usize>, Vec<f64>) {
     (view.shape().to_vec(), values)
 }
 
-/// Replays `name` on `backend`, and holds the written outputs to PyTorch's: O within one
-/// rounding to the output dtype, LSE and first-key mass within f32 rounding.
-fn replay_agrees_with_pytorch(name: &str, backend: &str) {
+/// Replays `name` on `backend` with the flags the file stores: the run passes the parity rule
+/// against the reference (exit status 0) and writes its outputs, which it returns with the
+/// fixture's bytes.
+fn replay(name: &str, backend: &str) -> (Vec<u8>, Vec<u8>) {
     let input = fixture(name);
     let bytes = std::fs::read(&input).expect("fixture");
     let out_path = temp(&format!("{name}-{backend}.out.safetensors"));
@@ -78,6 +81,13 @@ fn replay_agrees_with_pytorch(name: &str, backend: &str) {
 
     let written = std::fs::read(&out_path).expect("the outputs were written");
     std::fs::remove_file(&out_path).ok();
+    (written, bytes)
+}
+
+/// Replays `name` on `backend`, and holds the written outputs to PyTorch's: O within one
+/// rounding to the output dtype, LSE and first-key mass within f32 rounding.
+fn replay_agrees_with_pytorch(name: &str, backend: &str) {
+    let (written, bytes) = replay(name, backend);
     let (ours, theirs) = (
         SafeTensors::deserialize(&written).unwrap(),
         SafeTensors::deserialize(&bytes).unwrap(),
@@ -125,6 +135,22 @@ fn paged_decode_written_by_pytorch_replays() {
 #[test]
 fn gpt_oss_window_written_by_pytorch_replays() {
     replay_agrees_with_pytorch("gpt_oss_window", "reference");
+}
+
+/// The CUDA kernels replay the three engine-shaped files on the emulator (packed prefill,
+/// paged decode over shuffled 16-token pages, a gpt-oss window with sinks) and pass the parity
+/// rule against the reference. (PyTorch's float64 results are the reference's bar, one
+/// rounding of O: a flash kernel rounds P to 16 bits before P·V, which the rule allows.)
+#[cfg(feature = "cuda-emulator")]
+#[test]
+fn engine_replays_run_on_the_cuda_emulator() {
+    if let Err(e) = outlier_attn::cuda_emu::compiler_version() {
+        common::skip_or_fail("cuda-emu", &e.to_string());
+        return;
+    }
+    for name in ["packed_prefill", "paged_decode", "gpt_oss_window"] {
+        replay(name, "cuda-emu");
+    }
 }
 
 /// The fixture `name` with tensor `tensor` replaced by `dtype`, `dims`, `bytes` (or removed

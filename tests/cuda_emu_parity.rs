@@ -714,13 +714,14 @@ fn cuda_emu_forced_split_of_clipped_softmax_is_refused() {
 
 /// Engine-shaped calls (DESIGN.md section 6) on both kernels: windows, packed Q and K/V, dense
 /// K/V with lengths and paged caches of any page size, every variant and statistic; the
-/// emulator refuses none of them. Small shapes and a quarter of the environment's cases.
+/// emulator refuses none of them. Small shapes and a sixteenth of the environment's cases
+/// (tests/engine_backends.rs runs all of them on sm_80's paths).
 #[test]
 fn cuda_emu_runs_every_engine_shaped_case() {
     for arch in [Arch::SM80, SM75] {
         let Some(b) = backend_for(arch) else { return };
         let start = std::time::Instant::now();
-        let cases = (common::config().cases / 8).max(4);
+        let cases = (common::config().cases / 16).max(4);
         let limits = Limits {
             max_len: 20,
             max_head_dim: 32,
@@ -913,5 +914,35 @@ fn cuda_emu_contains_bad_index_tensors() {
                 panic!("{} {dtype:?}: {e}", case.label);
             }
         }
+    }
+}
+
+/// Paged caches past several pages and K/V tiles: a page size that is a multiple of the 64-key
+/// tile (one block-table lookup per tile), one that is not (a lookup per key), and 16-token
+/// pages on the SIMT kernel's 16-key tiles; under a window and with statistics.
+#[test]
+fn cuda_emu_paged_caches_past_several_pages() {
+    let Some(b) = backend() else { return };
+    for (dtype, page_size, mask) in [
+        (DType::Bf16, 64, Mask::Causal),
+        (DType::F16, 24, Mask::window(Some(50), Some(0))),
+        (DType::F32, 16, Mask::window(Some(20), Some(3))),
+    ] {
+        let template = Problem::new(Shape::new(1, 2, 1, 1, 1, 16), dtype)
+            .with_variant(Variant::KvSink)
+            .with_mask(mask)
+            .with_stats(StatsLevel::HeadsAndKeys);
+        let seqs = cases::SeqCase {
+            q_lens: vec![3, 1],
+            kv_lens: vec![150, 70],
+            packed_q: true,
+            kv: cases::KvStorage::Paged {
+                page_size,
+                spare_pages: 2,
+            },
+        };
+        let (problem, inputs) = cases::engine_inputs(&template, &seqs, &InputSpec::default());
+        let report = outlier_attn::parity::check_backend(b, &problem, &inputs).expect("runs");
+        assert!(report.passed(), "{}:\n{report}", cases::label(&problem));
     }
 }

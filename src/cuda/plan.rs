@@ -402,8 +402,8 @@ impl LaunchPlan {
     ///
     /// # Errors
     /// [`Error::Unsupported`] for more than 65535 query heads or 65535 sequences (the grid's y
-    /// and z limits), a sequence, a packed tensor or a page count above 2^31, or a split forced
-    /// where the kernels cannot split ([`DecodeCut::choose`]).
+    /// and z limits), Nq + Nk above 2^30, a packed tensor or page count above 2^31, or a split
+    /// forced where the kernels cannot split ([`DecodeCut::choose`]).
     pub fn with_options(
         checked: &Validated,
         arch: Arch,
@@ -425,8 +425,12 @@ impl LaunchPlan {
                 )));
             }
         }
-        if [s.q_len, s.kv_len].iter().any(|&n| n > i32::MAX as usize) {
-            return Err(unsupported("a sequence above 2^31 tokens".to_string()));
+        // The kernels' key ranges are 32-bit sums of Nq, Nk and a window side (key_range).
+        if s.q_len + s.kv_len > 1 << 30 {
+            return Err(unsupported(format!(
+                "Nq + Nk = {} above 2^30 tokens",
+                s.q_len + s.kv_len
+            )));
         }
         // The sequence map of cuda/common.cuh counts rows and pages in i32, as the index
         // tensors do.
@@ -459,7 +463,7 @@ impl LaunchPlan {
         let workspace = WorkspaceLayout::of_cut(spec, s, problem.stats, &cut);
         let (heads, batch) = (s.q_heads as u32, s.batch as u32);
         let mut launches = vec![Launch {
-            entry: spec.forward_entry(takes_fast_path(problem)),
+            entry: spec.forward_entry(takes_fast_path(problem, spec.block_n())),
             grid: [
                 to_u32(m_blocks * cut.splits)?,
                 to_u32(s.q_heads / cut.fold)?,
@@ -593,8 +597,9 @@ fn kernel_params(
             3
         }
     };
-    // A window side beyond every key is no bound at all (and fits an i32).
-    let side = |x: Option<usize>| x.map_or(-1, |v| v.min(i32::MAX as usize) as i32);
+    // A window side that reaches past every key of every row is no bound at all: left >= Nk
+    // or right >= Nq (then key_range's 32-bit sums stay below Nq + 2·Nk).
+    let side = |x: Option<usize>, reach: usize| x.filter(|&v| v < reach).map_or(-1, int);
     let (left, right) = problem.mask.bounds();
     // The parameters through their own layouts (dense ones as [1, 1, Hq, w] or the gate's
     // dims): the element at (outer, token, head, channel) is offset + the strides.
@@ -678,8 +683,8 @@ fn kernel_params(
         pages,
         page_size,
         max_pages,
-        window_left: side(left),
-        window_right: side(right),
+        window_left: side(left, s.kv_len),
+        window_right: side(right, s.q_len),
         sigmoid_bias_per_seq: per_seq_bias as i32,
         paged_tiles: (page_size as usize % block_n == 0) as i32,
         fold: int(cut.fold),

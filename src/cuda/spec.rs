@@ -12,7 +12,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::contract::{DType, Problem, Variant};
+use crate::contract::{DType, KvSeqs, Problem, Variant};
 
 const COMMON_SRC: &str = include_str!("../../cuda/common.cuh");
 const TC_SRC: &str = include_str!("../../cuda/attention_tc.cu");
@@ -124,12 +124,19 @@ pub struct Specialization {
     pub path: KernelPath,
 }
 
-/// Whether `problem` takes the tensor-core kernel's fast path: the softmax family (Softmax,
-/// ValueBias, ContextBias, KvSink, ContextScale, LogitSink, Softmax1) without softcap, whose
-/// scores need one FFMA and one exp2 each. `takes_fast_path` in cuda/common.cuh decides the
-/// same for the key-mass kernel.
-pub fn takes_fast_path(problem: &Problem) -> bool {
+/// Whether `problem` takes the tensor-core kernel's fast path on K/V tiles of `block_n` keys:
+/// the softmax family (Softmax, ValueBias, ContextBias, KvSink, ContextScale, LogitSink,
+/// Softmax1) without softcap, whose scores need one FFMA and one exp2 each, and for a paged
+/// cache only a page size that is a multiple of the tile (its tiles are then evenly strided;
+/// other page sizes take the generic path, which looks each key up). `takes_fast_path` in
+/// cuda/common.cuh decides the same for the key-mass kernel.
+pub fn takes_fast_path(problem: &Problem, block_n: usize) -> bool {
+    let paged_tiles = match problem.seqs.kv {
+        KvSeqs::Paged { page_size, .. } => page_size % block_n == 0,
+        _ => true,
+    };
     problem.softcap.is_none()
+        && paged_tiles
         && !matches!(
             problem.variant,
             Variant::Sigmoid { .. } | Variant::ClippedSoftmax { .. }
