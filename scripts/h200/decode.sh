@@ -41,7 +41,7 @@ else
   status=1
 fi
 if [ -s "$OUT" ]; then
-  timeout 100 python3 decode_compare.py "$OUT" >"$RES/decode_compare.log" 2>&1
+  timeout 100 python3 -u decode_compare.py "$OUT" >"$RES/decode_compare.log" 2>&1
   rc=$?
   echo "decode_compare rc=$rc (results/decode_compare.log)"
   [ $rc -eq 0 ] || status=1

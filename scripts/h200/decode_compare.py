@@ -6,7 +6,7 @@ case with its reason), times on the same shapes
   - PyTorch's scaled_dot_product_attention on the cache gathered dense ([B, Hkv, Nk, d], GQA by
     enable_gqa; the gather itself is not timed: SDPA's best case),
   - FlashInfer's BatchDecodeWithPagedKVCacheWrapper on a paged cache of the case's page size
-    (16 for dense rows), if flashinfer imports,
+    (paged rows), if flashinfer imports,
 and prints one table: K/V bytes read per second as a fraction of the copy bandwidth cuda_decode
 measured (the issue's bound: >= 0.6 at Nk >= 16k, aim 0.85), then the gpt-oss layer's window
 against its dense layer. Anything missing (PyTorch, FlashInfer, an API, memory) is a cell with
@@ -126,8 +126,10 @@ def main():
         if key not in torch_cache:
             torch_cache[key] = why_torch if why_torch else torch_decode(torch, r)
         t = torch_cache[key]
-        page = r["page_size"] or 16
-        fi = why_fi if why_fi else flashinfer_decode(torch, flashinfer, r, page)
+        # FlashInfer on the paged rows only (its kernel reads a paged cache; the dense rows'
+        # own column is PyTorch's).
+        page = r["page_size"]
+        fi = None if not page else (why_fi if why_fi else flashinfer_decode(torch, flashinfer, r, page))
         print(f"{r['case']:<40} {r['ms']:>8.3f} {r['of_copy']:>10.3f}{cell(t, r, copy)}{cell(fi, r, copy)}")
     long = [r for r in ours if r["nk"] >= 16384]
     if long:
