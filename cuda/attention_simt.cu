@@ -35,12 +35,12 @@ DEVICE float key_dot(smem_ptr<const float> q_row, smem_ptr<const float> k_row, i
 DEVICE void load_kv_tile(const AttnParams& p, smem_ptr<float> s_k, smem_ptr<float> s_v, const SeqSpan& sp, int g_kv,
                          int n0, bool with_v) {
     const int d = p.head_dim, stride = tile_stride(d);
-    const KvTileAddr ka = kv_tile_addr(p, p.lk, sp, n0, g_kv), va = kv_tile_addr(p, p.lv, sp, n0, g_kv);
+    const KvTile tile = kv_tile(p, sp, n0);
     for (int idx = threadIdx.x; idx < kBlockN * d; idx += kThreads) {
         const int r = idx / d, c = idx % d;
         const bool valid = n0 + r < sp.kv_len;
-        s_k[r * stride + c] = valid ? to_float(p.k[kv_tile_row(p, p.lk, sp, ka, n0, r, g_kv) + c]) : 0.f;
-        if (with_v) s_v[r * stride + c] = valid ? to_float(p.v[kv_tile_row(p, p.lv, sp, va, n0, r, g_kv) + c]) : 0.f;
+        s_k[r * stride + c] = valid ? to_float(p.k[kv_tile_row(p, p.lk, sp, tile, n0, r, g_kv) + c]) : 0.f;
+        if (with_v) s_v[r * stride + c] = valid ? to_float(p.v[kv_tile_row(p, p.lv, sp, tile, n0, r, g_kv) + c]) : 0.f;
     }
 }
 

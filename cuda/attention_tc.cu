@@ -187,7 +187,7 @@ DEVICE float max_keep_nan(float x, float lo) {
 }
 #endif  // OUTLIER_ATTN_EMU
 
-// Addressing: every row comes from the sequence map of common.cuh (q_offset, kv_tile_addr).
+// Addressing: every row comes from the sequence map of common.cuh (q_offset, kv_tile).
 
 // Copies rows [row0, row0 + kRows) into a swizzled shared tile; `offset_of(r)` is the element
 // offset of row r in `g_base`. Rows at or past `rows` and channels at or past d are
@@ -230,13 +230,12 @@ template <bool kContiguous>
 DEVICE void load_kv_tile(smem_ptr<elem_t> s_k, smem_ptr<elem_t> s_v, const AttnParams& p, const SeqSpan& sp, int g,
                          int n, bool with_v) {
     const int n0 = n * kBlockN;
-    const KvTileAddr ka = kv_tile_addr(p, p.lk, sp, n0, g);
+    const KvTile tile = kv_tile(p, sp, n0);
     load_tile<kBlockN>(s_k, p.k, p.lk.offset, n0, sp.kv_len, p,
-                       [&](int key) { return kv_tile_row<kContiguous>(p, p.lk, sp, ka, n0, key - n0, g); });
+                       [&](int key) { return kv_tile_row<kContiguous>(p, p.lk, sp, tile, n0, key - n0, g); });
     if (with_v) {
-        const KvTileAddr va = kv_tile_addr(p, p.lv, sp, n0, g);
         load_tile<kBlockN>(s_v, p.v, p.lv.offset, n0, sp.kv_len, p,
-                           [&](int key) { return kv_tile_row<kContiguous>(p, p.lv, sp, va, n0, key - n0, g); });
+                           [&](int key) { return kv_tile_row<kContiguous>(p, p.lv, sp, tile, n0, key - n0, g); });
     }
 }
 

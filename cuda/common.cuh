@@ -289,40 +289,55 @@ DEVICE u64 q_offset(const AttnParams& p, const TensorLayout& l, const SeqSpan& s
     return l.offset + (packed ? 0 : (u64)s.b * l.batch) + (u64)(packed ? s.q_start + i : i) * l.seq + (u64)h * l.head;
 }
 
-// Element offset of key j (sequence-relative, j < Nk_b) of kv head g in K or V (layout l).
-DEVICE u64 kv_offset(const AttnParams& p, const TensorLayout& l, const SeqSpan& s, int j, int g) {
-    u64 outer = s.b, token = j;
+// Where key j (sequence-relative, j < Nk_b) lies in K's and V's [outer, token] dims (the
+// counterpart of SeqMap::kv_pos): one page lookup serves K and V alike.
+struct KvPos {
+    u64 outer, token;
+};
+DEVICE KvPos kv_pos(const AttnParams& p, const SeqSpan& s, int j) {
+    KvPos at;
+    at.outer = s.b;
+    at.token = j;
     if (p.kv_seqs == kKvPacked) {
-        outer = 0;
-        token = (u64)s.kv_start + j;
+        at.outer = 0;
+        at.token = (u64)s.kv_start + j;
     } else if (p.kv_seqs == kKvPaged) {
-        outer = physical_page(p, s.b, j / p.page_size);
-        token = j % p.page_size;
+        at.outer = physical_page(p, s.b, j / p.page_size);
+        at.token = j % p.page_size;
     }
-    return l.offset + outer * l.batch + token * l.seq + (u64)g * l.head;
+    return at;
+}
+// Element offset of position `at`, kv head g, in K or V (layout l).
+DEVICE u64 kv_at(const TensorLayout& l, const KvPos& at, int g) {
+    return l.offset + at.outer * l.batch + at.token * l.seq + (u64)g * l.head;
+}
+DEVICE u64 kv_offset(const AttnParams& p, const TensorLayout& l, const SeqSpan& s, int j, int g) {
+    return kv_at(l, kv_pos(p, s, j), g);
 }
 
-// Where keys [n0, n0 + tile) of a sequence lie when they are evenly strided (every layout but
-// paged with a page size that is not a multiple of the tile): key n0 + r at base + r·stride.
-// `contiguous` false: look each key up with kv_offset.
-struct KvTileAddr {
-    u64 base, stride;
+// The keys [n0, n0 + tile) of a K/V tile. In every layout but paged with a page size that is
+// not a multiple of the tile they are evenly strided: key n0 + r at token first.token + r of
+// the same outer index, looked up once per tile; otherwise (`contiguous` false) each key is
+// looked up with kv_pos.
+struct KvTile {
+    KvPos first;
     bool contiguous;
 };
-DEVICE KvTileAddr kv_tile_addr(const AttnParams& p, const TensorLayout& l, const SeqSpan& s, int n0, int g) {
-    KvTileAddr a;
-    a.contiguous = p.kv_seqs != kKvPaged || p.paged_tiles;
-    a.stride = l.seq;
-    a.base = a.contiguous ? kv_offset(p, l, s, n0, g) : 0;
-    return a;
+DEVICE KvTile kv_tile(const AttnParams& p, const SeqSpan& s, int n0) {
+    KvTile t;
+    t.contiguous = p.kv_seqs != kKvPaged || p.paged_tiles;
+    t.first.outer = t.first.token = 0;
+    if (t.contiguous) t.first = kv_pos(p, s, n0);
+    return t;
 }
-// Key n0 + r of a tile; kContiguous: the caller knows the tile is evenly strided (the
-// tensor-core fast path, which paged calls of other page sizes do not take), so the per-key
-// lookup is not even compiled in.
+// Key n0 + r of tile t in K or V (layout l); kContiguous: the caller knows the tile is evenly
+// strided (the tensor-core fast path, which paged calls of other page sizes do not take), so
+// the per-key lookup is not even compiled in.
 template <bool kContiguous = false>
-DEVICE u64 kv_tile_row(const AttnParams& p, const TensorLayout& l, const SeqSpan& s, const KvTileAddr& a, int n0,
-                       int r, int g) {
-    return kContiguous || a.contiguous ? a.base + (u64)r * a.stride : kv_offset(p, l, s, n0 + r, g);
+DEVICE u64 kv_tile_row(const AttnParams& p, const TensorLayout& l, const SeqSpan& s, const KvTile& t, int n0, int r,
+                       int g) {
+    if (kContiguous || t.contiguous) return kv_at(l, t.first, g) + (u64)r * l.seq;
+    return kv_offset(p, l, s, n0 + r, g);
 }
 
 // Index of query i of head h in the LSE.

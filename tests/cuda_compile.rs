@@ -203,7 +203,7 @@ const FAST_FLOAT_PER_SCORE_MAX: f64 = 13.0;
 /// The bound on all the fast path's main-loop instructions per score, from the same SASS
 /// (26.8 at tile 64, 32.6 at 128): the float ones above, four HMMAs and two LDSMs per score at
 /// d = 128, addresses, the prefetch and the K/V scan. The kernel before it had 87.5. With the
-/// engine-shaped calls (2026-12-02: 29.0 / 30.3 at tile 64, 34.6 / 35.9 at 128 on sm_80 /
+/// engine-shaped calls (2026-12-02: 28.1 / 29.2 at tile 64, 33.6 / 34.9 at 128 on sm_80 /
 /// sm_90) the loop also holds the per-tile K/V address of the sequence map (packed, paged),
 /// the closed-form owner of the tile's K/V statistics and the window's left edge in the
 /// masked tiles' selects; the unmasked tiles' per-score code is unchanged.

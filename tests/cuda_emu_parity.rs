@@ -918,17 +918,20 @@ fn cuda_emu_contains_bad_index_tensors() {
 }
 
 /// Paged caches past several pages and K/V tiles: a page size that is a multiple of the 64-key
-/// tile (one block-table lookup per tile), one that is not (a lookup per key), and 16-token
-/// pages on the SIMT kernel's 16-key tiles; under a window and with statistics.
+/// tile (one block-table lookup per tile), one that is not (a lookup per key), 16-token pages
+/// on the SIMT kernel's 16-key tiles and 32-token pages on the d = 256 tile's; under windows
+/// and with statistics.
 #[test]
 fn cuda_emu_paged_caches_past_several_pages() {
     let Some(b) = backend() else { return };
-    for (dtype, page_size, mask) in [
-        (DType::Bf16, 64, Mask::Causal),
-        (DType::F16, 24, Mask::window(Some(50), Some(0))),
-        (DType::F32, 16, Mask::window(Some(20), Some(3))),
+    for (dtype, page_size, mask, d) in [
+        (DType::Bf16, 64, Mask::Causal, 16),
+        (DType::F16, 24, Mask::window(Some(50), Some(0)), 16),
+        (DType::F32, 16, Mask::window(Some(20), Some(3)), 16),
+        // The d = 256 tile's 32-key tiles: 32-token pages take its fast path.
+        (DType::Bf16, 32, Mask::window(Some(40), Some(0)), 200),
     ] {
-        let template = Problem::new(Shape::new(1, 2, 1, 1, 1, 16), dtype)
+        let template = Problem::new(Shape::new(1, 2, 1, 1, 1, d), dtype)
             .with_variant(Variant::KvSink)
             .with_mask(mask)
             .with_stats(StatsLevel::HeadsAndKeys);
@@ -944,5 +947,106 @@ fn cuda_emu_paged_caches_past_several_pages() {
         let (problem, inputs) = cases::engine_inputs(&template, &seqs, &InputSpec::default());
         let report = outlier_attn::parity::check_backend(b, &problem, &inputs).expect("runs");
         assert!(report.passed(), "{}:\n{report}", cases::label(&problem));
+    }
+}
+
+/// Batch invariance: sequence 1 of a packed batch, run alone (its rows of the same Q buffer
+/// through an offset view, its keys through its block-table row or an offset view of packed
+/// K), gives bitwise the O rows, LSE, statistics record and key mass it has in the batch.
+#[test]
+fn cuda_emu_a_sub_batch_gives_the_full_batch_bits() {
+    let Some(b) = backend() else { return };
+    for (dtype, kv) in [
+        (
+            DType::Bf16,
+            cases::KvStorage::Paged {
+                page_size: 16,
+                spare_pages: 1,
+            },
+        ),
+        (DType::F16, cases::KvStorage::Packed),
+        (DType::F32, cases::KvStorage::Packed),
+    ] {
+        let template = Problem::new(Shape::new(1, 4, 2, 1, 1, 32), dtype)
+            .with_variant(Variant::LogitSink)
+            .with_mask(Mask::window(Some(30), Some(0)))
+            .with_stats(StatsLevel::HeadsAndKeys);
+        let seqs = cases::SeqCase {
+            q_lens: vec![4, 7, 2],
+            kv_lens: vec![20, 70, 9],
+            packed_q: true,
+            kv,
+        };
+        let (full, inputs) = cases::engine_inputs(&template, &seqs, &InputSpec::default());
+        let all = b.forward(&full, &inputs).expect("full batch");
+        let s = full.shape;
+        let (hq, d) = (s.q_heads, s.head_dim);
+        let (q0, nq, nk) = (4usize, 7usize, 70usize);
+
+        let mut sub = full;
+        sub.shape.batch = 1;
+        sub.seqs.q = outlier_attn::QuerySeqs::Packed { total: nq };
+        let mut one = inputs.clone();
+        one.layouts.q.offset += (q0 * hq * d) as u64;
+        one.indices.cu_seqlens_q = Some(vec![0, nq as i32]);
+        match sub.seqs.kv {
+            outlier_attn::KvSeqs::Paged { max_pages, .. } => {
+                let table = inputs.indices.block_table.as_ref().expect("table");
+                one.indices.block_table = Some(table[max_pages..2 * max_pages].to_vec());
+                one.indices.seqlens_k = Some(vec![nk as i32]);
+            }
+            _ => {
+                sub.seqs.kv = outlier_attn::KvSeqs::Packed { total: nk };
+                let row = (s.kv_heads * d) as u64;
+                one.layouts.k.offset += 20 * row;
+                one.layouts.v.offset += 20 * row;
+                one.indices.cu_seqlens_k = Some(vec![0, nk as i32]);
+            }
+        }
+        let alone = b.forward(&sub, &one).expect("sequence 1 alone");
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let o_bits = |t: &outlier_attn::HostTensor| {
+            t.to_f64_vec()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect::<Vec<_>>()
+        };
+        let row = hq * d;
+        assert_eq!(
+            o_bits(&alone.o),
+            o_bits(&all.o)[q0 * row..(q0 + nq) * row],
+            "{dtype:?}: O"
+        );
+        let total_q = full.q_tokens();
+        for h in 0..hq {
+            assert_eq!(
+                bits(&alone.lse[h * nq..(h + 1) * nq]),
+                bits(&all.lse[h * total_q + q0..h * total_q + q0 + nq]),
+                "{dtype:?}: LSE of head {h}"
+            );
+        }
+        let count = Stat::COUNT;
+        assert_eq!(
+            bits(alone.stats.as_deref().expect("stats")),
+            bits(&all.stats.as_deref().expect("stats")[hq * count..2 * hq * count]),
+            "{dtype:?}: statistics"
+        );
+        let (km_one, km_all) = (alone.key_mass.expect("km"), all.key_mass.expect("km"));
+        for h in 0..hq {
+            let (got, want) = match full.seqs.kv {
+                outlier_attn::KvSeqs::Packed { total } => (
+                    &km_one[h * nk..(h + 1) * nk],
+                    &km_all[h * total + 20..h * total + 20 + nk],
+                ),
+                _ => {
+                    let n = s.kv_len;
+                    (
+                        &km_one[h * n..(h + 1) * n],
+                        &km_all[(hq + h) * n..(hq + h + 1) * n],
+                    )
+                }
+            };
+            assert_eq!(bits(got), bits(want), "{dtype:?}: key mass of head {h}");
+        }
     }
 }

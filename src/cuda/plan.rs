@@ -946,6 +946,58 @@ mod tests {
         }
     }
 
+    /// The sequence layout, window and per-sequence β reach the kernel arguments as
+    /// cuda/common.cuh reads them (`QuerySeqsCode`, `KvSeqsCode`, −1 for an unbounded side),
+    /// and paged calls take the fast path only with pages a multiple of the K/V tile.
+    #[test]
+    fn sequence_layouts_and_windows_reach_the_kernel_arguments() {
+        use crate::cases::{KvStorage, SeqCase, engine_inputs};
+        let template = Problem::new(Shape::new(1, 2, 1, 1, 1, 32), DType::Bf16)
+            .with_mask(Mask::window(Some(5), Some(0)));
+        let plan = |template: &Problem, kv: KvStorage| {
+            let case = SeqCase {
+                q_lens: vec![3, 4],
+                kv_lens: vec![70, 9],
+                packed_q: true,
+                kv,
+            };
+            let (problem, inputs) = engine_inputs(template, &case, &InputSpec::default());
+            let checked = inputs.validate(&problem).expect("valid");
+            LaunchPlan::new(&checked, Arch::SM90).expect("plan")
+        };
+        let paged = |page_size| KvStorage::Paged {
+            page_size,
+            spare_pages: 1,
+        };
+        let p = plan(&template, paged(128));
+        let a = p.scalars;
+        assert_eq!((a.q_seqs, a.q_total, a.kv_seqs), (1, 7, 3));
+        assert_eq!((a.page_size, a.max_pages, a.pages), (128, 1, 3));
+        assert_eq!((a.window_left, a.window_right, a.paged_tiles), (5, 0, 1));
+        assert_eq!(p.launches[0].entry, "attention_tc");
+        let p = plan(&template, paged(24));
+        assert_eq!(
+            (p.scalars.paged_tiles, p.launches[0].entry),
+            (0, "attention_tc_generic")
+        );
+        let p = plan(&template, KvStorage::Packed).scalars;
+        assert_eq!((p.kv_seqs, p.kv_total, p.sigmoid_bias_per_seq), (2, 79, 0));
+        // A side past every key (capacity 72, 4 queries) is unbounded; Sigmoid without a
+        // bias takes −ln Nk_b per sequence on the device.
+        let wide = template
+            .with_mask(Mask::window(Some(72), Some(4)))
+            .with_variant(Variant::Sigmoid { bias: None });
+        let p = plan(&wide, KvStorage::DenseWithLens { spare: 2 }).scalars;
+        assert_eq!((p.kv_seqs, p.window_left, p.window_right), (1, -1, -1));
+        assert_eq!(p.sigmoid_bias_per_seq, 1);
+        let p = plan(
+            &wide.with_mask(Mask::window(Some(69), Some(3))),
+            KvStorage::Packed,
+        )
+        .scalars;
+        assert_eq!((p.window_left, p.window_right), (69, 3));
+    }
+
     #[test]
     fn batch_and_heads_have_grid_dimensions_of_their_own() {
         // B·Hq = 80000: refused while both shared grid.y, launched now.
