@@ -44,16 +44,11 @@ fn skipped(case: &str, why: &str) {
     ));
 }
 
-/// Values in [-1, 1) from a fixed LCG.
+/// Values in [-1, 1) (benches/common), as bf16.
 fn fill(len: usize, seed: u64) -> Vec<bf16> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            bf16::from_f32(((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
-        })
+    common::lcg_fill(len, seed)
+        .into_iter()
+        .map(bf16::from_f32)
         .collect()
 }
 
