@@ -12,7 +12,6 @@
 //! when `OUTLIER_ATTN_BENCH_OUT` names a file, appends it there as JSON for
 //! scripts/h200/compare.py. Without a GPU it prints why and measures nothing.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,17 +47,9 @@ struct Buffers<T> {
     sink_logits: CudaSlice<f32>,
 }
 
-/// Values in [-1, 1) from a fixed LCG: cheap for 16k x 16 x 128 elements.
+/// Values in [-1, 1) (benches/common).
 fn fill(len: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    common::lcg_fill(len, seed)
 }
 
 fn buffers<T: CudaElement + From32>(stream: &Arc<CudaStream>, shape: &Shape) -> Buffers<T> {
@@ -186,14 +177,7 @@ fn report(problem: &Problem, seconds: f64) {
         tflops
     );
     println!("outlier-attn-bench {line}");
-    if let Some(path) = std::env::var_os("OUTLIER_ATTN_BENCH_OUT")
-        && let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-    {
-        let _ = writeln!(f, "{line}");
-    }
+    common::append_json(&line);
 }
 
 fn problems() -> Vec<Problem> {

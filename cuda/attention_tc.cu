@@ -212,9 +212,17 @@ DEVICE void load_tile(smem_ptr<elem_t> s_tile, gmem_ptr<const elem_t> g_base, u6
     }
 }
 
-DEVICE void load_q_tile(smem_ptr<elem_t> s_q, const AttnParams& p, const SeqSpan& sp, int h, int row0) {
-    load_tile<kBlockM>(s_q, p.q, p.lq.offset, row0, sp.q_len, p,
-                       [&](int row) { return q_offset(p, p.lq, sp, row, h); });
+// The rows of a head block (`hb`, of p.fold query heads) are its heads' query rows interleaved,
+// head fastest: row r is query r / fold of head hb·fold + r % fold. With fold = 1 (prefill, and
+// every call with statistics) a block's rows are one head's queries; with fold = Hq/Hkv (decode,
+// dense Q only) a GQA group's heads share one tile, so each K/V tile feeds fold·Nq rows, not Nq.
+DEVICE int row_query(const AttnParams& p, int row) { return row / p.fold; }
+DEVICE int row_head(const AttnParams& p, int hb, int row) { return hb * p.fold + row % p.fold; }
+
+DEVICE void load_q_tile(smem_ptr<elem_t> s_q, const AttnParams& p, const SeqSpan& sp, int hb, int row0) {
+    load_tile<kBlockM>(s_q, p.q, p.lq.offset, row0, p.fold * sp.q_len, p, [&](int row) {
+        return q_offset(p, p.lq, sp, row_query(p, row), row_head(p, hb, row));
+    });
 }
 // K tile n (keys n·kBlockN ...) of kv head g, and the V tile with it when `with_v`.
 // kContiguous: the tile is evenly strided (the fast path: `takes_fast_path`).
@@ -233,6 +241,32 @@ DEVICE void load_kv_tile(smem_ptr<elem_t> s_k, smem_ptr<elem_t> s_v, const AttnP
 
 // Which key tiles a block visits, and which of them need no mask: `key_tiles` of common.cuh
 // (KeyTiles), with kBlockM rows and kBlockN keys.
+
+// The tiles of split `split` among `kt` (all of them without split-KV); possibly none.
+DEVICE KeyTiles split_tiles(const AttnParams& p, KeyTiles kt, int split) {
+    if (p.splits > 1) {
+        kt.begin = max(kt.begin, split * p.tiles_per_split);
+        kt.end = max(kt.begin, min(kt.end, (split + 1) * p.tiles_per_split));
+    }
+    return kt;
+}
+
+// Writes O and the LSE of the block's rows as NaN (its sequence read a bad index): through
+// `poison_rows` one head at a time, or, with a GQA fold (dense Q), row by row.
+DEVICE void poison_block_rows(const AttnParams& p, const SeqSpan& sp, int hb, int m_block) {
+    if (p.fold == 1) {
+        poison_rows(p, sp, hb, m_block, kBlockM);
+        return;
+    }
+    const int row0 = m_block * kBlockM;
+    for (int row = row0; row < row0 + kBlockM && row < p.fold * sp.q_len; ++row) {
+        const int i = row_query(p, row), h = row_head(p, hb, row);
+        for (int c = threadIdx.x; c < p.head_dim; c += kThreads) {
+            p.o[q_offset(p, p.lo, sp, i, h) + c] = from_float(quiet_nan());
+        }
+        if (threadIdx.x == 0 && p.lse) p.lse[lse_index(p, sp, h, i)] = quiet_nan();
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // S = Q·Kᵀ for this warp's 16 rows and the tile's kBlockN keys (unscaled dot products). The
@@ -330,7 +364,7 @@ template <bool kFast>
 struct Rows {
     using State = typename type_if<kFast, FastRow, OnlineRow>::type;
     State st[2];
-    int row;  // the first of them; the other is row + 8
+    int query[2];  // their query positions (rows g and g + 8 may be two heads of one query)
 };
 
 // One K/V tile of the fast path. kMasked: the tile crosses a mask boundary (the causal
@@ -346,7 +380,7 @@ DEVICE void attend_tile_fast(const AttnParams& p, const SeqSpan& sp, Rows<true>&
     for (int r = 0; r < 2; ++r) {
         FastRow& st = rows.st[r];
         float tile_max = neg_inf();
-        const KeyRange kr = key_range(p, sp, rows.row + 8 * r);
+        const KeyRange kr = key_range(p, sp, rows.query[r]);
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
@@ -404,7 +438,7 @@ DEVICE void attend_tile_generic(const AttnParams& p, const SeqSpan& sp, Rows<fal
     for (int r = 0; r < 2; ++r) {
         OnlineRow& st = rows.st[r];
         float tile_max = neg_inf();
-        const KeyRange kr = key_range(p, sp, rows.row + 8 * r);
+        const KeyRange kr = key_range(p, sp, rows.query[r]);
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
@@ -525,9 +559,9 @@ DEVICE void merge_warp_max(float (&mx)[kChunk], smem_ptr<float> slot, bool first
 
 // Writes the block's per-channel maxima (over the warps, in order) to its partial record.
 // Called after a barrier; `kv`: this block's K/V maxima are wanted (first head of the group).
-DEVICE void write_channel_max(const AttnParams& p, smem_ptr<float> s_stats, int bh, int m_block, bool kv) {
+DEVICE void write_channel_max(const AttnParams& p, smem_ptr<float> s_stats, int bh, int record, bool kv) {
     static_assert(kStatTensors == kChannelTensors, "Q, K, V in record order");
-    const gmem_ptr<float> rec = partial_record(p, bh, m_block);
+    const gmem_ptr<float> rec = partial_record(p, bh, record);
     for (int tensor = 0; tensor < (kv ? kStatTensors : 1); ++tensor) {
         for (int c = threadIdx.x; c < p.head_dim; c += kThreads) {
             float m = 0.f;
@@ -565,9 +599,15 @@ DEVICE void forward_block(const AttnParams& p) {
     const smem_ptr<float> s_sinks = s_scratch + kWarps * kPartialCount;  // [kThreads][2]
     const smem_ptr<float> s_key0 = s_sinks + 2 * kThreads;             // [kThreads][2]: s of key 0
 
-    // Longest first: under the causal mask the last query blocks visit the most key tiles.
-    const int m_block = p.m_blocks - 1 - (int)blockIdx.x;
-    const int h = blockIdx.y, b = blockIdx.z;
+    // Longest first: under the causal mask the last query blocks visit the most key tiles. The
+    // splits of one query block are neighbours in x.
+    // (Registers are short in the main loop: what the epilogue needs of the split and the rows'
+    // heads is computed again there from blockIdx rather than kept.)
+    const int split = (int)blockIdx.x % p.splits;
+    const int m_block = p.m_blocks - 1 - (int)blockIdx.x / p.splits;
+    const bool split_kv = p.splits > 1;
+    const int hb = blockIdx.y, b = blockIdx.z;  // head block: p.fold query heads from hb·fold
+    const int h = hb * p.fold;                  // its first head (the only one with statistics)
     const int bh = b * p.q_heads + h;
     const int g_kv = h / p.group;
     const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
@@ -575,21 +615,26 @@ DEVICE void forward_block(const AttnParams& p) {
     const int row0 = m_block * kBlockM;
     const SeqSpan sp = seq_span(p, b);
     if (sp.bad) {  // uniform: the sequence read a bad index; its statistics are finalize's NaN
-        poison_rows(p, sp, h, m_block, kBlockM);
+        if (split == 0) poison_block_rows(p, sp, hb, m_block);
         return;
     }
     const bool stats = p.stats_on;
     // A block past the sequence's queries still writes its (empty) partial record and counts
     // the K/V tiles it owns; without statistics it has nothing to do.
-    if (row0 >= sp.q_len && !stats) return;
-    const KeyTiles kt = key_tiles(p, sp, row0, kBlockM, kBlockN);
+    if (row0 >= p.fold * sp.q_len && !stats) return;
+    // The queries of the block's first and last rows bound its key tiles (folded or not).
+    const int q_first = row_query(p, row0);
+    const int q_last = row_query(p, max(min(row0 + kBlockM, p.fold * sp.q_len), row0 + 1) - 1);
+    const KeyTiles kt = split_tiles(p, key_tiles(p, sp, q_first, q_last - q_first + 1, kBlockN), split);
     const bool kv_stats = stats && h % p.group == 0;  // this head counts its kv head's K/V
+    // The sink is one more key, counted once per row: by split 0.
+    const bool with_sink = has_sink(p.variant) && split == 0;
 
     // Q, and (single pass) the first K/V tile behind it, so that its latency hides under the
     // Q fragment loads and the sink set-up.
     const bool clipped = !kFast && p.variant == kClippedSoftmax;
     const bool kv0_in_flight = !clipped && kt.end > kt.begin;
-    load_q_tile(s_q, p, sp, h, row0);
+    load_q_tile(s_q, p, sp, hb, row0);
     cp_async_commit();
     if (kv0_in_flight) {
         load_kv_tile<kFast>(s_k, s_v, p, sp, g_kv, kt.begin, true);
@@ -607,23 +652,25 @@ DEVICE void forward_block(const AttnParams& p) {
     float acc_o[kDTiles][4];
 #pragma unroll
     for (int dt = 0; dt < kDTiles; ++dt) acc_o[dt][0] = acc_o[dt][1] = acc_o[dt][2] = acc_o[dt][3] = 0.f;
-    rows.row = row0 + warp * kRowsPerWarp + g;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) rows.query[r] = row_query(p, row0 + warp * kRowsPerWarp + g + 8 * r);
     float x_sink[2] = {0.f, 0.f};  // the sink's logit of each row, natural units
 #pragma unroll
     for (int r = 0; r < 2; ++r) rows.st[r].init();
 
     // The sink: s' needs q·k' of each row; the warp reduces each of its 16 rows in turn.
-    if (has_sink(p.variant)) {
+    if (with_sink) {
         for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+            const int row = warp * kRowsPerWarp + rr;
+            const int hr = row_head(p, hb, row0 + row);
             float dot = 0.f;
             if (p.variant == kContextBias || p.variant == kKvSink) {
-                const int row = warp * kRowsPerWarp + rr;
                 for (int c = lane; c < p.head_dim; c += kWarpSize) {
-                    dot += to_float(s_q[smem_index(row, c)]) * k_sink_at(p, h, c);
+                    dot += to_float(s_q[smem_index(row, c)]) * k_sink_at(p, hr, c);
                 }
                 dot = row_sum<kWarpSize>(dot);
             }
-            const float x = sink_logit(p, h, dot);
+            const float x = sink_logit(p, hr, dot);
             if (rr == g) x_sink[0] = x;
             if (rr == g + 8) x_sink[1] = x;
         }
@@ -643,20 +690,26 @@ DEVICE void forward_block(const AttnParams& p) {
 #pragma unroll
             for (int dt = 0; dt < kDTiles; ++dt) {
                 const int c = dt * 8 + 2 * t;
-                const float v0 = c < p.head_dim ? v_param_at(p, h, c) : 0.f;
-                const float v1 = c < p.head_dim ? v_param_at(p, h, c + 1) : 0.f;
-                acc_o[dt][0] = acc_o[dt][2] = v0;
-                acc_o[dt][1] = acc_o[dt][3] = v1;
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const int hr = row_head(p, hb, row0 + warp * kRowsPerWarp + g + 8 * r);
+                    acc_o[dt][2 * r] = c < p.head_dim ? v_param_at(p, hr, c) : 0.f;
+                    acc_o[dt][2 * r + 1] = c < p.head_dim ? v_param_at(p, hr, c + 1) : 0.f;
+                }
             }
         }
     }
 
     // Q's channel statistics from the tile in shared memory; then Q's rows become the scratch.
+    // (Split: the combine kernel takes Q's, once per row; these records get zeros.)
     float mx[kChunk];
     float q_abs = 0.f;
-    if (stats) {
+    if (stats && !split_kv) {
         float unused_norm = 0.f, unused_norm0 = 0.f;
         scan_tile<kBlockM>(s_q, mx, q_abs, false, unused_norm, unused_norm0, -1);
+    } else {
+#pragma unroll
+        for (int e = 0; e < kChunk; ++e) mx[e] = 0.f;
     }
     __syncthreads();  // every warp is done reading Q's rows
     s_sinks[2 * threadIdx.x] = x_sink[0];
@@ -699,6 +752,7 @@ DEVICE void forward_block(const AttnParams& p) {
             }
             __syncthreads();
             const smem_ptr<const elem_t> k_tile = s_k + buf * kTileElems, v_tile = s_v + buf * kTileElems;
+            // Tile n lies in one split only: its owner among the query blocks counts it.
             if (kv_stats && with_v && scans_kv_tile(p, sp, h, m_block, n, kBlockM, kBlockN)) {
                 count_kv_tile(s_stats, k_tile, v_tile, mx, n == 0);
             }
@@ -721,8 +775,9 @@ DEVICE void forward_block(const AttnParams& p) {
     }
 
     // The K/V tiles no block visits (left of every window), for the statistics alone: dealt
-    // round robin over the sequence's blocks, as kv_tile_owner deals them.
-    if (kv_stats) {
+    // round robin over the sequence's blocks, as kv_tile_owner deals them (split 0's blocks
+    // only: the splits of a query block would count them once each).
+    if (kv_stats && blockIdx.x % p.splits == 0) {
         const int blocks = max(ceil_div(sp.q_len, kBlockM), 1);
         for (int n = m_block; n < orphan_tiles(p, sp, kBlockN); n += blocks) {
             load_kv_tile<kFast>(s_k, s_v, p, sp, g_kv, n, true);
@@ -738,7 +793,7 @@ DEVICE void forward_block(const AttnParams& p) {
     x_sink[0] = s_sinks[2 * threadIdx.x];
     x_sink[1] = s_sinks[2 * threadIdx.x + 1];
     OnlineRow fin[2];  // the rows in the generic path's terms, for finish_row
-    float row_max_record[2];
+    float row_max_record[2], t_record[2];  // the max and t in the path's units (split partials)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         if constexpr (kFast) {
@@ -752,9 +807,12 @@ DEVICE void forward_block(const AttnParams& p) {
             // Key 0's term, held by the thread t = 0 of the row (the quad's sum is its).
             fin[r].e0 = row_sum<4>(t == 0 ? ex2_ftz(fmaf(s_key0[2 * threadIdx.x + r], scale_log2, -st.m_ref())) : 0.f);
             // The sink's term, which started at 1 with m2 = c·s'.
-            fin[r].es = sink_in_denominator(p.variant) ? ex2_ftz(x_sink[r] * kLog2e - st.m_ref()) : 0.f;
+            fin[r].es = blockIdx.x % p.splits == 0 && sink_in_denominator(p.variant)
+                            ? ex2_ftz(x_sink[r] * kLog2e - st.m_ref())
+                            : 0.f;
             fin[r].max_score = st.max_s * p.scale;
             row_max_record[r] = st.m2;
+            t_record[r] = st.t2;
         } else {
             OnlineRow& st = rows.st[r];
             if (clipped) {
@@ -766,6 +824,7 @@ DEVICE void forward_block(const AttnParams& p) {
             }
             fin[r] = st;
             row_max_record[r] = st.m;
+            t_record[r] = st.t;
         }
     }
 
@@ -774,25 +833,41 @@ DEVICE void forward_block(const AttnParams& p) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         const int row = row0 + warp * kRowsPerWarp + g + 8 * r;
-        if (row >= sp.q_len) continue;
-        const KeyRange kr = key_range(p, sp, row);
-        const RowResult res = finish_row(p, fin[r], kr.end > kr.begin, x_sink[r]);
-        if (t == 0) {
-            if (p.lse) p.lse[lse_index(p, sp, h, row)] = res.lse;
-            if (p.row_records) {
-                const gmem_ptr<float> rec = p.row_records + row_record_index(p, sp, h, row) * kRowRecord;
-                rec[kRowMax] = row_max_record[r];
-                rec[kRowInvL] = res.inv_l;
-                rec[kRowWeightSum] = fin[r].weight_sum;
+        if (row >= p.fold * sp.q_len) continue;
+        const int i = row_query(p, row), hr = row_head(p, hb, row);
+        const int bhr = b * p.q_heads + hr;
+        if (split_kv) {
+            // This split's state of the row and its unnormalised O, for combine_splits.
+            const gmem_ptr<float> part = split_partial(p, bhr, i, (int)blockIdx.x % p.splits);
+            if (t == 0) {
+                part[kSplitMax] = row_max_record[r];
+                part[kSplitL] = fin[r].l;
+                part[kSplitT] = t_record[r];
+                part[kSplitE0] = fin[r].e0;
+                part[kSplitEs] = fin[r].es;
+                part[kSplitMaxScore] = fin[r].max_score;
+                part[kSplitSinkLogit] = x_sink[r];
+                part[kSplitWeightSum] = fin[r].weight_sum;
             }
+#pragma unroll
+            for (int dt = 0; dt < kDTiles; ++dt) {
+                const int c = dt * 8 + 2 * t;
+                if (c >= p.head_dim) break;
+                part[kSplitScalars + c] = acc_o[dt][2 * r];
+                part[kSplitScalars + c + 1] = acc_o[dt][2 * r + 1];
+            }
+            continue;
         }
+        const KeyRange kr = key_range(p, sp, i);
+        const RowResult res = finish_row(p, fin[r], kr.end > kr.begin, x_sink[r]);
+        if (t == 0) write_row_outputs(p, sp, hr, i, res, row_max_record[r], fin[r].weight_sum);
         const bool scaled = p.variant == kContextScale;
-        const float gamma_head = scaled && !p.gate_per_channel ? gate_at(p, sp, row, h, 0) : 1.f;
+        const float gamma_head = scaled && !p.gate_per_channel ? gate_at(p, sp, i, hr, 0) : 1.f;
         if (stats && res.counted && t == 0) {
             bs.add_row(res, fin[r].max_score);
             if (scaled && !p.gate_per_channel) bs.add_gate(gamma_head);
         }
-        const gmem_ptr<elem_t> o_row = p.o + q_offset(p, p.lo, sp, row, h);
+        const gmem_ptr<elem_t> o_row = p.o + q_offset(p, p.lo, sp, i, hr);
 #pragma unroll
         for (int dt = 0; dt < kDTiles; ++dt) {
             const int c = dt * 8 + 2 * t;  // this thread's two channels c, c + 1
@@ -800,13 +875,9 @@ DEVICE void forward_block(const AttnParams& p) {
             float val[2];
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-                val[e] = acc_o[dt][2 * r + e] * res.out_scale;
-                if (res.bias_scale != 0.f) val[e] += res.bias_scale * v_param_at(p, h, c + e);
-                if (scaled) {
-                    const float gamma = p.gate_per_channel ? gate_at(p, sp, row, h, c + e) : gamma_head;
-                    val[e] *= gamma;
-                    if (stats && p.gate_per_channel && res.counted) bs.add_gate(gamma);
-                }
+                const float gamma = scaled && p.gate_per_channel ? gate_at(p, sp, i, hr, c + e) : gamma_head;
+                val[e] = output_channel(p, res, acc_o[dt][2 * r + e], hr, c + e, gamma);
+                if (scaled && stats && p.gate_per_channel && res.counted) bs.add_gate(gamma);
             }
             if (p.o_aligned) {
                 // Both channels in one 32-bit store (c is even, d % 8 == 0).
@@ -827,8 +898,10 @@ DEVICE void forward_block(const AttnParams& p) {
             bs.v_norm = sums[kSumVNorm];
             bs.v_norm0 = sums[kSumVNorm0];
         }
-        write_partials<kWarps>(p, bs, s_scratch, bh, m_block);  // begins with a barrier
-        write_channel_max(p, s_stats, bh, m_block, kv_stats);
+        // This block's partial statistics record: m_block·splits + split.
+        const int record = m_block * p.splits + (int)blockIdx.x % p.splits;
+        write_partials<kWarps>(p, bs, s_scratch, bh, record);  // begins with a barrier
+        write_channel_max(p, s_stats, bh, record, kv_stats);
     }
 }
 

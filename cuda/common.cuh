@@ -132,7 +132,7 @@ struct AttnParams {
     gmem_ptr<const elem_t> gate;        // [B, Nq, Hq] or [B, Nq, Hq, d] (ContextScale)
     gmem_ptr<float> stats;              // [B, Hq, kStatCount]
     gmem_ptr<float> key_mass;           // [B, Hq, Nk]
-    gmem_ptr<float> partials;           // workspace [B, Hq, m_blocks, part_record]: each forward block's statistics
+    gmem_ptr<float> partials;           // workspace [B, Hq, part_count, part_record]: each block's statistics
     gmem_ptr<float> row_records;        // workspace [B, Hq, Nq, kRowRecord] (HeadsAndKeys): for key_mass
     TensorLayout lq, lk, lv, lo;
     int batch, q_heads, kv_heads, q_len, kv_len, head_dim;
@@ -165,8 +165,17 @@ struct AttnParams {
     int sigmoid_bias_per_seq;  // 1: Sigmoid's β is −ln Nk_b of each sequence (no bias given)
     int paged_tiles;           // 1: page_size is a multiple of the K/V tile (one lookup per tile)
     int pad;                   // a whole number of 8-byte words, as KernelParams spells it out
+    // Decode (see "Split-KV decode" below).
+    gmem_ptr<float> split_partials;  // workspace [B, Hq, Nq, splits, split_record]: each split's rows
+    int fold;        // query heads per forward block: 1, or Hq/Hkv with a GQA group's rows in one tile
+    int q_rows;      // fold·Nq: the rows the grid is sized for (a sequence has fold·Nq_b; row r is query
+                     // r / fold of head r % fold of the block)
+    int splits;      // key splits per row (1: the forward kernel finishes its rows itself)
+    int tiles_per_split;  // K/V tiles of one split
+    int part_count;  // partial statistics records per head: m_blocks·splits, + combine blocks when split
+    int split_record;  // floats of one row's split partial: kSplitScalars + d
 };
-static_assert(sizeof(AttnParams) == 528, "KernelParams in src/cuda/params.rs mirrors this");
+static_assert(sizeof(AttnParams) == 560, "KernelParams in src/cuda/params.rs mirrors this");
 
 // ---------------------------------------------------------------------------------------------
 // Sequences (DESIGN.md section 6): the one device-side map from (sequence, token) to a place,
@@ -503,8 +512,10 @@ DEVICE int channel_max_field(const AttnParams& p, int tensor) { return kPartialC
 enum RowRecordIndex : int { kRowMax = 0, kRowInvL, kRowWeightSum, kRowRecord };
 static_assert(kRowRecord == kHostRowRecord, "the host sizes the workspace for this record");
 
-DEVICE gmem_ptr<float> partial_record(const AttnParams& p, int bh, int m_block) {
-    return p.partials + ((u64)bh * p.m_blocks + m_block) * p.part_record;
+// Record `index` of head bh: forward block (m_block, split) writes record m_block·splits + split,
+// combine block c (split-KV only) record m_blocks·splits + c.
+DEVICE gmem_ptr<float> partial_record(const AttnParams& p, int bh, int index) {
+    return p.partials + ((u64)bh * p.part_count + index) * p.part_record;
 }
 
 // The softmax family without softcap: the tensor-core fast path (src/cuda/spec.rs,
@@ -737,6 +748,51 @@ DEVICE RowResult finish_row(const AttnParams& p, const OnlineRow& r, bool sees_k
         out.entropy = W == 0.f ? 0.f : logf(W) - r.w_log_w / W;
     }
     return out;
+}
+
+// The outputs of a finished row (query i of head h of sequence `sp`) besides O: its LSE, where
+// the call wants it, and, with HeadsAndKeys, the record the key-mass kernel reads (`row_max`
+// in the units of the path that ran the row).
+DEVICE void write_row_outputs(const AttnParams& p, const SeqSpan& sp, int h, int i, const RowResult& res,
+                              float row_max, float weight_sum) {
+    if (p.lse) p.lse[lse_index(p, sp, h, i)] = res.lse;
+    if (p.row_records) {
+        const gmem_ptr<float> rec = p.row_records + row_record_index(p, sp, h, i) * kRowRecord;
+        rec[kRowMax] = row_max;
+        rec[kRowInvL] = res.inv_l;
+        rec[kRowWeightSum] = weight_sum;
+    }
+}
+
+// Channel c of O of a finished row of head h from its accumulated value: the variant's scale,
+// bias and (ContextScale) gate factor γ.
+DEVICE float output_channel(const AttnParams& p, const RowResult& res, float acc, int h, int c, float gamma) {
+    float val = acc * res.out_scale;
+    if (res.bias_scale != 0.f) val += res.bias_scale * v_param_at(p, h, c);
+    return p.variant == kContextScale ? val * gamma : val;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Split-KV decode. With p.splits > 1 the key tiles of every row are cut into splits of
+// p.tiles_per_split tiles, the same cut for every row (tile n lies in split n / tiles_per_split),
+// and forward block (m_block, split) runs the online softmax over its split only. Instead of
+// finishing its rows it writes, per row, the state below and its unnormalised O (the sink is
+// counted by split 0 alone); `combine_splits` (cuda/combine.cu) merges the splits of each row in
+// split order and finishes the row as the forward kernel would have. The max and t stay in the
+// units of the path that ran the row (log2 on the tensor-core fast path, natural on the generic
+// one), so that the merged max is the unsplit kernel's, bit for bit.
+// A split that sees no key of a row (a mask, a window) leaves max −inf, sums 0 and O 0 (or the
+// sink alone, in split 0): the combine gives it weight 0 without forming (−inf) − (−inf).
+// ---------------------------------------------------------------------------------------------
+enum SplitScalar : int {
+    kSplitMax = 0, kSplitL, kSplitT, kSplitE0, kSplitEs, kSplitMaxScore, kSplitSinkLogit, kSplitWeightSum,
+    kSplitScalars
+};
+static_assert(kSplitScalars == kHostSplitScalars, "the host sizes the split partials for this record");
+
+// Split `split` of row `row` of head bh: kSplitScalars floats, then the d channels of O.
+DEVICE gmem_ptr<float> split_partial(const AttnParams& p, int bh, int row, int split) {
+    return p.split_partials + (((u64)bh * p.q_len + row) * p.splits + split) * p.split_record;
 }
 
 // The probability of a visible key of logit x in a finished row `st`, as the statistics

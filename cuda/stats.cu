@@ -22,7 +22,7 @@ DEVICE ChannelResult combine_channels(const AttnParams& p, int first_bh, int ten
     const int d = p.head_dim;
     for (int c = threadIdx.x; c < d; c += kThreads) {
         float m = 0.f;
-        for (int k = 0; k < p.m_blocks; ++k) m = fmaxf(m, partial_record(p, first_bh, k)[channel_max_field(p, tensor) + c]);
+        for (int k = 0; k < p.part_count; ++k) m = fmaxf(m, partial_record(p, first_bh, k)[channel_max_field(p, tensor) + c]);
         s_absmax[c] = m;
     }
     __syncthreads();
@@ -72,7 +72,7 @@ finalize_stats(const AttnParams p) {
         const bool kv_field = f == kPartKAbsSum || f == kPartVAbsSum || f == kPartVNormSum || f == kPartVNorm0;
         const int from = kv_field ? kv_bh : bh;
         float acc = partial_record(p, from, 0)[f];
-        for (int m = 1; m < p.m_blocks; ++m) {
+        for (int m = 1; m < p.part_count; ++m) {
             const float x = partial_record(p, from, m)[f];
             if (f == kPartMaxScore || f == kPartGateMax) acc = fmaxf(acc, x);
             else if (f == kPartGateMin) acc = fminf(acc, x);

@@ -9,11 +9,11 @@
 #![cfg(feature = "cuda-emulator")]
 mod common;
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use common::Limits;
 use outlier_attn::cases::{self, InputSpec};
-use outlier_attn::cuda::{Arch, HeadDimTile, KernelPath};
+use outlier_attn::cuda::{Arch, HeadDimTile, KernelPath, PlanOptions, SplitKv};
 use outlier_attn::cuda_emu::{EmuArgs, EmuAttention, EmuBackend, EmuParams, EmuWorkspace};
 use outlier_attn::{
     Backend, DType, Error, Gate, GateGranularity, Layout, Layouts, Mask, Problem, SeqIndices,
@@ -149,28 +149,38 @@ fn cuda_emu_passes_across_several_blocks_and_tiles() {
     );
 }
 
-/// A workspace reserved from the largest call before the first one (as an engine that
-/// captures CUDA graphs does) serves every smaller call without growing.
+/// A workspace reserved before the first call from the largest layout of the calls to come
+/// (as an engine that captures CUDA graphs does; the split-KV partials depend on the key
+/// length, so not from the largest unsplit call alone) serves every call without growing.
 #[test]
 fn cuda_emu_workspace_reserved_for_the_largest_call_is_enough() {
     use outlier_attn::cuda::WorkspaceLayout;
     let Some(b) = backend() else { return };
     let attention: &EmuAttention = b.attention();
-    let largest = Problem::new(Shape::new(2, 4, 2, 200, 1, 64), DType::F16)
-        .with_stats(StatsLevel::HeadsAndKeys);
-    let mut workspace = EmuWorkspace::new();
-    workspace.reserve(WorkspaceLayout::for_problem(&largest, attention.arch()).len());
-    let reserved = workspace.bytes();
-    assert!(reserved > 0);
-    for (shape, stats) in [
+    let calls: Vec<Problem> = [
         (Shape::new(2, 4, 2, 200, 150, 64), StatsLevel::HeadsAndKeys),
         (Shape::new(1, 4, 1, 130, 300, 64), StatsLevel::Heads),
         (Shape::new(2, 2, 2, 7, 1000, 56), StatsLevel::HeadsAndKeys),
-    ] {
-        let problem = Problem::new(shape, DType::F16)
+    ]
+    .into_iter()
+    .map(|(shape, stats)| {
+        Problem::new(shape, DType::F16)
             .with_variant(Variant::LogitSink)
             .with_mask(Mask::Causal)
-            .with_stats(stats);
+            .with_stats(stats)
+    })
+    .collect();
+    let mut workspace = EmuWorkspace::new();
+    let largest = calls
+        .iter()
+        .map(|p| WorkspaceLayout::for_problem(p, attention.arch()).len())
+        .max();
+    workspace.reserve(largest.unwrap_or(0));
+    let reserved = workspace.bytes();
+    assert!(reserved > 0);
+    for problem in calls {
+        let shape = problem.shape;
+        let stats = problem.stats;
         let inputs = cases::random_inputs(&problem, &InputSpec::default());
         let expected = b.forward(&problem, &inputs).expect("host level");
         let s = &problem.shape;
@@ -288,16 +298,33 @@ fn cuda_emu_long_sequences_pass() {
 /// aligned ones, and typed refusals.
 #[test]
 fn cuda_emu_device_level_workspace_and_guards() {
+    // Unsplit, where the workspace follows the statistics alone (split-KV adds partials that
+    // depend on Nk), then split (the combine writes O and the LSE).
+    for split in [SplitKv::Off, ONE_TILE_PER_SPLIT] {
+        device_level_workspace_and_guards(split);
+    }
+}
+
+fn device_level_workspace_and_guards(split: SplitKv) {
     use half::bf16;
-    let Some(b) = backend() else { return };
+    let Some(b) = split_backend(split) else {
+        return;
+    };
     let attention: &EmuAttention = b.attention();
     let mut workspace = EmuWorkspace::new();
     let mut sizes = Vec::new();
-    for (shape, seed) in [
+    let shapes = [
         (Shape::new(1, 2, 1, 70, 90, 64), 1),
         (Shape::new(2, 2, 2, 130, 40, 32), 2),
         (Shape::new(1, 2, 1, 5, 7, 16), 3),
-    ] {
+    ];
+    // The split run needs only the shape with two K/V tiles.
+    let count = if split == SplitKv::Off {
+        shapes.len()
+    } else {
+        1
+    };
+    for (shape, seed) in shapes.into_iter().take(count) {
         let problem = Problem::new(shape, DType::Bf16)
             .with_variant(Variant::ContextScale {
                 gate: Gate::Sigmoid,
@@ -465,10 +492,224 @@ fn cuda_emu_device_level_workspace_and_guards() {
         );
         assert!(o3.iter().all(|x| x.to_bits() == guard.to_bits()));
     }
-    assert!(
-        sizes[1] > sizes[0] && sizes[2] == sizes[1],
-        "the workspace grows and is kept: {sizes:?}"
+    if split == SplitKv::Off {
+        assert!(
+            sizes[1] > sizes[0] && sizes[2] == sizes[1],
+            "the workspace grows and is kept: {sizes:?}"
+        );
+    }
+}
+
+/// The backend with split-KV set to `split` (sm_80), opened once per setting and process.
+fn split_backend(split: SplitKv) -> Option<&'static EmuBackend> {
+    static BACKENDS: OnceLock<Mutex<Vec<(SplitKv, &'static EmuBackend)>>> = OnceLock::new();
+    let cell = BACKENDS.get_or_init(|| Mutex::new(Vec::new()));
+    let mut open = cell.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, b)) = open.iter().find(|(s, _)| *s == split) {
+        return Some(b);
+    }
+    let options = PlanOptions::for_arch(Arch::SM80).with_split_kv(split);
+    match EmuBackend::with_plan_options(Arch::SM80, options) {
+        Ok(b) => {
+            let b: &'static EmuBackend = Box::leak(Box::new(b));
+            open.push((split, b));
+            Some(b)
+        }
+        Err(e) => {
+            common::skip_or_fail("cuda-emu", &e.to_string());
+            None
+        }
+    }
+}
+
+/// One K/V tile per split on the tensor-core tiles 64 and 128 (64 keys each).
+const ONE_TILE_PER_SPLIT: SplitKv = SplitKv::KeysPerSplit(64);
+
+/// The plan the emulator runs `problem` with under `split`.
+fn cut_of(problem: &Problem, split: SplitKv) -> outlier_attn::cuda::DecodeCut {
+    let spec = outlier_attn::cuda::Specialization::select(
+        problem.dtype,
+        problem.shape.head_dim,
+        Arch::SM80,
     );
+    let options = PlanOptions::for_arch(Arch::SM80).with_split_kv(split);
+    outlier_attn::cuda::DecodeCut::choose(problem, spec, &options).expect("a cut")
+}
+
+/// Split-KV on (one tile per split, and the heuristic forced on) and off: each passes the
+/// parity rule (statistics included: `Heads` and `HeadsAndKeys` are exact under splitting),
+/// and each is bit-identical from run to run.
+#[test]
+fn cuda_emu_split_kv_on_and_off_pass_and_are_deterministic() {
+    let start = std::time::Instant::now();
+    for (i, case) in common::decode_cases().iter().enumerate() {
+        let split = [ONE_TILE_PER_SPLIT, SplitKv::On][i % 2];
+        for setting in [SplitKv::Off, split] {
+            let Some(b) = split_backend(setting) else {
+                return;
+            };
+            let cut = cut_of(&case.problem, setting);
+            assert_eq!(
+                cut.splits > 1,
+                setting != SplitKv::Off,
+                "{setting:?} on {:?}: {cut:?}",
+                case.problem
+            );
+            if let Err(e) = common::check_case(b, case) {
+                panic!("{setting:?} ({cut:?}): {e}");
+            }
+            if setting != SplitKv::Off && i % 2 == 0 {
+                common::assert_deterministic(b, case);
+            }
+        }
+    }
+    eprintln!(
+        "split-KV on and off on the emulator in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+}
+
+/// Split-KV (one tile per split) on the engine layouts (tests/common `decode_engine_cases`):
+/// paged caches with and without tile-multiple pages, dense K/V with lengths, packed Q and K,
+/// and a 128-token window whose first split sees no key (the sink alone), each held to the
+/// reference; and bit-identical from run to run.
+#[test]
+fn cuda_emu_split_kv_runs_on_every_sequence_layout() {
+    let Some(b) = split_backend(ONE_TILE_PER_SPLIT) else {
+        return;
+    };
+    for case in common::decode_engine_cases() {
+        let (problem, inputs) = case.build();
+        let label = format!("{} {}", cases::label(&problem), case.seqs.label());
+        assert!(cut_of(&problem, ONE_TILE_PER_SPLIT).splits >= 2, "{label}");
+        let report = outlier_attn::parity::check_backend(b, &problem, &inputs)
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert!(report.passed(), "{label}:\n{report}");
+        let again = b.forward(&problem, &inputs).expect("second run");
+        let first = b.forward(&problem, &inputs).expect("third run");
+        assert_eq!(again.o.as_bytes(), first.o.as_bytes(), "{label}: O differs");
+    }
+}
+
+/// Splits that see no key of a row (the causal rows above the diagonal of a later split, rows
+/// with no key at all when Nq > Nk) merge without NaN: the sink alone, or nothing.
+#[test]
+fn cuda_emu_split_kv_merges_empty_splits_without_nan() {
+    let Some(b) = split_backend(ONE_TILE_PER_SPLIT) else {
+        return;
+    };
+    for (i, (shape, variant)) in [
+        (Shape::new(1, 1, 1, 66, 130, 64), Variant::Softmax),
+        (Shape::new(1, 2, 2, 132, 129, 32), Variant::LogitSink),
+        (Shape::new(1, 1, 1, 68, 129, 128), Variant::KvSink),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let problem = Problem::new(shape, DType::Bf16)
+            .with_variant(variant)
+            .with_mask(Mask::Causal)
+            .with_stats([StatsLevel::Off, StatsLevel::HeadsAndKeys][i % 2]);
+        assert!(cut_of(&problem, ONE_TILE_PER_SPLIT).splits >= 3);
+        let case = common::Case {
+            problem,
+            spec: InputSpec {
+                seed: 70 + i as u64,
+                ..InputSpec::default()
+            },
+            views: false,
+        };
+        let report = common::check_case(b, &case).unwrap_or_else(|e| panic!("{e}"));
+        let out = b.forward(&problem, &case.inputs()).expect("forward");
+        assert!(
+            out.o.to_f64_vec().iter().all(|x| x.is_finite()),
+            "{variant:?}: a non-finite output ({report})"
+        );
+    }
+}
+
+/// Batch invariance (FlashInfer's test): each sequence of a batch run alone gives bit for bit
+/// its rows of the full batch, with a fixed split size and without split-KV.
+#[test]
+fn cuda_emu_split_kv_is_batch_invariant() {
+    let problem = Problem::new(Shape::new(3, 2, 1, 2, 130, 64), DType::Bf16)
+        .with_variant(Variant::LogitSink)
+        .with_stats(StatsLevel::Heads);
+    let full_inputs = cases::random_inputs(&problem, &InputSpec::default());
+    let s = problem.shape;
+    let one = Problem::new(Shape { batch: 1, ..s }, problem.dtype)
+        .with_variant(problem.variant)
+        .with_stats(problem.stats);
+    let slice = |t: &outlier_attn::HostTensor, b: usize, per: usize| {
+        let bytes = per * problem.dtype.size_bytes();
+        outlier_attn::HostTensor::from_bytes(
+            problem.dtype,
+            &t.as_bytes()[b * bytes..(b + 1) * bytes],
+        )
+        .expect("whole elements")
+    };
+    let (q_per, kv_per) = (
+        s.q_len * s.q_heads * s.head_dim,
+        s.kv_len * s.kv_heads * s.head_dim,
+    );
+    for setting in [ONE_TILE_PER_SPLIT, SplitKv::Off] {
+        let Some(b) = split_backend(setting) else {
+            return;
+        };
+        let full = b.forward(&problem, &full_inputs).expect("full batch");
+        let o_full = full.o.as_bytes();
+        let stats_full = full.stats.as_deref().expect("stats");
+        for bb in [0, 2] {
+            let inputs = outlier_attn::HostInputs::dense(
+                &one,
+                slice(&full_inputs.q, bb, q_per),
+                slice(&full_inputs.k, bb, kv_per),
+                slice(&full_inputs.v, bb, kv_per),
+            )
+            .with_params(full_inputs.params.clone());
+            let alone = b.forward(&one, &inputs).expect("one sequence");
+            let o_bytes = q_per * problem.dtype.size_bytes();
+            assert_eq!(
+                alone.o.as_bytes(),
+                &o_full[bb * o_bytes..(bb + 1) * o_bytes],
+                "{setting:?}: O of sequence {bb}"
+            );
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            let lse_per = s.q_heads * s.q_len;
+            assert_eq!(
+                bits(&alone.lse),
+                bits(&full.lse[bb * lse_per..(bb + 1) * lse_per]),
+                "{setting:?}: LSE of sequence {bb}"
+            );
+            let stats_per = s.q_heads * Stat::COUNT;
+            assert_eq!(
+                bits(alone.stats.as_deref().expect("stats")),
+                bits(&stats_full[bb * stats_per..(bb + 1) * stats_per]),
+                "{setting:?}: statistics of sequence {bb}"
+            );
+        }
+    }
+}
+
+/// A split forced where the kernels cannot split is refused by name, before any kernel runs.
+#[test]
+fn cuda_emu_forced_split_of_clipped_softmax_is_refused() {
+    let Some(b) = split_backend(SplitKv::On) else {
+        return;
+    };
+    let problem = Problem::new(Shape::new(1, 2, 1, 1, 150, 64), DType::Bf16).with_variant(
+        Variant::ClippedSoftmax {
+            zeta: 1.1,
+            gamma: -0.05,
+        },
+    );
+    let inputs = cases::random_inputs(&problem, &InputSpec::default());
+    match b.forward(&problem, &inputs) {
+        Err(Error::Unsupported { reason, .. }) => {
+            assert!(reason.contains("ClippedSoftmax"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
 }
 
 /// Engine-shaped calls (DESIGN.md section 6) on both kernels: windows, packed Q and K/V, dense

@@ -205,3 +205,23 @@ fn cuda_long_sequences_pass() {
     let Some(b) = backend() else { return };
     common::assert_long_sequences_pass(b);
 }
+
+/// Split-KV forced off, on, and at one 64-key tile per split on the decode cases (tests/common
+/// `decode_cases`): each passes the parity rule and is bit-identical from run to run, as on the
+/// emulator.
+#[test]
+fn cuda_split_kv_on_and_off_pass_and_are_deterministic() {
+    use outlier_attn::cuda::SplitKv;
+    if backend().is_none() {
+        return;
+    }
+    for split in [SplitKv::Off, SplitKv::On, SplitKv::KeysPerSplit(64)] {
+        let b = CudaBackend::with_split_kv(split).expect("the device opened once already");
+        for case in common::decode_cases() {
+            if let Err(e) = common::check_case(&b, &case) {
+                panic!("{split:?}: {e}");
+            }
+            common::assert_deterministic(&b, &case);
+        }
+    }
+}

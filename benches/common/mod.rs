@@ -95,3 +95,31 @@ pub fn suite(c: &mut Criterion, group: &str, backend: &dyn Backend, lens: &[usiz
     }
     group.finish();
 }
+
+/// Appends one JSON line to the file `OUTLIER_ATTN_BENCH_OUT` names, if any (the results the
+/// scripts/h200 comparisons read); a file that cannot be opened is skipped.
+pub fn append_json(line: &str) {
+    use std::io::Write;
+    if let Some(path) = std::env::var_os("OUTLIER_ATTN_BENCH_OUT")
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+/// Values in [-1, 1) from a fixed LCG: cheap for the millions of elements a GPU benchmark
+/// uploads.
+pub fn lcg_fill(len: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}

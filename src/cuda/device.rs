@@ -15,7 +15,8 @@ use super::backend_error;
 use super::kernels::{
     self, Arch, CacheOutcome, FINALIZE_ENTRY, KEY_MASS_ENTRY, NvrtcVersion, Specialization,
 };
-use super::plan::{Addresses, LaunchPlan};
+use super::plan::{Addresses, LaunchPlan, PlanOptions, SplitKv};
+use super::spec::COMBINE_ENTRY;
 use crate::contract::{
     Args, BufferArg, DType, Element, Layouts, Problem, Result, SeqIndices, TensorArg, validate,
 };
@@ -82,16 +83,17 @@ pub struct DeviceArgs<'a, T> {
     pub indices: SeqIndices<CudaView<'a, i32>>,
 }
 
-/// Scratch memory reused from call to call, needed only with statistics: the forward kernel's
-/// per-query-block partial records and, with `HeadsAndKeys`, one record per query row for the
-/// key-mass kernel; [`WorkspaceLayout`](super::WorkspaceLayout) gives the size formula (it
+/// Scratch memory reused from call to call, needed with statistics and with split-KV: the
+/// per-block partial statistics records, with `HeadsAndKeys` one record per query row for the
+/// key-mass kernel, and with split-KV each row's split partials;
+/// [`WorkspaceLayout`](super::WorkspaceLayout) gives the size formula (without split-KV it
 /// never depends on Nk). A call grows it when it needs more and never shrinks it; one
 /// workspace serves one stream at a time (calls take it by `&mut`).
 ///
 /// To capture a forward pass in a CUDA graph, size it before the first call with
-/// [`reserve`](Workspace::reserve) and
-/// [`WorkspaceLayout::for_problem`](super::WorkspaceLayout::for_problem) of the largest call
-/// the engine will make: calls that fit allocate nothing.
+/// [`reserve`](Workspace::reserve) and the largest
+/// [`WorkspaceLayout::for_problem`](super::WorkspaceLayout::for_problem) over the calls the
+/// engine will make (at their largest key length): calls that fit allocate nothing.
 #[derive(Default)]
 pub struct Workspace {
     buffer: Option<CudaSlice<f32>>,
@@ -130,6 +132,7 @@ struct Kernels {
     forward: Vec<(&'static str, CudaFunction)>,
     finalize: CudaFunction,
     key_mass: CudaFunction,
+    combine: Option<CudaFunction>,
     _module: Arc<CudaModule>,
     prepared: Prepared,
 }
@@ -153,6 +156,10 @@ impl Kernels {
         match entry {
             FINALIZE_ENTRY => Ok(&self.finalize),
             KEY_MASS_ENTRY => Ok(&self.key_mass),
+            COMBINE_ENTRY => self
+                .combine
+                .as_ref()
+                .ok_or_else(|| backend_error(format!("no kernel {entry} in the module"))),
             other => self
                 .forward
                 .iter()
@@ -170,6 +177,7 @@ impl Kernels {
 pub struct CudaAttention {
     ctx: Arc<CudaContext>,
     arch: Arch,
+    options: PlanOptions,
     nvrtc: NvrtcVersion,
     modules: Mutex<HashMap<Specialization, Arc<Kernels>>>,
 }
@@ -185,11 +193,21 @@ impl CudaAttention {
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| backend_error(format!("cannot read the compute capability: {e}")))?;
+        let arch = Arch {
+            major: major as u32,
+            minor: minor as u32,
+        };
+        let multiprocessors = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(|e| backend_error(format!("cannot read the multiprocessor count: {e}")))?;
         Ok(CudaAttention {
             ctx,
-            arch: Arch {
-                major: major as u32,
-                minor: minor as u32,
+            arch,
+            options: PlanOptions {
+                split_kv: SplitKv::Auto,
+                multiprocessors: multiprocessors.max(1) as u32,
             },
             nvrtc,
             modules: Mutex::new(HashMap::new()),
@@ -199,6 +217,20 @@ impl CudaAttention {
     /// The device's compute capability.
     pub fn arch(&self) -> Arch {
         self.arch
+    }
+
+    /// With split-KV forced on or off, or chunked ([`SplitKv`]); the automatic split by
+    /// default.
+    pub fn with_split_kv(self, split_kv: SplitKv) -> CudaAttention {
+        CudaAttention {
+            options: self.options.with_split_kv(split_kv),
+            ..self
+        }
+    }
+
+    /// The plan options: the split setting and the device's multiprocessors.
+    pub fn plan_options(&self) -> &PlanOptions {
+        &self.options
     }
 
     /// The NVRTC version that compiles the kernels.
@@ -284,6 +316,10 @@ impl CudaAttention {
             forward,
             finalize: function(FINALIZE_ENTRY)?,
             key_mass,
+            combine: spec
+                .splits_kv()
+                .then(|| function(COMBINE_ENTRY))
+                .transpose()?,
             _module: module,
             prepared: Prepared {
                 spec,
@@ -315,7 +351,7 @@ impl CudaAttention {
         workspace: &mut Workspace,
     ) -> Result<()> {
         let checked = validate(problem, &describe(&args))?;
-        let plan = LaunchPlan::new(&checked, self.arch)?;
+        let plan = LaunchPlan::with_options(&checked, self.arch, &self.options)?;
         let spec = plan.spec;
         let kernels = self.kernels(spec)?;
 

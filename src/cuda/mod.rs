@@ -62,7 +62,10 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 pub use device::{CudaAttention, CudaElement, DeviceArgs, DeviceParams, Prepared, Workspace};
 #[cfg(feature = "cuda")]
 pub use kernels::{CacheOutcome, CompileError, CompiledModule, KernelResources, NvrtcVersion};
-pub use plan::{Addresses, Launch, LaunchPlan, SUPPORTED, WorkspaceLayout};
+pub use plan::{
+    Addresses, DecodeCut, Launch, LaunchPlan, MAX_SPLITS, PlanOptions, SUPPORTED, SplitKv,
+    WorkspaceLayout,
+};
 pub use spec::{Arch, HeadDimTile, KernelPath, Specialization};
 
 #[cfg(feature = "cuda")]
@@ -156,6 +159,19 @@ impl CudaBackend {
             stream,
             device_name,
             workspace: Mutex::new(Workspace::new()),
+        })
+    }
+
+    /// Opens device 0 with split-KV set to `split_kv` ([`SplitKv`]; `new` takes the automatic
+    /// split).
+    ///
+    /// # Errors
+    /// Those of [`new`](Self::new).
+    pub fn with_split_kv(split_kv: SplitKv) -> Result<CudaBackend> {
+        let backend = CudaBackend::new()?;
+        Ok(CudaBackend {
+            attention: backend.attention.with_split_kv(split_kv),
+            ..backend
         })
     }
 

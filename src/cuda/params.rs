@@ -86,6 +86,13 @@ pub(crate) struct KernelParams {
     pub sigmoid_bias_per_seq: i32,
     pub paged_tiles: i32,
     pub pad: i32,
+    pub split_partials: u64,
+    pub fold: i32,
+    pub q_rows: i32,
+    pub splits: i32,
+    pub tiles_per_split: i32,
+    pub part_count: i32,
+    pub split_record: i32,
 }
 
 #[cfg(feature = "cuda")]
@@ -102,7 +109,8 @@ mod tests {
     #[test]
     fn layout_matches_the_c_struct() {
         // 13 pointers, 4 layouts of 4 u64, 15 ints, 5 floats, 2 ints: 104 + 128 + 88 = 320;
-        // then 4 index pointers, 4 parameter layouts and 12 ints (the last one padding): 528.
+        // then 4 index pointers, 4 parameter layouts and 12 ints (the last one padding): 528;
+        // then the decode's pointer and 6 ints: 560.
         assert_eq!(size_of::<TensorLayout>(), 32);
         assert_eq!(offset_of!(KernelParams, lq), 104);
         assert_eq!(offset_of!(KernelParams, batch), 232);
@@ -113,6 +121,8 @@ mod tests {
         assert_eq!(offset_of!(KernelParams, lgate), 352);
         assert_eq!(offset_of!(KernelParams, q_seqs), 480);
         assert_eq!(offset_of!(KernelParams, paged_tiles), 520);
-        assert_eq!(size_of::<KernelParams>(), 528);
+        assert_eq!(offset_of!(KernelParams, split_partials), 528);
+        assert_eq!(offset_of!(KernelParams, split_record), 556);
+        assert_eq!(size_of::<KernelParams>(), 560);
     }
 }

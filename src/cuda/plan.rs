@@ -5,8 +5,8 @@
 
 use super::params::{KernelParams, TensorLayout};
 use super::spec::{
-    Arch, FINALIZE_ENTRY, KEY_MASS_ENTRY, ROW_RECORD, STATS_THREADS, Specialization,
-    partial_record, takes_fast_path,
+    Arch, COMBINE_ENTRY, COMBINE_WARPS, FINALIZE_ENTRY, KEY_MASS_ENTRY, KernelPath, ROW_RECORD,
+    SPLIT_SCALARS, STATS_THREADS, Specialization, partial_record, takes_fast_path,
 };
 use crate::contract::{
     EngineFeature, Error, Gate, GateGranularity, KvSeqs, Layout, Mask, Problem, QuerySeqs, Result,
@@ -40,32 +40,40 @@ pub struct Launch {
     pub dynamic_smem: usize,
 }
 
-/// Where the parts of the workspace lie, in f32 elements from its start: the forward kernel's
-/// per-query-block partial records (row statistics and Q/K/V channel statistics, combined by
+/// Where the parts of the workspace lie, in f32 elements from its start: the per-block partial
+/// statistics records (row statistics and Q/K/V channel statistics, combined by
 /// `finalize_stats`), then, with `HeadsAndKeys`, one record per query row for the key-mass
-/// kernel (the row's max and 1/l, and ClippedSoftmax's weight sum).
+/// kernel (the row's max and 1/l, and ClippedSoftmax's weight sum), then, with split-KV, each
+/// row's split partials (its max, sums and unnormalised O per split, merged by the combine).
 ///
-/// Its size depends only on the batch, the query heads, the query length, the head-dim tile
-/// and the statistics level (never on the key length), and grows with each: an engine sizes
-/// one workspace from the largest call it will make ([`WorkspaceLayout::for_problem`]) before
-/// its first call, and every smaller call fits in it, so a forward pass can be captured in a
-/// CUDA graph. In floats, with `blocks = ⌈Nq / block_m⌉` and block_m = 128 on the tensor-core
-/// tiles 64 and 128, 64 on tile 256, 8 on the SIMT path:
+/// In floats, with `blocks = ⌈rows / block_m⌉` (rows = Nq, or fold·Nq for a GQA-folded
+/// decode; block_m = 128 on the tensor-core tiles 64 and 128, 64 on tile 256, 8 on the SIMT
+/// path), `splits` the plan's split count ([`DecodeCut`]) and `combine = ⌈Nq / 4⌉` when split:
 ///
-/// - `Off`: 0;
-/// - `Heads`: B·Hq·blocks·(15 + 3d) (15 sums, then the d channel maxima of each of Q, K, V);
-/// - `HeadsAndKeys`: that plus B·Hq·Nq·3.
+/// - `partials` (`Heads`, `HeadsAndKeys`): B·Hq·records·(15 + 3d) with records = blocks
+///   unsplit, blocks·splits + combine split (15 sums, then the d channel maxima of Q, K, V);
+/// - `rows` (`HeadsAndKeys`): B·Hq·Nq·3;
+/// - `splits` (split only): B·Hq·Nq·splits·(8 + d).
+///
+/// Without split-KV the size never depends on the key length; the split count does (more keys,
+/// more splits, up to [`MAX_SPLITS`]; fewer blocks, more splits), so an engine that sizes one
+/// workspace before its first call (to capture a forward pass in a CUDA graph) reserves the
+/// largest [`WorkspaceLayout::for_problem`] over the calls it will make, at their largest key
+/// length (a paged cache's capacity): the split count follows the shape, not the lengths in
+/// `seqlens_k`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct WorkspaceLayout {
-    /// Floats of partial records (`[B, Hq, blocks, 15 + 3d]`), at 0.
+    /// Floats of partial records (`[B, Hq, records, 15 + 3d]`), at 0.
     pub partials: usize,
     /// Floats of row records (`[B, Hq, Nq, 3]`), after the partials.
     pub rows: usize,
+    /// Floats of split partials (`[B, Hq, Nq, splits, 8 + d]`), after the row records.
+    pub splits: usize,
 }
 
 impl WorkspaceLayout {
-    /// The workspace of a call with `batch` x `q_heads` heads of `q_len` queries at head dim
-    /// `head_dim` on `spec`.
+    /// The workspace of an unsplit call with `batch` x `q_heads` heads of `q_len` queries at
+    /// head dim `head_dim` on `spec`.
     pub fn new(
         spec: Specialization,
         batch: usize,
@@ -74,39 +82,257 @@ impl WorkspaceLayout {
         head_dim: usize,
         stats: StatsLevel,
     ) -> WorkspaceLayout {
-        let heads = batch * q_heads;
+        let shape = crate::Shape::new(batch, q_heads, q_heads, q_len, 1, head_dim);
+        WorkspaceLayout::of_cut(spec, &shape, stats, &DecodeCut::NONE)
+    }
+
+    fn of_cut(
+        spec: Specialization,
+        s: &crate::Shape,
+        stats: StatsLevel,
+        cut: &DecodeCut,
+    ) -> WorkspaceLayout {
+        let heads = s.batch * s.q_heads;
+        let split = cut.splits > 1;
         WorkspaceLayout {
             partials: if stats.heads() {
-                heads * q_len.div_ceil(spec.block_m()) * partial_record(head_dim)
+                heads * cut.records(spec, s.q_len) * partial_record(s.head_dim)
             } else {
                 0
             },
             rows: if stats.keys() {
-                heads * q_len * ROW_RECORD
+                heads * s.q_len * ROW_RECORD
+            } else {
+                0
+            },
+            splits: if split {
+                heads * s.q_len * cut.splits * (SPLIT_SCALARS + s.head_dim)
             } else {
                 0
             },
         }
     }
 
-    /// The workspace `problem` needs on a device of `arch`: what [`LaunchPlan::new`] lays out
-    /// for it, and at least what any call with no larger batch, query heads, query length and
-    /// head dim, the same dtype and head-dim tile and no higher statistics level needs.
+    /// The workspace `problem` needs on a device of `arch` with the default
+    /// [`PlanOptions::for_arch`]: what [`LaunchPlan::new`] lays out for it. Without split-KV it
+    /// is at least what any call with no larger batch, query heads, query length and head dim,
+    /// the same dtype and head-dim tile and no higher statistics level needs.
     pub fn for_problem(problem: &Problem, arch: Arch) -> WorkspaceLayout {
-        let s = &problem.shape;
-        let spec = Specialization::select(problem.dtype, s.head_dim, arch);
-        WorkspaceLayout::new(spec, s.batch, s.q_heads, s.q_len, s.head_dim, problem.stats)
+        let options = PlanOptions::for_arch(arch);
+        WorkspaceLayout::for_problem_with(problem, arch, &options)
+            .expect("the automatic split never refuses")
     }
 
-    /// Floats the workspace must hold (0 without statistics).
+    /// The workspace `problem` needs on a device of `arch` with `options`.
+    ///
+    /// # Errors
+    /// Those of [`DecodeCut::choose`].
+    pub fn for_problem_with(
+        problem: &Problem,
+        arch: Arch,
+        options: &PlanOptions,
+    ) -> Result<WorkspaceLayout> {
+        let spec = Specialization::select(problem.dtype, problem.shape.head_dim, arch);
+        let cut = DecodeCut::choose(problem, spec, options)?;
+        Ok(WorkspaceLayout::of_cut(
+            spec,
+            &problem.shape,
+            problem.stats,
+            &cut,
+        ))
+    }
+
+    /// Floats the workspace must hold (0 without statistics and split-KV).
     pub fn len(&self) -> usize {
-        self.partials + self.rows
+        self.partials + self.rows + self.splits
     }
 
     /// Whether the call needs no workspace.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The most splits the heuristic makes of a row's keys (FlashAttention-2's bound too): past it
+/// the partials and the combine cost more than the idle multiprocessors they fill.
+pub const MAX_SPLITS: usize = 128;
+
+/// Whether a call splits the keys of its rows across blocks (split-KV, for decode: a call with
+/// few query rows has too few blocks to fill the device, so each row's keys are cut into
+/// splits run by blocks of their own, whose partial results a combine kernel merges).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum SplitKv {
+    /// The heuristic of [`DecodeCut::choose`]: split when the blocks would leave most of the
+    /// device's multiprocessors idle.
+    #[default]
+    Auto,
+    /// Never split: every forward block finishes its rows.
+    Off,
+    /// Split wherever the kernels can, with the heuristic's count, at least two splits where
+    /// the keys span two K/V tiles.
+    On,
+    /// Split into chunks of this many keys (rounded up to whole K/V tiles; 0 counts as one
+    /// tile). The cut of a row then depends on its key length alone, not on the batch or the
+    /// device, so a sub-batch gives bit for bit the rows of the full batch (FlashInfer's
+    /// `fixed_split_size`); [`Auto`](SplitKv::Auto) and [`On`](SplitKv::On) pick the count from
+    /// the number of blocks, which the batch changes.
+    KeysPerSplit(usize),
+}
+
+/// What a plan may choose that the contract leaves open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PlanOptions {
+    /// Split-KV.
+    pub split_kv: SplitKv,
+    /// Multiprocessors of the device, which the split heuristic fills.
+    pub multiprocessors: u32,
+}
+
+impl PlanOptions {
+    /// The automatic split on a device of `arch` with the multiprocessors of its usual part
+    /// ([`Arch::typical_multiprocessors`]); a GPU executor reads the device's own count.
+    pub fn for_arch(arch: Arch) -> PlanOptions {
+        PlanOptions {
+            split_kv: SplitKv::Auto,
+            multiprocessors: arch.typical_multiprocessors(),
+        }
+    }
+
+    /// With another split setting.
+    pub fn with_split_kv(self, split_kv: SplitKv) -> PlanOptions {
+        PlanOptions { split_kv, ..self }
+    }
+}
+
+/// How a plan cuts its work for decode: query heads folded into one block's rows, and splits
+/// of the keys.
+///
+/// - `fold`: with Nq below a block's rows (decode, speculative decode) and Hq/Hkv > 1, the
+///   Hq/Hkv query heads that read one kv head share a block (rows interleaved, head fastest), so
+///   each K/V tile read from memory serves all of them: Hq/Hkv times less K/V traffic. Not with
+///   statistics (their records are per head and per block), packed Q (prefill: its sequences
+///   fill blocks) nor on the SIMT path.
+/// - `splits`, `tiles_per_split`: split `s` runs K/V tiles [s·tiles_per_split,
+///   (s + 1)·tiles_per_split) of every row; 1 split is no split.
+///
+/// The split heuristic is FlashAttention-2's, written from its description: no split when the
+/// blocks fill 80 % of the multiprocessors; else, over the split counts up to [`MAX_SPLITS`] and
+/// the key tiles that change the chunk length, the efficiency of a count is its waves
+/// (blocks·splits / multiprocessors) over the whole waves they take, and the smallest count
+/// within 85 % of the best efficiency wins. ClippedSoftmax needs each row's final normaliser
+/// before its first weight, so it never splits (forcing it is refused), nor does the SIMT path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeCut {
+    /// Query heads per block.
+    pub fold: usize,
+    /// Splits of each row's keys.
+    pub splits: usize,
+    /// K/V tiles per split.
+    pub tiles_per_split: usize,
+}
+
+impl DecodeCut {
+    /// No fold, no split.
+    pub const NONE: DecodeCut = DecodeCut {
+        fold: 1,
+        splits: 1,
+        tiles_per_split: 1,
+    };
+
+    /// The cut of `problem` on `spec` with `options`.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] when `options` force a split where the kernels cannot split
+    /// (ClippedSoftmax, the SIMT path).
+    pub fn choose(
+        problem: &Problem,
+        spec: Specialization,
+        options: &PlanOptions,
+    ) -> Result<DecodeCut> {
+        let s = &problem.shape;
+        let group = s.group_size();
+        let tensor_core = matches!(spec.path, KernelPath::TensorCore(_));
+        let dense_q = matches!(problem.seqs.q, QuerySeqs::Dense);
+        let fold = if tensor_core
+            && dense_q
+            && !problem.stats.heads()
+            && group > 1
+            && s.q_len < spec.block_m()
+        {
+            group
+        } else {
+            1
+        };
+        let block_n = match spec.path {
+            KernelPath::TensorCore(t) => t.block_n(),
+            KernelPath::Simt => 1,
+        };
+        let tiles = s.kv_len.div_ceil(block_n).max(1);
+        let blocks = s.batch * (s.q_heads / fold) * (fold * s.q_len).div_ceil(spec.block_m());
+        let can_split =
+            spec.splits_kv() && !matches!(problem.variant, Variant::ClippedSoftmax { .. });
+        let refuse = || {
+            let why = if spec.splits_kv() {
+                "ClippedSoftmax needs each row's final normaliser before any weight"
+            } else {
+                "the SIMT kernel"
+            };
+            Err(Error::Unsupported {
+                backend: BACKEND.to_string(),
+                reason: format!("split-KV was forced, but {why} does not split"),
+            })
+        };
+        let sms = options.multiprocessors.max(1) as usize;
+        let tiles_per_split = match options.split_kv {
+            SplitKv::Off => tiles,
+            SplitKv::Auto if !can_split => tiles,
+            SplitKv::On | SplitKv::KeysPerSplit(_) if !can_split => return refuse(),
+            SplitKv::Auto => tiles.div_ceil(heuristic_splits(blocks, tiles, sms, false)),
+            SplitKv::On => tiles.div_ceil(heuristic_splits(blocks, tiles, sms, true)),
+            SplitKv::KeysPerSplit(keys) => keys.div_ceil(block_n).max(1),
+        };
+        Ok(DecodeCut {
+            fold,
+            splits: tiles.div_ceil(tiles_per_split),
+            tiles_per_split,
+        })
+    }
+
+    /// Partial statistics records per head: the forward blocks', and with splits the combine
+    /// blocks' after them.
+    fn records(&self, spec: Specialization, q_len: usize) -> usize {
+        let m_blocks = (self.fold * q_len).div_ceil(spec.block_m());
+        if self.splits > 1 {
+            m_blocks * self.splits + q_len.div_ceil(COMBINE_WARPS)
+        } else {
+            m_blocks
+        }
+    }
+}
+
+/// The split count of the heuristic ([`DecodeCut`]); `force`: no early "the blocks fill the
+/// device", and at least two splits where there are two tiles.
+fn heuristic_splits(blocks: usize, tiles: usize, sms: usize, force: bool) -> usize {
+    let most = tiles.min(MAX_SPLITS);
+    if most < 2 || (!force && blocks * 5 >= sms * 4) {
+        return 1;
+    }
+    let efficiency = |splits: usize| {
+        let waves = (blocks * splits) as f64 / sms as f64;
+        waves / waves.ceil()
+    };
+    // A count whose chunk is the previous count's chunk only adds idle splits.
+    let changes_chunk =
+        |splits: &usize| *splits == 1 || tiles.div_ceil(*splits) != tiles.div_ceil(*splits - 1);
+    let best = (1..=most)
+        .filter(changes_chunk)
+        .map(efficiency)
+        .fold(0.0, f64::max);
+    let least = if force { 2 } else { 1 };
+    (least..=most)
+        .filter(changes_chunk)
+        .find(|&splits| efficiency(splits) >= 0.85 * best)
+        .unwrap_or(least)
 }
 
 /// The addresses of one call's buffers: device addresses on a GPU, host addresses in the
@@ -156,17 +382,33 @@ pub struct LaunchPlan {
     pub launches: Vec<Launch>,
     /// The workspace the launches use.
     pub workspace: WorkspaceLayout,
+    /// The decode's fold and splits.
+    pub cut: DecodeCut,
     scalars: KernelParams,
     elem_bytes: u64,
 }
 
 impl LaunchPlan {
-    /// The plan of `checked` on a device of `arch`.
+    /// The plan of `checked` on a device of `arch` with the default options
+    /// ([`PlanOptions::for_arch`]).
+    ///
+    /// # Errors
+    /// Those of [`with_options`](Self::with_options).
+    pub fn new(checked: &Validated, arch: Arch) -> Result<LaunchPlan> {
+        LaunchPlan::with_options(checked, arch, &PlanOptions::for_arch(arch))
+    }
+
+    /// The plan of `checked` on a device of `arch` with `options`.
     ///
     /// # Errors
     /// [`Error::Unsupported`] for more than 65535 query heads or 65535 sequences (the grid's y
-    /// and z limits), Nq + Nk above 2^30, or a packed tensor or page count above 2^31.
-    pub fn new(checked: &Validated, arch: Arch) -> Result<LaunchPlan> {
+    /// and z limits), Nq + Nk above 2^30, a packed tensor or page count above 2^31, or a split
+    /// forced where the kernels cannot split ([`DecodeCut::choose`]).
+    pub fn with_options(
+        checked: &Validated,
+        arch: Arch,
+        options: &PlanOptions,
+    ) -> Result<LaunchPlan> {
         checked.require_features(BACKEND, SUPPORTED)?;
         let problem = checked.problem();
         let s = checked.shape();
@@ -216,16 +458,28 @@ impl LaunchPlan {
             _ => {}
         }
         let to_u32 = |x: usize| u32::try_from(x).map_err(|_| unsupported(format!("grid of {x}")));
-        let m_blocks = s.q_len.div_ceil(spec.block_m());
-        let workspace =
-            WorkspaceLayout::new(spec, s.batch, s.q_heads, s.q_len, s.head_dim, problem.stats);
+        let cut = DecodeCut::choose(problem, spec, options)?;
+        let m_blocks = (cut.fold * s.q_len).div_ceil(spec.block_m());
+        let workspace = WorkspaceLayout::of_cut(spec, s, problem.stats, &cut);
         let (heads, batch) = (s.q_heads as u32, s.batch as u32);
         let mut launches = vec![Launch {
             entry: spec.forward_entry(takes_fast_path(problem, spec.block_n())),
-            grid: [to_u32(m_blocks)?, heads, batch],
+            grid: [
+                to_u32(m_blocks * cut.splits)?,
+                to_u32(s.q_heads / cut.fold)?,
+                batch,
+            ],
             threads: spec.threads(),
             dynamic_smem: spec.forward_smem_bytes(s.head_dim),
         }];
+        if cut.splits > 1 {
+            launches.push(Launch {
+                entry: COMBINE_ENTRY,
+                grid: [to_u32(s.q_len.div_ceil(COMBINE_WARPS))?, heads, batch],
+                threads: (COMBINE_WARPS * 32) as u32,
+                dynamic_smem: 0,
+            });
+        }
         if problem.stats.heads() {
             launches.push(Launch {
                 entry: FINALIZE_ENTRY,
@@ -250,7 +504,8 @@ impl LaunchPlan {
             spec,
             launches,
             workspace,
-            scalars: kernel_params(checked, m_blocks, spec.block_n()),
+            cut,
+            scalars: kernel_params(checked, m_blocks, &cut, spec),
             elem_bytes: problem.dtype.size_bytes() as u64,
         })
     }
@@ -283,6 +538,9 @@ impl LaunchPlan {
         if w.rows > 0 {
             p.row_records = a.workspace + (w.partials * 4) as u64;
         }
+        if w.splits > 0 {
+            p.split_partials = a.workspace + ((w.partials + w.rows) * 4) as u64;
+        }
         let elem = self.elem_bytes;
         let rows_aligned = |ptr: u64, l: &TensorLayout, bytes: u64| {
             ptr % bytes == 0
@@ -304,9 +562,15 @@ impl LaunchPlan {
     }
 }
 
-/// The scalar part of the kernel arguments, from a validated problem; `block_n` is the
-/// forward kernel's K/V tile.
-fn kernel_params(checked: &Validated, m_blocks: usize, block_n: usize) -> KernelParams {
+/// The scalar part of the kernel arguments, from a validated problem, its decode cut and the
+/// specialisation that runs it.
+fn kernel_params(
+    checked: &Validated,
+    m_blocks: usize,
+    cut: &DecodeCut,
+    spec: Specialization,
+) -> KernelParams {
+    let block_n = spec.block_n();
     let problem = checked.problem();
     let s = checked.shape();
     let l = checked.layouts();
@@ -423,6 +687,12 @@ fn kernel_params(checked: &Validated, m_blocks: usize, block_n: usize) -> Kernel
         window_right: side(right, s.q_len),
         sigmoid_bias_per_seq: per_seq_bias as i32,
         paged_tiles: (page_size as usize % block_n == 0) as i32,
+        fold: int(cut.fold),
+        q_rows: int(cut.fold * s.q_len),
+        splits: int(cut.splits),
+        tiles_per_split: int(cut.tiles_per_split),
+        part_count: int(cut.records(spec, s.q_len)),
+        split_record: int(SPLIT_SCALARS + s.head_dim),
         ..KernelParams::default()
     }
 }
@@ -434,9 +704,14 @@ mod tests {
     use crate::{DType, Problem, Shape, StatsLevel};
 
     fn plan_of(problem: &Problem) -> LaunchPlan {
+        plan_with(problem, SplitKv::Auto)
+    }
+
+    fn plan_with(problem: &Problem, split: SplitKv) -> LaunchPlan {
         let inputs = random_inputs(problem, &InputSpec::default());
         let checked = inputs.validate(problem).expect("valid");
-        LaunchPlan::new(&checked, Arch::SM90).expect("plan")
+        let options = PlanOptions::for_arch(Arch::SM90).with_split_kv(split);
+        LaunchPlan::with_options(&checked, Arch::SM90, &options).expect("plan")
     }
 
     /// The codes must follow `VariantCode` and `GateCode` in cuda/common.cuh.
@@ -485,6 +760,7 @@ mod tests {
     fn launches_and_workspace_follow_the_statistics_level() {
         let shape = Shape::new(2, 4, 2, 130, 300, 128);
         let base = Problem::new(shape, DType::Bf16);
+        let plan_of = |p: &Problem| plan_with(p, SplitKv::Off);
         let off = plan_of(&base);
         assert_eq!(off.launches.len(), 1);
         assert_eq!(
@@ -511,6 +787,7 @@ mod tests {
             WorkspaceLayout {
                 partials: 8 * 2 * (15 + 3 * 128),
                 rows: 8 * 130 * ROW_RECORD,
+                splits: 0,
             }
         );
         let a = Addresses {
@@ -537,11 +814,13 @@ mod tests {
     }
 
     /// The size formula of [`WorkspaceLayout`]'s docs, written out, against the plans of
-    /// random shapes; and the bound an engine takes from its largest call covers every
-    /// smaller call.
+    /// random shapes (the automatic split included); and, without split-KV, the bound an engine
+    /// takes from its largest call covers every smaller call.
     #[test]
     fn workspace_follows_its_documented_formula_and_is_bounded_by_the_largest_call() {
         let mut rng = crate::cases::Rng::new(7);
+        let off = PlanOptions::for_arch(Arch::SM90).with_split_kv(SplitKv::Off);
+        let mut split_plans = 0;
         for _ in 0..200 {
             let batch = 1 + rng.below(4);
             let kv_heads = 1 + rng.below(3);
@@ -561,24 +840,109 @@ mod tests {
                 _ => 64,
             };
             let heads = batch * q_heads;
+            let cut = plan.cut;
+            let m_blocks = (cut.fold * q_len).div_ceil(block_m);
+            let split = cut.splits > 1;
+            split_plans += split as usize;
+            let records = if split {
+                m_blocks * cut.splits + q_len.div_ceil(4)
+            } else {
+                m_blocks
+            };
             let mut floats = 0;
             if stats != StatsLevel::Off {
-                floats += heads * q_len.div_ceil(block_m) * (15 + 3 * head_dim);
+                floats += heads * records * (15 + 3 * head_dim);
             }
             if stats == StatsLevel::HeadsAndKeys {
                 floats += heads * q_len * 3;
+            }
+            if split {
+                floats += heads * q_len * cut.splits * (8 + head_dim);
             }
             assert_eq!(plan.workspace.len(), floats, "{problem:?}");
             assert_eq!(
                 WorkspaceLayout::for_problem(&problem, Arch::SM90),
                 plan.workspace
             );
-            // Any call with no larger batch, heads or query length fits in the bound.
+            // Any unsplit call with no larger batch, heads or query length fits in the bound.
             let largest = Problem::new(Shape::new(4, 9, 3, 700, 1, head_dim), dtype)
                 .with_stats(StatsLevel::HeadsAndKeys);
-            assert!(
-                plan.workspace.len() <= WorkspaceLayout::for_problem(&largest, Arch::SM90).len()
-            );
+            let bound = |p: &Problem| WorkspaceLayout::for_problem_with(p, Arch::SM90, &off);
+            assert!(bound(&problem).unwrap().len() <= bound(&largest).unwrap().len());
+        }
+        assert!(
+            split_plans > 10,
+            "the sample holds split plans: {split_plans}"
+        );
+    }
+
+    #[test]
+    fn decode_folds_gqa_groups_and_splits_where_the_device_would_idle() {
+        // gpt-oss decode: B = 1, 64 query heads on 8 kv heads, 32k keys, on an H200.
+        let decode = Problem::new(Shape::new(1, 64, 8, 1, 32 * 1024, 64), DType::Bf16);
+        let plan = plan_of(&decode);
+        assert_eq!(plan.cut.fold, 8, "the group's 8 heads share a block");
+        assert!(plan.cut.splits > 4, "{:?}", plan.cut);
+        assert_eq!(plan.launches[0].grid[1], 8, "one head block per kv head");
+        assert_eq!(plan.launches[0].grid[0] as usize, plan.cut.splits);
+        assert_eq!(plan.launches[1].entry, "combine_splits");
+        assert_eq!(plan.launches[1].grid, [1, 64, 1]);
+        // The blocks fill the device: no split.
+        let batch = plan_of(&Problem::new(
+            Shape::new(64, 64, 8, 1, 4096, 64),
+            DType::Bf16,
+        ));
+        assert_eq!((batch.cut.fold, batch.cut.splits), (8, 1));
+        // Prefill neither folds nor splits; statistics keep one head per block.
+        let prefill = plan_of(&Problem::new(
+            Shape::new(1, 64, 8, 4096, 4096, 64),
+            DType::Bf16,
+        ));
+        assert_eq!((prefill.cut.fold, prefill.cut.splits), (1, 1));
+        let with_stats = plan_of(&decode.with_stats(StatsLevel::Heads));
+        assert_eq!(with_stats.cut.fold, 1);
+        assert!(with_stats.cut.splits > 1);
+        // Forced on and off, and a fixed chunk.
+        let spec = plan.spec;
+        let opts = |split| PlanOptions::for_arch(Arch::SM90).with_split_kv(split);
+        let small = Problem::new(Shape::new(64, 8, 8, 1, 200, 64), DType::Bf16);
+        assert_eq!(
+            DecodeCut::choose(&small, spec, &opts(SplitKv::Auto))
+                .unwrap()
+                .splits,
+            1
+        );
+        assert!(
+            DecodeCut::choose(&small, spec, &opts(SplitKv::On))
+                .unwrap()
+                .splits
+                >= 2
+        );
+        assert_eq!(
+            DecodeCut::choose(&decode, spec, &opts(SplitKv::Off))
+                .unwrap()
+                .splits,
+            1
+        );
+        let chunked = DecodeCut::choose(&decode, spec, &opts(SplitKv::KeysPerSplit(1000))).unwrap();
+        assert_eq!((chunked.tiles_per_split, chunked.splits), (16, 32));
+        let clipped = decode.with_variant(Variant::ClippedSoftmax {
+            zeta: 1.1,
+            gamma: 0.0,
+        });
+        assert_eq!(
+            DecodeCut::choose(&clipped, spec, &opts(SplitKv::Auto))
+                .unwrap()
+                .splits,
+            1
+        );
+        assert!(DecodeCut::choose(&clipped, spec, &opts(SplitKv::On)).is_err());
+        // The heuristic never passes its bound.
+        for tiles in [1, 2, 3, 100, 5000] {
+            for blocks in [1, 7, 100, 1000] {
+                let n = heuristic_splits(blocks, tiles, 132, true);
+                assert!((1..=MAX_SPLITS.min(tiles).max(1)).contains(&n));
+            }
         }
     }
 
@@ -637,7 +1001,7 @@ mod tests {
     #[test]
     fn batch_and_heads_have_grid_dimensions_of_their_own() {
         // B·Hq = 80000: refused while both shared grid.y, launched now.
-        let wide = plan_of(&Problem::new(Shape::new(40_000, 2, 1, 1, 1, 8), DType::F16));
+        let wide = plan_of(&Problem::new(Shape::new(40_000, 2, 2, 1, 1, 8), DType::F16));
         assert_eq!(wide.launches[0].grid, [1, 2, 40_000]);
         let problem = Problem::new(Shape::new(70_000, 1, 1, 1, 1, 8), DType::F16);
         let inputs = random_inputs(&problem, &InputSpec::default());

@@ -6,7 +6,8 @@
 //! tensor-core path, the head-dim tile. Everything else (variant, mask, softcap, scale, gate,
 //! statistics level) is a kernel argument, so the whole space is nine modules per
 //! architecture ([`Specialization::ALL`]). Each module holds the forward kernel, the kernel
-//! that finishes the statistics record and the key-mass kernel.
+//! that finishes the statistics record and the key-mass kernel, and on tensor cores the
+//! split-KV combine.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ const COMMON_SRC: &str = include_str!("../../cuda/common.cuh");
 const TC_SRC: &str = include_str!("../../cuda/attention_tc.cu");
 const SIMT_SRC: &str = include_str!("../../cuda/attention_simt.cu");
 const STATS_SRC: &str = include_str!("../../cuda/stats.cu");
+const COMBINE_SRC: &str = include_str!("../../cuda/combine.cu");
 
 /// Entry point of the tensor-core forward kernel's fast path.
 pub const TC_FAST_ENTRY: &str = "attention_tc";
@@ -28,6 +30,9 @@ pub const SIMT_ENTRY: &str = "attention_simt";
 /// Entry point of the statistics kernel that combines the forward kernel's per-block partial
 /// records into the record.
 pub const FINALIZE_ENTRY: &str = "finalize_stats";
+/// Entry point of the split-KV combine (tensor-core modules): merges each row's splits in split
+/// order and finishes the row.
+pub const COMBINE_ENTRY: &str = "combine_splits";
 /// Entry point of the second pass that computes `key_mass` (keys outside, one block per key
 /// tile; on tensor cores in the tensor-core modules).
 pub const KEY_MASS_ENTRY: &str = "key_mass";
@@ -209,11 +214,20 @@ impl Specialization {
     }
 
     /// Every entry point of the module: the forward kernels, then the statistics record's and
-    /// the key mass's.
+    /// the key mass's, then (tensor-core modules) the split-KV combine.
     pub fn entries(&self) -> Vec<&'static str> {
         let mut all = self.forward_entries().to_vec();
         all.extend([FINALIZE_ENTRY, KEY_MASS_ENTRY]);
+        if self.splits_kv() {
+            all.push(COMBINE_ENTRY);
+        }
         all
+    }
+
+    /// Whether the module can split the keys of a row (split-KV decode): the tensor-core
+    /// modules. The SIMT kernel gives every query row a warp of its own already.
+    pub fn splits_kv(&self) -> bool {
+        matches!(self.path, KernelPath::TensorCore(_))
     }
 
     /// The full source NVRTC compiles: the defines, then the shared header and the kernels.
@@ -234,11 +248,15 @@ impl Specialization {
             KernelPath::TensorCore(_) => ("attention_tc.cu", TC_SRC),
             KernelPath::Simt => ("attention_simt.cu", SIMT_SRC),
         };
-        for (name, text) in [
+        let mut files = vec![
             ("common.cuh", COMMON_SRC),
             (kernel_name, kernel),
             ("stats.cu", STATS_SRC),
-        ] {
+        ];
+        if self.splits_kv() {
+            files.push(("combine.cu", COMBINE_SRC));
+        }
+        for (name, text) in files {
             src.push_str(&format!("#line 1 \"cuda/{name}\"\n"));
             src.push_str(text);
         }
@@ -256,6 +274,7 @@ impl Specialization {
             ("kHostPartialCount", PARTIAL_COUNT),
             ("kHostChannelTensors", CHANNEL_TENSORS),
             ("kHostRowRecord", ROW_RECORD),
+            ("kHostSplitScalars", SPLIT_SCALARS),
         ];
         if let KernelPath::TensorCore(t) = self.path {
             constants.push(("kHostTcWarps", t.warps()));
@@ -263,6 +282,7 @@ impl Specialization {
             constants.push(("kHostTcBlockN", t.block_n()));
             constants.push(("kHostTcSmemBytes", t.forward_smem_bytes()));
             constants.push(("kHostTcKeyMassSmemBytes", t.key_mass_smem_bytes()));
+            constants.push(("kHostCombineWarps", COMBINE_WARPS));
         }
         let mut s = String::from(
             "// Launch geometry, written by src/cuda/spec.rs: the host computes grids, shared memory\n\
@@ -364,6 +384,11 @@ pub(crate) fn partial_record(head_dim: usize) -> usize {
 pub(crate) const ROW_RECORD: usize = 3;
 /// Threads per block of the statistics kernel.
 pub(crate) const STATS_THREADS: u32 = 256;
+/// Floats of one row's split partial before its d channels of O (`kSplitScalars`: the max, l,
+/// t, key 0's and the sink's terms, the largest score, the sink's logit, Sigmoid's weight sum).
+pub(crate) const SPLIT_SCALARS: usize = 8;
+/// Warps (= query rows) per block of the split-KV combine.
+pub(crate) const COMBINE_WARPS: usize = 4;
 
 /// A compute capability.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -379,6 +404,20 @@ impl Arch {
     pub const SM80: Arch = Arch { major: 8, minor: 0 };
     /// sm_90 (H100, H200).
     pub const SM90: Arch = Arch { major: 9, minor: 0 };
+
+    /// Multiprocessors of the usual part of this architecture, for plans made without a device
+    /// (the emulator, [`WorkspaceLayout::for_problem`](super::WorkspaceLayout::for_problem)):
+    /// H100/H200 SXM 132, A100 108, RTX 3090 82, RTX 4090 128; 80 otherwise. A GPU executor
+    /// reads the device's own count.
+    pub fn typical_multiprocessors(&self) -> u32 {
+        match (self.major, self.minor) {
+            (9, 0) => 132,
+            (8, 0) => 108,
+            (8, 6) => 82,
+            (8, 9) => 128,
+            _ => 80,
+        }
+    }
 
     /// The most shared memory one block may have, in bytes (opt-in limit).
     pub fn max_smem_per_block(self) -> usize {

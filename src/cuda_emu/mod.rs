@@ -36,7 +36,7 @@ use crate::contract::{
     Args, Backend, BufferArg, DType, Element, Error, HostInputs, HostOutputs, HostTensor, Layouts,
     Problem, Result, SeqIndices, TensorArg, validate,
 };
-use crate::cuda::{Addresses, Arch, LaunchPlan, Specialization};
+use crate::cuda::{Addresses, Arch, LaunchPlan, PlanOptions, Specialization};
 use crate::parity;
 
 /// The backend's name.
@@ -141,6 +141,7 @@ impl EmuWorkspace {
 /// SIMT kernel, as on such a GPU).
 pub struct EmuAttention {
     arch: Arch,
+    options: PlanOptions,
     modules: Mutex<HashMap<Specialization, Arc<EmuModule>>>,
 }
 
@@ -161,8 +162,20 @@ impl EmuAttention {
         compiler_version().map_err(|e| backend_error(e.to_string()))?;
         Ok(EmuAttention {
             arch,
+            options: PlanOptions::for_arch(arch),
             modules: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// With other plan options (split-KV forced on or off; the multiprocessors the split
+    /// heuristic assumes, [`Arch::typical_multiprocessors`] by default).
+    pub fn with_plan_options(self, options: PlanOptions) -> EmuAttention {
+        EmuAttention { options, ..self }
+    }
+
+    /// The plan options.
+    pub fn plan_options(&self) -> &PlanOptions {
+        &self.options
     }
 
     /// The emulated architecture.
@@ -210,7 +223,7 @@ impl EmuAttention {
         workspace: &mut EmuWorkspace,
     ) -> Result<()> {
         let checked = validate(problem, &describe(&args))?;
-        let plan = LaunchPlan::new(&checked, self.arch)?;
+        let plan = LaunchPlan::with_options(&checked, self.arch, &self.options)?;
         let module = self.module(plan.spec)?;
         let needed = plan.workspace.len();
         workspace.reserve(needed);
@@ -350,8 +363,16 @@ impl EmuBackend {
     /// # Errors
     /// [`Error::Backend`] when the C++ compiler is missing.
     pub fn with_arch(arch: Arch) -> Result<EmuBackend> {
+        EmuBackend::with_plan_options(arch, PlanOptions::for_arch(arch))
+    }
+
+    /// The backend emulating `arch` with plan `options` (split-KV forced on or off).
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the C++ compiler is missing.
+    pub fn with_plan_options(arch: Arch, options: PlanOptions) -> Result<EmuBackend> {
         Ok(EmuBackend {
-            attention: EmuAttention::with_arch(arch)?,
+            attention: EmuAttention::with_arch(arch)?.with_plan_options(options),
             workspace: Mutex::new(EmuWorkspace::new()),
         })
     }

@@ -621,6 +621,123 @@ pub fn engine_parity_sweep_cases(backend: &dyn Backend, limits: &Limits, cases: 
     ran.get()
 }
 
+/// Split-KV decode on the engine layouts (DESIGN.md section 6), each over several 64-key tiles:
+/// paged caches with page sizes that are and are not multiples of the tile (dense Q, the GQA
+/// fold), dense K/V with lengths, packed Q and K, and windows whose first splits see no key of
+/// a row (gpt-oss's 128-token window with sinks) next to sequences shorter than the others.
+pub fn decode_engine_cases() -> Vec<EngineCase> {
+    use cases::{KvStorage, SeqCase};
+    let window = Mask::window(Some(127), Some(0));
+    let case = |template: Problem, q_lens: Vec<usize>, kv_lens: Vec<usize>, packed_q, kv, seed| {
+        EngineCase {
+            template,
+            seqs: SeqCase {
+                q_lens,
+                kv_lens,
+                packed_q,
+                kv,
+            },
+            spec: InputSpec {
+                seed,
+                ..InputSpec::default()
+            },
+        }
+    };
+    let base = |variant, mask, stats, d| {
+        Problem::new(Shape::new(1, 4, 1, 1, 1, d), DType::Bf16)
+            .with_variant(variant)
+            .with_mask(mask)
+            .with_stats(stats)
+    };
+    let paged = |page_size| KvStorage::Paged {
+        page_size,
+        spare_pages: 1,
+    };
+    vec![
+        case(
+            base(Variant::Softmax, Mask::None, StatsLevel::Off, 64),
+            vec![1, 1, 1],
+            vec![130, 70, 200],
+            false,
+            paged(64),
+            1,
+        ),
+        case(
+            base(Variant::LogitSink, window, StatsLevel::Off, 64),
+            vec![1, 1],
+            vec![200, 150],
+            false,
+            paged(16),
+            2,
+        ),
+        case(
+            base(Variant::KvSink, Mask::Causal, StatsLevel::HeadsAndKeys, 32),
+            vec![2, 2],
+            vec![150, 90],
+            false,
+            paged(7),
+            3,
+        ),
+        case(
+            base(Variant::ContextBias, Mask::Causal, StatsLevel::Heads, 128),
+            vec![2, 2],
+            vec![140, 70],
+            false,
+            KvStorage::DenseWithLens { spare: 10 },
+            4,
+        ),
+        case(
+            base(
+                Variant::LogitSink,
+                Mask::window(Some(40), Some(0)),
+                StatsLevel::Heads,
+                64,
+            ),
+            vec![3, 1],
+            vec![140, 66],
+            true,
+            KvStorage::Packed,
+            5,
+        ),
+    ]
+}
+
+/// Decode-shaped cases for split-KV (Nq of 1 to 3, Nk over two or three K/V tiles of 64
+/// keys, GQA), every variant that splits (ClippedSoftmax does not) in turn, causal and not,
+/// every statistics level, both 16-bit dtypes, some with massive activations or as views.
+pub fn decode_cases() -> Vec<Case> {
+    let variants: Vec<Variant> = Variant::all_default()
+        .into_iter()
+        .filter(|v| !matches!(v, Variant::ClippedSoftmax { .. }))
+        .collect();
+    let stats = [StatsLevel::Off, StatsLevel::Heads, StatsLevel::HeadsAndKeys];
+    let shapes = [
+        Shape::new(1, 4, 1, 1, 160, 64),
+        Shape::new(1, 4, 2, 3, 129, 128),
+        Shape::new(2, 2, 2, 2, 129, 32),
+    ];
+    variants
+        .iter()
+        .enumerate()
+        .map(|(i, &variant)| {
+            Problem::new(shapes[i % shapes.len()], [DType::Bf16, DType::F16][i % 2])
+                .with_variant(variant)
+                .with_mask([Mask::None, Mask::Causal][(i / 2) % 2])
+                .with_stats(stats[i % stats.len()])
+        })
+        .enumerate()
+        .map(|(i, problem)| Case {
+            problem,
+            spec: InputSpec {
+                seed: 40 + i as u64,
+                massive: i % 3 == 0,
+                ..InputSpec::default()
+            },
+            views: i % 4 == 1,
+        })
+        .collect()
+}
+
 /// The CUDA backend's fixed cases, run on a GPU (tests/cuda_parity.rs) and on the emulator
 /// (tests/cuda_emu_parity.rs): causal with Nq > Nk (rows that see no key), decode (Nq = 1),
 /// a sink variant with statistics, both tuned head dims, lengths past one and two tiles, the
