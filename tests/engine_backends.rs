@@ -28,7 +28,12 @@ fn every_backend_passes_or_refuses_engine_shaped_calls_by_name() {
             backend.name(),
         );
         // Every backend implements every layout, window and index tensor the sweep draws.
-        assert_eq!(ran as u32, cases, "{}: engine-shaped cases refused", backend.name());
+        assert_eq!(
+            ran as u32,
+            cases,
+            "{}: engine-shaped cases refused",
+            backend.name()
+        );
     }
     for (name, why) in &found.missing {
         common::skip_or_fail(name, why);
