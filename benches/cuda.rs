@@ -107,7 +107,7 @@ fn run<T: CudaElement>(
         k: bufs.k.as_view(),
         v: bufs.v.as_view(),
         o: bufs.o.as_view_mut(),
-        lse: bufs.lse.as_view_mut(),
+        lse: Some(bufs.lse.as_view_mut()),
         stats: problem.stats.heads().then(|| bufs.stats.as_view_mut()),
         key_mass: problem.stats.keys().then(|| bufs.key_mass.as_view_mut()),
         layouts: Layouts::contiguous(&problem.shape),

@@ -210,7 +210,7 @@ fn cuda_emu_workspace_reserved_for_the_largest_call_is_enough() {
                     k: &k,
                     v: &v,
                     o: &mut o,
-                    lse: &mut lse,
+                    lse: Some(&mut lse),
                     stats: Some(&mut stats_out),
                     key_mass: keys.then_some(&mut key_mass[..]),
                     layouts: inputs.layouts,
@@ -372,7 +372,7 @@ fn device_level_workspace_and_guards(split: SplitKv) {
             k: &k,
             v: &v,
             o: &mut o,
-            lse: &mut lse,
+            lse: Some(&mut lse),
             stats: Some(&mut stats),
             key_mass: Some(&mut key_mass),
             layouts,
@@ -440,7 +440,7 @@ fn device_level_workspace_and_guards(split: SplitKv) {
             k: &k1,
             v: &v1,
             o: &mut o2,
-            lse: &mut lse2,
+            lse: Some(&mut lse2),
             stats: Some(&mut stats2),
             key_mass: None,
             layouts: Layouts {
@@ -474,7 +474,7 @@ fn device_level_workspace_and_guards(split: SplitKv) {
                 k: &k,
                 v: &v,
                 o: &mut o3,
-                lse: &mut short_lse,
+                lse: Some(&mut short_lse),
                 stats: None,
                 key_mass: None,
                 layouts,
@@ -840,10 +840,8 @@ fn cuda_emu_reads_the_gate_as_a_view_of_the_q_projection() {
 /// tensor-core kernel (bf16).
 #[test]
 fn cuda_emu_contains_bad_index_tensors() {
-    use half::bf16;
-    use outlier_attn::{HostOutputs, HostTensor};
+    use outlier_attn::HostTensor;
     let Some(b) = backend() else { return };
-    let attention: &EmuAttention = b.attention();
     let mut workspace = EmuWorkspace::new();
     for mut case in common::bad_index_cases() {
         for dtype in [DType::F32, DType::Bf16] {
@@ -851,69 +849,461 @@ fn cuda_emu_contains_bad_index_tensors() {
             for t in [&mut case.valid.q, &mut case.valid.k, &mut case.valid.v] {
                 *t = HostTensor::from_f64(dtype, &t.to_f64_vec());
             }
-            let p = &case.problem;
-            let f32s =
-                |t: &HostTensor| -> Vec<f32> { t.to_f64_vec().iter().map(|&x| x as f32).collect() };
-            let theta = f32s(case.valid.params.sink_logits.as_ref().expect("θ"));
-            let poisoned = outlier_attn::parity::poisoned_outputs(p);
-            let mut lse = poisoned.lse.clone();
-            let mut stats = poisoned.stats.clone().expect("stats");
-            let mut key_mass = poisoned.key_mass.clone().expect("key mass");
-            let bad = &case.bad;
-            let indices = SeqIndices {
-                cu_seqlens_q: bad.cu_seqlens_q.as_deref(),
-                cu_seqlens_k: bad.cu_seqlens_k.as_deref(),
-                seqlens_k: bad.seqlens_k.as_deref(),
-                block_table: bad.block_table.as_deref(),
-            };
-            macro_rules! run {
-                ($t:ty) => {{
-                    let typed =
-                        |t: &HostTensor| -> Vec<$t> { bytemuck::pod_collect_to_vec(t.as_bytes()) };
-                    let (q, k, v) = (
-                        typed(&case.valid.q),
-                        typed(&case.valid.k),
-                        typed(&case.valid.v),
-                    );
-                    let mut o: Vec<$t> = typed(&poisoned.o);
-                    attention
-                        .forward(
-                            p,
-                            EmuArgs {
-                                q: &q,
-                                k: &k,
-                                v: &v,
-                                o: &mut o,
-                                lse: &mut lse,
-                                stats: Some(&mut stats),
-                                key_mass: Some(&mut key_mass),
-                                layouts: p.contiguous_layouts(),
-                                params: EmuParams {
-                                    sink_logits: Some(&theta),
-                                    ..EmuParams::default()
-                                },
-                                indices,
-                            },
-                            &mut workspace,
-                        )
-                        .unwrap_or_else(|e| panic!("{} {dtype:?}: {e}", case.label));
-                    HostTensor::from(o)
-                }};
-            }
-            let o = match dtype {
-                DType::F32 => run!(f32),
-                _ => run!(bf16),
-            };
-            let out = HostOutputs {
-                o,
-                lse,
-                stats: Some(stats),
-                key_mass: Some(key_mass),
-            };
+            let out = device_call(
+                b.attention(),
+                &case.problem,
+                &case.valid,
+                &case.bad,
+                true,
+                &mut workspace,
+            )
+            .unwrap_or_else(|e| panic!("{} {dtype:?}: {e}", case.label));
             if let Err(e) = common::check_bad_index_outputs(&case, &out) {
                 panic!("{} {dtype:?}: {e}", case.label);
             }
         }
+    }
+}
+
+/// Bad index tensors under split-KV (crate docs, "Bad index tensors on the device"), with the
+/// split forced (one K/V tile per split, and the heuristic forced on): a block-table entry of a
+/// page in a later split, past the caches or negative, on a paged cache whose pages are not a
+/// tile multiple (the GQA fold, no statistics) and on one whose pages are (statistics and key
+/// mass); a `seqlens_k` past the capacity or negative; cumulative lengths of packed K that
+/// decrease. Each run completes, so the emulator saw no access outside the buffers; the bad
+/// sequence's rows, record and key mass are NaN (tests/common `check_bad_index_outputs`) and
+/// every other sequence is bit for bit what the same call with good index tensors gives.
+#[test]
+fn cuda_emu_split_kv_contains_bad_index_tensors() {
+    use cases::{KvStorage, SeqCase};
+    use common::{BadIndexCase, RowExpect};
+    let start = std::time::Instant::now();
+    let template = |variant, mask, stats| {
+        Problem::new(Shape::new(1, 4, 2, 1, 1, 32), DType::Bf16)
+            .with_variant(variant)
+            .with_mask(mask)
+            .with_stats(stats)
+    };
+    let paged = |page_size| KvStorage::Paged {
+        page_size,
+        spare_pages: 1,
+    };
+    // (template, sequences, corruptions: tensor, entry (sequence 1's logical page for the
+    // block table), value (None: the page count, or the capacity + 1)).
+    type Corruption = (&'static str, usize, Option<i32>);
+    let layouts: [(Problem, SeqCase, Vec<Corruption>); 3] = [
+        (
+            template(Variant::LogitSink, Mask::None, StatsLevel::Off),
+            SeqCase {
+                q_lens: vec![1, 1, 1],
+                kv_lens: vec![150, 200, 90],
+                packed_q: false,
+                kv: paged(16),
+            },
+            // Sequence 1's pages 9 and 12 hold keys 144..160 and 192..200: the third and
+            // fourth splits'.
+            vec![
+                ("block_table", 9, Some(-1)),
+                ("block_table", 12, None),
+                ("seqlens_k", 1, None),
+            ],
+        ),
+        (
+            template(Variant::KvSink, Mask::Causal, StatsLevel::HeadsAndKeys),
+            SeqCase {
+                q_lens: vec![2, 2, 2],
+                kv_lens: vec![130, 200, 70],
+                packed_q: false,
+                kv: paged(64),
+            },
+            // Sequence 1's page 2 holds keys 128..192: the third split's.
+            vec![("block_table", 2, None), ("seqlens_k", 1, Some(-3))],
+        ),
+        (
+            template(Variant::Softmax, Mask::Causal, StatsLevel::Heads),
+            SeqCase {
+                q_lens: vec![1, 3, 2],
+                kv_lens: vec![130, 150, 70],
+                packed_q: true,
+                kv: KvStorage::Packed,
+            },
+            vec![("cu_seqlens_k", 2, Some(100))],
+        ),
+    ];
+    let mut cases = Vec::new();
+    for (template, seqs, corruptions) in &layouts {
+        let (problem, valid) = cases::engine_inputs(template, seqs, &InputSpec::default());
+        let rows_of = |b: usize| -> std::ops::Range<usize> {
+            if seqs.packed_q {
+                let first: usize = seqs.q_lens[..b].iter().sum();
+                first..first + seqs.q_lens[b]
+            } else {
+                b * problem.shape.q_len..(b + 1) * problem.shape.q_len
+            }
+        };
+        let q_rows = rows_of(seqs.q_lens.len() - 1).end;
+        for &(tensor, entry, value) in corruptions {
+            let mut bad = valid.indices.clone();
+            let mut rows = vec![RowExpect::Correct; q_rows];
+            let label = match tensor {
+                "block_table" => {
+                    let outlier_attn::KvSeqs::Paged {
+                        pages, max_pages, ..
+                    } = problem.seqs.kv
+                    else {
+                        unreachable!("a paged case")
+                    };
+                    let page = entry;
+                    let table = bad.block_table.as_mut().expect("table");
+                    table[max_pages + page] = value.unwrap_or(pages as i32);
+                    rows[rows_of(1)].fill(RowExpect::Nan);
+                    format!("block_table[1, {page}] = {}", table[max_pages + page])
+                }
+                "seqlens_k" => {
+                    let lens = bad.seqlens_k.as_mut().expect("lengths");
+                    lens[entry] = value.unwrap_or(problem.shape.kv_len as i32 + 1);
+                    rows[rows_of(entry)].fill(RowExpect::Nan);
+                    format!("seqlens_k[{entry}] = {}", lens[entry])
+                }
+                _ => {
+                    let cu = bad.cu_seqlens_k.as_mut().expect("cumulative lengths");
+                    cu[entry] = value.expect("a value");
+                    rows.fill(RowExpect::Nan);
+                    format!("cu_seqlens_k[{entry}] = {}", cu[entry])
+                }
+            };
+            cases.push(BadIndexCase {
+                label: format!("{} {}: {label}", cases::label(&problem), seqs.label()),
+                problem,
+                valid: valid.clone(),
+                bad,
+                rows,
+            });
+        }
+    }
+    for setting in [ONE_TILE_PER_SPLIT, SplitKv::On] {
+        let Some(b) = split_backend(setting) else {
+            return;
+        };
+        let mut workspace = EmuWorkspace::new();
+        for case in &cases {
+            let p = &case.problem;
+            let label = format!("{setting:?} {}", case.label);
+            let cut = cut_of(p, setting);
+            assert!(cut.splits >= 3, "{label}: {cut:?}");
+            let good = device_call(
+                b.attention(),
+                p,
+                &case.valid,
+                &case.valid.indices,
+                true,
+                &mut workspace,
+            )
+            .unwrap_or_else(|e| panic!("{label}, good indices: {e}"));
+            // The same workspace, as an engine reuses it: what the good call left there must
+            // not reach the bad call's outputs.
+            let out = device_call(
+                b.attention(),
+                p,
+                &case.valid,
+                &case.bad,
+                true,
+                &mut workspace,
+            )
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+            if let Err(e) = common::check_bad_index_outputs(case, &out) {
+                panic!("{label}: {e}");
+            }
+            assert_sequences_match(case, &good, &out, &label);
+        }
+    }
+    eprintln!(
+        "bad index tensors under split-KV in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+}
+
+/// Every sequence of `case` none of whose rows may be NaN has bitwise the same O rows, LSE,
+/// statistics record and key mass in `got` as in `want`.
+fn assert_sequences_match(
+    case: &common::BadIndexCase,
+    want: &outlier_attn::HostOutputs,
+    got: &outlier_attn::HostOutputs,
+    label: &str,
+) {
+    let p = &case.problem;
+    let map = outlier_attn::SeqMap::new(&p.shape, &p.seqs, &case.valid.indices).expect("valid");
+    let (hq, d) = (p.shape.q_heads, p.shape.head_dim);
+    let bits = |t: &outlier_attn::HostTensor| -> Vec<u64> {
+        t.to_f64_vec().iter().map(|x| x.to_bits()).collect()
+    };
+    let (o_want, o_got) = (bits(&want.o), bits(&got.o));
+    for (b, span) in map.spans().iter().enumerate() {
+        let rows: Vec<usize> = (0..span.q_len)
+            .map(|i| {
+                let (outer, token) = map.q_pos(b, i);
+                outer * p.shape.q_len + token
+            })
+            .collect();
+        if rows
+            .iter()
+            .any(|&r| case.rows[r] != common::RowExpect::Correct)
+        {
+            continue;
+        }
+        for (i, &r) in rows.iter().enumerate() {
+            let o = r * hq * d..(r + 1) * hq * d;
+            assert_eq!(
+                o_got[o.clone()],
+                o_want[o],
+                "{label}: O of sequence {b}, row {i}"
+            );
+            for h in 0..hq {
+                let at = map.lse_index(b, h, i);
+                assert_eq!(
+                    got.lse[at].to_bits(),
+                    want.lse[at].to_bits(),
+                    "{label}: LSE of sequence {b}, head {h}, row {i}"
+                );
+            }
+        }
+        if let (Some(x), Some(y)) = (&got.stats, &want.stats) {
+            let record = b * hq * Stat::COUNT..(b + 1) * hq * Stat::COUNT;
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&x[record.clone()]),
+                bits(&y[record]),
+                "{label}: statistics of sequence {b}"
+            );
+        }
+        if let (Some(x), Some(y)) = (&got.key_mass, &want.key_mass) {
+            for h in 0..hq {
+                for j in 0..common::poisoned_keys(p, span) {
+                    let at = map.key_mass_index(b, h, j);
+                    assert_eq!(
+                        x[at].to_bits(),
+                        y[at].to_bits(),
+                        "{label}: key mass of sequence {b}, head {h}, key {j}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// No LSE buffer at the device level (`EmuArgs::lse` `None`, `EngineFeature::NoLse`): O, the
+/// statistics and the key mass come out bit for bit as with one (the key-mass kernel reads each
+/// row's max and 1/l from the workspace; the split-KV combine finishes its rows without an LSE),
+/// and no kernel touches the absent buffer (the emulator faults on any access outside the
+/// buffers given): unsplit prefill, split decode with and without the GQA fold, a split paged
+/// decode with statistics, and the SIMT kernel.
+#[test]
+fn cuda_emu_runs_without_an_lse() {
+    let calls: Vec<(SplitKv, Problem, outlier_attn::HostInputs)> = {
+        let dense = |shape, dtype, variant, stats, seed| {
+            let problem = Problem::new(shape, dtype)
+                .with_variant(variant)
+                .with_mask(Mask::Causal)
+                .with_stats(stats);
+            let spec = InputSpec {
+                seed,
+                ..InputSpec::default()
+            };
+            (problem, cases::random_inputs(&problem, &spec))
+        };
+        let decode = Shape::new(1, 4, 2, 1, 150, 32);
+        let mut calls = vec![
+            (
+                SplitKv::Off,
+                dense(
+                    Shape::new(1, 2, 1, 70, 90, 64),
+                    DType::F16,
+                    Variant::LogitSink,
+                    StatsLevel::HeadsAndKeys,
+                    1,
+                ),
+            ),
+            (
+                ONE_TILE_PER_SPLIT,
+                dense(decode, DType::Bf16, Variant::KvSink, StatsLevel::Off, 2),
+            ),
+            (
+                ONE_TILE_PER_SPLIT,
+                dense(
+                    decode,
+                    DType::Bf16,
+                    Variant::Softmax1,
+                    StatsLevel::HeadsAndKeys,
+                    3,
+                ),
+            ),
+            (
+                SplitKv::Off,
+                dense(
+                    Shape::new(2, 2, 1, 5, 40, 16),
+                    DType::F32,
+                    Variant::Softmax,
+                    StatsLevel::HeadsAndKeys,
+                    4,
+                ),
+            ),
+        ];
+        let paged = common::decode_engine_cases()
+            .into_iter()
+            .find(|c| {
+                c.template.stats == StatsLevel::HeadsAndKeys
+                    && matches!(c.seqs.kv, cases::KvStorage::Paged { .. })
+            })
+            .expect("a paged decode case with key mass");
+        calls.push((ONE_TILE_PER_SPLIT, paged.build()));
+        calls
+            .into_iter()
+            .map(|(split, (problem, inputs))| (split, problem, inputs))
+            .collect()
+    };
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for (setting, problem, inputs) in &calls {
+        let Some(b) = split_backend(*setting) else {
+            return;
+        };
+        let label = format!("{setting:?} {}", cases::label(problem));
+        let cut = cut_of(problem, *setting);
+        assert_eq!(cut.splits > 1, *setting != SplitKv::Off, "{label}: {cut:?}");
+        let mut workspace = EmuWorkspace::new();
+        let run = |with_lse, workspace: &mut EmuWorkspace| {
+            device_call(
+                b.attention(),
+                problem,
+                inputs,
+                &inputs.indices,
+                with_lse,
+                workspace,
+            )
+            .unwrap_or_else(|e| panic!("{label} (LSE {with_lse}): {e}"))
+        };
+        let with = run(true, &mut workspace);
+        let without = run(false, &mut workspace);
+        assert!(without.lse.is_empty());
+        assert!(
+            with.lse.iter().all(|x| x.is_finite()),
+            "{label}: the LSE is written"
+        );
+        let o = without.o.to_f64_vec();
+        assert!(o.iter().all(|x| x.is_finite()), "{label}: O is written");
+        assert_eq!(without.o.as_bytes(), with.o.as_bytes(), "{label}: O");
+        for (what, x, y) in [
+            ("statistics", &without.stats, &with.stats),
+            ("key mass", &without.key_mass, &with.key_mass),
+        ] {
+            if let (Some(x), Some(y)) = (x, y) {
+                // Not all NaN, as the poisoned buffers were (a record's gate fields are NaN
+                // without a gate).
+                assert!(x.iter().any(|v| !v.is_nan()), "{label}: {what} written");
+                assert_eq!(bits(x), bits(y), "{label}: {what}");
+            }
+        }
+    }
+}
+
+/// One device-level call on host buffers, as an engine makes it: the inputs' Q, K, V,
+/// parameters and layouts with the index tensors `indices` as the device sees them (unchecked),
+/// into NaN-filled outputs (O dense); the LSE buffer given only when `with_lse` (the returned
+/// `lse` is empty otherwise). Unlike `EmuBackend::forward`, nothing is validated on the host
+/// but the buffers' lengths.
+fn device_call(
+    attention: &EmuAttention,
+    problem: &Problem,
+    inputs: &outlier_attn::HostInputs,
+    indices: &SeqIndices<Vec<i32>>,
+    with_lse: bool,
+    workspace: &mut EmuWorkspace,
+) -> outlier_attn::Result<outlier_attn::HostOutputs> {
+    let call = DeviceCall {
+        attention,
+        problem,
+        inputs,
+        indices,
+        with_lse,
+    };
+    match problem.dtype {
+        DType::F32 => call.run::<f32>(workspace),
+        DType::F16 => call.run::<half::f16>(workspace),
+        DType::Bf16 => call.run::<half::bf16>(workspace),
+    }
+}
+
+/// The arguments of [`device_call`].
+struct DeviceCall<'a> {
+    attention: &'a EmuAttention,
+    problem: &'a Problem,
+    inputs: &'a outlier_attn::HostInputs,
+    indices: &'a SeqIndices<Vec<i32>>,
+    with_lse: bool,
+}
+
+impl DeviceCall<'_> {
+    fn run<T: outlier_attn::Element>(
+        &self,
+        workspace: &mut EmuWorkspace,
+    ) -> outlier_attn::Result<outlier_attn::HostOutputs>
+    where
+        outlier_attn::HostTensor: From<Vec<T>>,
+    {
+        use outlier_attn::HostTensor;
+        let (problem, inputs) = (self.problem, self.inputs);
+        let typed = |t: &HostTensor| -> Vec<T> { bytemuck::pod_collect_to_vec(t.as_bytes()) };
+        let f32s =
+            |t: &HostTensor| -> Vec<f32> { t.to_f64_vec().iter().map(|&x| x as f32).collect() };
+        let (q, k, v) = (typed(&inputs.q), typed(&inputs.k), typed(&inputs.v));
+        let pr = &inputs.params;
+        let (k_sink, v_sink, v_bias, sink_logits) = (
+            pr.k_sink.as_ref().map(f32s),
+            pr.v_sink.as_ref().map(f32s),
+            pr.v_bias.as_ref().map(f32s),
+            pr.sink_logits.as_ref().map(f32s),
+        );
+        let gate = pr.gate.as_ref().map(typed);
+        let poisoned = outlier_attn::parity::poisoned_outputs(problem);
+        let mut o: Vec<T> = typed(&poisoned.o);
+        let mut lse = if self.with_lse {
+            poisoned.lse
+        } else {
+            Vec::new()
+        };
+        let (mut stats, mut key_mass) = (poisoned.stats, poisoned.key_mass);
+        let args = EmuArgs {
+            q: &q,
+            k: &k,
+            v: &v,
+            o: &mut o,
+            lse: self.with_lse.then_some(&mut lse[..]),
+            stats: stats.as_deref_mut(),
+            key_mass: key_mass.as_deref_mut(),
+            layouts: Layouts {
+                o: problem.contiguous_layouts().o,
+                ..inputs.layouts
+            },
+            params: EmuParams {
+                k_sink: k_sink.as_deref(),
+                v_sink: v_sink.as_deref(),
+                v_bias: v_bias.as_deref(),
+                sink_logits: sink_logits.as_deref(),
+                gate: gate.as_deref(),
+            },
+            indices: SeqIndices {
+                cu_seqlens_q: self.indices.cu_seqlens_q.as_deref(),
+                cu_seqlens_k: self.indices.cu_seqlens_k.as_deref(),
+                seqlens_k: self.indices.seqlens_k.as_deref(),
+                block_table: self.indices.block_table.as_deref(),
+            },
+        };
+        self.attention.forward(problem, args, workspace)?;
+        Ok(outlier_attn::HostOutputs {
+            o: HostTensor::from(o),
+            lse,
+            stats,
+            key_mass,
+        })
     }
 }
 

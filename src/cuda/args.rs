@@ -7,7 +7,8 @@ use crate::contract::{Layouts, Problem, SeqIndices};
 
 impl<'a, T> DeviceArgs<'a, T> {
     /// Q, K, V and O contiguous in `problem`'s sequence layout (dense `[B, N, H, d]`, packed,
-    /// paged), and the LSE; no statistics, no parameters, no index tensors. Add those with the `with_` methods below,
+    /// paged), and the LSE (a view, or `None` for an engine that does not want it); no
+    /// statistics, no parameters, no index tensors. Add those with the `with_` methods below,
     /// and give strided views (a KV cache with room for more tokens, a fused QKV buffer) with
     /// [`with_layouts`](Self::with_layouts).
     pub fn dense(
@@ -16,14 +17,14 @@ impl<'a, T> DeviceArgs<'a, T> {
         k: CudaView<'a, T>,
         v: CudaView<'a, T>,
         o: CudaViewMut<'a, T>,
-        lse: CudaViewMut<'a, f32>,
+        lse: impl Into<Option<CudaViewMut<'a, f32>>>,
     ) -> DeviceArgs<'a, T> {
         DeviceArgs {
             q,
             k,
             v,
             o,
-            lse,
+            lse: lse.into(),
             stats: None,
             key_mass: None,
             layouts: problem.contiguous_layouts(),

@@ -67,8 +67,11 @@ pub struct DeviceArgs<'a, T> {
     pub v: CudaView<'a, T>,
     /// O in Q's shape, as laid out by `layouts.o`.
     pub o: CudaViewMut<'a, T>,
-    /// LSE `[B, Hq, Nq]` (packed Q: `[Hq, total_q]`), always written.
-    pub lse: CudaViewMut<'a, f32>,
+    /// LSE `[B, Hq, Nq]` (packed Q: `[Hq, total_q]`), or `None` when the engine does not want
+    /// it ([`EngineFeature::NoLse`](crate::EngineFeature::NoLse)): statistics, key mass and
+    /// split-KV need no LSE buffer (the key-mass kernel reads each row's max and 1/l from the
+    /// workspace).
+    pub lse: Option<CudaViewMut<'a, f32>>,
     /// Statistics `[B, Hq, Stat::COUNT]`: present iff the level is `Heads` or `HeadsAndKeys`.
     pub stats: Option<CudaViewMut<'a, f32>>,
     /// Key mass ([`Problem::key_mass_len`]): present iff the level is `HeadsAndKeys`.
@@ -365,8 +368,12 @@ impl CudaAttention {
         let (k_ptr, _k) = args.k.device_ptr(stream);
         let (v_ptr, _v) = args.v.device_ptr(stream);
         let (o_ptr, _o) = args.o.device_ptr_mut(stream);
-        let (lse_ptr, _lse) = args.lse.device_ptr_mut(stream);
-        (a.q, a.k, a.v, a.o, a.lse) = (q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr);
+        (a.q, a.k, a.v, a.o) = (q_ptr, k_ptr, v_ptr, o_ptr);
+        let lse_guard = args.lse.as_mut().map(|lse| {
+            let (ptr, guard) = lse.device_ptr_mut(stream);
+            a.lse = ptr;
+            guard
+        });
         let mut guards = Vec::new();
         let params = &args.params;
         for (slot, view) in [
@@ -439,6 +446,7 @@ impl CudaAttention {
         }
         drop((
             guards,
+            lse_guard,
             gate_guard,
             stats_guard,
             key_mass_guard,
@@ -464,7 +472,7 @@ fn describe<T: CudaElement>(args: &DeviceArgs<'_, T>) -> Args {
         k: tensor(args.k.len(), args.layouts.k),
         v: tensor(args.v.len(), args.layouts.v),
         o: tensor(args.o.len(), args.layouts.o),
-        lse: Some(f32_buffer(args.lse.len())),
+        lse: args.lse.as_ref().map(|x| f32_buffer(x.len())),
         stats: args.stats.as_ref().map(|s| f32_buffer(s.len())),
         key_mass: args.key_mass.as_ref().map(|s| f32_buffer(s.len())),
         params: crate::contract::Params {

@@ -323,7 +323,7 @@ impl<T: CudaElement> Resident<T> {
             k: self.k.as_view(),
             v: self.v.as_view(),
             o: self.o.as_view_mut(),
-            lse: self.lse.as_view_mut(),
+            lse: Some(self.lse.as_view_mut()),
             stats: self.stats.as_mut().map(|x| x.as_view_mut()),
             key_mass: self.key_mass.as_mut().map(|x| x.as_view_mut()),
             layouts: self.layouts,

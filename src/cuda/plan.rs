@@ -164,6 +164,14 @@ pub const MAX_SPLITS: usize = 128;
 pub enum SplitKv {
     /// The heuristic of [`DecodeCut::choose`]: split when the blocks would leave most of the
     /// device's multiprocessors idle.
+    ///
+    /// Not batch invariant, by design: the count follows the number of blocks (a batch that
+    /// fills the device needs no split; that term is the heuristic) and the declared key
+    /// length (the longest sequence, or a cache's capacity), and a sub-batch changes both.
+    /// Counting one sequence's blocks instead would split large-batch decodes that need no
+    /// split, and leave the chunk tied to the declared length; following each sequence's own
+    /// length needs the count chosen on the device per sequence. For invariance fix the chunk
+    /// ([`KeysPerSplit`](SplitKv::KeysPerSplit)), as FlashInfer does.
     #[default]
     Auto,
     /// Never split: every forward block finishes its rows.

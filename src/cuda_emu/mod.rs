@@ -92,8 +92,11 @@ pub struct EmuArgs<'a, T> {
     pub v: &'a [T],
     /// O in Q's shape, as laid out by `layouts.o`.
     pub o: &'a mut [T],
-    /// LSE `[B, Hq, Nq]` (packed Q: `[Hq, total_q]`), always written.
-    pub lse: &'a mut [f32],
+    /// LSE `[B, Hq, Nq]` (packed Q: `[Hq, total_q]`), or `None` when the caller does not want
+    /// it ([`EngineFeature::NoLse`](crate::EngineFeature::NoLse)): statistics, key mass and
+    /// split-KV need no LSE buffer (the key-mass kernel reads each row's max and 1/l from the
+    /// workspace).
+    pub lse: Option<&'a mut [f32]>,
     /// Statistics `[B, Hq, Stat::COUNT]`: present iff the level is `Heads` or `HeadsAndKeys`.
     pub stats: Option<&'a mut [f32]>,
     /// Key mass ([`Problem::key_mass_len`]): present iff the level is `HeadsAndKeys`.
@@ -234,20 +237,21 @@ impl EmuAttention {
             EmuBuffer::input("k", args.k),
             EmuBuffer::input("v", args.v),
             EmuBuffer::output("o", args.o),
-            EmuBuffer::output("lse", args.lse),
         ];
         let mut a = Addresses {
             q: buffers[0].addr(),
             k: buffers[1].addr(),
             v: buffers[2].addr(),
             o: buffers[3].addr(),
-            lse: buffers[4].addr(),
             ..Addresses::default()
         };
         let mut add = |slot: &mut u64, buffer| {
             *slot = EmuBuffer::addr(&buffer);
             buffers.push(buffer);
         };
+        if let Some(x) = args.lse {
+            add(&mut a.lse, EmuBuffer::output("lse", x));
+        }
         if let Some(x) = p.k_sink {
             add(&mut a.k_sink, EmuBuffer::input("k_sink", x));
         }
@@ -324,7 +328,7 @@ fn describe<T: Element>(args: &EmuArgs<'_, T>) -> Args {
         k: tensor(args.k.len(), args.layouts.k),
         v: tensor(args.v.len(), args.layouts.v),
         o: tensor(args.o.len(), args.layouts.o),
-        lse: Some(f32_buffer(args.lse.len())),
+        lse: args.lse.as_ref().map(|x| f32_buffer(x.len())),
         stats: args.stats.as_ref().map(|s| f32_buffer(s.len())),
         key_mass: args.key_mass.as_ref().map(|s| f32_buffer(s.len())),
         params: crate::contract::Params {
@@ -406,7 +410,7 @@ impl EmuBackend {
             k: &k,
             v: &v,
             o: &mut o,
-            lse: &mut lse,
+            lse: Some(&mut lse),
             stats: stats.as_deref_mut(),
             key_mass: key_mass.as_deref_mut(),
             // Host-level O is contiguous in Q's sequence layout; the inputs keep their layouts.
