@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use super::kernel::{
     BLOCK_M, BLOCK_M_SHORT, COMBINE_THREADS, KV_DENSE, KV_LENS, KV_PACKED, KV_PAGED,
     KV_PARTIAL_LEN, Kernel, KernelKind, LAVAPIPE_LOOP_ITERATIONS, LoopTrips, PARTIAL_LEN, Params,
-    ROW_STATE_LEN, SEQ_LEN, SEQS_THREADS, row_lanes, tile_rows, window_uniforms,
+    ROW_STATE_LEN, SEQ_LEN, SEQS_THREADS, key_mass_keys_per_lane, row_lanes, tile_rows,
+    window_uniforms,
 };
 use crate::contract::{
     Args, BufferArg, DType, EngineFeature, Error, KvSeqs, Layout, Params as VariantParams, Problem,
@@ -734,7 +735,8 @@ impl WgslAttention {
             .forward_geometry(d, folded as usize)
             .ok_or_else(no_tile)?;
         let q_blocks = folded.div_ceil(geometry.workgroup / row_lanes(d));
-        let key_blocks = kv_len.div_ceil(BLOCK_M);
+        // Key-mass workgroups per (batch, head): BLOCK_M lanes of `KEYS_PER_LANE` keys each.
+        let key_blocks = kv_len.div_ceil(BLOCK_M * key_mass_keys_per_lane(d));
         let max_groups = self.limits.max_compute_workgroups_per_dimension;
         for (what, n) in [
             ("query blocks", q_blocks),

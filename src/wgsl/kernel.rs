@@ -17,9 +17,10 @@
 //!   over chunks of that many copies otherwise (for statements that index only memory).
 //!
 //! N is `HEAD_DIM`, `D4` (channel quads), `LANE_QUADS` (quads per lane of a forward row),
-//! `ROW_LANES`, `LOAD_UNROLL` or a literal. WGSL has no unroll attribute, and lavapipe needs
-//! one: gallivm ends a shader invocation after 65535 loop iterations in all
-//! (`LP_MAX_TGSI_LOOP_ITERATIONS`, shared by every loop of the shader), silently. The forward
+//! `ROW_LANES`, `LOAD_UNROLL`, `KEYS_PER_LANE` (keys per key-mass lane) or a literal. WGSL has
+//! no unroll attribute, and lavapipe needs one: gallivm ends a shader invocation after 65535
+//! loop iterations in all (`LP_MAX_TGSI_LOOP_ITERATIONS`, shared by every loop of the shader),
+//! silently. The forward
 //! kernel's loop over keys costs one trip per key; a lane's channel work is written out in
 //! quads, LANE_QUADS statements per key and phase: at most [`MAX_LANE_QUADS`] at every head
 //! dim, since larger rows are split over [`row_lanes`] lanes. LLVM's build time grows faster
@@ -75,6 +76,22 @@ pub(crate) fn row_lanes(head_dim: usize) -> u32 {
     }
     lanes
 }
+/// The most quads of K one key-mass lane holds (`KEYS_PER_LANE` keys of `HEAD_DIM / 4`
+/// quads): the length of the code written out per row of Q, as [`MAX_LANE_QUADS`] is the
+/// forward kernel's per key.
+const MAX_KEY_MASS_QUADS: u32 = 64;
+/// The most keys one key-mass lane owns.
+const MAX_KEYS_PER_LANE: u32 = 4;
+
+/// Keys per lane of the key-mass pass at head dim `head_dim` (`KEYS_PER_LANE`): each quad of a
+/// Q row it reads from workgroup memory feeds 4 FMAs per key (register blocking), as many as
+/// keep the lane within [`MAX_KEY_MASS_QUADS`] quads of K: 4 at d <= 64, 2 at d = 128, 1
+/// beyond.
+pub(crate) fn key_mass_keys_per_lane(head_dim: usize) -> u32 {
+    let quads = (head_dim / 4).max(1) as u32;
+    (MAX_KEY_MASS_QUADS / quads).clamp(1, MAX_KEYS_PER_LANE)
+}
+
 /// Invocations per combine workgroup (one (batch, head) each).
 pub(crate) const COMBINE_THREADS: u32 = 64;
 /// Largest K/V tile, in keys.
@@ -317,7 +334,8 @@ impl Kernel {
              const KEY_MASS: bool = {keys};\n\
              const SEQ_RECORDS: bool = {seq_records};\n\
              const LOAD_UNROLL: u32 = {LOAD_UNROLL}u;\n\
-             const STAGE_UNROLL: u32 = {STAGE_UNROLL}u;\n",
+             const STAGE_UNROLL: u32 = {STAGE_UNROLL}u;\n\
+             const KEYS_PER_LANE: u32 = {keys_per_lane}u;\n",
             entry = self.kind.entry_point(),
             head_dim = self.head_dim,
             row_lanes = self.row_lanes,
@@ -328,6 +346,7 @@ impl Kernel {
             stats = self.stats.heads(),
             keys = self.stats.keys(),
             seq_records = self.seq_records,
+            keys_per_lane = key_mass_keys_per_lane(self.head_dim as usize),
         );
         // The statistics record's layout comes from the contract, not from a second copy.
         text.push_str(&format!("const STAT_COUNT: u32 = {}u;\n", Stat::COUNT));
@@ -356,7 +375,9 @@ impl Kernel {
             }
             KernelKind::Seqs => text.push_str(SEQS),
         }
-        expand_unrolls(&text, self.head_dim, self.row_lanes, self.head_dim / 4)
+        // `//unroll_all` writes whole counts of D4 or fewer (and the key-mass lane's keys).
+        let all_chunk = (self.head_dim / 4).max(key_mass_keys_per_lane(self.head_dim as usize));
+        expand_unrolls(&text, self.head_dim, self.row_lanes, all_chunk)
     }
 }
 
@@ -398,9 +419,10 @@ fn expand_unrolls(source: &str, head_dim: u32, row_lanes: u32, all_chunk: u32) -
             "ROW_LANES" => row_lanes,
             "LOAD_UNROLL" => LOAD_UNROLL,
             "STAGE_UNROLL" => STAGE_UNROLL,
+            "KEYS_PER_LANE" => key_mass_keys_per_lane(head_dim as usize),
             n => n
                 .parse()
-                .expect("an unroll count is HEAD_DIM, D4, LANE_QUADS, ROW_LANES, LOAD_UNROLL, STAGE_UNROLL or a literal"),
+                .expect("an unroll count is HEAD_DIM, D4, LANE_QUADS, ROW_LANES, LOAD_UNROLL, STAGE_UNROLL, KEYS_PER_LANE or a literal"),
         };
         let (var, statement) = (var.trim(), statement.trim());
         let chunk = unroll_chunk_at_most(count, max);
