@@ -362,7 +362,8 @@ impl WgslAttention {
     /// chunks (the adapter's smallest subgroup size) up to 32 keys that fit, else the largest
     /// power of two up to 64 that does.
     pub fn forward_tile(&self, head_dim: usize) -> Option<u32> {
-        self.forward_geometry(head_dim, BLOCK_M as usize).map(|g| g.tile)
+        self.forward_geometry(head_dim, BLOCK_M as usize)
+            .map(|g| g.tile)
     }
 
     /// Workgroup size, K/V tile and path of the forward kernel for `folded` query rows per
