@@ -1,8 +1,9 @@
 // How a lane reads the keys of a staged tile, and how the lanes of a row add, with subgroup
-// operations. The subgroup is cut into chunks of BLOCK_N lanes (BLOCK_N is the adapter's
+// operations. The subgroup is cut into chunks of CHUNK_LEN lanes (CHUNK_LEN is the adapter's
 // smallest subgroup size, so a chunk never straddles two subgroups whatever size the driver
-// picks). A row's ROW_LANES lanes are consecutive subgroup lanes, aligned: lane `part` of the
-// row is subgroup lane ≡ part (mod ROW_LANES). A chunk thus holds KEYS_HELD = BLOCK_N /
+// picks; the tile of BLOCK_N keys is a whole number of chunks, taken KEYS_HELD keys a round).
+// A row's ROW_LANES lanes are consecutive subgroup lanes, aligned: lane `part` of the
+// row is subgroup lane ≡ part (mod ROW_LANES). A chunk thus holds KEYS_HELD = CHUNK_LEN /
 // ROW_LANES keys at a time in registers: the lane at chunk position κ · ROW_LANES + part holds
 // part `part` (its LANE_QUADS quads of K and of V) of key u0 + κ, and every lane reads key
 // u0 + u's quads from the lane at u · ROW_LANES + its own part. A shuffle is a register
@@ -11,7 +12,7 @@
 // subgroups is assumed. Every invocation calls these in uniform control flow (the loops over a
 // tile's keys have uniform trip counts).
 
-const KEYS_HELD: u32 = BLOCK_N / ROW_LANES; // keys a chunk holds in registers at a time
+const KEYS_HELD: u32 = CHUNK_LEN / ROW_LANES; // keys a chunk holds in registers at a time
 
 struct Lane {
     @builtin(local_invocation_index) index: u32,
@@ -30,7 +31,7 @@ var<private> v_held: array<vec4<f32>, LANE_QUADS>;
 var<workgroup> next_row: atomic<u32>;
 
 fn init_lane(lane: Lane) -> RowLane {
-    let chunk_lane = lane.subgroup_lane % BLOCK_N;
+    let chunk_lane = lane.subgroup_lane % CHUNK_LEN;
     chunk_base = lane.subgroup_lane - chunk_lane;
     held_key = chunk_lane / ROW_LANES;
     let part = lane.subgroup_lane % ROW_LANES;

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use super::kernel::{
     BLOCK_M, BLOCK_M_SHORT, COMBINE_THREADS, KV_DENSE, KV_LENS, KV_PACKED, KV_PAGED,
     KV_PARTIAL_LEN, Kernel, KernelKind, LAVAPIPE_LOOP_ITERATIONS, LoopTrips, PARTIAL_LEN, Params,
-    ROW_STATE_LEN, SEQ_LEN, SEQS_THREADS, key_mass_keys_per_lane, row_lanes, tile_rows,
-    window_uniforms,
+    ROW_STATE_LEN, SEQ_LEN, SEQS_THREADS, SHUFFLE_TILE, key_mass_keys_per_lane, row_lanes,
+    tile_rows, window_uniforms,
 };
 use crate::contract::{
     Args, BufferArg, DType, EngineFeature, Error, KvSeqs, Layout, Params as VariantParams, Problem,
@@ -357,11 +357,14 @@ impl WgslAttention {
         self.loop_limit
     }
 
-    /// Keys per K/V tile of the forward kernel for head dim `d` on this device, or `None` if
-    /// even one key does not fit its workgroup memory: the shuffle path's chunk width where
-    /// that tile fits, else the largest power of two up to 64 that does.
+    /// Keys per K/V tile of the forward kernel for head dim `d` on this device (for a full
+    /// block of query rows; a decode step's smaller workgroup may take fewer), or `None` if
+    /// even one key does not fit its workgroup memory: on the shuffle path the most whole
+    /// chunks (the adapter's smallest subgroup size) up to 32 keys that fit, else the largest
+    /// power of two up to 64 that does.
     pub fn forward_tile(&self, head_dim: usize) -> Option<u32> {
-        self.forward_geometry(head_dim, 1).map(|g| g.tile)
+        self.forward_geometry(head_dim, BLOCK_M as usize)
+            .map(|g| g.tile)
     }
 
     /// Workgroup size, K/V tile and path of the forward kernel for `folded` query rows per
@@ -380,11 +383,20 @@ impl WgslAttention {
             } else {
                 BLOCK_M
             };
-            let bytes = lanes * (head_dim as u32 * 4 * 2 + kv_record) + workgroup * 16 + 4;
-            if bytes <= storage && lanes <= workgroup && row_lanes <= lanes {
+            // The largest tile of whole chunks (powers of two) up to SHUFFLE_TILE keys and one
+            // key per invocation (the K/V measurement gives each key of a tile its own lane)
+            // that fits: fewer tiles mean fewer barriers and staging rounds per key.
+            let key_bytes = head_dim as u32 * 4 * 2 + kv_record;
+            let fixed = workgroup * 16 + 4;
+            let mut tile = SHUFFLE_TILE.max(lanes).min(workgroup);
+            while tile > lanes && tile * key_bytes + fixed > storage {
+                tile /= 2;
+            }
+            if tile * key_bytes + fixed <= storage && lanes <= tile && row_lanes <= lanes {
                 return Some(ForwardGeometry {
                     workgroup,
-                    tile: lanes,
+                    tile,
+                    chunk: lanes,
                     keys_held: lanes / row_lanes,
                     shuffles: true,
                 });
@@ -397,6 +409,7 @@ impl WgslAttention {
         Some(ForwardGeometry {
             workgroup,
             tile,
+            chunk: tile,
             keys_held: tile,
             shuffles: false,
         })
@@ -805,7 +818,8 @@ impl WgslAttention {
                 geometry.workgroup,
                 geometry.tile,
                 geometry.shuffles,
-            ),
+            )
+            .with_chunk(geometry.chunk),
             combine: problem
                 .stats
                 .heads()
@@ -1106,6 +1120,8 @@ impl WgslAttention {
 struct ForwardGeometry {
     workgroup: u32,
     tile: u32,
+    /// Lanes of a shuffle chunk (the tile on the workgroup-memory path).
+    chunk: u32,
     keys_held: u32,
     shuffles: bool,
 }
