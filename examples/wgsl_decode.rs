@@ -2,14 +2,17 @@
 //! cache and over a paged one (16-token pages handed out in shuffled order, as an engine's
 //! allocator leaves them), the shapes of BENCHMARKS.md's decode row by default:
 //!
-//! `wgsl_decode [NK] [REPS] [DTYPE]`: B = 4, Nq = 1, Hq = 32, Hkv = 8, d = 128, Nk = NK (8192)
-//! keys per sequence, DTYPE f16 (or f32, bf16). Prints the median device time of each
-//! (timestamps around the compute pass, inputs resident) and the paged/dense ratio.
+//! `wgsl_decode [NK] [REPS] [DTYPE] [SPLIT]`: B = 4, Nq = 1, Hq = 32, Hkv = 8, d = 128,
+//! Nk = NK (8192) keys per sequence, DTYPE f16 (or f32, bf16); each cache unsplit
+//! (`SplitKv::Off`) and with split-KV (`SPLIT`: keys per split, default 1024, or `auto` / `on`
+//! for the heuristic). Prints the median device time of each (timestamps around the compute
+//! pass, which holds the split combine too; inputs resident), the ratios to the unsplit dense
+//! call and split over unsplit.
 use outlier_attn::cases::{InputSpec, Rng, random_inputs};
-use outlier_attn::wgsl::WgslBackend;
+use outlier_attn::wgsl::{WgslBackend, WgslOptions};
 use outlier_attn::{
     Backend, DType, HostInputs, HostTensor, KvSeqs, Problem, QuerySeqs, SeqIndices, Sequences,
-    Shape,
+    Shape, SplitKv,
 };
 
 /// Tokens per page of the paged cache.
@@ -25,40 +28,90 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("bf16") => DType::Bf16,
         Some(other) => return Err(format!("dtype {other}: f32, f16 or bf16").into()),
     };
+    let split = match args.get(3).map(String::as_str) {
+        None => SplitKv::KeysPerSplit(1024),
+        Some("auto") => SplitKv::Auto,
+        Some("on") => SplitKv::On,
+        Some(keys) => SplitKv::KeysPerSplit(keys.parse()?),
+    };
     let (batch, hq, hkv, d) = (4, 32, 8, 128);
     let dense = Problem::new(Shape::new(batch, hq, hkv, 1, nk, d), dtype);
     let dense_inputs = random_inputs(&dense, &InputSpec::default());
     let (paged, paged_inputs) = paged_copy(&dense, &dense_inputs);
 
-    let backend = WgslBackend::new()?;
-    println!("{}", backend.name());
+    let unsplit = WgslBackend::with_options(WgslOptions {
+        split_kv: SplitKv::Off,
+        ..WgslOptions::default()
+    })?;
+    let with_split = WgslBackend::with_options(WgslOptions {
+        split_kv: split,
+        ..WgslOptions::default()
+    })?;
+    println!("{}", unsplit.name());
     println!("B = {batch}, Nq = 1, Hq = {hq}, Hkv = {hkv}, d = {d}, Nk = {nk}, {dtype:?}");
-    let median = |problem: &Problem, inputs: &HostInputs| -> Result<f64, String> {
+    let splits = with_split.attention().splits(&dense)?;
+    println!("split-KV {split:?}: {splits} splits of each row's keys");
+    let median = |backend: &WgslBackend, problem: &Problem, inputs: &HostInputs| {
         let mut times = backend
             .device_times(problem, inputs, 1, reps)
             .map_err(|e| e.to_string())?
             .ok_or("the adapter has no TIMESTAMP_QUERY")?;
         times.sort();
-        Ok(times[reps / 2].as_secs_f64() * 1e3)
+        Ok::<f64, String>(times[reps / 2].as_secs_f64() * 1e3)
     };
-    // Alternate the two, so that both see the same machine load.
-    let (mut t_dense, mut t_paged) = (Vec::new(), Vec::new());
+    let calls: [(&str, &WgslBackend, &Problem, &HostInputs); 4] = [
+        (
+            "dense [B, Nk, Hkv, d], unsplit",
+            &unsplit,
+            &dense,
+            &dense_inputs,
+        ),
+        (
+            "dense [B, Nk, Hkv, d], split",
+            &with_split,
+            &dense,
+            &dense_inputs,
+        ),
+        (
+            "paged, 16-token pages, shuffled, unsplit",
+            &unsplit,
+            &paged,
+            &paged_inputs,
+        ),
+        (
+            "paged, 16-token pages, shuffled, split",
+            &with_split,
+            &paged,
+            &paged_inputs,
+        ),
+    ];
+    // Alternate the four, so that all see the same machine load.
+    let mut times = vec![Vec::new(); calls.len()];
     for _ in 0..3 {
-        t_dense.push(median(&dense, &dense_inputs)?);
-        t_paged.push(median(&paged, &paged_inputs)?);
+        for (t, (_, backend, problem, inputs)) in times.iter_mut().zip(&calls) {
+            t.push(median(backend, problem, inputs)?);
+        }
     }
-    let mid = |mut v: Vec<f64>| {
+    let mid = |v: &[f64]| {
+        let mut v = v.to_vec();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (t_dense, t_paged) = (mid(t_dense), mid(t_paged));
-    println!("| cache | ms | vs dense |");
-    println!("| --- | ---: | ---: |");
-    println!("| dense [B, Nk, Hkv, d] | {t_dense:.3} | 1.00x |");
-    println!(
-        "| paged, {PAGE_SIZE}-token pages, shuffled | {t_paged:.3} | {:.2}x |",
-        t_paged / t_dense
-    );
+    let t: Vec<f64> = times.iter().map(|v| mid(v)).collect();
+    println!("| cache | ms | vs dense unsplit | split vs unsplit |");
+    println!("| --- | ---: | ---: | ---: |");
+    for (i, (name, ..)) in calls.iter().enumerate() {
+        let vs_unsplit = if i % 2 == 1 {
+            format!("{:.2}x", t[i] / t[i - 1])
+        } else {
+            String::new()
+        };
+        println!(
+            "| {name} | {:.3} | {:.2}x | {vs_unsplit} |",
+            t[i],
+            t[i] / t[0]
+        );
+    }
     Ok(())
 }
 

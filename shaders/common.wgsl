@@ -120,9 +120,9 @@ struct Params {
     lens_offset: u32,
     block_table_offset: u32,
     bias_per_seq: u32,   // 1: Sigmoid's β is −ln Nk_b of each sequence, not sigmoid_bias
-    pad0: u32,           // the uniform block is a whole number of 16-byte rows
-    pad1: u32,
-    pad2: u32,
+    splits: u32,         // split-KV: splits of each row's keys (1: no split)
+    split_keys: u32,     // split-KV: keys per split, whole K/V tiles
+    split_offset: u32,   // split-KV: the splits' partials in the scratch buffer
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

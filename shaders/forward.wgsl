@@ -28,6 +28,15 @@
 // (lavapipe's loop budget, kernel.rs); the subgroup path holds KEYS_HELD keys of the tile in
 // registers at a time.
 //
+// Split-KV (SPLIT, for decode): the grid's x is split · q_blocks + folded block, and a
+// workgroup visits only keys [split · split_keys, (split + 1) · split_keys) of its span
+// (split_keys is whole tiles, so tiles stay aligned to BLOCK_N). Instead of O and the LSE each
+// row leaves its partial (m, l, flags, then the unnormalised accumulator of HEAD_DIM channels)
+// at record (row, split) in the scratch buffer, and split_combine.wgsl merges a row's splits in
+// split order. The sink, an outcome of the row and not of a key, joins split 0 only. The plan
+// splits only the variants whose remaining per-row terms the combine applies (it refuses
+// ClippedSoftmax, Sigmoid, ContextBias and ContextScale) and never with statistics.
+//
 // Keys a row does not see (the causal mask, the tail of the last tile) are skipped by selects,
 // never by multiplying by 0: a NaN or Inf in a key the row does not see must not reach it.
 // Scores stay in f32 whatever the dtype, so massive activations cannot overflow.
@@ -42,6 +51,12 @@ const BLOCK_N: u32 = TILE_LEN;                  // keys per K/V tile in workgrou
 // weights e^(x − m) then stay below e^8 ≈ 3000, far from f32 overflow. The result is the same
 // softmax: m cancels between the numerator and l.
 const RESCALE_SLACK: f32 = 8.0;
+
+// A split-KV partial: m, l, flags (SPLIT_POISONED), unused, then the row's HEAD_DIM channels
+// of the unnormalised accumulator.
+const SPLIT_HEAD: u32 = 4u;
+const SPLIT_RECORD: u32 = SPLIT_HEAD + HEAD_DIM;
+const SPLIT_POISONED: u32 = 1u; // a NaN among the split's logits (or x − m undefined)
 
 @group(0) @binding(1) var<storage, read> q_buf: array<u32>;
 @group(0) @binding(2) var<storage, read> k_buf: array<u32>;
@@ -236,11 +251,21 @@ fn store_o_quad(at: u32, o: vec4<f32>) {
     atomicOr(&o_buf[w + 2u], h.w);
 }
 
+fn store_split_quad(at: u32, o: vec4<f32>) {
+    scratch[at] = o.x;
+    scratch[at + 1u] = o.y;
+    scratch[at + 2u] = o.z;
+    scratch[at + 3u] = o.w;
+}
+
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     let t = lane.index;
     let g = wg.y;
     let b = wg.z;
+    // Split-KV: which split of the keys, and which folded block (uniform over the workgroup).
+    let split = select(0u, wg.x / max(p.q_blocks, 1u), SPLIT);
+    let block = wg.x - split * p.q_blocks;
     var seq = seq_of(b);
     if SEQ_RECORDS {
         if t == 0u {
@@ -254,11 +279,11 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     // (its first block always runs: it measures K and V even for a sequence of no query).
     let folded = nq * p.group;
     let seq_blocks = max((folded + BLOCK_M - 1u) / BLOCK_M, 1u);
-    if wg.x >= seq_blocks {
+    if block >= seq_blocks {
         return;
     }
     let rl = init_lane(lane);
-    let f0 = wg.x * BLOCK_M;
+    let f0 = block * BLOCK_M;
     let live = f0 + rl.row < folded;
     // Lanes past the last row shadow it, so that every load stays in bounds; they write
     // nothing and count in no statistic.
@@ -274,12 +299,16 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     let last_keys = key_range(min(f0 + BLOCK_M - 1u, last_row) / p.group, nq, nk);
     // Tiles wholly outside every row's window are never staged; tiles stay aligned to
     // BLOCK_N, so that a block visits at most the tiles the loop budget counts (kernel.rs).
-    let key_start = min(first_keys.start, last_keys.start) / BLOCK_N * BLOCK_N;
-    let key_end = max(first_keys.end, last_keys.end);
+    var key_start = min(first_keys.start, last_keys.start) / BLOCK_N * BLOCK_N;
+    var key_end = max(first_keys.end, last_keys.end);
+    if SPLIT {
+        key_start = max(key_start, split * p.split_keys);
+        key_end = min(key_end, (split + 1u) * p.split_keys);
+    }
     let has_keys = row_keys.end > row_keys.start;
     // The last block measures K and V: its last row's range ends at Nk under every mask, and
     // the keys before its tiles (a window's) it measures in a loop of their own.
-    let kv_block = wg.x + 1u == seq_blocks;
+    let kv_block = block + 1u == seq_blocks;
     let sigmoid_bias = sigmoid_bias_of(nk);
 
     var q_reg: array<vec4<f32>, LANE_QUADS>; // registers: this lane's slice of the row of Q
@@ -321,7 +350,9 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     //unroll_all c < LANE_QUADS: acc[c] = vec4<f32>(0.0);
     // The sink is the first outcome: weight e^0 = 1 at m = its logit, value v' or 0. A sink
     // logit of −inf weighs nothing (and must not make m = −inf carry a weight of 1).
-    if SINK_IN_DENOMINATOR && !is_neg_inf(sink_logit) {
+    // Split-KV: the sink is one outcome of the row, in split 0 only.
+    let with_sink = SINK_IN_DENOMINATOR && split == 0u;
+    if with_sink && !is_neg_inf(sink_logit) {
         m = sink_logit;
         l = 1.0;
         if VARIANT == VARIANT_KV_SINK {
@@ -334,7 +365,7 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     // NaN for a NaN argument (lavapipe clamps it), so the row is poisoned explicitly, as the
     // reference's sums are by any NaN term.
     // A sink logit of +inf is the row's max, and its own term e^(+inf − (+inf)) is NaN.
-    var poisoned = is_nan(m) || (SINK_IN_DENOMINATOR && is_pos_inf(sink_logit));
+    var poisoned = is_nan(m) || (with_sink && is_pos_inf(sink_logit));
     var sigmoid_mass = 0.0; // Σ sigmoid(s + β)
 
     k_best = ArgMax(-1.0, 0u);
@@ -421,6 +452,21 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
         }
     }
 
+    // Split-KV: the split's partial, to be merged by split_combine.wgsl; the rest of the
+    // epilogue is the combine's.
+    if SPLIT {
+        if live {
+            let at = p.split_offset + (row_record(b, h, i) * p.splits + split) * SPLIT_RECORD;
+            if rl.part == 0u {
+                scratch[at] = m;
+                scratch[at + 1u] = l;
+                scratch[at + 2u] = bitcast<f32>(select(0u, SPLIT_POISONED, poisoned));
+                scratch[at + 3u] = 0.0;
+            }
+            //unroll_all c < LANE_QUADS: store_split_quad(at + SPLIT_HEAD + (c0 + c) * 4u, acc[c]);
+        }
+        return;
+    }
     if poisoned {
         l = nan();
     }

@@ -17,7 +17,10 @@ use outlier_attn::{
 /// The backend on this machine's adapter, or `None` after reporting why (a failure when CI
 /// requires it).
 fn backend(subgroups: bool) -> Option<WgslBackend> {
-    match WgslBackend::with_options(WgslOptions { subgroups }) {
+    match WgslBackend::with_options(WgslOptions {
+        subgroups,
+        ..WgslOptions::default()
+    }) {
         Ok(b) => {
             eprintln!("{}", b.describe().join("\n  "));
             Some(b)

@@ -8,6 +8,7 @@ mod host;
 mod problem;
 mod seqs;
 mod shape;
+mod split;
 mod stats;
 mod variant;
 
@@ -19,6 +20,7 @@ pub use seqs::{KvSeqs, QuerySeqs, SeqIndices, SeqMap, SeqSpan, Sequences, valida
 pub use shape::{
     Dim, HEAD_DIM_MULTIPLE, Layout, Layouts, MAX_HEAD_DIM, Shape, Strides, TensorName,
 };
+pub use split::{MAX_SPLITS, SplitKv, heuristic_splits};
 pub use stats::{
     ACTIVATION_OUTLIER_RATIO, ChannelSource, HeadStats, KEY_OUTLIER_FRACTION, OutlierChannel,
     OutlierKey, Outliers, Stat, StatsLevel, find_outliers,

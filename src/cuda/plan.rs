@@ -8,10 +8,12 @@ use super::spec::{
     Arch, COMBINE_ENTRY, COMBINE_WARPS, FINALIZE_ENTRY, KEY_MASS_ENTRY, KernelPath, ROW_RECORD,
     SPLIT_SCALARS, STATS_THREADS, Specialization, partial_record, takes_fast_path,
 };
+use crate::contract::heuristic_splits;
 use crate::contract::{
     EngineFeature, Error, Gate, GateGranularity, KvSeqs, Layout, Mask, Problem, QuerySeqs, Result,
     StatsLevel, TensorName, Validated, Variant,
 };
+pub use crate::contract::{MAX_SPLITS, SplitKv};
 
 /// The backend name in refusals: the plan's limits are the CUDA kernels', on either executor.
 const BACKEND: &str = "cuda";
@@ -153,40 +155,6 @@ impl WorkspaceLayout {
     }
 }
 
-/// The most splits the heuristic makes of a row's keys (FlashAttention-2's bound too): past it
-/// the partials and the combine cost more than the idle multiprocessors they fill.
-pub const MAX_SPLITS: usize = 128;
-
-/// Whether a call splits the keys of its rows across blocks (split-KV, for decode: a call with
-/// few query rows has too few blocks to fill the device, so each row's keys are cut into
-/// splits run by blocks of their own, whose partial results a combine kernel merges).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum SplitKv {
-    /// The heuristic of [`DecodeCut::choose`]: split when the blocks would leave most of the
-    /// device's multiprocessors idle.
-    ///
-    /// Not batch invariant, by design: the count follows the number of blocks (a batch that
-    /// fills the device needs no split; that term is the heuristic) and the declared key
-    /// length (the longest sequence, or a cache's capacity), and a sub-batch changes both.
-    /// Counting one sequence's blocks instead would split large-batch decodes that need no
-    /// split, and leave the chunk tied to the declared length; following each sequence's own
-    /// length needs the count chosen on the device per sequence. For invariance fix the chunk
-    /// ([`KeysPerSplit`](SplitKv::KeysPerSplit)), as FlashInfer does.
-    #[default]
-    Auto,
-    /// Never split: every forward block finishes its rows.
-    Off,
-    /// Split wherever the kernels can, with the heuristic's count, at least two splits where
-    /// the keys span two K/V tiles.
-    On,
-    /// Split into chunks of this many keys (rounded up to whole K/V tiles; 0 counts as one
-    /// tile). The cut of a row then depends on its key length alone, not on the batch or the
-    /// device, so a sub-batch gives bit for bit the rows of the full batch (FlashInfer's
-    /// `fixed_split_size`); [`Auto`](SplitKv::Auto) and [`On`](SplitKv::On) pick the count from
-    /// the number of blocks, which the batch changes.
-    KeysPerSplit(usize),
-}
-
 /// What a plan may choose that the contract leaves open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PlanOptions {
@@ -316,31 +284,6 @@ impl DecodeCut {
             m_blocks
         }
     }
-}
-
-/// The split count of the heuristic ([`DecodeCut`]); `force`: no early "the blocks fill the
-/// device", and at least two splits where there are two tiles.
-fn heuristic_splits(blocks: usize, tiles: usize, sms: usize, force: bool) -> usize {
-    let most = tiles.min(MAX_SPLITS);
-    if most < 2 || (!force && blocks * 5 >= sms * 4) {
-        return 1;
-    }
-    let efficiency = |splits: usize| {
-        let waves = (blocks * splits) as f64 / sms as f64;
-        waves / waves.ceil()
-    };
-    // A count whose chunk is the previous count's chunk only adds idle splits.
-    let changes_chunk =
-        |splits: &usize| *splits == 1 || tiles.div_ceil(*splits) != tiles.div_ceil(*splits - 1);
-    let best = (1..=most)
-        .filter(changes_chunk)
-        .map(efficiency)
-        .fold(0.0, f64::max);
-    let least = if force { 2 } else { 1 };
-    (least..=most)
-        .filter(changes_chunk)
-        .find(|&splits| efficiency(splits) >= 0.85 * best)
-        .unwrap_or(least)
 }
 
 /// The addresses of one call's buffers: device addresses on a GPU, host addresses in the

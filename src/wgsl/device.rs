@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use super::kernel::{
     BLOCK_M, BLOCK_M_SHORT, COMBINE_THREADS, KV_DENSE, KV_LENS, KV_PACKED, KV_PAGED,
     KV_PARTIAL_LEN, Kernel, KernelKind, LAVAPIPE_LOOP_ITERATIONS, LoopTrips, PARTIAL_LEN, Params,
-    ROW_STATE_LEN, SEQ_LEN, SEQS_THREADS, SHUFFLE_TILE, key_mass_keys_per_lane, row_lanes,
-    tile_rows, window_uniforms,
+    ROW_STATE_LEN, SEQ_LEN, SEQS_THREADS, SHUFFLE_TILE, SPLIT_HEAD_LEN, key_mass_keys_per_lane,
+    row_lanes, tile_rows, window_uniforms,
 };
 use crate::contract::{
     Args, BufferArg, DType, EngineFeature, Error, KvSeqs, Layout, Params as VariantParams, Problem,
-    QuerySeqs, Result, SeqIndices, TensorArg, TensorName, Validated, Variant, validate,
+    QuerySeqs, Result, SeqIndices, SplitKv, TensorArg, TensorName, Validated, Variant,
+    heuristic_splits, validate,
 };
 
 /// The backend's name in errors.
@@ -102,13 +103,24 @@ pub struct WgslOptions {
     /// Let the forward kernel's lanes exchange keys by subgroup shuffles when the device has
     /// `Features::SUBGROUP` (default `true`); `false` forces the workgroup-memory path.
     pub subgroups: bool,
+    /// Split-KV for decode (default [`SplitKv::Auto`]); see the module docs for where the
+    /// kernels split and what `Auto` chooses.
+    pub split_kv: SplitKv,
 }
 
 impl Default for WgslOptions {
     fn default() -> Self {
-        WgslOptions { subgroups: true }
+        WgslOptions {
+            subgroups: true,
+            split_kv: SplitKv::Auto,
+        }
     }
 }
+
+/// The compute units [`SplitKv::Auto`] fills on a GPU adapter (wgpu does not report the
+/// count): a mid-range discrete GPU's. The heuristic splits a decode whose workgroups are
+/// fewer than 80 % of them.
+pub const TYPICAL_COMPUTE_UNITS: u32 = 64;
 
 /// Fused attention on a caller's wgpu device: pipelines cached per specialisation, a scratch
 /// buffer reused across calls, passes recorded into the caller's encoder.
@@ -144,6 +156,10 @@ pub struct WgslAttention {
     placeholder: ::wgpu::Buffer,
     /// Loop iterations the driver lets one invocation run (lavapipe), if it limits them.
     loop_limit: Option<u64>,
+    split_kv: SplitKv,
+    /// What the split heuristic fills: lavapipe's threads (the host's CPUs), else
+    /// [`TYPICAL_COMPUTE_UNITS`].
+    compute_units: u32,
 }
 
 /// Storage buffers the forward kernel binds at once (WebGPU's default limit is 8).
@@ -317,8 +333,15 @@ impl WgslAttention {
             usage: ::wgpu::BufferUsages::UNIFORM | ::wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        let compute_units = if lavapipe {
+            std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+        } else {
+            TYPICAL_COMPUTE_UNITS
+        };
         Ok(WgslAttention {
             loop_limit: lavapipe.then_some(LAVAPIPE_LOOP_ITERATIONS),
+            split_kv: options.split_kv,
+            compute_units,
             device: device.clone(),
             queue: queue.clone(),
             shuffle_lanes: shuffles.then_some(sg_min),
@@ -339,6 +362,26 @@ impl WgslAttention {
             scratch: Mutex::new(None),
             placeholder,
         })
+    }
+
+    /// The split-KV setting of this instance ([`WgslOptions::split_kv`]).
+    pub fn split_kv(&self) -> SplitKv {
+        self.split_kv
+    }
+
+    /// With another split-KV setting (the pipelines built so far are kept).
+    pub fn with_split_kv(mut self, split_kv: SplitKv) -> WgslAttention {
+        self.split_kv = split_kv;
+        self
+    }
+
+    /// Splits of each row's keys that a call of `problem` runs with (1: no split), after the
+    /// checks of [`encode`](Self::encode) that depend on the device.
+    ///
+    /// # Errors
+    /// As [`prepare`](Self::prepare), without building anything.
+    pub fn splits(&self, problem: &Problem) -> Result<usize> {
+        self.plan(problem).map(|p| p.splits as usize)
     }
 
     /// Whether the forward kernel's lanes exchange keys by subgroup shuffles (for the head dims
@@ -465,7 +508,7 @@ impl WgslAttention {
                 source: ::wgpu::ShaderSource::Wgsl(source.into()),
             });
         let layout = match kernel.kind {
-            KernelKind::Forward => &self.forward_pipeline_layout,
+            KernelKind::Forward | KernelKind::SplitCombine => &self.forward_pipeline_layout,
             KernelKind::Combine => &self.combine_pipeline_layout,
             KernelKind::KeyMass => &self.key_mass_pipeline_layout,
             KernelKind::Seqs => &self.seqs_pipeline_layout,
@@ -750,29 +793,15 @@ impl WgslAttention {
         let q_blocks = folded.div_ceil(geometry.workgroup / row_lanes(d));
         // Key-mass workgroups per (batch, head): BLOCK_M lanes of `KEYS_PER_LANE` keys each.
         let key_blocks = kv_len.div_ceil(BLOCK_M * key_mass_keys_per_lane(d));
-        let max_groups = self.limits.max_compute_workgroups_per_dimension;
-        for (what, n) in [
-            ("query blocks", q_blocks),
-            ("kv heads", s.kv_heads as u32),
-            ("query heads", s.q_heads as u32),
-            ("batch", s.batch as u32),
-            ("key blocks", key_blocks),
-            ("combine groups", heads.div_ceil(COMBINE_THREADS)),
-        ] {
-            if n > max_groups {
-                return Err(unsupported(format!(
-                    "{what}: {n} workgroups, more than the {max_groups} per dimension this device dispatches"
-                )));
-            }
-        }
         let key_mass_tile = match problem.stats.keys() {
             true => Some(self.key_mass_tile(d).ok_or_else(no_tile)?),
             false => None,
         };
-        if let Some(limit) = self.loop_limit {
+        // The loop iterations of the call's invocations when each visits `keys` keys.
+        let needed = |keys: u32, splits: u32| {
             let trips = LoopTrips::of(
                 s.q_len as u64,
-                s.kv_len as u64,
+                u64::from(keys),
                 d as u64,
                 u64::from(geometry.workgroup),
                 u64::from(geometry.tile),
@@ -780,16 +809,55 @@ impl WgslAttention {
                 u64::from(key_mass_tile.unwrap_or(1)),
                 matches!(problem.variant, Variant::ClippedSoftmax { .. }),
             );
-            let needed = [
+            [
                 Some(trips.forward),
                 key_mass_tile.map(|_| trips.key_mass),
                 problem.stats.heads().then_some(trips.combine),
                 (!problem.seqs.is_dense()).then(|| seqs_trips(problem)),
+                (splits > 1).then(|| 2 * (u64::from(splits) + 1)),
             ]
             .into_iter()
             .flatten()
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+        };
+        let tile = geometry.tile;
+        let tiles = kv_len.div_ceil(tile).max(1);
+        let tiles_per_split = self.tiles_per_split(problem, q_blocks, tile, tiles, &|t| {
+            self.loop_limit
+                .is_none_or(|limit| needed(t * tile, tiles.div_ceil(t)) <= limit)
+        })?;
+        let splits = tiles.div_ceil(tiles_per_split);
+        let split_keys = if splits > 1 {
+            tiles_per_split * tile
+        } else {
+            kv_len.max(1)
+        };
+        let split_groups = q_blocks
+            .checked_mul(splits)
+            .ok_or_else(|| too_big("query blocks · splits"))?;
+        // The split combine: one lane per (folded row, channel quad).
+        let split_combine_groups = (folded as u64 * d as u64 / 4).div_ceil(COMBINE_THREADS as u64);
+        let split_combine_groups =
+            u32::try_from(split_combine_groups).map_err(|_| too_big("Nq · group · d"))?;
+        let max_groups = self.limits.max_compute_workgroups_per_dimension;
+        for (what, n) in [
+            ("query blocks", split_groups),
+            ("kv heads", s.kv_heads as u32),
+            ("query heads", s.q_heads as u32),
+            ("batch", s.batch as u32),
+            ("key blocks", key_blocks),
+            ("combine groups", heads.div_ceil(COMBINE_THREADS)),
+            ("split combine groups", split_combine_groups),
+        ] {
+            if n > max_groups {
+                return Err(unsupported(format!(
+                    "{what}: {n} workgroups, more than the {max_groups} per dimension this device dispatches"
+                )));
+            }
+        }
+        if let Some(limit) = self.loop_limit {
+            let needed = needed(split_keys.min(kv_len), splits);
             if needed > limit {
                 return Err(unsupported(format!(
                     "lavapipe ends a shader invocation after {limit} loop iterations (Mesa's \
@@ -819,7 +887,8 @@ impl WgslAttention {
                 geometry.tile,
                 geometry.shuffles,
             )
-            .with_chunk(geometry.chunk),
+            .with_chunk(geometry.chunk)
+            .with_split(splits > 1),
             combine: problem
                 .stats
                 .heads()
@@ -827,11 +896,79 @@ impl WgslAttention {
             key_mass: key_mass_tile.map(|tile| kernel(KernelKind::KeyMass, BLOCK_M, tile, false)),
             seqs: (!problem.seqs.is_dense())
                 .then(|| kernel(KernelKind::Seqs, SEQS_THREADS, 1, false)),
+            split_combine: (splits > 1)
+                .then(|| kernel(KernelKind::SplitCombine, COMBINE_THREADS, 1, false)),
             q_len,
             kv_len,
             q_blocks,
             key_blocks,
             heads,
+            splits,
+            split_keys,
+            split_combine_groups,
+        })
+    }
+
+    /// K/V tiles (of `tile` keys) per split of `problem` (all `tiles` of the keys: no split) under this
+    /// instance's [`SplitKv`], for `q_blocks` folded blocks per (batch, kv head); `fits` says
+    /// whether a split of that many tiles keeps within the loop budget.
+    ///
+    /// Where the kernels split: statistics off, and the variants whose per-row terms the
+    /// combine applies once (Softmax, Softmax1, LogitSink, KvSink: the sink joins split 0;
+    /// ValueBias: the combine adds the bias). ClippedSoftmax needs each row's final normaliser
+    /// before its first weight, and Sigmoid, ContextBias and ContextScale finish rows in ways
+    /// the combine does not repeat: they never split, and forcing it is refused.
+    ///
+    /// `Auto`: on lavapipe (the CPU), a split only when the unsplit call would exceed the loop
+    /// budget, then into the fewest splits that keep within it (measured in BENCHMARKS.md: the
+    /// split adds work and no parallelism there); on a GPU, FlashAttention-2's heuristic
+    /// ([`heuristic_splits`]) over [`TYPICAL_COMPUTE_UNITS`]. `On`: the heuristic, forced.
+    fn tiles_per_split(
+        &self,
+        problem: &Problem,
+        q_blocks: u32,
+        tile: u32,
+        tiles: u32,
+        fits: &dyn Fn(u32) -> bool,
+    ) -> Result<u32> {
+        let s = &problem.shape;
+        let can_split = !problem.stats.heads()
+            && matches!(
+                problem.variant,
+                Variant::Softmax
+                    | Variant::Softmax1
+                    | Variant::LogitSink
+                    | Variant::KvSink
+                    | Variant::ValueBias
+            );
+        let blocks = s.batch * s.kv_heads * q_blocks as usize;
+        let units = self.compute_units as usize;
+        let by_heuristic =
+            |force| tiles.div_ceil(heuristic_splits(blocks, tiles as usize, units, force) as u32);
+        Ok(match self.split_kv {
+            SplitKv::Off => tiles,
+            SplitKv::Auto if !can_split => tiles,
+            SplitKv::On | SplitKv::KeysPerSplit(_) if !can_split => {
+                return Err(unsupported(format!(
+                    "split-KV was forced, but {} with statistics {} does not split (statistics \
+                     off; Softmax, Softmax1, LogitSink, KvSink and ValueBias split)",
+                    problem.variant.name(),
+                    problem.stats.name()
+                )));
+            }
+            SplitKv::Auto if self.loop_limit.is_some() => {
+                // The fewest splits within the loop budget.
+                let mut per_split = tiles;
+                while per_split > 1 && !fits(per_split) {
+                    per_split = per_split.div_ceil(2);
+                }
+                per_split
+            }
+            SplitKv::Auto => by_heuristic(false),
+            SplitKv::On => by_heuristic(true),
+            SplitKv::KeysPerSplit(keys) => {
+                keys.div_ceil(tile as usize).clamp(1, tiles as usize) as u32
+            }
         })
     }
 
@@ -907,8 +1044,17 @@ impl WgslAttention {
             (Some(_), KvSeqs::Paged { max_pages, .. }) => (s.batch * SEQ_LEN, s.batch * max_pages),
             (Some(_), _) => (s.batch * SEQ_LEN, 0),
         };
+        // Split-KV: a partial (m, l, flags, the unnormalised output) per (row, split).
+        let split_len = if plan.splits > 1 {
+            (s.batch * s.q_heads * s.q_len)
+                .checked_mul(plan.splits as usize * (SPLIT_HEAD_LEN + s.head_dim))
+                .ok_or_else(|| unsupported("the split-KV partials overflow".to_string()))?
+        } else {
+            0
+        };
         let seqs_offset = partials_len + kv_partials_len + rows_len;
-        let scratch_words = seqs_offset + seqs_len + table_len;
+        let split_offset = seqs_offset + seqs_len + table_len;
+        let scratch_words = split_offset + split_len;
         let scratch_bytes = (scratch_words * 4) as u64;
         if scratch_bytes > self.limits.max_storage_buffer_binding_size {
             return Err(unsupported(format!(
@@ -1008,11 +1154,14 @@ impl WgslAttention {
             lens_offset: lens.base,
             block_table_offset: table.base,
             bias_per_seq: u32::from(bias_per_seq),
-            ..Params::default()
+            splits: plan.splits,
+            split_keys: plan.split_keys,
+            split_offset: word("the scratch buffer", split_offset)?,
         };
 
         let seqs_pipeline = plan.seqs.map(|k| self.pipeline(&k));
         let forward = self.pipeline(&plan.forward);
+        let split_combine = plan.split_combine.map(|k| self.pipeline(&k));
         let combine = plan.combine.map(|k| self.pipeline(&k));
         let key_mass_pipeline = plan.key_mass.map(|k| self.pipeline(&k));
 
@@ -1098,7 +1247,17 @@ impl WgslAttention {
         }
         pass.set_pipeline(&forward);
         pass.set_bind_group(0, &forward_group, &dynamic);
-        pass.dispatch_workgroups(plan.q_blocks, s.kv_heads as u32, s.batch as u32);
+        pass.dispatch_workgroups(
+            plan.q_blocks * plan.splits,
+            s.kv_heads as u32,
+            s.batch as u32,
+        );
+        // Split-KV: the forward pass's partials to O and the LSE (the same bindings).
+        if let Some(pipeline) = &split_combine {
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &forward_group, &dynamic);
+            pass.dispatch_workgroups(plan.split_combine_groups, s.kv_heads as u32, s.batch as u32);
+        }
         if let (Some(pipeline), Some(group)) = (&combine, &combine_group) {
             pass.set_pipeline(pipeline);
             pass.set_bind_group(0, group, &dynamic);
@@ -1139,13 +1298,25 @@ struct Plan {
     q_blocks: u32,
     key_blocks: u32,
     heads: u32,
+    /// Split-KV: splits of each row's keys (1: no split), keys per split (whole tiles), and
+    /// the merge of the splits with its workgroups per (batch, kv head).
+    splits: u32,
+    split_keys: u32,
+    split_combine: Option<Kernel>,
+    split_combine_groups: u32,
 }
 
 impl Plan {
     fn kernels(&self) -> impl Iterator<Item = Kernel> {
-        [self.seqs, Some(self.forward), self.combine, self.key_mass]
-            .into_iter()
-            .flatten()
+        [
+            self.seqs,
+            Some(self.forward),
+            self.split_combine,
+            self.combine,
+            self.key_mass,
+        ]
+        .into_iter()
+        .flatten()
     }
 }
 

@@ -500,6 +500,15 @@ impl Backend for WgslBackend {
                 self.attention.forward_tile(128).unwrap_or(0),
                 self.attention.forward_tile(256).unwrap_or(0),
             ),
+            format!(
+                "split-KV: {:?} (Auto splits {})",
+                self.attention.split_kv(),
+                if self.attention.loop_iteration_limit().is_some() {
+                    "only a decode past the loop budget"
+                } else {
+                    "decodes whose workgroups leave most of the device idle"
+                }
+            ),
         ]
     }
 

@@ -35,6 +35,7 @@ const FORWARD: &str = include_str!("../../shaders/forward.wgsl");
 const COMBINE: &str = include_str!("../../shaders/combine.wgsl");
 const KEY_MASS: &str = include_str!("../../shaders/key_mass.wgsl");
 const SEQS: &str = include_str!("../../shaders/seqs.wgsl");
+const SPLIT_COMBINE: &str = include_str!("../../shaders/split_combine.wgsl");
 
 /// f32 values in one row's partial statistics record (`PARTIAL_LEN` in `shaders/common.wgsl`).
 pub(crate) const PARTIAL_LEN: usize = 13;
@@ -44,6 +45,9 @@ pub(crate) const KV_PARTIAL_LEN: usize = 7;
 pub(crate) const ROW_STATE_LEN: usize = 3;
 /// 32-bit words of one sequence record (`SEQ_LEN`).
 pub(crate) const SEQ_LEN: usize = 5;
+/// Words of a split-KV partial before its head-dim output: m, l, flags and one unused
+/// (`SPLIT_HEAD` of forward.wgsl); a partial is `SPLIT_HEAD_LEN + d` words.
+pub(crate) const SPLIT_HEAD_LEN: usize = 4;
 /// `kv_mode` of the uniforms (`KV_*` in common.wgsl): how K and V hold the sequences.
 pub(crate) const KV_DENSE: u32 = 0;
 pub(crate) const KV_LENS: u32 = 1;
@@ -141,10 +145,11 @@ pub(crate) fn unrolled_trips(count: u64) -> u64 {
 /// (`LP_MAX_TGSI_LOOP_ITERATIONS` in Mesa's gallivm); past it the invocation stops silently.
 pub(crate) const LAVAPIPE_LOOP_ITERATIONS: u64 = 65_535;
 
-/// The three kernels of a forward call.
+/// The kernels of a forward call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum KernelKind {
-    /// The fused forward pass (O, LSE, partial statistics, row state).
+    /// The fused forward pass (O, LSE, partial statistics, row state; with split-KV, one
+    /// split's partial results).
     Forward,
     /// Partial statistics to the per-head record.
     Combine,
@@ -153,6 +158,8 @@ pub(crate) enum KernelKind {
     /// The engine's index tensors to sequence records, ahead of the others (packed and
     /// paged calls).
     Seqs,
+    /// Split-KV: the splits' partial results of each row to its O and LSE.
+    SplitCombine,
 }
 
 impl KernelKind {
@@ -163,6 +170,7 @@ impl KernelKind {
             KernelKind::Combine => "combine",
             KernelKind::KeyMass => "key_mass",
             KernelKind::Seqs => "seqs",
+            KernelKind::SplitCombine => "split_combine",
         }
     }
 }
@@ -194,6 +202,9 @@ pub(crate) struct Kernel {
     /// The call may have sequence records (`SEQ_RECORDS`): false only for the forward and
     /// key-mass kernels of dense calls (see [`Kernel::with_sequences`]).
     pub seq_records: bool,
+    /// Split-KV (`SPLIT`): the forward kernel runs one split of each row's keys and leaves a
+    /// partial result for the split combine (see [`Kernel::with_split`]).
+    pub split: bool,
 }
 
 /// `UNBOUNDED` of common.wgsl: a side of the window without a bound.
@@ -260,6 +271,7 @@ impl Kernel {
             subgroups,
             chunk: tile,
             seq_records: true,
+            split: false,
         };
         // The smaller kernels read only part of the specialisation; the rest is set to one
         // value so that they are built once for all the forward kernels that share them
@@ -276,6 +288,15 @@ impl Kernel {
         };
         match kind {
             KernelKind::Forward => full,
+            // Merges the forward kernel's partials and writes O as it does: the dtype, the
+            // variant's per-row terms, the sequence layout.
+            KernelKind::SplitCombine => Kernel {
+                dtype,
+                variant: variant_code(variant),
+                stats,
+                split: true,
+                ..neutral
+            },
             // Reads the partial records: depends on the head dim alone.
             KernelKind::Combine => neutral,
             // Reads index tensors only: one pipeline for every call.
@@ -308,7 +329,7 @@ impl Kernel {
     /// [`Sequences::is_dense`]: crate::Sequences::is_dense
     pub(crate) fn with_sequences(self, dense: bool) -> Kernel {
         let seq_records = match self.kind {
-            KernelKind::Forward | KernelKind::KeyMass => !dense,
+            KernelKind::Forward | KernelKind::KeyMass | KernelKind::SplitCombine => !dense,
             KernelKind::Combine | KernelKind::Seqs => true,
         };
         Kernel {
@@ -322,6 +343,15 @@ impl Kernel {
     pub(crate) fn with_chunk(self, chunk: u32) -> Kernel {
         match self.kind {
             KernelKind::Forward => Kernel { chunk, ..self },
+            _ => self,
+        }
+    }
+
+    /// The forward kernel as one split of split-KV (`split`), leaving partials for the split
+    /// combine; the other kernels are left as they are.
+    pub(crate) fn with_split(self, split: bool) -> Kernel {
+        match self.kind {
+            KernelKind::Forward => Kernel { split, ..self },
             _ => self,
         }
     }
@@ -353,6 +383,7 @@ impl Kernel {
              const STATS: bool = {stats};\n\
              const KEY_MASS: bool = {keys};\n\
              const SEQ_RECORDS: bool = {seq_records};\n\
+             const SPLIT: bool = {split};\n\
              const LOAD_UNROLL: u32 = {LOAD_UNROLL}u;\n\
              const STAGE_UNROLL: u32 = {STAGE_UNROLL}u;\n\
              const KEYS_PER_LANE: u32 = {keys_per_lane}u;\n",
@@ -367,6 +398,7 @@ impl Kernel {
             stats = self.stats.heads(),
             keys = self.stats.keys(),
             seq_records = self.seq_records,
+            split = self.split,
             keys_per_lane = key_mass_keys_per_lane(self.head_dim as usize),
         );
         // The statistics record's layout comes from the contract, not from a second copy.
@@ -395,6 +427,13 @@ impl Kernel {
                 text.push_str(KEY_MASS);
             }
             KernelKind::Seqs => text.push_str(SEQS),
+            // The forward file's bindings, loads and O stores, then the merge's entry point.
+            KernelKind::SplitCombine => {
+                text.push_str(QK_LOADS);
+                text.push_str(FORWARD);
+                text.push_str(KEYS_WORKGROUP);
+                text.push_str(SPLIT_COMBINE);
+            }
         }
         // `//unroll_all` writes whole counts of D4 or fewer (and the key-mass lane's keys).
         let all_chunk = (self.head_dim / 4).max(key_mass_keys_per_lane(self.head_dim as usize));
@@ -633,9 +672,9 @@ pub(crate) struct Params {
     pub lens_offset: u32,
     pub block_table_offset: u32,
     pub bias_per_seq: u32,
-    pub pad0: u32,
-    pub pad1: u32,
-    pub pad2: u32,
+    pub splits: u32,
+    pub split_keys: u32,
+    pub split_offset: u32,
 }
 
 #[cfg(test)]
@@ -677,6 +716,7 @@ mod tests {
         assert!(COMMON.contains(&format!("const KV_PARTIAL_LEN: u32 = {KV_PARTIAL_LEN}u;")));
         assert!(COMMON.contains(&format!("const ROW_STATE_LEN: u32 = {ROW_STATE_LEN}u;")));
         assert!(COMMON.contains(&format!("const SEQ_LEN: u32 = {SEQ_LEN}u;")));
+        assert!(FORWARD.contains(&format!("const SPLIT_HEAD: u32 = {SPLIT_HEAD_LEN}u;")));
         for (name, value) in [
             ("KV_DENSE", KV_DENSE),
             ("KV_LENS", KV_LENS),
@@ -731,6 +771,7 @@ mod tests {
                 KernelKind::Combine,
                 KernelKind::KeyMass,
                 KernelKind::Seqs,
+                KernelKind::SplitCombine,
             ] {
                 let kernel = Kernel::new(
                     kind,

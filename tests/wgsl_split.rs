@@ -1,0 +1,258 @@
+//! Split-KV decode on the WGSL backend: split and unsplit calls both held to the reference
+//! (the parity rule), each bitwise deterministic; a sub-batch gives bit for bit the full
+//! batch's rows when the chunk is fixed (`KeysPerSplit`); splits that see no key of a row
+//! (windows, short `seqlens_k`, an empty sequence) merge without NaN; paged decode; lavapipe's
+//! loop budget split around; forced splits refused where the kernels cannot split.
+//!
+//! Kept cheap for CI: a few decode shapes, each pipeline specialisation built once or twice.
+#![cfg(feature = "wgpu")]
+mod common;
+
+use common::{Case, EngineCase};
+use outlier_attn::cases::{InputSpec, KvStorage, SeqCase};
+use outlier_attn::wgsl::{WgslBackend, WgslOptions};
+use outlier_attn::{
+    Backend, DType, Error, HostInputs, HostTensor, Mask, Problem, Shape, SplitKv, StatsLevel,
+    Variant,
+};
+
+/// The backend with split-KV set to `split_kv`, or `None` after reporting why.
+fn backend(split_kv: SplitKv) -> Option<WgslBackend> {
+    match WgslBackend::with_options(WgslOptions {
+        split_kv,
+        ..WgslOptions::default()
+    }) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            common::skip_or_fail("wgsl", &e.to_string());
+            None
+        }
+    }
+}
+
+/// One K/V tile per split: the most splits a call can have.
+const FINEST: SplitKv = SplitKv::KeysPerSplit(1);
+
+/// Decode problems whose rows have per-row terms or masked splits: plain softmax (f16, GQA),
+/// learned sink logits under a window that leaves the first splits of every row without a
+/// key (f32, d = 128, Nq = 2), and a value bias (bf16).
+fn decode_problems() -> Vec<Problem> {
+    vec![
+        Problem::new(Shape::new(2, 4, 2, 1, 150, 64), DType::F16),
+        Problem::new(Shape::new(1, 4, 1, 2, 200, 128), DType::F32)
+            .with_variant(Variant::LogitSink)
+            .with_mask(Mask::window(Some(40), Some(0))),
+        Problem::new(Shape::new(1, 2, 1, 1, 100, 32), DType::Bf16)
+            .with_variant(Variant::ValueBias)
+            .with_mask(Mask::Causal),
+    ]
+}
+
+fn case(problem: Problem, seed: u64) -> Case {
+    Case {
+        problem,
+        spec: InputSpec {
+            seed,
+            ..InputSpec::default()
+        },
+        views: false,
+    }
+}
+
+#[test]
+fn split_and_unsplit_decode_both_pass_and_are_deterministic() {
+    let (Some(split), Some(unsplit)) = (backend(FINEST), backend(SplitKv::Off)) else {
+        return;
+    };
+    for (n, problem) in decode_problems().into_iter().enumerate() {
+        let splits = split.attention().splits(&problem).expect("plan");
+        assert!(splits > 2, "{problem:?}: {splits} splits");
+        assert_eq!(unsplit.attention().splits(&problem).expect("plan"), 1);
+        let case = case(problem, 10 + n as u64);
+        for b in [&split, &unsplit] {
+            if let Err(e) = common::check_case(b, &case) {
+                panic!(
+                    "{} splits: {e}",
+                    b.attention().splits(&problem).unwrap_or(0)
+                );
+            }
+            common::assert_deterministic(b, &case);
+        }
+    }
+}
+
+/// Engine-shaped decode with splits: paged caches (pages of 64 and 16 tokens), a window whose
+/// first splits see no key, sequences shorter than the others (their last splits are empty),
+/// and an empty sequence (`seqlens_k` = 0: O = 0, LSE = −inf, no NaN).
+#[test]
+fn paged_and_short_sequences_split_without_nan() {
+    let Some(split) = backend(FINEST) else { return };
+    let mut engine: Vec<EngineCase> = common::decode_engine_cases()
+        .into_iter()
+        .filter(|c| c.template.stats == StatsLevel::Off)
+        .collect();
+    assert_eq!(
+        engine.len(),
+        2,
+        "the paged decode cases with statistics off"
+    );
+    engine.push(EngineCase {
+        template: Problem::new(Shape::new(1, 4, 2, 1, 1, 64), DType::F16),
+        seqs: SeqCase {
+            q_lens: vec![1, 1, 1],
+            kv_lens: vec![150, 20, 0],
+            packed_q: false,
+            kv: KvStorage::DenseWithLens { spare: 5 },
+        },
+        spec: InputSpec {
+            seed: 7,
+            ..InputSpec::default()
+        },
+    });
+    for case in &engine {
+        let (problem, inputs) = case.build();
+        assert!(split.attention().splits(&problem).expect("plan") > 2);
+        match common::check_engine_case(&split, case) {
+            Ok(true) => {}
+            Ok(false) => panic!("{}: refused", case.seqs.label()),
+            Err(e) => panic!("{e}"),
+        }
+        let out = split.forward(&problem, &inputs).expect("forward");
+        let again = split.forward(&problem, &inputs).expect("forward");
+        assert!(
+            out.o.as_bytes() == again.o.as_bytes(),
+            "{}: two runs differ",
+            case.seqs.label()
+        );
+        let o = out.o.to_f64_vec();
+        assert!(
+            o.iter().all(|x| !x.is_nan()),
+            "{}: NaN in O",
+            case.seqs.label()
+        );
+        assert!(
+            out.lse.iter().all(|x| !x.is_nan()),
+            "{}: NaN LSE",
+            case.seqs.label()
+        );
+    }
+    // The empty sequence: O = 0 and LSE = −inf, as unsplit.
+    let (problem, inputs) = engine[2].build();
+    let out = split.forward(&problem, &inputs).expect("forward");
+    let s = &problem.shape;
+    let row = s.q_heads * s.head_dim;
+    assert!(
+        out.o.to_f64_vec()[2 * row..3 * row]
+            .iter()
+            .all(|&x| x == 0.0)
+    );
+    assert!(
+        out.lse[2 * s.q_heads..3 * s.q_heads]
+            .iter()
+            .all(|&x| x == f32::NEG_INFINITY)
+    );
+}
+
+/// Batch `b` of `t`, whose batches are `per_batch` elements each.
+fn batch_of(t: &HostTensor, b: usize, per_batch: usize) -> HostTensor {
+    let bytes = t.dtype().size_bytes();
+    HostTensor::from_bytes(
+        t.dtype(),
+        &t.as_bytes()[b * per_batch * bytes..(b + 1) * per_batch * bytes],
+    )
+    .expect("whole elements")
+}
+
+/// With the chunk fixed, a row's cut depends on its keys alone: sequence 2 of a batch of 4,
+/// run alone, gives the same bits (O and LSE) as in the batch, with LogitSink's per-head
+/// terms.
+#[test]
+fn sub_batch_rows_are_bitwise_those_of_the_full_batch() {
+    let Some(split) = backend(SplitKv::KeysPerSplit(64)) else {
+        return;
+    };
+    let full =
+        Problem::new(Shape::new(4, 4, 2, 1, 200, 64), DType::F16).with_variant(Variant::LogitSink);
+    let one =
+        Problem::new(Shape::new(1, 4, 2, 1, 200, 64), DType::F16).with_variant(Variant::LogitSink);
+    assert!(split.attention().splits(&full).expect("plan") > 1);
+    let inputs = outlier_attn::cases::random_inputs(&full, &InputSpec::default());
+    let s = &full.shape;
+    let (q_batch, kv_batch) = (s.q_heads * s.head_dim, s.kv_len * s.kv_heads * s.head_dim);
+    let b = 2;
+    let alone = HostInputs::dense(
+        &one,
+        batch_of(&inputs.q, b, q_batch),
+        batch_of(&inputs.k, b, kv_batch),
+        batch_of(&inputs.v, b, kv_batch),
+    )
+    .with_params(inputs.params.clone());
+    let out_full = split.forward(&full, &inputs).expect("full batch");
+    let out_one = split.forward(&one, &alone).expect("sub-batch");
+    let bytes = full.dtype.size_bytes();
+    assert!(
+        out_full.o.as_bytes()[b * q_batch * bytes..(b + 1) * q_batch * bytes]
+            == *out_one.o.as_bytes(),
+        "O of the sub-batch differs from the full batch's"
+    );
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(&out_full.lse[b * s.q_heads..(b + 1) * s.q_heads]),
+        bits(&out_one.lse),
+        "LSE of the sub-batch differs from the full batch's"
+    );
+}
+
+/// On lavapipe a decode past the loop budget used to be refused; `Auto` splits it into chunks
+/// within the budget, and the result is right. (`Off` still refuses it.)
+#[test]
+fn auto_splits_a_decode_past_lavapipes_loop_budget() {
+    let Some(auto) = backend(SplitKv::Auto) else {
+        return;
+    };
+    let Some(limit) = auto.attention().loop_iteration_limit() else {
+        eprintln!("skipped: the adapter does not limit loop iterations");
+        return;
+    };
+    let problem = Problem::new(Shape::new(1, 2, 1, 1, limit as usize, 64), DType::F16);
+    let Some(off) = backend(SplitKv::Off) else {
+        return;
+    };
+    assert!(matches!(
+        off.forward(&problem, &outlier_attn::cases::random_inputs(&problem, &InputSpec::default())),
+        Err(Error::Unsupported { reason, .. }) if reason.contains("loop iterations")
+    ));
+    assert!(auto.attention().splits(&problem).expect("plan") > 1);
+    if let Err(e) = common::check_case(&auto, &case(problem, 3)) {
+        panic!("{e}");
+    }
+}
+
+/// A forced split where the kernels cannot split is refused by name; `Auto` runs unsplit.
+#[test]
+fn forced_splits_are_refused_where_the_kernels_cannot_split() {
+    let Some(on) = backend(SplitKv::On) else {
+        return;
+    };
+    let Some(auto) = backend(SplitKv::Auto) else {
+        return;
+    };
+    let decode = Problem::new(Shape::new(1, 2, 1, 1, 300, 64), DType::F16);
+    for problem in [
+        decode.with_stats(StatsLevel::Heads),
+        decode.with_variant(Variant::ClippedSoftmax {
+            zeta: 1.1,
+            gamma: -0.1,
+        }),
+        decode.with_variant(Variant::Sigmoid { bias: None }),
+    ] {
+        match on.attention().splits(&problem) {
+            Err(Error::Unsupported { reason, .. }) => {
+                assert!(reason.contains("split-KV"), "{reason}")
+            }
+            other => panic!("{problem:?}: {other:?}"),
+        }
+        assert_eq!(auto.attention().splits(&problem).expect("plan"), 1);
+    }
+    assert!(on.attention().splits(&decode).expect("plan") > 1);
+}
