@@ -1,5 +1,6 @@
 //! Pipeline build time per specialisation of the WGSL kernels on this machine's adapter:
-//! `cargo run --release --features wgpu --example wgsl_build_times [d ...]`. Set
+//! `cargo run --release --features wgpu --example wgsl_build_times [d ...] [f32|f16|bf16 ...]`
+//! (head dims 64, 128 and 256 and every dtype unless named). Set
 //! `MESA_SHADER_CACHE_DISABLE=true` to measure lavapipe cold (no shader cache). lavapipe
 //! compiles a pipeline's machine code at its first dispatch, so the time is that of a first
 //! call on a small problem (its run takes a few milliseconds), pipelines built inside it.
@@ -9,10 +10,14 @@ use outlier_attn::wgsl::WgslBackend;
 use outlier_attn::{Backend, DType, Problem, Shape, StatsLevel, Variant};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dims: Vec<usize> = std::env::args()
+    let (named_dtypes, dims): (Vec<String>, Vec<String>) = std::env::args()
         .skip(1)
-        .map(|a| a.parse())
-        .collect::<Result<_, _>>()?;
+        .partition(|a| DType::ALL.iter().any(|t| t.name() == a));
+    let dims: Vec<usize> = dims.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
+    let dtypes: Vec<DType> = DType::ALL
+        .into_iter()
+        .filter(|t| named_dtypes.is_empty() || named_dtypes.iter().any(|n| n == t.name()))
+        .collect();
     let dims = if dims.is_empty() {
         vec![64, 128, 256]
     } else {
@@ -23,7 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("| d | dtype | variant | statistics | first call (ms) |");
     println!("| ---: | --- | --- | --- | ---: |");
     for d in dims {
-        for dtype in [DType::F32, DType::F16, DType::Bf16] {
+        for &dtype in &dtypes {
             for (variant, stats) in [
                 (Variant::Softmax, StatsLevel::Off),
                 (Variant::Softmax, StatsLevel::Heads),

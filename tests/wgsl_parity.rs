@@ -89,44 +89,58 @@ fn parity_sweep_head_dims_to_256() {
 }
 
 /// Hand-picked cases the random sweep may miss: decode, a single key, rows with no key, 113
-/// (no multiple of a tile), d = 256, massive activations in 16-bit dtypes, wide sinks.
-#[test]
-fn edge_cases() {
+/// (no multiple of a tile), d = 256, massive activations in 16-bit dtypes, wide sinks. Every
+/// variant on every shape, dtype, mask and statistics level in turn: a full product would build
+/// hundreds of pipelines, which lavapipe compiles slowly (2 to 7 s each, cold). The statistics
+/// level turns with the shape as well as the variant, so each shape meets every level three
+/// times and each dtype every level; one test per shape, so that the four run in parallel.
+fn edge_cases(n: usize, shape: Shape) {
     let Some(b) = backend(true) else { return };
-    let shapes = [
-        Shape::new(1, 4, 1, 1, 113, 64),  // decode, MQA
-        Shape::new(2, 2, 2, 113, 1, 32),  // one key
-        Shape::new(1, 2, 1, 80, 17, 128), // Nq > Nk: causal rows with no key
-        Shape::new(1, 1, 1, 9, 30, 256),
-    ];
-    // Every variant on every shape, each dtype and mask in turn (a full product would
-    // build hundreds of pipelines, which lavapipe compiles slowly).
-    let variants = Variant::all_default();
-    for (n, shape) in shapes.iter().enumerate() {
-        for (m, variant) in variants.iter().enumerate() {
-            let dtype = DType::ALL[(n + m) % 3];
-            let mask = if (n + m) % 2 == 0 {
-                Mask::Causal
-            } else {
-                Mask::None
-            };
-            let case = Case {
-                problem: Problem::new(*shape, dtype)
-                    .with_variant(*variant)
-                    .with_mask(mask)
-                    .with_stats(StatsLevel::HeadsAndKeys),
-                spec: InputSpec {
-                    seed: 3 + m as u64,
-                    massive: dtype != DType::F32,
-                    ..InputSpec::default()
-                },
-                views: false,
-            };
-            if let Err(e) = common::check_case(&b, &case) {
-                panic!("{e}");
-            }
+    let levels = [StatsLevel::HeadsAndKeys, StatsLevel::Heads, StatsLevel::Off];
+    for (m, variant) in Variant::all_default().iter().enumerate() {
+        let dtype = DType::ALL[(n + m) % 3];
+        let mask = if (n + m) % 2 == 0 {
+            Mask::Causal
+        } else {
+            Mask::None
+        };
+        let case = Case {
+            problem: Problem::new(shape, dtype)
+                .with_variant(*variant)
+                .with_mask(mask)
+                .with_stats(levels[(m + 2 * n) % 3]),
+            spec: InputSpec {
+                seed: 3 + m as u64,
+                massive: dtype != DType::F32,
+                ..InputSpec::default()
+            },
+            views: false,
+        };
+        if let Err(e) = common::check_case(&b, &case) {
+            panic!("{e}");
         }
     }
+}
+
+#[test]
+fn edge_cases_decode_mqa() {
+    edge_cases(0, Shape::new(1, 4, 1, 1, 113, 64));
+}
+
+#[test]
+fn edge_cases_one_key() {
+    edge_cases(1, Shape::new(2, 2, 2, 113, 1, 32));
+}
+
+/// Nq > Nk: under the causal mask the first rows see no key.
+#[test]
+fn edge_cases_rows_without_keys() {
+    edge_cases(2, Shape::new(1, 2, 1, 80, 17, 128));
+}
+
+#[test]
+fn edge_cases_head_dim_256() {
+    edge_cases(3, Shape::new(1, 1, 1, 9, 30, 256));
 }
 
 /// Sliding windows as models run them (`common::window_problems`), on both key paths, and one
@@ -392,10 +406,19 @@ fn device_times_measure_the_kernels() {
 
 /// NaN and ±Inf in one query row, one key or one channel of V, and a −inf sink logit: NaN and
 /// Inf exactly where the reference has them.
+///
+/// Split by dtype into two tests (this one the 16-bit cases), so that they run in parallel.
 #[test]
 fn nonfinite_inputs_propagate_as_the_reference() {
     let Some(b) = backend(true) else { return };
-    common::assert_nonfinite_propagate(&b);
+    common::assert_nonfinite_propagate_where(&b, |p| p.dtype != DType::F32);
+}
+
+/// The f32 cases of the sweep above.
+#[test]
+fn nonfinite_inputs_propagate_as_the_reference_in_f32() {
+    let Some(b) = backend(true) else { return };
+    common::assert_nonfinite_propagate_where(&b, |p| p.dtype == DType::F32);
 }
 
 /// The same sweep on the path without subgroup operations (its own key exchange and row
