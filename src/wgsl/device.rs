@@ -422,7 +422,12 @@ impl WgslAttention {
         let short = folded.saturating_mul(row_lanes as usize) <= BLOCK_M_SHORT as usize;
         if let Some(lanes) = self.shuffle_lanes {
             let workgroup = if short {
-                BLOCK_M_SHORT.max(self.subgroup_max)
+                // The fewest whole subgroups that hold the rows' lanes: a lane past the rows
+                // still walks every key (the shuffles need the whole subgroup), so on a CPU
+                // adapter, whose SIMD runs a subgroup's lanes together, each idle subgroup
+                // costs as much as a live one.
+                let lanes_needed = (folded as u32 * row_lanes).max(1);
+                lanes_needed.div_ceil(self.subgroup_max) * self.subgroup_max
             } else {
                 BLOCK_M
             };

@@ -59,8 +59,8 @@ pub(crate) const SEQS_THREADS: u32 = 64;
 /// Invocations per forward workgroup (`ROW_LANES` per folded query row), and keys per key-mass
 /// workgroup. 64 keeps lavapipe's 8-wide SIMD busy and is a common GPU wavefront multiple.
 pub(crate) const BLOCK_M: u32 = 64;
-/// The forward workgroup for few folded rows (decode): fewer idle invocations. Raised to the
-/// adapter's largest subgroup size on the shuffle path, so that subgroups are whole.
+/// The forward workgroup for few folded rows (decode): fewer idle invocations. On the shuffle
+/// path the fewest whole subgroups (of the adapter's largest size) that hold the rows instead.
 pub(crate) const BLOCK_M_SHORT: u32 = 16;
 /// The most channel quads one lane of a forward row owns (`LANE_QUADS`): the length of the
 /// code written out per key, whatever the head dim. 16 quads (64 channels) keep d <= 64 at one
