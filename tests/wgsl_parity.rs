@@ -17,19 +17,10 @@ use outlier_attn::{
 /// The backend on this machine's adapter, or `None` after reporting why (a failure when CI
 /// requires it).
 fn backend(subgroups: bool) -> Option<WgslBackend> {
-    match WgslBackend::with_options(WgslOptions {
+    common::wgsl_backend(WgslOptions {
         subgroups,
         ..WgslOptions::default()
-    }) {
-        Ok(b) => {
-            eprintln!("{}", b.describe().join("\n  "));
-            Some(b)
-        }
-        Err(e) => {
-            common::skip_or_fail("wgsl", &e.to_string());
-            None
-        }
-    }
+    })
 }
 
 /// Lengths past a 64-row query block and several K/V tiles, head dims to 128.

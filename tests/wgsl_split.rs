@@ -18,16 +18,10 @@ use outlier_attn::{
 
 /// The backend with split-KV set to `split_kv`, or `None` after reporting why.
 fn backend(split_kv: SplitKv) -> Option<WgslBackend> {
-    match WgslBackend::with_options(WgslOptions {
+    common::wgsl_backend(WgslOptions {
         split_kv,
         ..WgslOptions::default()
-    }) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            common::skip_or_fail("wgsl", &e.to_string());
-            None
-        }
-    }
+    })
 }
 
 /// One K/V tile per split: the most splits a call can have.

@@ -46,6 +46,24 @@ pub fn skip_or_fail(name: &str, why: &str) {
     eprintln!("skipped: backend {name} is not available here: {why}");
 }
 
+/// The WGSL backend with `options` on this machine's adapter (its description printed), or
+/// `None` after reporting why: a failure where CI requires it.
+#[cfg(feature = "wgpu")]
+pub fn wgsl_backend(
+    options: outlier_attn::wgsl::WgslOptions,
+) -> Option<outlier_attn::wgsl::WgslBackend> {
+    match outlier_attn::wgsl::WgslBackend::with_options(options) {
+        Ok(b) => {
+            eprintln!("{}", b.describe().join("\n  "));
+            Some(b)
+        }
+        Err(e) => {
+            skip_or_fail("wgsl", &e.to_string());
+            None
+        }
+    }
+}
+
 /// The sizes a strategy may draw.
 #[derive(Clone, Debug)]
 pub struct Limits {
