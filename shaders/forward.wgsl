@@ -31,11 +31,13 @@
 // Split-KV (SPLIT, for decode): the grid's x is split · q_blocks + folded block, and a
 // workgroup visits only keys [split · split_keys, (split + 1) · split_keys) of its span
 // (split_keys is whole tiles, so tiles stay aligned to BLOCK_N). Instead of O and the LSE each
-// row leaves its partial (m, l, flags, then the unnormalised accumulator of HEAD_DIM channels)
-// at record (row, split) in the scratch buffer, and split_combine.wgsl merges a row's splits in
-// split order. The sink, an outcome of the row and not of a key, joins split 0 only. The plan
-// splits only the variants whose remaining per-row terms the combine applies (it refuses
-// ClippedSoftmax, Sigmoid, ContextBias and ContextScale) and never with statistics.
+// row leaves its partial (the online softmax's state and the statistics' sums, SPLIT_*, then
+// the unnormalised accumulator of HEAD_DIM channels) at record (row, split) in the scratch
+// buffer, and the last block of each split its K/V statistics over the split's keys;
+// split_combine.wgsl merges a row's splits in split order and ends the row with this file's
+// epilogue functions (`end_row`, `finish_quad`, `row_shares`). The sink, an outcome of the row
+// and not of a key, joins split 0 only. Every variant but ClippedSoftmax splits (its weights
+// need the row's final normaliser before the first of them).
 //
 // Keys a row does not see (the causal mask, the tail of the last tile) are skipped by selects,
 // never by multiplying by 0: a NaN or Inf in a key the row does not see must not reach it.
@@ -52,11 +54,35 @@ const BLOCK_N: u32 = TILE_LEN;                  // keys per K/V tile in workgrou
 // softmax: m cancels between the numerator and l.
 const RESCALE_SLACK: f32 = 8.0;
 
-// A split-KV partial: m, l, flags (SPLIT_POISONED), unused, then the row's HEAD_DIM channels
-// of the unnormalised accumulator.
-const SPLIT_HEAD: u32 = 4u;
+// A split-KV partial of a row: SPLIT_HEAD words of the split's online-softmax state, then the
+// row's HEAD_DIM channels of its unnormalised accumulator. The q statistics and the sink's
+// logit are the row's, the same in every split; the combine reads them from split 0.
+const SPLIT_M: u32 = 0u;             // running max (−inf: the split saw nothing)
+const SPLIT_L: u32 = 1u;             // Σ e^(x − m), the sink's term included in split 0
+const SPLIT_FLAGS: u32 = 2u;         // SPLIT_POISONED, as bits
+const SPLIT_SINK_LOGIT: u32 = 3u;
+const SPLIT_L_KEYS: u32 = 4u;        // Σ e^(x − m) over real keys only
+const SPLIT_T_ENT: u32 = 5u;         // Σ e^(x − m) · (x − m)
+const SPLIT_MAX_SCORE: u32 = 6u;     // largest score the split's keys gave the row
+const SPLIT_LOGIT0: u32 = 7u;        // x of key 0 (split 0 only; −inf elsewhere)
+const SPLIT_SIGMOID_MASS: u32 = 8u;  // Σ sigmoid(s + β)
+const SPLIT_Q_MAX: u32 = 9u;         // the row's largest |q|, its channel and Σ|q|
+const SPLIT_Q_ARGMAX: u32 = 10u;
+const SPLIT_Q_SUM: u32 = 11u;
+const SPLIT_HEAD: u32 = 12u;
 const SPLIT_RECORD: u32 = SPLIT_HEAD + HEAD_DIM;
 const SPLIT_POISONED: u32 = 1u; // a NaN among the split's logits (or x − m undefined)
+
+// Record `split` of row (b, h, i), and the K/V statistics partial of split `split` of (b, g),
+// which follow every row's records.
+fn split_record(b: u32, h: u32, i: u32, split: u32) -> u32 {
+    return p.split_offset + (row_record(b, h, i) * p.splits + split) * SPLIT_RECORD;
+}
+
+fn kv_split_record(b: u32, g: u32, split: u32) -> u32 {
+    let rows_end = p.split_offset + p.batch * p.q_heads * p.q_len * p.splits * SPLIT_RECORD;
+    return rows_end + ((b * (p.q_heads / p.group) + g) * p.splits + split) * KV_PARTIAL_LEN;
+}
 
 @group(0) @binding(1) var<storage, read> q_buf: array<u32>;
 @group(0) @binding(2) var<storage, read> k_buf: array<u32>;
@@ -225,6 +251,54 @@ struct KvPartial {
 
 var<workgroup> kv_red: array<KvPartial, BLOCK_N>;
 
+// r with x folded in after it (the lower channel wins a tie of |k|; NaN never wins).
+fn merge_kv(r: KvPartial, x: KvPartial) -> KvPartial {
+    var out = r;
+    if x.k_best.value > r.k_best.value
+        || (x.k_best.value == r.k_best.value && x.k_best.channel < r.k_best.channel) {
+        out.k_best = x.k_best;
+    }
+    out.k_sum += x.k_sum;
+    out.v_max = max_ignoring_nan(r.v_max, x.v_max);
+    out.v_sum += x.v_sum;
+    out.v_norm_sum += x.v_norm_sum;
+    out.v0_norm += x.v0_norm;
+    return out;
+}
+
+// A K/V statistics record (KV_* of common.wgsl) at `at` of the scratch buffer.
+fn store_kv(at: u32, r: KvPartial) {
+    scratch[at + KV_K_MAX] = r.k_best.value;
+    scratch[at + KV_K_ARGMAX] = f32(r.k_best.channel);
+    scratch[at + KV_K_SUM] = r.k_sum;
+    scratch[at + KV_V_MAX] = r.v_max;
+    scratch[at + KV_V_SUM] = r.v_sum;
+    scratch[at + KV_V_NORM_SUM] = r.v_norm_sum;
+    scratch[at + KV_V0_NORM] = r.v0_norm;
+}
+
+fn load_kv(at: u32) -> KvPartial {
+    return KvPartial(ArgMax(scratch[at + KV_K_MAX], u32(scratch[at + KV_K_ARGMAX])),
+        scratch[at + KV_K_SUM], scratch[at + KV_V_MAX], scratch[at + KV_V_SUM],
+        scratch[at + KV_V_NORM_SUM], scratch[at + KV_V0_NORM]);
+}
+
+// The measuring lanes' partials folded in lane order into the record at `at`. Called in
+// uniform control flow by every invocation of the workgroup.
+fn fold_kv_partials(t: u32, at: u32) {
+    if t < BLOCK_N {
+        kv_red[t] = KvPartial(k_best, k_sum, v_max, v_sum, v_norm_sum, v0_norm);
+    }
+    workgroupBarrier();
+    if t == 0u {
+        var r = kv_red[0];
+        for (var u = 1u; u < BLOCK_N; u++) {
+            r = merge_kv(r, kv_red[u]);
+        }
+        store_kv(at, r);
+    }
+}
+
 // Writes a quad of the row's O: 4 words for f32, 2 for an even 16-bit start, and half-word
 // atomics for the two ends of an odd one (they share words with the neighbours).
 fn store_o_quad(at: u32, o: vec4<f32>) {
@@ -377,13 +451,17 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     let measures = STATS && kv_block && t < BLOCK_N;
 
     // The keys before the block's first tile, measured only (uniform: STATS, kv_block and
-    // key_start are the workgroup's); each key is measured once, in key order per lane.
+    // key_start are the workgroup's); each key is measured once, in key order per lane. Under
+    // split-KV each split measures its own keys, [split · split_keys, key_end), and leaves
+    // its partial for the combine (a split whose keys no row sees measures them here).
+    let measure_start = select(0u, split * p.split_keys, SPLIT);
+    let measure_end = min(key_start, key_end);
     if STATS && kv_block {
-        for (var tile = 0u; tile < key_start; tile += BLOCK_N) {
+        for (var tile = measure_start; tile < measure_end; tile += BLOCK_N) {
             workgroupBarrier();
             stage_tile(t, seq, b, g, tile);
             workgroupBarrier();
-            if measures {
+            if measures && tile + t < measure_end {
                 measure_key(t, tile + t);
             }
         }
@@ -392,7 +470,7 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
         workgroupBarrier(); // every invocation is done with the previous tile
         stage_tile(t, seq, b, g, tile);
         workgroupBarrier();
-        if measures && tile + t < nk {
+        if measures && tile + t < key_end {
             measure_key(t, tile + t);
         }
         // Trip counts the compiler cannot know, so that it never writes the loops out.
@@ -456,35 +534,33 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     // epilogue is the combine's.
     if SPLIT {
         if live {
-            let at = p.split_offset + (row_record(b, h, i) * p.splits + split) * SPLIT_RECORD;
+            let at = split_record(b, h, i, split);
             if rl.part == 0u {
-                scratch[at] = m;
-                scratch[at + 1u] = l;
-                scratch[at + 2u] = bitcast<f32>(select(0u, SPLIT_POISONED, poisoned));
-                scratch[at + 3u] = 0.0;
+                scratch[at + SPLIT_M] = m;
+                scratch[at + SPLIT_L] = l;
+                scratch[at + SPLIT_FLAGS] = bitcast<f32>(select(0u, SPLIT_POISONED, poisoned));
+                scratch[at + SPLIT_SINK_LOGIT] = sink_logit;
+                scratch[at + SPLIT_L_KEYS] = l_keys;
+                scratch[at + SPLIT_T_ENT] = t_ent;
+                scratch[at + SPLIT_MAX_SCORE] = max_score;
+                scratch[at + SPLIT_LOGIT0] = logit0;
+                scratch[at + SPLIT_SIGMOID_MASS] = sigmoid_mass;
+                scratch[at + SPLIT_Q_MAX] = q_best.value;
+                scratch[at + SPLIT_Q_ARGMAX] = f32(q_best.channel);
+                scratch[at + SPLIT_Q_SUM] = q_sum;
             }
             //unroll_all c < LANE_QUADS: store_split_quad(at + SPLIT_HEAD + (c0 + c) * 4u, acc[c]);
         }
+        if STATS && kv_block {
+            fold_kv_partials(t, kv_split_record(b, g, split));
+        }
         return;
     }
-    if poisoned {
-        l = nan();
-    }
-    // 1 − S of ContextBias: e^s' / (e^s' + Σ e^s), 1 for a row with no key.
-    var context_share = 0.0;
-    if VARIANT == VARIANT_CONTEXT_BIAS {
-        let top = select(m, sink_logit, sink_logit > m || l == 0.0);
-        let e_sink = exp(sink_logit - top);
-        context_share = e_sink / (e_sink + l * exp(m - top));
-        context_share = select(context_share, nan(), is_nan(sink_logit - top) || is_nan(l));
-    }
-    // Every logit −inf (and no finite sink): the reference's e^(−inf − (−inf)) is NaN.
-    if is_neg_inf(m) && (has_keys || SINK_IN_DENOMINATOR) {
-        l = nan();
-    }
-    // l = 0 only for a row with no key and no sink in the denominator: LSE −inf, output 0.
-    let inv_l = select(1.0 / l, 0.0, l == 0.0);
-    let lse = select(select(m + log(l), nan(), is_nan(l)), neg_inf(), l == 0.0);
+    let end = end_row(m, l, poisoned, sink_logit, has_keys);
+    l = end.l;
+    let inv_l = end.inv_l;
+    let lse = end.lse;
+    let context_share = end.context_share;
 
     // ClippedSoftmax: weights clip((ζ − γ)·p + γ, 0, 1) need the row's normaliser first, so
     // a second pass over the same tiles applies them.
@@ -537,11 +613,8 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     var gate_sum = 0.0;
     var gate_count = 0.0;
     let counted = live && (has_keys || HAS_SINK);
-    // A row with no key has nothing of the keys to normalise (the reference's empty sum is 0
-    // even over a NaN denominator); KvSink's accumulator holds the sink's value too.
-    let key_scale = select(inv_l, 0.0, !has_keys && VARIANT != VARIANT_KV_SINK);
-    let scale = select(vec4<f32>(key_scale), vec4<f32>(1.0),
-        VARIANT == VARIANT_SIGMOID || VARIANT == VARIANT_CLIPPED_SOFTMAX);
+    let key_scale = key_scale_of(inv_l, has_keys);
+    let scale = o_scale(key_scale);
     let token = q_row(seq, b, i) * p.q_heads + h;
     var gamma_row = 1.0;
     if VARIANT == VARIANT_CONTEXT_SCALE && !GATE_PER_CHANNEL {
@@ -554,24 +627,15 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
         }
     }
     let o_base = p.o_offset + q_at.x * p.o_stride_b + q_at.y * p.o_stride_n + h * p.o_stride_h;
-    //unroll_all c < LANE_QUADS: acc[c] = acc[c] * scale;
-    if VARIANT == VARIANT_VALUE_BIAS {
-        //unroll_all c < LANE_QUADS: acc[c] += param_a4(h * HEAD_DIM + (c0 + c) * 4u);
-    } else if VARIANT == VARIANT_CONTEXT_BIAS {
-        //unroll_all c < LANE_QUADS: acc[c] += context_share * param_b4(h * HEAD_DIM + (c0 + c) * 4u);
-    } else if VARIANT == VARIANT_CONTEXT_SCALE {
-        if GATE_PER_CHANNEL {
-            //unroll_all c < LANE_QUADS: acc[c] *= gate_quad(token * HEAD_DIM + (c0 + c) * 4u, counted, &gate_min, &gate_max, &gate_sum, &gate_count);
-            // The row's gate statistics from its lanes' channels, in channel order.
-            let parts = row_parts(rl, vec4<f32>(gate_min, gate_max, gate_sum, gate_count));
-            gate_min = parts[0].x;
-            gate_max = parts[0].y;
-            gate_sum = parts[0].z;
-            gate_count = parts[0].w;
-            //unroll_all r < ROW_LANES: fold_part_gate(&gate_min, &gate_max, &gate_sum, &gate_count, parts[r], r);
-        } else {
-            //unroll_all c < LANE_QUADS: acc[c] *= gamma_row;
-        }
+    //unroll_all c < LANE_QUADS: acc[c] = finish_quad(acc[c], scale, h, c0 + c, context_share, quad_gate(token, c0 + c, gamma_row, counted, &gate_min, &gate_max, &gate_sum, &gate_count));
+    if VARIANT == VARIANT_CONTEXT_SCALE && GATE_PER_CHANNEL {
+        // The row's gate statistics from its lanes' channels, in channel order.
+        let parts = row_parts(rl, vec4<f32>(gate_min, gate_max, gate_sum, gate_count));
+        gate_min = parts[0].x;
+        gate_max = parts[0].y;
+        gate_sum = parts[0].z;
+        gate_count = parts[0].w;
+        //unroll_all r < ROW_LANES: fold_part_gate(&gate_min, &gate_max, &gate_sum, &gate_count, parts[r], r);
     }
     // A sequence whose index entries were bad: its rows are NaN (the combine and key-mass
     // passes make its statistics and key mass NaN).
@@ -587,101 +651,176 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
         let row_index = row_record(b, h, i);
         lse_buf[p.lse_offset + lse_index(seq, b, h, i)] = select(lse, nan(), bad);
         if KEY_MASS {
-            let at = p.rows_offset + row_index * ROW_STATE_LEN;
-            scratch[at] = m;
-            scratch[at + 1u] = l;
-            scratch[at + 2u] = clip_mass;
+            store_row_state(row_index, m, l, clip_mass);
         }
         if STATS {
             // This row's share of the head's statistics (zero when it is not counted).
-            var first = 0.0;
-            var sink_mass = 0.0;
-            var entropy = 0.0;
-            var row_mass = 0.0;
+            var shares = vec4<f32>(0.0);
             if counted {
                 if VARIANT == VARIANT_CLIPPED_SOFTMAX {
-                    row_mass = clip_mass;
+                    var first = 0.0;
+                    var entropy = 0.0;
                     if clip_mass > 0.0 {
                         first = select(0.0, clip_w0 / clip_mass, has_keys);
                         entropy = log(clip_mass) - clip_w_log_w / clip_mass;
                     }
-                    if clip_poisoned {
-                        first = nan_if(has_keys);
+                    if clip_poisoned || is_nan(l) {
                         entropy = nan();
                     }
-                    sink_mass = nan_if(is_nan(l)); // the reference's 0 / denominator
+                    if clip_poisoned {
+                        first = nan_if(has_keys);
+                    }
+                    // Sink mass: the reference's 0 / denominator.
+                    shares = vec4<f32>(first, nan_if(is_nan(l)), entropy, clip_mass);
                 } else {
-                    if has_keys {
-                        first = select(exp(logit0 - m), 0.0, is_neg_inf(logit0)) * inv_l;
-                    }
-                    if !(l == 0.0) {
-                        entropy = log(l) - t_ent * inv_l;
-                    }
-                    // The weight on no key at all is 0, whatever the normaliser.
-                    if has_keys {
-                        row_mass = select(l_keys * key_scale, sigmoid_mass, VARIANT == VARIANT_SIGMOID);
-                    }
-                    if SINK_IN_DENOMINATOR {
-                        sink_mass = select(exp(sink_logit - m), 0.0, is_neg_inf(sink_logit)) * inv_l;
-                    } else if VARIANT == VARIANT_CONTEXT_BIAS {
-                        sink_mass = context_share;
-                    } else if VARIANT != VARIANT_SIGMOID {
-                        sink_mass = nan_if(is_nan(l)); // the reference's 0 / denominator
-                    }
-                }
-                // A NaN probability makes the row's entropy NaN, as in the reference (log()
-                // need not return NaN for a NaN argument: lavapipe).
-                if is_nan(l) {
-                    entropy = nan();
+                    shares = row_shares(end, m, has_keys, key_scale, t_ent, l_keys, logit0,
+                        sink_logit, sigmoid_mass);
                 }
             }
-            let at = p.partials_offset + row_index * PARTIAL_LEN;
-            scratch[at + PART_COUNTED] = select(0.0, 1.0, counted);
-            scratch[at + PART_FIRST] = first;
-            scratch[at + PART_SINK] = sink_mass;
-            scratch[at + PART_MAX_SCORE] = max_score;
-            scratch[at + PART_ENTROPY] = entropy;
-            scratch[at + PART_ROW_MASS] = row_mass;
-            scratch[at + PART_GATE_MIN] = gate_min;
-            scratch[at + PART_GATE_MAX] = gate_max;
-            scratch[at + PART_GATE_SUM] = gate_sum;
-            scratch[at + PART_GATE_COUNT] = gate_count;
-            scratch[at + PART_Q_MAX] = q_best.value;
-            scratch[at + PART_Q_ARGMAX] = f32(q_best.channel);
-            scratch[at + PART_Q_SUM] = q_sum;
+            store_row_partial(row_index, counted, shares, max_score,
+                vec4<f32>(gate_min, gate_max, gate_sum, gate_count), q_best, q_sum);
         }
     }
 
     // The K/V record of (b, g): the measuring lanes' partials folded in lane order.
     if STATS && kv_block {
-        if t < BLOCK_N {
-            kv_red[t] = KvPartial(k_best, k_sum, v_max, v_sum, v_norm_sum, v0_norm);
-        }
-        workgroupBarrier();
-        if t == 0u {
-            var r = kv_red[0];
-            for (var u = 1u; u < BLOCK_N; u++) {
-                let x = kv_red[u];
-                if x.k_best.value > r.k_best.value
-                    || (x.k_best.value == r.k_best.value && x.k_best.channel < r.k_best.channel) {
-                    r.k_best = x.k_best;
-                }
-                r.k_sum += x.k_sum;
-                r.v_max = max_ignoring_nan(r.v_max, x.v_max);
-                r.v_sum += x.v_sum;
-                r.v_norm_sum += x.v_norm_sum;
-                r.v0_norm += x.v0_norm;
-            }
-            let at = p.kv_partials_offset + (b * (p.q_heads / p.group) + g) * KV_PARTIAL_LEN;
-            scratch[at + KV_K_MAX] = r.k_best.value;
-            scratch[at + KV_K_ARGMAX] = f32(r.k_best.channel);
-            scratch[at + KV_K_SUM] = r.k_sum;
-            scratch[at + KV_V_MAX] = r.v_max;
-            scratch[at + KV_V_SUM] = r.v_sum;
-            scratch[at + KV_V_NORM_SUM] = r.v_norm_sum;
-            scratch[at + KV_V0_NORM] = r.v0_norm;
-        }
+        fold_kv_partials(t, p.kv_partials_offset + (b * (p.q_heads / p.group) + g) * KV_PARTIAL_LEN);
     }
+}
+
+// What ends a row's online softmax, here and in split_combine.wgsl after its merge: the
+// normaliser l made NaN where the reference's is (a NaN logit; every logit −inf with keys or a
+// sink in the denominator: e^(−inf − (−inf))), 1 / l (0 for a row with nothing at all), the LSE,
+// and ContextBias's 1 − S = e^s' / (e^s' + Σ e^s) (1 for a row with no key).
+struct RowEnd {
+    l: f32,
+    inv_l: f32,
+    lse: f32,
+    context_share: f32,
+}
+
+fn end_row(m: f32, l_sum: f32, poisoned: bool, sink_logit: f32, has_keys: bool) -> RowEnd {
+    var l = select(l_sum, nan(), poisoned);
+    var context_share = 0.0;
+    if VARIANT == VARIANT_CONTEXT_BIAS {
+        let top = select(m, sink_logit, sink_logit > m || l == 0.0);
+        let e_sink = exp(sink_logit - top);
+        context_share = e_sink / (e_sink + l * exp(m - top));
+        context_share = select(context_share, nan(), is_nan(sink_logit - top) || is_nan(l));
+    }
+    if is_neg_inf(m) && (has_keys || SINK_IN_DENOMINATOR) {
+        l = nan();
+    }
+    // l = 0 only for a row with no key and no sink in the denominator: LSE −inf, output 0.
+    let inv_l = select(1.0 / l, 0.0, l == 0.0);
+    let lse = select(select(m + log(l), nan(), is_nan(l)), neg_inf(), l == 0.0);
+    return RowEnd(l, inv_l, lse, context_share);
+}
+
+// What the keys' accumulator is multiplied by: 1 / l, or 0 for a row with no key (the
+// reference's empty sum is 0 even over a NaN denominator), except KvSink's, which holds the
+// sink's value too.
+fn key_scale_of(inv_l: f32, has_keys: bool) -> f32 {
+    return select(inv_l, 0.0, !has_keys && VARIANT != VARIANT_KV_SINK);
+}
+
+// Sigmoid's and ClippedSoftmax's weights are applied as they are.
+fn o_scale(key_scale: f32) -> vec4<f32> {
+    return select(vec4<f32>(key_scale), vec4<f32>(1.0),
+        VARIANT == VARIANT_SIGMOID || VARIANT == VARIANT_CLIPPED_SOFTMAX);
+}
+
+// Channel quad q of head h's output from the accumulator's: scaled, then the variant's term
+// of the row (the value bias, ContextBias's share of v', or the gate `gamma`).
+fn finish_quad(acc: vec4<f32>, scale: vec4<f32>, h: u32, q: u32, context_share: f32,
+    gamma: vec4<f32>) -> vec4<f32> {
+    let o = acc * scale;
+    if VARIANT == VARIANT_VALUE_BIAS {
+        return o + param_a4(h * HEAD_DIM + q * 4u);
+    }
+    if VARIANT == VARIANT_CONTEXT_BIAS {
+        return o + context_share * param_b4(h * HEAD_DIM + q * 4u);
+    }
+    if VARIANT == VARIANT_CONTEXT_SCALE {
+        return o * gamma;
+    }
+    return o;
+}
+
+// ContextScale's gate on channel quad q of row `token`: per channel (folded into the gate
+// statistics of a counted row), or the row's `gamma_row`; 1 for the other variants.
+fn quad_gate(token: u32, q: u32, gamma_row: f32, counted: bool, lo: ptr<function, f32>,
+    hi: ptr<function, f32>, sum: ptr<function, f32>, count: ptr<function, f32>) -> vec4<f32> {
+    if VARIANT != VARIANT_CONTEXT_SCALE {
+        return vec4<f32>(1.0);
+    }
+    if GATE_PER_CHANNEL {
+        return gate_quad(token * HEAD_DIM + q * 4u, counted, lo, hi, sum, count);
+    }
+    return vec4<f32>(gamma_row);
+}
+
+// A counted row's share of its head's statistics (softmax family and Sigmoid): the probability
+// of key 0, the sink mass, the entropy and the weight on real keys. `logit0` is x of key 0
+// (−inf when the row does not see it).
+fn row_shares(end: RowEnd, m: f32, has_keys: bool, key_scale: f32, t_ent: f32, l_keys: f32,
+    logit0: f32, sink_logit: f32, sigmoid_mass: f32) -> vec4<f32> {
+    let l = end.l;
+    var first = 0.0;
+    var sink_mass = 0.0;
+    var entropy = 0.0;
+    var row_mass = 0.0;
+    if has_keys {
+        first = select(exp(logit0 - m), 0.0, is_neg_inf(logit0)) * end.inv_l;
+    }
+    if !(l == 0.0) {
+        entropy = log(l) - t_ent * end.inv_l;
+    }
+    // The weight on no key at all is 0, whatever the normaliser.
+    if has_keys {
+        row_mass = select(l_keys * key_scale, sigmoid_mass, VARIANT == VARIANT_SIGMOID);
+    }
+    if SINK_IN_DENOMINATOR {
+        sink_mass = select(exp(sink_logit - m), 0.0, is_neg_inf(sink_logit)) * end.inv_l;
+    } else if VARIANT == VARIANT_CONTEXT_BIAS {
+        sink_mass = end.context_share;
+    } else if VARIANT != VARIANT_SIGMOID {
+        sink_mass = nan_if(is_nan(l)); // the reference's 0 / denominator
+    }
+    // A NaN probability makes the row's entropy NaN, as in the reference (log() need not
+    // return NaN for a NaN argument: lavapipe).
+    if is_nan(l) {
+        entropy = nan();
+    }
+    return vec4<f32>(first, sink_mass, entropy, row_mass);
+}
+
+// The key-mass pass's state of a row: m, l (after `end_row`) and ClippedSoftmax's weight sum.
+fn store_row_state(row_index: u32, m: f32, l: f32, clip_mass: f32) {
+    let at = p.rows_offset + row_index * ROW_STATE_LEN;
+    scratch[at] = m;
+    scratch[at + 1u] = l;
+    scratch[at + 2u] = clip_mass;
+}
+
+// A row's statistics record (PART_* of common.wgsl): `shares` (first, sink mass, entropy, row
+// mass; zero for a row not counted), gates (min, max, sum, count), and the row's q statistics.
+fn store_row_partial(row_index: u32, counted: bool, shares: vec4<f32>, max_score: f32,
+    gates: vec4<f32>, q_best: ArgMax, q_sum: f32) {
+    let at = p.partials_offset + row_index * PARTIAL_LEN;
+    scratch[at + PART_COUNTED] = select(0.0, 1.0, counted);
+    scratch[at + PART_FIRST] = shares.x;
+    scratch[at + PART_SINK] = shares.y;
+    scratch[at + PART_MAX_SCORE] = max_score;
+    scratch[at + PART_ENTROPY] = shares.z;
+    scratch[at + PART_ROW_MASS] = shares.w;
+    scratch[at + PART_GATE_MIN] = gates.x;
+    scratch[at + PART_GATE_MAX] = gates.y;
+    scratch[at + PART_GATE_SUM] = gates.z;
+    scratch[at + PART_GATE_COUNT] = gates.w;
+    scratch[at + PART_Q_MAX] = q_best.value;
+    scratch[at + PART_Q_ARGMAX] = f32(q_best.channel);
+    scratch[at + PART_Q_SUM] = q_sum;
 }
 
 // Folds part r's (largest |q|, its channel, Σ|q|) into the row's; part 0 is already there.

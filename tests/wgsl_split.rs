@@ -1,8 +1,9 @@
 //! Split-KV decode on the WGSL backend: split and unsplit calls both held to the reference
 //! (the parity rule), each bitwise deterministic; a sub-batch gives bit for bit the full
 //! batch's rows when the chunk is fixed (`KeysPerSplit`); splits that see no key of a row
-//! (windows, short `seqlens_k`, an empty sequence) merge without NaN; paged decode; lavapipe's
-//! loop budget split around; forced splits refused where the kernels cannot split.
+//! (windows, short `seqlens_k`, an empty sequence) merge without NaN; every variant that splits
+//! at every statistics level, the statistics and key mass held to the reference; paged decode;
+//! lavapipe's loop budget split around; a forced split of ClippedSoftmax refused.
 //!
 //! Kept cheap for CI: a few decode shapes, each pipeline specialisation built once or twice.
 #![cfg(feature = "wgpu")]
@@ -12,8 +13,8 @@ use common::{Case, EngineCase};
 use outlier_attn::cases::{InputSpec, KvStorage, SeqCase};
 use outlier_attn::wgsl::{WgslBackend, WgslOptions};
 use outlier_attn::{
-    Backend, DType, Error, HostInputs, HostTensor, Mask, Problem, Shape, SplitKv, StatsLevel,
-    Variant,
+    Backend, DType, Error, Gate, GateGranularity, HostInputs, HostTensor, Mask, Problem, Shape,
+    SplitKv, StatsLevel, Variant,
 };
 
 /// The backend with split-KV set to `split_kv`, or `None` after reporting why.
@@ -75,21 +76,59 @@ fn split_and_unsplit_decode_both_pass_and_are_deterministic() {
     }
 }
 
+/// The shared decode cases (tests/common `decode_cases`, also the CUDA backend's): every
+/// variant that splits, each statistics level, views and massive activations, at one K/V tile
+/// per split. Statistics and key mass are held to the reference like O and the LSE: they stay
+/// exact under splitting. Halved by case parity into two tests, so that their pipeline builds
+/// run side by side.
+fn split_decode_cases_pass(half: usize) {
+    let Some(split) = backend(FINEST) else { return };
+    let mut cases: Vec<Case> = common::decode_cases()
+        .into_iter()
+        .skip(half)
+        .step_by(2)
+        .collect();
+    if half == 1 {
+        // A per-channel gate (its statistics over the row's channels, in the combine) on rows
+        // split over lanes (d = 128), f32.
+        let gate = Variant::ContextScale {
+            gate: Gate::Sigmoid,
+            granularity: GateGranularity::PerChannel,
+        };
+        let problem = Problem::new(Shape::new(1, 4, 2, 2, 130, 128), DType::F32)
+            .with_variant(gate)
+            .with_mask(Mask::Causal)
+            .with_stats(StatsLevel::Heads);
+        cases.push(case(problem, 60));
+    }
+    for case in &cases {
+        let splits = split.attention().splits(&case.problem).expect("plan");
+        assert!(splits > 2, "{:?}: {splits} splits", case.problem);
+        if let Err(e) = common::check_case(&split, case) {
+            panic!("{splits} splits: {e}");
+        }
+        common::assert_deterministic(&split, case);
+    }
+}
+
+#[test]
+fn every_splitting_variant_and_statistics_level_passes_split_even_cases() {
+    split_decode_cases_pass(0);
+}
+
+#[test]
+fn every_splitting_variant_and_statistics_level_passes_split_odd_cases() {
+    split_decode_cases_pass(1);
+}
+
 /// Engine-shaped decode with splits: paged caches (pages of 64 and 16 tokens), a window whose
 /// first splits see no key, sequences shorter than the others (their last splits are empty),
 /// and an empty sequence (`seqlens_k` = 0: O = 0, LSE = −inf, no NaN).
 #[test]
 fn paged_and_short_sequences_split_without_nan() {
     let Some(split) = backend(FINEST) else { return };
-    let mut engine: Vec<EngineCase> = common::decode_engine_cases()
-        .into_iter()
-        .filter(|c| c.template.stats == StatsLevel::Off)
-        .collect();
-    assert_eq!(
-        engine.len(),
-        2,
-        "the paged decode cases with statistics off"
-    );
+    let mut engine: Vec<EngineCase> = common::decode_engine_cases();
+    let empty = engine.len();
     engine.push(EngineCase {
         template: Problem::new(Shape::new(1, 4, 2, 1, 1, 64), DType::F16),
         seqs: SeqCase {
@@ -131,7 +170,7 @@ fn paged_and_short_sequences_split_without_nan() {
         );
     }
     // The empty sequence: O = 0 and LSE = −inf, as unsplit.
-    let (problem, inputs) = engine[2].build();
+    let (problem, inputs) = engine[empty].build();
     let out = split.forward(&problem, &inputs).expect("forward");
     let s = &problem.shape;
     let row = s.q_heads * s.head_dim;
@@ -222,7 +261,8 @@ fn auto_splits_a_decode_past_lavapipes_loop_budget() {
     }
 }
 
-/// A forced split where the kernels cannot split is refused by name; `Auto` runs unsplit.
+/// A forced split of ClippedSoftmax (its weights need the row's final normaliser) is refused
+/// by name, and `Auto` runs it unsplit; every other variant and statistics level splits.
 #[test]
 fn forced_splits_are_refused_where_the_kernels_cannot_split() {
     let Some(on) = backend(SplitKv::On) else {
@@ -232,21 +272,25 @@ fn forced_splits_are_refused_where_the_kernels_cannot_split() {
         return;
     };
     let decode = Problem::new(Shape::new(1, 2, 1, 1, 300, 64), DType::F16);
+    let clipped = decode.with_variant(Variant::ClippedSoftmax {
+        zeta: 1.1,
+        gamma: -0.1,
+    });
+    match on.attention().splits(&clipped) {
+        Err(Error::Unsupported { reason, .. }) => {
+            assert!(
+                reason.contains("split-KV") && reason.contains("ClippedSoftmax"),
+                "{reason}"
+            )
+        }
+        other => panic!("{clipped:?}: {other:?}"),
+    }
+    assert_eq!(auto.attention().splits(&clipped).expect("plan"), 1);
     for problem in [
-        decode.with_stats(StatsLevel::Heads),
-        decode.with_variant(Variant::ClippedSoftmax {
-            zeta: 1.1,
-            gamma: -0.1,
-        }),
+        decode,
+        decode.with_stats(StatsLevel::HeadsAndKeys),
         decode.with_variant(Variant::Sigmoid { bias: None }),
     ] {
-        match on.attention().splits(&problem) {
-            Err(Error::Unsupported { reason, .. }) => {
-                assert!(reason.contains("split-KV"), "{reason}")
-            }
-            other => panic!("{problem:?}: {other:?}"),
-        }
-        assert_eq!(auto.attention().splits(&problem).expect("plan"), 1);
+        assert!(on.attention().splits(&problem).expect("plan") > 1);
     }
-    assert!(on.attention().splits(&decode).expect("plan") > 1);
 }

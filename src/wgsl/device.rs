@@ -819,7 +819,9 @@ impl WgslAttention {
                 key_mass_tile.map(|_| trips.key_mass),
                 problem.stats.heads().then_some(trips.combine),
                 (!problem.seqs.is_dense()).then(|| seqs_trips(problem)),
-                (splits > 1).then(|| 2 * (u64::from(splits) + 1)),
+                // The split combine: two loops over the splits, the K/V records' fold, and
+                // a per-channel gate's statistics over the row's channel quads.
+                (splits > 1).then(|| 3 * (u64::from(splits) + 1) + d as u64 / 4 + 1),
             ]
             .into_iter()
             .flatten()
@@ -918,11 +920,10 @@ impl WgslAttention {
     /// instance's [`SplitKv`], for `q_blocks` folded blocks per (batch, kv head); `fits` says
     /// whether a split of that many tiles keeps within the loop budget.
     ///
-    /// Where the kernels split: statistics off, and the variants whose per-row terms the
-    /// combine applies once (Softmax, Softmax1, LogitSink, KvSink: the sink joins split 0;
-    /// ValueBias: the combine adds the bias). ClippedSoftmax needs each row's final normaliser
-    /// before its first weight, and Sigmoid, ContextBias and ContextScale finish rows in ways
-    /// the combine does not repeat: they never split, and forcing it is refused.
+    /// Where the kernels split: every variant but ClippedSoftmax, at every statistics level
+    /// (the sink joins split 0; the combine applies the per-row terms, merges the statistics'
+    /// sums and the K/V records). ClippedSoftmax needs each row's final normaliser before its
+    /// first weight: it never splits, and forcing it is refused.
     ///
     /// `Auto`: on lavapipe (the CPU), a split only when the unsplit call would exceed the loop
     /// budget, then into the fewest splits that keep within it (measured in BENCHMARKS.md: the
@@ -937,15 +938,7 @@ impl WgslAttention {
         fits: &dyn Fn(u32) -> bool,
     ) -> Result<u32> {
         let s = &problem.shape;
-        let can_split = !problem.stats.heads()
-            && matches!(
-                problem.variant,
-                Variant::Softmax
-                    | Variant::Softmax1
-                    | Variant::LogitSink
-                    | Variant::KvSink
-                    | Variant::ValueBias
-            );
+        let can_split = !matches!(problem.variant, Variant::ClippedSoftmax { .. });
         let blocks = s.batch * s.kv_heads * q_blocks as usize;
         let units = self.compute_units as usize;
         let by_heuristic =
@@ -955,10 +948,9 @@ impl WgslAttention {
             SplitKv::Auto if !can_split => tiles,
             SplitKv::On | SplitKv::KeysPerSplit(_) if !can_split => {
                 return Err(unsupported(format!(
-                    "split-KV was forced, but {} with statistics {} does not split (statistics \
-                     off; Softmax, Softmax1, LogitSink, KvSink and ValueBias split)",
+                    "split-KV was forced, but {} does not split (its weights need the row's \
+                     final normaliser; every other variant splits)",
                     problem.variant.name(),
-                    problem.stats.name()
                 )));
             }
             SplitKv::Auto if self.loop_limit.is_some() => {
@@ -1049,10 +1041,18 @@ impl WgslAttention {
             (Some(_), KvSeqs::Paged { max_pages, .. }) => (s.batch * SEQ_LEN, s.batch * max_pages),
             (Some(_), _) => (s.batch * SEQ_LEN, 0),
         };
-        // Split-KV: a partial (m, l, flags, the unnormalised output) per (row, split).
+        // Split-KV: a partial (the softmax state and statistics sums, the unnormalised output)
+        // per (row, split), then with statistics a K/V record per (batch, kv head, split).
         let split_len = if plan.splits > 1 {
+            let splits = plan.splits as usize;
+            let kv_len = if problem.stats.heads() {
+                s.batch * s.kv_heads * splits * KV_PARTIAL_LEN
+            } else {
+                0
+            };
             (s.batch * s.q_heads * s.q_len)
-                .checked_mul(plan.splits as usize * (SPLIT_HEAD_LEN + s.head_dim))
+                .checked_mul(splits * (SPLIT_HEAD_LEN + s.head_dim))
+                .and_then(|rows| rows.checked_add(kv_len))
                 .ok_or_else(|| unsupported("the split-KV partials overflow".to_string()))?
         } else {
             0

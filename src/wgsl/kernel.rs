@@ -45,9 +45,10 @@ pub(crate) const KV_PARTIAL_LEN: usize = 7;
 pub(crate) const ROW_STATE_LEN: usize = 3;
 /// 32-bit words of one sequence record (`SEQ_LEN`).
 pub(crate) const SEQ_LEN: usize = 5;
-/// Words of a split-KV partial before its head-dim output: m, l, flags and one unused
-/// (`SPLIT_HEAD` of forward.wgsl); a partial is `SPLIT_HEAD_LEN + d` words.
-pub(crate) const SPLIT_HEAD_LEN: usize = 4;
+/// Words of a split-KV partial before its head-dim output: the online softmax's state, the
+/// statistics' sums and the row's q statistics (`SPLIT_HEAD` of forward.wgsl); a partial is
+/// `SPLIT_HEAD_LEN + d` words.
+pub(crate) const SPLIT_HEAD_LEN: usize = 12;
 /// `kv_mode` of the uniforms (`KV_*` in common.wgsl): how K and V hold the sequences.
 pub(crate) const KV_DENSE: u32 = 0;
 pub(crate) const KV_LENS: u32 = 1;
@@ -288,11 +289,14 @@ impl Kernel {
         };
         match kind {
             KernelKind::Forward => full,
-            // Merges the forward kernel's partials and writes O as it does: the dtype, the
-            // variant's per-row terms, the sequence layout.
+            // Merges the forward kernel's partials and writes O and the statistics records as
+            // it does: the dtype, the variant's per-row terms (the gate's too), the statistics
+            // level, the sequence layout.
             KernelKind::SplitCombine => Kernel {
                 dtype,
                 variant: variant_code(variant),
+                gate,
+                per_channel_gate,
                 stats,
                 split: true,
                 ..neutral

@@ -36,16 +36,20 @@
 //! Split-KV decode ([`WgslOptions::split_kv`], [`SplitKv`](crate::SplitKv), one definition with
 //! the CUDA backend): each row's keys are cut into splits of whole K/V tiles, each run by
 //! workgroups of its own (grid x: split · query blocks + block), which leave the row's partial
-//! (running max m, sum l, the unnormalised output in f32, a NaN flag) in the scratch buffer; a
+//! (running max m, sum l, a NaN flag, the statistics' sums, the unnormalised output in f32) in
+//! the scratch buffer, and each split's last block the K/V statistics of the split's keys; a
 //! combine pass (`shaders/split_combine.wgsl`) merges a row's splits in split order, so results
-//! stay bit-identical run to run, and writes O (the output's dtype, view and odd offsets as the
-//! forward pass writes them) and the LSE. A split that sees no key of a row (a window, a
-//! shorter sequence) weighs 0 and a row that sees none gets what the unsplit kernel gives it,
-//! never a NaN of its own. Sinks join split 0 only; the value bias is added by the combine.
-//! Limits: statistics off only (a call with statistics never splits), and Softmax, Softmax1,
-//! LogitSink, KvSink and ValueBias only (ClippedSoftmax needs the final normaliser before any
-//! weight; Sigmoid, ContextBias and ContextScale are not split yet); forcing a split elsewhere
-//! is refused. `Auto` splits on lavapipe only a call that would otherwise exceed the loop
+//! stay bit-identical run to run, and ends the row with the forward kernel's own epilogue
+//! functions: O (the output's dtype, view and odd offsets as the forward pass writes them),
+//! the LSE, the row's statistics record and the key mass's row state. The statistics stay
+//! exact under splitting: the entropy's sum is moved to the merged max (t_s + (m_s − M)·l_s,
+//! weighed by e^(m_s − M)), the K/V records are folded in split order. A split that sees no key
+//! of a row (a window, a shorter sequence) weighs 0 and a row that sees none gets what the
+//! unsplit kernel gives it, never a NaN of its own. Sinks join split 0 only; the value bias,
+//! ContextBias's share of v' and the gate are applied by the combine; Sigmoid's absolute
+//! weights are summed unweighted. Limits: every variant but ClippedSoftmax splits, at every
+//! statistics level (ClippedSoftmax needs the final normaliser before any weight); forcing
+//! a split of it is refused. `Auto` splits on lavapipe only a call that would otherwise exceed the loop
 //! budget (a split brings no parallelism on the CPU, BENCHMARKS.md), on a GPU by
 //! FlashAttention-2's heuristic over [`TYPICAL_COMPUTE_UNITS`]; `KeysPerSplit` fixes the chunk,
 //! so that a sub-batch gives bit for bit the rows of the full batch.
