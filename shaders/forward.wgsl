@@ -45,7 +45,7 @@
 
 const D4: u32 = HEAD_DIM / 4u;                  // channel quads per row
 const LANE_QUADS: u32 = D4 / ROW_LANES;         // channel quads per lane of a row
-const BLOCK_M: u32 = WORKGROUP_SIZE / ROW_LANES; // folded query rows per workgroup
+const BLOCK_M: u32 = WORKGROUP_SIZE / ROW_LANES * ROW_BLOCK; // folded query rows per workgroup
 const BLOCK_N: u32 = TILE_LEN;                  // keys per K/V tile in workgroup memory
 
 // The running max m moves only when a logit passes it by more than this (natural-log units),
@@ -332,6 +332,324 @@ fn store_split_quad(at: u32, o: vec4<f32>) {
     scratch[at + 3u] = o.w;
 }
 
+// Register blocking: a lane group serves ROW_BLOCK rows of the block, rows
+// f0 + rl.row · ROW_BLOCK + r, so that every key quad it loads or shuffles feeds the FMAs of
+// ROW_BLOCK rows. kernel.rs picks 2 on CPU adapters, where each load and shuffle of workgroup
+// memory costs a loop over the SIMD lanes (lavapipe) and registers spill cheaply to the
+// stack, and 1 on GPUs, where registers are the limit. A row's state lives in the private
+// arrays below, which only the constants `//unroll_all r < ROW_BLOCK` writes index (so they
+// stay in registers); each row computes exactly what it computes alone.
+struct RowSlot {
+    live: bool,      // a row of the block (lanes past the last row shadow it)
+    i: u32,          // query position
+    h: u32,          // query head
+    q_at: vec2<u32>, // (outer, token) of the row in Q, O and the gate
+    keys: KeyRange,
+    has_keys: bool,
+    sink_logit: f32,
+    q_best: ArgMax,
+    q_sum: f32,
+}
+
+// The online softmax over the row's logits x (the score s, or log sigmoid(s + β) for
+// Sigmoid): m the running max (up to RESCALE_SLACK stale), l = Σ e^(x − m) (sink included),
+// l_keys the same over real keys only, t_ent = Σ e^(x − m)·(x − m), so that the entropy is
+// ln l − t_ent / l without cancellation; the largest score, x of key 0 (when the row sees it),
+// whether a NaN poisoned the row, and Σ sigmoid(s + β).
+struct RowRun {
+    m: f32,
+    l: f32,
+    l_keys: f32,
+    t_ent: f32,
+    max_score: f32,
+    logit0: f32,
+    poisoned: bool,
+    sigmoid_mass: f32,
+}
+
+// ClippedSoftmax's second pass: the weights' sum, Σ w ln w, key 0's weight, a NaN weight.
+struct ClipRun {
+    mass: f32,
+    w_log_w: f32,
+    w0: f32,
+    poisoned: bool,
+}
+
+var<private> slots: array<RowSlot, ROW_BLOCK>;
+var<private> runs: array<RowRun, ROW_BLOCK>;
+var<private> ends: array<RowEnd, ROW_BLOCK>;
+var<private> clips: array<ClipRun, ROW_BLOCK>;
+// Registers: each row's slice of Q (this lane's channels) and its Σ weight · v.
+var<private> q_reg: array<array<vec4<f32>, LANE_QUADS>, ROW_BLOCK>;
+var<private> acc: array<array<vec4<f32>, LANE_QUADS>, ROW_BLOCK>;
+// Registers: the current key's quads of this lane's channels, fetched once for the rows.
+var<private> k_cur: array<vec4<f32>, LANE_QUADS>;
+var<private> v_cur: array<vec4<f32>, LANE_QUADS>;
+
+// Row slot r of this lane group: its place, its slice of q, the q statistics, the sink's
+// logit s' = σ q·k' (softcapped like any score), θ_h or 0, and the start of its online
+// softmax: the sink is the first outcome, weight e^0 = 1 at m = its logit, value v' or 0 (a
+// sink logit of −inf weighs nothing, and must not make m = −inf carry a weight of 1; under
+// split-KV the sink joins split 0 only). Called in uniform control flow (the q statistics and
+// the sink's dot product combine the row's lanes).
+fn init_slot(r: u32, rl: RowLane, seq: Seq, b: u32, g: u32, f0: u32, split: u32) {
+    let folded = seq.q_len * p.group;
+    let local = rl.row * ROW_BLOCK + r;
+    // Lanes past the last row shadow it, so that every load stays in bounds; they write
+    // nothing and count in no statistic.
+    let f = min(f0 + local, max(folded, 1u) - 1u);
+    var slot: RowSlot;
+    slot.live = f0 + local < folded;
+    slot.i = f / p.group;
+    slot.h = g * p.group + f % p.group;
+    // The keys the row sees: `key_range` (common.wgsl), the one place that says.
+    slot.keys = key_range(slot.i, seq.q_len, seq.kv_len);
+    slot.has_keys = slot.keys.end > slot.keys.start;
+    slot.q_at = q_place(seq, b, slot.i);
+    let c0 = rl.part * LANE_QUADS;
+    let q_base = p.q_offset + slot.q_at.x * p.q_stride_b + slot.q_at.y * p.q_stride_n
+        + slot.h * p.q_stride_h + c0 * 4u;
+    //unroll_all c < LANE_QUADS: q_reg[r][c] = load_q4(q_base + c * 4u);
+    var q_best = ArgMax(-1.0, 0u);
+    var q_sum = 0.0;
+    if STATS {
+        //unroll_all c < LANE_QUADS: fold_abs(&q_best, &q_sum, q_reg[r][c], c0 + c);
+        // The row's largest |q| and Σ|q| from its lanes' slices, in channel order (the lowest
+        // channel wins a tie: each part holds its own lowest).
+        let parts = row_parts(rl, vec4<f32>(q_best.value, f32(q_best.channel), q_sum, 0.0));
+        q_best = ArgMax(parts[0].x, u32(parts[0].y));
+        q_sum = parts[0].z;
+        //unroll_all k < ROW_LANES: fold_part_abs(&q_best, &q_sum, parts[k], k);
+    }
+    slot.q_best = q_best;
+    slot.q_sum = q_sum;
+    var sink_logit = 0.0;
+    if VARIANT == VARIANT_CONTEXT_BIAS || VARIANT == VARIANT_KV_SINK {
+        var dot4 = vec4<f32>(0.0);
+        //unroll_all c < LANE_QUADS: dot4 = fma(q_reg[r][c], param_a4(slot.h * HEAD_DIM + (c0 + c) * 4u), dot4);
+        sink_logit = finish_score(row_sum(rl, (dot4.x + dot4.y) + (dot4.z + dot4.w)));
+    } else if VARIANT == VARIANT_LOGIT_SINK {
+        sink_logit = param_a_f32(slot.h);
+    }
+    slot.sink_logit = sink_logit;
+    slots[r] = slot;
+
+    var run = RowRun(neg_inf(), 0.0, 0.0, 0.0, neg_inf(), neg_inf(), false, 0.0);
+    //unroll_all c < LANE_QUADS: acc[r][c] = vec4<f32>(0.0);
+    let with_sink = SINK_IN_DENOMINATOR && split == 0u;
+    if with_sink && !is_neg_inf(sink_logit) {
+        run.m = sink_logit;
+        run.l = 1.0;
+        if VARIANT == VARIANT_KV_SINK {
+            //unroll_all c < LANE_QUADS: acc[r][c] = param_b4(slot.h * HEAD_DIM + (c0 + c) * 4u);
+        }
+    }
+    // A NaN among the row's logits (or x − m undefined: x = m = ±inf) poisons it. exp() need
+    // not return NaN for a NaN argument (lavapipe clamps it), so the row is poisoned
+    // explicitly, as the reference's sums are by any NaN term. A sink logit of +inf is the
+    // row's max, and its own term e^(+inf − (+inf)) is NaN.
+    run.poisoned = is_nan(run.m) || (with_sink && is_pos_inf(sink_logit));
+    runs[r] = run;
+}
+
+// Key j (its quads in k_cur and v_cur) for row slot r: one step of the online softmax.
+// Called in uniform control flow (the score's parts are added over the row's lanes).
+fn visit_key(r: u32, rl: RowLane, j: u32, sigmoid_bias: f32) {
+    let keys = slots[r].keys;
+    let seen = j >= keys.start && j < keys.end;
+    var run = runs[r];
+    var dot4 = vec4<f32>(0.0);
+    //unroll_all c < LANE_QUADS: dot4 = fma(q_reg[r][c], k_cur[c], dot4);
+    let s = finish_score(row_sum(rl, (dot4.x + dot4.y) + (dot4.z + dot4.w)));
+    if seen {
+        run.max_score = max_ignoring_nan(run.max_score, s);
+    }
+    var x = s;
+    var w_sigmoid = 0.0;
+    if VARIANT == VARIANT_SIGMOID {
+        let z = s + sigmoid_bias;
+        w_sigmoid = select(0.0, select(sigmoid(z), nan(), is_nan(z)), seen);
+        run.sigmoid_mass += w_sigmoid;
+        x = log_sigmoid(z);
+    }
+    if j == 0u && seen {
+        run.logit0 = x;
+    }
+    // Move m up when x passes it by more than the slack: alpha = 0 while nothing was seen
+    // (m = −inf), and t_ent, still 0 then, must not become 0 · (−inf). Every lane of a row
+    // takes the same branch (they hold the same x and m).
+    let lift = seen && x > run.m + RESCALE_SLACK;
+    if any_lane(lift) {
+        if lift {
+            let alpha = exp(run.m - x);
+            run.t_ent = select(alpha * (run.t_ent + (run.m - x) * run.l), 0.0, run.l == 0.0);
+            run.l *= alpha;
+            run.l_keys *= alpha;
+            if VARIANT != VARIANT_SIGMOID && VARIANT != VARIANT_CLIPPED_SOFTMAX {
+                //unroll_all c < LANE_QUADS: acc[r][c] *= alpha;
+            }
+            run.m = x;
+        }
+    }
+    // A logit of −inf weighs 0 whatever m is (−inf − (−inf) would be NaN).
+    run.poisoned = run.poisoned || (seen && is_nan(x - run.m) && !is_neg_inf(x));
+    let e = select(0.0, exp(x - run.m), seen && !is_neg_inf(x));
+    run.l += e;
+    run.l_keys += e;
+    run.t_ent += select(0.0, e * (x - run.m), bitcast<u32>(e) != 0u);
+    // Sigmoid weights are applied as they are; ClippedSoftmax weighs V in a second pass.
+    if VARIANT != VARIANT_CLIPPED_SOFTMAX {
+        let w = vec4<f32>(select(e, w_sigmoid, VARIANT == VARIANT_SIGMOID));
+        let hide = vec4<bool>(!seen);
+        //unroll_all c < LANE_QUADS: acc[r][c] = fma(w, select(v_cur[c], vec4<f32>(0.0), hide), acc[r][c]);
+    }
+    runs[r] = run;
+}
+
+// ClippedSoftmax's second pass, key j for row slot r: weights clip((ζ − γ)·p + γ, 0, 1)
+// from the row's final normaliser. Called in uniform control flow.
+fn clip_key(r: u32, rl: RowLane, j: u32) {
+    let keys = slots[r].keys;
+    let seen = j >= keys.start && j < keys.end;
+    var dot4 = vec4<f32>(0.0);
+    //unroll_all c < LANE_QUADS: dot4 = fma(q_reg[r][c], k_cur[c], dot4);
+    let x = finish_score(row_sum(rl, (dot4.x + dot4.y) + (dot4.z + dot4.w)));
+    let m = runs[r].m;
+    let end = ends[r];
+    // A NaN row (l = NaN: a NaN logit, or every logit −inf) has NaN probabilities, read from
+    // l rather than from exp(), which need not return NaN (lavapipe).
+    let prob = select(select(exp(x - m), 0.0, is_neg_inf(x)) * end.inv_l, nan(), is_nan(end.l));
+    // Clipped to [0, 1] as the reference does; a NaN weight stays NaN.
+    let y = (p.zeta - p.gamma) * prob + p.gamma;
+    let w = select(0.0, clip01(y), seen);
+    var clip = clips[r];
+    clip.poisoned = clip.poisoned || (seen && is_nan(y));
+    let wv = vec4<f32>(w);
+    let hide = vec4<bool>(!seen);
+    //unroll_all c < LANE_QUADS: acc[r][c] = fma(wv, select(v_cur[c], vec4<f32>(0.0), hide), acc[r][c]);
+    clip.mass += w;
+    clip.w_log_w += select(0.0, w * log(w), w > 0.0);
+    if j == 0u {
+        clip.w0 = w;
+    }
+    clips[r] = clip;
+}
+
+// Split-KV: row slot r's partial, to be merged by split_combine.wgsl.
+fn store_split_slot(r: u32, rl: RowLane, b: u32, split: u32) {
+    let slot = slots[r];
+    if !slot.live {
+        return;
+    }
+    let run = runs[r];
+    let at = split_record(b, slot.h, slot.i, split);
+    if rl.part == 0u {
+        scratch[at + SPLIT_M] = run.m;
+        scratch[at + SPLIT_L] = run.l;
+        scratch[at + SPLIT_FLAGS] = bitcast<f32>(select(0u, SPLIT_POISONED, run.poisoned));
+        scratch[at + SPLIT_SINK_LOGIT] = slot.sink_logit;
+        scratch[at + SPLIT_L_KEYS] = run.l_keys;
+        scratch[at + SPLIT_T_ENT] = run.t_ent;
+        scratch[at + SPLIT_MAX_SCORE] = run.max_score;
+        scratch[at + SPLIT_LOGIT0] = run.logit0;
+        scratch[at + SPLIT_SIGMOID_MASS] = run.sigmoid_mass;
+        scratch[at + SPLIT_Q_MAX] = slot.q_best.value;
+        scratch[at + SPLIT_Q_ARGMAX] = f32(slot.q_best.channel);
+        scratch[at + SPLIT_Q_SUM] = slot.q_sum;
+    }
+    let c0 = rl.part * LANE_QUADS;
+    //unroll_all c < LANE_QUADS: store_split_quad(at + SPLIT_HEAD + (c0 + c) * 4u, acc[r][c]);
+}
+
+// Row slot r's epilogue: normalise, apply the variant's bias, sink value or gate, store O, the
+// LSE, the key-mass row state and the statistics record. Called in uniform control flow (a
+// per-channel gate's statistics combine the row's lanes).
+fn finish_slot(r: u32, rl: RowLane, seq: Seq, b: u32) {
+    let slot = slots[r];
+    let run = runs[r];
+    let end = ends[r];
+    let clip = clips[r];
+    let live = slot.live;
+    let has_keys = slot.has_keys;
+    let h = slot.h;
+    let i = slot.i;
+    let c0 = rl.part * LANE_QUADS;
+    var gate_min = 3.4028235e38;
+    var gate_max = -3.4028235e38;
+    var gate_sum = 0.0;
+    var gate_count = 0.0;
+    let counted = live && (has_keys || HAS_SINK);
+    let key_scale = key_scale_of(end.inv_l, has_keys);
+    let scale = o_scale(key_scale);
+    let token = q_row(seq, b, i) * p.q_heads + h;
+    var gamma_row = 1.0;
+    if VARIANT == VARIANT_CONTEXT_SCALE && !GATE_PER_CHANNEL {
+        gamma_row = gate_factor(gate_z(token));
+        if counted {
+            gate_min = gamma_row;
+            gate_max = gamma_row;
+            gate_sum = gamma_row;
+            gate_count = 1.0;
+        }
+    }
+    let o_base = p.o_offset + slot.q_at.x * p.o_stride_b + slot.q_at.y * p.o_stride_n
+        + h * p.o_stride_h;
+    //unroll_all c < LANE_QUADS: acc[r][c] = finish_quad(acc[r][c], scale, h, c0 + c, end.context_share, quad_gate(token, c0 + c, gamma_row, counted, &gate_min, &gate_max, &gate_sum, &gate_count));
+    if VARIANT == VARIANT_CONTEXT_SCALE && GATE_PER_CHANNEL {
+        // The row's gate statistics from its lanes' channels, in channel order.
+        let parts = row_parts(rl, vec4<f32>(gate_min, gate_max, gate_sum, gate_count));
+        gate_min = parts[0].x;
+        gate_max = parts[0].y;
+        gate_sum = parts[0].z;
+        gate_count = parts[0].w;
+        //unroll_all k < ROW_LANES: fold_part_gate(&gate_min, &gate_max, &gate_sum, &gate_count, parts[k], k);
+    }
+    // A sequence whose index entries were bad: its rows are NaN (the combine and key-mass
+    // passes make its statistics and key mass NaN).
+    let bad = seq.bad != 0u;
+    if bad {
+        //unroll_all c < LANE_QUADS: acc[r][c] = vec4<f32>(nan());
+    }
+    if live {
+        //unroll_all c < LANE_QUADS: store_o_quad(o_base + (c0 + c) * 4u, acc[r][c]);
+    }
+    // The row's one record, from its lane 0.
+    if live && rl.part == 0u {
+        let row_index = row_record(b, h, i);
+        lse_buf[p.lse_offset + lse_index(seq, b, h, i)] = select(end.lse, nan(), bad);
+        if KEY_MASS {
+            store_row_state(row_index, run.m, end.l, clip.mass);
+        }
+        if STATS {
+            // This row's share of the head's statistics (zero when it is not counted).
+            var shares = vec4<f32>(0.0);
+            if counted {
+                if VARIANT == VARIANT_CLIPPED_SOFTMAX {
+                    var first = 0.0;
+                    var entropy = 0.0;
+                    if clip.mass > 0.0 {
+                        first = select(0.0, clip.w0 / clip.mass, has_keys);
+                        entropy = log(clip.mass) - clip.w_log_w / clip.mass;
+                    }
+                    if clip.poisoned || is_nan(end.l) {
+                        entropy = nan();
+                    }
+                    if clip.poisoned {
+                        first = nan_if(has_keys);
+                    }
+                    // Sink mass: the reference's 0 / denominator.
+                    shares = vec4<f32>(first, nan_if(is_nan(end.l)), entropy, clip.mass);
+                } else {
+                    shares = row_shares(end, run.m, has_keys, key_scale, run.t_ent, run.l_keys,
+                        run.logit0, slot.sink_logit, run.sigmoid_mass);
+                }
+            }
+            store_row_partial(row_index, counted, shares, run.max_score,
+                vec4<f32>(gate_min, gate_max, gate_sum, gate_count), slot.q_best, slot.q_sum);
+        }
+    }
+}
+
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     let t = lane.index;
@@ -358,17 +676,10 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     }
     let rl = init_lane(lane);
     let f0 = block * BLOCK_M;
-    let live = f0 + rl.row < folded;
-    // Lanes past the last row shadow it, so that every load stays in bounds; they write
-    // nothing and count in no statistic.
     let last_row = max(folded, 1u) - 1u;
-    let f = min(f0 + rl.row, last_row);
-    let i = f / p.group;
-    let h = g * p.group + f % p.group;
     let c0 = rl.part * LANE_QUADS; // this lane's first channel quad
-    // The keys each row sees, and the span of keys the block visits (uniform: the union of
-    // its first and last rows' ranges), in one place: `key_range` (common.wgsl).
-    let row_keys = key_range(i, nq, nk);
+    // The span of keys the block visits (uniform: the union of its first and last rows'
+    // ranges).
     let first_keys = key_range(f0 / p.group, nq, nk);
     let last_keys = key_range(min(f0 + BLOCK_M - 1u, last_row) / p.group, nq, nk);
     // Tiles wholly outside every row's window are never staged; tiles stay aligned to
@@ -379,68 +690,11 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
         key_start = max(key_start, split * p.split_keys);
         key_end = min(key_end, (split + 1u) * p.split_keys);
     }
-    let has_keys = row_keys.end > row_keys.start;
     // The last block measures K and V: its last row's range ends at Nk under every mask, and
     // the keys before its tiles (a window's) it measures in a loop of their own.
     let kv_block = block + 1u == seq_blocks;
     let sigmoid_bias = sigmoid_bias_of(nk);
-
-    var q_reg: array<vec4<f32>, LANE_QUADS>; // registers: this lane's slice of the row of Q
-    let q_at = q_place(seq, b, i);
-    let q_base = p.q_offset + q_at.x * p.q_stride_b + q_at.y * p.q_stride_n + h * p.q_stride_h
-        + c0 * 4u;
-    //unroll_all c < LANE_QUADS: q_reg[c] = load_q4(q_base + c * 4u);
-    var q_best = ArgMax(-1.0, 0u);
-    var q_sum = 0.0;
-    if STATS {
-        //unroll_all c < LANE_QUADS: fold_abs(&q_best, &q_sum, q_reg[c], c0 + c);
-        // The row's largest |q| and Σ|q| from its lanes' slices, in channel order (the lowest
-        // channel wins a tie: each part holds its own lowest).
-        let parts = row_parts(rl, vec4<f32>(q_best.value, f32(q_best.channel), q_sum, 0.0));
-        q_best = ArgMax(parts[0].x, u32(parts[0].y));
-        q_sum = parts[0].z;
-        //unroll_all r < ROW_LANES: fold_part_abs(&q_best, &q_sum, parts[r], r);
-    }
-
-    // The sink's logit: s' = σ q·k' (softcapped like any score), θ_h, or 0.
-    var sink_logit = 0.0;
-    if VARIANT == VARIANT_CONTEXT_BIAS || VARIANT == VARIANT_KV_SINK {
-        var dot4 = vec4<f32>(0.0);
-        //unroll_all c < LANE_QUADS: dot4 = fma(q_reg[c], param_a4(h * HEAD_DIM + (c0 + c) * 4u), dot4);
-        sink_logit = finish_score(row_sum(rl, (dot4.x + dot4.y) + (dot4.z + dot4.w)));
-    } else if VARIANT == VARIANT_LOGIT_SINK {
-        sink_logit = param_a_f32(h);
-    }
-
-    // Online softmax over the row's logits x (the score s, or log sigmoid(s + β) for Sigmoid):
-    // m the running max (up to RESCALE_SLACK stale), l = Σ e^(x − m) (sink included), l_keys
-    // the same over real keys only, t_ent = Σ e^(x − m)·(x − m), so that the entropy is
-    // ln l − t_ent / l without cancellation.
-    var m = neg_inf();
-    var l = 0.0;
-    var l_keys = 0.0;
-    var t_ent = 0.0;
-    var acc: array<vec4<f32>, LANE_QUADS>; // registers: Σ weight · v over this lane's channels
-    //unroll_all c < LANE_QUADS: acc[c] = vec4<f32>(0.0);
-    // The sink is the first outcome: weight e^0 = 1 at m = its logit, value v' or 0. A sink
-    // logit of −inf weighs nothing (and must not make m = −inf carry a weight of 1).
-    // Split-KV: the sink is one outcome of the row, in split 0 only.
-    let with_sink = SINK_IN_DENOMINATOR && split == 0u;
-    if with_sink && !is_neg_inf(sink_logit) {
-        m = sink_logit;
-        l = 1.0;
-        if VARIANT == VARIANT_KV_SINK {
-            //unroll_all c < LANE_QUADS: acc[c] = param_b4(h * HEAD_DIM + (c0 + c) * 4u);
-        }
-    }
-    var max_score = neg_inf();
-    var logit0 = neg_inf(); // x of key 0, when the row sees it
-    // A NaN among the row's logits (or x − m undefined: x = m = ±inf). exp() need not return
-    // NaN for a NaN argument (lavapipe clamps it), so the row is poisoned explicitly, as the
-    // reference's sums are by any NaN term.
-    // A sink logit of +inf is the row's max, and its own term e^(+inf − (+inf)) is NaN.
-    var poisoned = is_nan(m) || (with_sink && is_pos_inf(sink_logit));
-    var sigmoid_mass = 0.0; // Σ sigmoid(s + β)
+    //unroll_all r < ROW_BLOCK: init_slot(r, rl, seq, b, g, f0, split);
 
     k_best = ArgMax(-1.0, 0u);
     k_sum = 0.0;
@@ -478,96 +732,29 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
         for (var u0 = 0u; u0 < tile_keys; u0 += KEYS_HELD) {
             hold_keys(u0, c0);
             for (var u = 0u; u < min(KEYS_HELD, tile_keys - u0); u++) {
-                let j = tile + u0 + u;
-                let seen = j >= row_keys.start && j < row_keys.end;
-                var dot4 = vec4<f32>(0.0);
-                //unroll_all c < LANE_QUADS: dot4 = fma(q_reg[c], key_quad(u0, u, c0, c), dot4);
-                let s = finish_score(row_sum(rl, (dot4.x + dot4.y) + (dot4.z + dot4.w)));
-                if seen {
-                    max_score = max_ignoring_nan(max_score, s);
-                }
-                var x = s;
-                var w_sigmoid = 0.0;
-                if VARIANT == VARIANT_SIGMOID {
-                    let z = s + sigmoid_bias;
-                    w_sigmoid = select(0.0, select(sigmoid(z), nan(), is_nan(z)), seen);
-                    sigmoid_mass += w_sigmoid;
-                    x = log_sigmoid(z);
-                }
-                if j == 0u && seen {
-                    logit0 = x;
-                }
-                // Move m up when x passes it by more than the slack: alpha = 0 while nothing was
-                // seen (m = −inf), and t_ent, still 0 then, must not become 0 · (−inf). Every
-                // lane of a row takes the same branch (they hold the same x and m).
-                let lift = seen && x > m + RESCALE_SLACK;
-                if any_lane(lift) {
-                    if lift {
-                        let alpha = exp(m - x);
-                        t_ent = select(alpha * (t_ent + (m - x) * l), 0.0, l == 0.0);
-                        l *= alpha;
-                        l_keys *= alpha;
-                        if VARIANT != VARIANT_SIGMOID && VARIANT != VARIANT_CLIPPED_SOFTMAX {
-                            //unroll_all c < LANE_QUADS: acc[c] *= alpha;
-                        }
-                        m = x;
-                    }
-                }
-                // A logit of −inf weighs 0 whatever m is (−inf − (−inf) would be NaN).
-                poisoned = poisoned || (seen && is_nan(x - m) && !is_neg_inf(x));
-                let e = select(0.0, exp(x - m), seen && !is_neg_inf(x));
-                l += e;
-                l_keys += e;
-                t_ent += select(0.0, e * (x - m), bitcast<u32>(e) != 0u);
-                // Sigmoid weights are applied as they are; ClippedSoftmax weighs V in a second
-                // pass.
+                //unroll_all c < LANE_QUADS: k_cur[c] = key_quad(u0, u, c0, c);
                 if VARIANT != VARIANT_CLIPPED_SOFTMAX {
-                    let w = vec4<f32>(select(e, w_sigmoid, VARIANT == VARIANT_SIGMOID));
-                    let hide = vec4<bool>(!seen);
-                    //unroll_all c < LANE_QUADS: acc[c] = fma(w, select(value_quad(u0, u, c0, c), vec4<f32>(0.0), hide), acc[c]);
+                    //unroll_all c < LANE_QUADS: v_cur[c] = value_quad(u0, u, c0, c);
                 }
+                //unroll_all r < ROW_BLOCK: visit_key(r, rl, tile + u0 + u, sigmoid_bias);
             }
         }
     }
 
-    // Split-KV: the split's partial, to be merged by split_combine.wgsl; the rest of the
+    // Split-KV: the split's partials, to be merged by split_combine.wgsl; the rest of the
     // epilogue is the combine's.
     if SPLIT {
-        if live {
-            let at = split_record(b, h, i, split);
-            if rl.part == 0u {
-                scratch[at + SPLIT_M] = m;
-                scratch[at + SPLIT_L] = l;
-                scratch[at + SPLIT_FLAGS] = bitcast<f32>(select(0u, SPLIT_POISONED, poisoned));
-                scratch[at + SPLIT_SINK_LOGIT] = sink_logit;
-                scratch[at + SPLIT_L_KEYS] = l_keys;
-                scratch[at + SPLIT_T_ENT] = t_ent;
-                scratch[at + SPLIT_MAX_SCORE] = max_score;
-                scratch[at + SPLIT_LOGIT0] = logit0;
-                scratch[at + SPLIT_SIGMOID_MASS] = sigmoid_mass;
-                scratch[at + SPLIT_Q_MAX] = q_best.value;
-                scratch[at + SPLIT_Q_ARGMAX] = f32(q_best.channel);
-                scratch[at + SPLIT_Q_SUM] = q_sum;
-            }
-            //unroll_all c < LANE_QUADS: store_split_quad(at + SPLIT_HEAD + (c0 + c) * 4u, acc[c]);
-        }
+        //unroll_all r < ROW_BLOCK: store_split_slot(r, rl, b, split);
         if STATS && kv_block {
             fold_kv_partials(t, kv_split_record(b, g, split));
         }
         return;
     }
-    let end = end_row(m, l, poisoned, sink_logit, has_keys);
-    l = end.l;
-    let inv_l = end.inv_l;
-    let lse = end.lse;
-    let context_share = end.context_share;
+    //unroll_all r < ROW_BLOCK: ends[r] = end_row(runs[r].m, runs[r].l, runs[r].poisoned, slots[r].sink_logit, slots[r].has_keys);
 
     // ClippedSoftmax: weights clip((ζ − γ)·p + γ, 0, 1) need the row's normaliser first, so
     // a second pass over the same tiles applies them.
-    var clip_mass = 0.0;
-    var clip_w_log_w = 0.0;
-    var clip_w0 = 0.0;
-    var clip_poisoned = false; // a NaN weight: the row's mass and distribution are NaN
+    //unroll_all r < ROW_BLOCK: clips[r] = ClipRun(0.0, 0.0, 0.0, false);
     if VARIANT == VARIANT_CLIPPED_SOFTMAX {
         for (var tile = key_start; tile < key_end; tile += BLOCK_N) {
             workgroupBarrier();
@@ -577,110 +764,16 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
             for (var u0 = 0u; u0 < tile_keys; u0 += KEYS_HELD) {
                 hold_keys(u0, c0);
                 for (var u = 0u; u < min(KEYS_HELD, tile_keys - u0); u++) {
-                    let j = tile + u0 + u;
-                    let seen = j >= row_keys.start && j < row_keys.end;
-                    var dot4 = vec4<f32>(0.0);
-                    //unroll_all c < LANE_QUADS: dot4 = fma(q_reg[c], key_quad(u0, u, c0, c), dot4);
-                    let x = finish_score(row_sum(rl, (dot4.x + dot4.y) + (dot4.z + dot4.w)));
-                    // A NaN row (l = NaN: a NaN logit, or every logit −inf) has NaN
-                    // probabilities, read from l rather than from exp(), which need not return
-                    // NaN (lavapipe).
-                    let prob = select(select(exp(x - m), 0.0, is_neg_inf(x)) * inv_l, nan(),
-                        is_nan(l));
-                    // Clipped to [0, 1] as the reference does; a NaN weight stays NaN.
-                    let y = (p.zeta - p.gamma) * prob + p.gamma;
-                    let w = select(0.0, clip01(y), seen);
-                    clip_poisoned = clip_poisoned || (seen && is_nan(y));
-                    let wv = vec4<f32>(w);
-                    let hide = vec4<bool>(!seen);
-                    //unroll_all c < LANE_QUADS: acc[c] = fma(wv, select(value_quad(u0, u, c0, c), vec4<f32>(0.0), hide), acc[c]);
-                    clip_mass += w;
-                    clip_w_log_w += select(0.0, w * log(w), w > 0.0);
-                    if j == 0u {
-                        clip_w0 = w;
-                    }
+                    //unroll_all c < LANE_QUADS: k_cur[c] = key_quad(u0, u, c0, c);
+                    //unroll_all c < LANE_QUADS: v_cur[c] = value_quad(u0, u, c0, c);
+                    //unroll_all r < ROW_BLOCK: clip_key(r, rl, tile + u0 + u);
                 }
             }
         }
-        if clip_poisoned {
-            clip_mass = nan();
-        }
+        // A NaN weight: the row's mass and distribution are NaN.
+        //unroll_all r < ROW_BLOCK: clips[r].mass = select(clips[r].mass, nan(), clips[r].poisoned);
     }
-
-    // Epilogue: normalise, apply the variant's bias, sink value or gate, store.
-    var gate_min = 3.4028235e38;
-    var gate_max = -3.4028235e38;
-    var gate_sum = 0.0;
-    var gate_count = 0.0;
-    let counted = live && (has_keys || HAS_SINK);
-    let key_scale = key_scale_of(inv_l, has_keys);
-    let scale = o_scale(key_scale);
-    let token = q_row(seq, b, i) * p.q_heads + h;
-    var gamma_row = 1.0;
-    if VARIANT == VARIANT_CONTEXT_SCALE && !GATE_PER_CHANNEL {
-        gamma_row = gate_factor(gate_z(token));
-        if counted {
-            gate_min = gamma_row;
-            gate_max = gamma_row;
-            gate_sum = gamma_row;
-            gate_count = 1.0;
-        }
-    }
-    let o_base = p.o_offset + q_at.x * p.o_stride_b + q_at.y * p.o_stride_n + h * p.o_stride_h;
-    //unroll_all c < LANE_QUADS: acc[c] = finish_quad(acc[c], scale, h, c0 + c, context_share, quad_gate(token, c0 + c, gamma_row, counted, &gate_min, &gate_max, &gate_sum, &gate_count));
-    if VARIANT == VARIANT_CONTEXT_SCALE && GATE_PER_CHANNEL {
-        // The row's gate statistics from its lanes' channels, in channel order.
-        let parts = row_parts(rl, vec4<f32>(gate_min, gate_max, gate_sum, gate_count));
-        gate_min = parts[0].x;
-        gate_max = parts[0].y;
-        gate_sum = parts[0].z;
-        gate_count = parts[0].w;
-        //unroll_all r < ROW_LANES: fold_part_gate(&gate_min, &gate_max, &gate_sum, &gate_count, parts[r], r);
-    }
-    // A sequence whose index entries were bad: its rows are NaN (the combine and key-mass
-    // passes make its statistics and key mass NaN).
-    let bad = seq.bad != 0u;
-    if bad {
-        //unroll_all c < LANE_QUADS: acc[c] = vec4<f32>(nan());
-    }
-    if live {
-        //unroll_all c < LANE_QUADS: store_o_quad(o_base + (c0 + c) * 4u, acc[c]);
-    }
-    // The row's one record, from its lane 0.
-    if live && rl.part == 0u {
-        let row_index = row_record(b, h, i);
-        lse_buf[p.lse_offset + lse_index(seq, b, h, i)] = select(lse, nan(), bad);
-        if KEY_MASS {
-            store_row_state(row_index, m, l, clip_mass);
-        }
-        if STATS {
-            // This row's share of the head's statistics (zero when it is not counted).
-            var shares = vec4<f32>(0.0);
-            if counted {
-                if VARIANT == VARIANT_CLIPPED_SOFTMAX {
-                    var first = 0.0;
-                    var entropy = 0.0;
-                    if clip_mass > 0.0 {
-                        first = select(0.0, clip_w0 / clip_mass, has_keys);
-                        entropy = log(clip_mass) - clip_w_log_w / clip_mass;
-                    }
-                    if clip_poisoned || is_nan(l) {
-                        entropy = nan();
-                    }
-                    if clip_poisoned {
-                        first = nan_if(has_keys);
-                    }
-                    // Sink mass: the reference's 0 / denominator.
-                    shares = vec4<f32>(first, nan_if(is_nan(l)), entropy, clip_mass);
-                } else {
-                    shares = row_shares(end, m, has_keys, key_scale, t_ent, l_keys, logit0,
-                        sink_logit, sigmoid_mass);
-                }
-            }
-            store_row_partial(row_index, counted, shares, max_score,
-                vec4<f32>(gate_min, gate_max, gate_sum, gate_count), q_best, q_sum);
-        }
-    }
+    //unroll_all r < ROW_BLOCK: finish_slot(r, rl, seq, b);
 
     // The K/V record of (b, g): the measuring lanes' partials folded in lane order.
     if STATS && kv_block {

@@ -134,6 +134,72 @@ fn edge_cases_head_dim_256() {
     edge_cases(3, Shape::new(1, 1, 1, 9, 30, 256));
 }
 
+/// Register blocking (`WgslOptions::row_block`): a lane group serving 2 rows must give every
+/// row the bits it gets alone, and pass against the reference. Every variant in turn, across
+/// dtypes, masks (a window too) and statistics levels, at shapes with several blocks of rows
+/// either way (140 and 132 folded rows), on both key paths.
+#[test]
+fn row_blocks_give_the_same_bits() {
+    let levels = [StatsLevel::HeadsAndKeys, StatsLevel::Heads, StatsLevel::Off];
+    let masks = [Mask::Causal, Mask::None, Mask::window(Some(20), Some(3))];
+    for subgroups in [true, false] {
+        let with = |row_block| {
+            common::wgsl_backend(WgslOptions {
+                subgroups,
+                row_block: Some(row_block),
+                ..WgslOptions::default()
+            })
+        };
+        let (Some(one), Some(two)) = (with(1), with(2)) else {
+            return;
+        };
+        for (m, variant) in Variant::all_default().iter().enumerate() {
+            // The workgroup path differs in how keys reach the lanes, not per variant: three
+            // variants (ClippedSoftmax's second pass among them) suffice there.
+            if !subgroups && m % 3 != 2 {
+                continue;
+            }
+            let shape = if m % 4 == 3 {
+                Shape::new(1, 4, 1, 33, 50, 128)
+            } else {
+                Shape::new(1, 4, 2, 70, 75, 64)
+            };
+            let dtype = DType::ALL[m % 3];
+            let case = Case {
+                problem: Problem::new(shape, dtype)
+                    .with_variant(*variant)
+                    .with_mask(masks[m % 3])
+                    .with_stats(levels[(m / 3 + m) % 3]),
+                spec: InputSpec {
+                    seed: 30 + m as u64,
+                    massive: dtype != DType::F32,
+                    ..InputSpec::default()
+                },
+                views: false,
+            };
+            if let Err(e) = common::check_case(&two, &case) {
+                panic!("row block 2: {e}");
+            }
+            let inputs = case.inputs();
+            let a = one.forward(&case.problem, &inputs).expect("row block 1");
+            let b = two.forward(&case.problem, &inputs).expect("row block 2");
+            assert!(
+                common::output_bits(&a) == common::output_bits(&b),
+                "{}: rows differ between row blocks 1 and 2",
+                outlier_attn::cases::label(&case.problem)
+            );
+        }
+    }
+    assert!(
+        WgslBackend::with_options(WgslOptions {
+            row_block: Some(outlier_attn::wgsl::MAX_ROW_BLOCK + 1),
+            ..WgslOptions::default()
+        })
+        .is_err(),
+        "a row block past MAX_ROW_BLOCK must be refused"
+    );
+}
+
 /// Sliding windows as models run them (`common::window_problems`), on both key paths, and one
 /// of them twice for determinism.
 #[test]

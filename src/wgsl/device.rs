@@ -106,6 +106,13 @@ pub struct WgslOptions {
     /// Split-KV for decode (default [`SplitKv::Auto`]); see the module docs for where the
     /// kernels split and what `Auto` chooses.
     pub split_kv: SplitKv,
+    /// Query rows each lane group of the forward kernel serves (register blocking; default
+    /// `None`: the adapter's choice, [`CPU_ROW_BLOCK`] on a CPU adapter for a call of at least
+    /// [`CPU_ROW_BLOCK_MIN_ROWS`] folded rows per (sequence, kv head), else 1). `Some(n)`, n
+    /// from 1 to [`MAX_ROW_BLOCK`], forces n for every call but decode's short workgroups.
+    /// Each row computes the same bits whatever n: it changes which lanes compute a row, not
+    /// what they compute.
+    pub row_block: Option<u32>,
 }
 
 impl Default for WgslOptions {
@@ -113,6 +120,7 @@ impl Default for WgslOptions {
         WgslOptions {
             subgroups: true,
             split_kv: SplitKv::Auto,
+            row_block: None,
         }
     }
 }
@@ -121,6 +129,22 @@ impl Default for WgslOptions {
 /// count): a mid-range discrete GPU's. The heuristic splits a decode whose workgroups are
 /// fewer than 80 % of them.
 pub const TYPICAL_COMPUTE_UNITS: u32 = 64;
+
+/// Query rows each forward lane group serves on a CPU adapter (register blocking,
+/// `ROW_BLOCK` of forward.wgsl). There every workgroup-memory load and store is a loop over
+/// the SIMD lanes (lavapipe's gallivm), so the loads of the K/V tile, not the FMAs, bound the
+/// kernel, and a key fetched once for two rows halves them; registers spill to the stack
+/// cheaply. GPUs keep one row per lane group, whose registers it already fills.
+pub const CPU_ROW_BLOCK: u32 = 2;
+
+/// The fewest folded query rows per (sequence, kv head) for which a CPU adapter's forward
+/// kernel serves [`CPU_ROW_BLOCK`] rows per lane group: smaller calls keep one, so that they
+/// keep their workgroups for the CPU's threads (and share pipelines with decode).
+pub const CPU_ROW_BLOCK_MIN_ROWS: usize = 256;
+
+/// The most rows per lane group [`WgslOptions::row_block`] may ask for (each doubles the code
+/// written out per key, and the pipeline's build time with it).
+pub const MAX_ROW_BLOCK: u32 = 4;
 
 /// Fused attention on a caller's wgpu device: pipelines cached per specialisation, a scratch
 /// buffer reused across calls, passes recorded into the caller's encoder.
@@ -137,6 +161,11 @@ pub struct WgslAttention {
     /// workgroups whose size is a multiple of `subgroup_max`.
     shuffle_lanes: Option<u32>,
     subgroup_max: u32,
+    /// Rows per forward lane group for a full block (`ROW_BLOCK`): forced by the options, or
+    /// `None` for [`CPU_ROW_BLOCK`] on a CPU adapter (for calls of at least
+    /// [`CPU_ROW_BLOCK_MIN_ROWS`] rows) and 1 on a GPU.
+    row_block: Option<u32>,
+    cpu_adapter: bool,
     limits: ::wgpu::Limits,
     uniforms: ::wgpu::Buffer,
     /// Bytes between two uniform slots (the device's dynamic-offset alignment, at least 256).
@@ -333,6 +362,14 @@ impl WgslAttention {
             usage: ::wgpu::BufferUsages::UNIFORM | ::wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        if let Some(n) = options.row_block
+            && !(1..=MAX_ROW_BLOCK).contains(&n)
+        {
+            return Err(unsupported(format!(
+                "options.row_block = {n}: the forward kernel serves 1 to {MAX_ROW_BLOCK} rows per lane group"
+            )));
+        }
+        let cpu_adapter = lavapipe || info.device_type == ::wgpu::DeviceType::Cpu;
         let compute_units = if lavapipe {
             std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
         } else {
@@ -346,6 +383,8 @@ impl WgslAttention {
             queue: queue.clone(),
             shuffle_lanes: shuffles.then_some(sg_min),
             subgroup_max: sg_max,
+            row_block: options.row_block,
+            cpu_adapter,
             uniforms,
             uniform_stride,
             next_slot: AtomicU64::new(0),
@@ -447,6 +486,7 @@ impl WgslAttention {
                     chunk: lanes,
                     keys_held: lanes / row_lanes,
                     shuffles: true,
+                    row_block: self.row_block_for(short, folded),
                 });
             }
         }
@@ -460,7 +500,18 @@ impl WgslAttention {
             chunk: tile,
             keys_held: tile,
             shuffles: false,
+            row_block: self.row_block_for(short, folded),
         })
+    }
+
+    /// Rows per lane group for a call of `folded` rows per (sequence, kv head).
+    fn row_block_for(&self, short: bool, folded: usize) -> u32 {
+        match self.row_block {
+            _ if short => 1,
+            Some(n) => n,
+            None if self.cpu_adapter && folded >= CPU_ROW_BLOCK_MIN_ROWS => CPU_ROW_BLOCK,
+            None => 1,
+        }
     }
 
     fn key_mass_tile(&self, head_dim: usize) -> Option<u32> {
@@ -795,7 +846,7 @@ impl WgslAttention {
         let geometry = self
             .forward_geometry(d, folded as usize)
             .ok_or_else(no_tile)?;
-        let q_blocks = folded.div_ceil(geometry.workgroup / row_lanes(d));
+        let q_blocks = folded.div_ceil(geometry.rows(d));
         // Key-mass workgroups per (batch, head): BLOCK_M lanes of `KEYS_PER_LANE` keys each.
         let key_blocks = kv_len.div_ceil(BLOCK_M * key_mass_keys_per_lane(d));
         let key_mass_tile = match problem.stats.keys() {
@@ -895,6 +946,7 @@ impl WgslAttention {
                 geometry.shuffles,
             )
             .with_chunk(geometry.chunk)
+            .with_row_block(geometry.row_block)
             .with_split(splits > 1),
             combine: problem
                 .stats
@@ -1288,6 +1340,15 @@ struct ForwardGeometry {
     chunk: u32,
     keys_held: u32,
     shuffles: bool,
+    /// Rows per lane group (`ROW_BLOCK`): 1 for a short workgroup (decode), whose rows are few.
+    row_block: u32,
+}
+
+impl ForwardGeometry {
+    /// Folded query rows per workgroup.
+    fn rows(&self, head_dim: usize) -> u32 {
+        self.workgroup / row_lanes(head_dim) * self.row_block
+    }
 }
 
 /// What one problem runs on a device: its kernels and grids.

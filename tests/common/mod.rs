@@ -343,21 +343,26 @@ pub fn assert_deterministic(backend: &dyn Backend, case: &Case) {
     let inputs = case.inputs();
     let a = backend.forward(&case.problem, &inputs).expect("first run");
     let b = backend.forward(&case.problem, &inputs).expect("second run");
-    let bits = |x: &outlier_attn::HostOutputs| {
-        let f = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        (
-            x.o.as_bytes().to_vec(),
-            f(&x.lse),
-            x.stats.as_deref().map(f),
-            x.key_mass.as_deref().map(f),
-        )
-    };
     assert!(
-        bits(&a) == bits(&b),
+        output_bits(&a) == output_bits(&b),
         "{}: two runs of {} differ",
         backend.name(),
         cases::label(&case.problem)
     );
+}
+
+/// Every output of a call as bits (O, LSE, statistics, key mass), for bitwise comparisons.
+#[allow(clippy::type_complexity)]
+pub fn output_bits(
+    x: &outlier_attn::HostOutputs,
+) -> (Vec<u8>, Vec<u32>, Option<Vec<u32>>, Option<Vec<u32>>) {
+    let f = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    (
+        x.o.as_bytes().to_vec(),
+        f(&x.lse),
+        x.stats.as_deref().map(f),
+        x.key_mass.as_deref().map(f),
+    )
 }
 
 /// Runs one case on dense inputs and again on views into larger buffers; both must pass and
