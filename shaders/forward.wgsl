@@ -17,7 +17,8 @@
 // (`row_sum`, in a fixed tree order: every lane of the row gets the same bits, and the
 // key-mass pass adds the same parts in the same order); for P·V each lane weighs its own
 // channels. The online softmax is computed alike by every lane of the row; the row's
-// statistics record is written by its lane 0.
+// statistics record is written by its lane 0. A row's lanes form a lane group, which serves
+// ROW_BLOCK rows (register blocking, see `RowSlot`).
 //
 // Keys. Tiles of BLOCK_N keys of K and V are staged in workgroup memory as [key][channel quad]
 // vec4 by all lanes together (each global word read once per workgroup). How a lane then gets
@@ -45,7 +46,7 @@
 
 const D4: u32 = HEAD_DIM / 4u;                  // channel quads per row
 const LANE_QUADS: u32 = D4 / ROW_LANES;         // channel quads per lane of a row
-const BLOCK_M: u32 = WORKGROUP_SIZE / ROW_LANES * ROW_BLOCK; // folded query rows per workgroup
+const BLOCK_M: u32 = WORKGROUP_SIZE / ROW_LANES * ROW_BLOCK; // folded rows per workgroup
 const BLOCK_N: u32 = TILE_LEN;                  // keys per K/V tile in workgroup memory
 
 // The running max m moves only when a logit passes it by more than this (natural-log units),

@@ -108,7 +108,8 @@ pub struct WgslOptions {
     pub split_kv: SplitKv,
     /// Query rows each lane group of the forward kernel serves (register blocking; default
     /// `None`: the adapter's choice, [`CPU_ROW_BLOCK`] on a CPU adapter for a call of at least
-    /// [`CPU_ROW_BLOCK_MIN_ROWS`] folded rows per (sequence, kv head), else 1). `Some(n)`, n
+    /// [`CPU_ROW_BLOCK_MIN_ROWS`] folded rows per (sequence, kv head) but ClippedSoftmax in a
+    /// 16-bit dtype, else 1). `Some(n)`, n
     /// from 1 to [`MAX_ROW_BLOCK`], forces n for every call but decode's short workgroups.
     /// Each row computes the same bits whatever n: it changes which lanes compute a row, not
     /// what they compute.
@@ -843,9 +844,16 @@ impl WgslAttention {
                 self.limits.max_compute_workgroup_storage_size
             ))
         };
-        let geometry = self
+        let mut geometry = self
             .forward_geometry(d, folded as usize)
             .ok_or_else(no_tile)?;
+        // ClippedSoftmax in a 16-bit dtype gains nothing from two rows per lane group on
+        // lavapipe (0.7x to 1.0x, against 1.35x to 1.8x in f32: BENCHMARKS.md, "Register
+        // blocking"), so the adapter's choice keeps one there.
+        let clipped = matches!(problem.variant, Variant::ClippedSoftmax { .. });
+        if self.row_block.is_none() && clipped && problem.dtype != DType::F32 {
+            geometry.row_block = 1;
+        }
         let q_blocks = folded.div_ceil(geometry.rows(d));
         // Key-mass workgroups per (batch, head): BLOCK_M lanes of `KEYS_PER_LANE` keys each.
         let key_blocks = kv_len.div_ceil(BLOCK_M * key_mass_keys_per_lane(d));
@@ -863,7 +871,7 @@ impl WgslAttention {
                 u64::from(geometry.tile),
                 u64::from(geometry.keys_held),
                 u64::from(key_mass_tile.unwrap_or(1)),
-                matches!(problem.variant, Variant::ClippedSoftmax { .. }),
+                clipped,
             );
             [
                 Some(trips.forward),
