@@ -154,9 +154,10 @@ fn row_blocks_give_the_same_bits() {
             return;
         };
         for (m, variant) in Variant::all_default().iter().enumerate() {
-            // The workgroup path differs in how keys reach the lanes, not per variant: three
-            // variants (ClippedSoftmax's second pass among them) suffice there.
-            if !subgroups && m % 3 != 2 {
+            // The workgroup path differs in how keys reach the lanes, not per variant: one
+            // variant with both key loops (ClippedSoftmax's second pass) suffices there, and
+            // keeps the pipelines this test builds cold on lavapipe (CI's time) few.
+            if !subgroups && !matches!(variant, Variant::ClippedSoftmax { .. }) {
                 continue;
             }
             let shape = if m % 4 == 3 {
