@@ -109,10 +109,9 @@ pub struct WgslOptions {
     /// Query rows each lane group of the forward kernel serves (register blocking; default
     /// `None`: the adapter's choice, [`CPU_ROW_BLOCK`] on a CPU adapter for a call of at least
     /// [`CPU_ROW_BLOCK_MIN_ROWS`] folded rows per (sequence, kv head) but ClippedSoftmax in a
-    /// 16-bit dtype, else 1). `Some(n)`, n
-    /// from 1 to [`MAX_ROW_BLOCK`], forces n for every call but decode's short workgroups.
-    /// Each row computes the same bits whatever n: it changes which lanes compute a row, not
-    /// what they compute.
+    /// 16-bit dtype, else 1). `Some(n)`, n from 1 to [`MAX_ROW_BLOCK`], forces n for every
+    /// call but decode's short workgroups. Each row computes the same bits whatever n: it
+    /// changes which lanes compute a row, not what they compute.
     pub row_block: Option<u32>,
 }
 
@@ -166,6 +165,7 @@ pub struct WgslAttention {
     /// `None` for [`CPU_ROW_BLOCK`] on a CPU adapter (for calls of at least
     /// [`CPU_ROW_BLOCK_MIN_ROWS`] rows) and 1 on a GPU.
     row_block: Option<u32>,
+    /// The adapter runs on the CPU (lavapipe or another `DeviceType::Cpu`).
     cpu_adapter: bool,
     limits: ::wgpu::Limits,
     uniforms: ::wgpu::Buffer,
@@ -487,7 +487,7 @@ impl WgslAttention {
                     chunk: lanes,
                     keys_held: lanes / row_lanes,
                     shuffles: true,
-                    row_block: self.row_block_for(short, folded),
+                    short,
                 });
             }
         }
@@ -501,16 +501,24 @@ impl WgslAttention {
             chunk: tile,
             keys_held: tile,
             shuffles: false,
-            row_block: self.row_block_for(short, folded),
+            short,
         })
     }
 
-    /// Rows per lane group for a call of `folded` rows per (sequence, kv head).
-    fn row_block_for(&self, short: bool, folded: usize) -> u32 {
+    /// Rows per lane group (`ROW_BLOCK`) for `problem`, of `folded` rows per (sequence, kv
+    /// head), on `geometry`: the one place that chooses it.
+    fn row_block_for(&self, geometry: &ForwardGeometry, folded: usize, problem: &Problem) -> u32 {
+        // ClippedSoftmax in a 16-bit dtype gains nothing from two rows per lane group on
+        // lavapipe (0.7x to 1.0x, against 1.35x to 1.8x in f32: BENCHMARKS.md, "Register
+        // blocking"), so the adapter's choice keeps one there.
+        let clipped_16bit = matches!(problem.variant, Variant::ClippedSoftmax { .. })
+            && problem.dtype != DType::F32;
         match self.row_block {
-            _ if short => 1,
+            _ if geometry.short => 1,
             Some(n) => n,
-            None if self.cpu_adapter && folded >= CPU_ROW_BLOCK_MIN_ROWS => CPU_ROW_BLOCK,
+            None if self.cpu_adapter && folded >= CPU_ROW_BLOCK_MIN_ROWS && !clipped_16bit => {
+                CPU_ROW_BLOCK
+            }
             None => 1,
         }
     }
@@ -844,17 +852,12 @@ impl WgslAttention {
                 self.limits.max_compute_workgroup_storage_size
             ))
         };
-        let mut geometry = self
+        let geometry = self
             .forward_geometry(d, folded as usize)
             .ok_or_else(no_tile)?;
-        // ClippedSoftmax in a 16-bit dtype gains nothing from two rows per lane group on
-        // lavapipe (0.7x to 1.0x, against 1.35x to 1.8x in f32: BENCHMARKS.md, "Register
-        // blocking"), so the adapter's choice keeps one there.
-        let clipped = matches!(problem.variant, Variant::ClippedSoftmax { .. });
-        if self.row_block.is_none() && clipped && problem.dtype != DType::F32 {
-            geometry.row_block = 1;
-        }
-        let q_blocks = folded.div_ceil(geometry.rows(d));
+        let row_block = self.row_block_for(&geometry, folded as usize, problem);
+        // Folded rows per workgroup: `row_lanes` lanes per row, `row_block` rows per lane group.
+        let q_blocks = folded.div_ceil(geometry.workgroup / row_lanes(d) * row_block);
         // Key-mass workgroups per (batch, head): BLOCK_M lanes of `KEYS_PER_LANE` keys each.
         let key_blocks = kv_len.div_ceil(BLOCK_M * key_mass_keys_per_lane(d));
         let key_mass_tile = match problem.stats.keys() {
@@ -871,7 +874,7 @@ impl WgslAttention {
                 u64::from(geometry.tile),
                 u64::from(geometry.keys_held),
                 u64::from(key_mass_tile.unwrap_or(1)),
-                clipped,
+                matches!(problem.variant, Variant::ClippedSoftmax { .. }),
             );
             [
                 Some(trips.forward),
@@ -954,7 +957,7 @@ impl WgslAttention {
                 geometry.shuffles,
             )
             .with_chunk(geometry.chunk)
-            .with_row_block(geometry.row_block)
+            .with_row_block(row_block)
             .with_split(splits > 1),
             combine: problem
                 .stats
@@ -1348,15 +1351,8 @@ struct ForwardGeometry {
     chunk: u32,
     keys_held: u32,
     shuffles: bool,
-    /// Rows per lane group (`ROW_BLOCK`): 1 for a short workgroup (decode), whose rows are few.
-    row_block: u32,
-}
-
-impl ForwardGeometry {
-    /// Folded query rows per workgroup.
-    fn rows(&self, head_dim: usize) -> u32 {
-        self.workgroup / row_lanes(head_dim) * self.row_block
-    }
+    /// A short workgroup (decode): its rows are few, so each lane group serves one.
+    short: bool,
 }
 
 /// What one problem runs on a device: its kernels and grids.

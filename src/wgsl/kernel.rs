@@ -17,10 +17,10 @@
 //!   over chunks of that many copies otherwise (for statements that index only memory).
 //!
 //! N is `HEAD_DIM`, `D4` (channel quads), `LANE_QUADS` (quads per lane of a forward row),
-//! `ROW_LANES`, `ROW_BLOCK` (rows per forward lane group), `LOAD_UNROLL`, `KEYS_PER_LANE` (keys per key-mass lane) or a literal. WGSL has
-//! no unroll attribute, and lavapipe needs one: gallivm ends a shader invocation after 65535
-//! loop iterations in all (`LP_MAX_TGSI_LOOP_ITERATIONS`, shared by every loop of the shader),
-//! silently. The forward
+//! `ROW_LANES`, `ROW_BLOCK` (rows per forward lane group), `LOAD_UNROLL`, `KEYS_PER_LANE`
+//! (keys per key-mass lane) or a literal. WGSL has no unroll attribute, and lavapipe needs
+//! one: gallivm ends a shader invocation after 65535 loop iterations in all
+//! (`LP_MAX_TGSI_LOOP_ITERATIONS`, shared by every loop of the shader), silently. The forward
 //! kernel's loop over keys costs one trip per key; a lane's channel work is written out in
 //! quads, LANE_QUADS statements per key and phase: at most [`MAX_LANE_QUADS`] at every head
 //! dim, since larger rows are split over [`row_lanes`] lanes. LLVM's build time grows faster
