@@ -123,9 +123,23 @@ struct Params {
     splits: u32,         // split-KV: splits of each row's keys (1: no split)
     split_keys: u32,     // split-KV: keys per split, whole K/V tiles
     split_offset: u32,   // split-KV: the splits' partials in the scratch buffer
+    one: u32,            // 1: the trip count of a settling loop (below)
+    reserved0: u32,      // the uniform block's size stays a multiple of 16 bytes
+    reserved1: u32,
+    reserved2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+
+// Settling loops. lavapipe builds a kernel that has barriers as a coroutine, and LLVM's
+// coroutine lowering does not keep a value that lives across a barrier when the value is a
+// chain of arithmetic, comparisons, selects and casts: it recomputes the chain at every block
+// that uses it. A row's q decoded from 16-bit words, set up before the first K/V tile's
+// barriers, was decoded again inside the loop over keys, for every key (f16 ran 1.4x slower
+// than f32 at d = 64). Values assigned inside a loop leave it as phi nodes, which the lowering
+// keeps, so what a row sets up once and reads per key is assigned inside
+// `for (var once = 0u; once < p.one; once++) { ... }`: one trip (p.one = 1, read from the
+// uniforms so that no compiler removes the loop), counted in kernel.rs's loop budget.
 
 fn nan() -> f32 {
     return bitcast<f32>(p.nan_bits);

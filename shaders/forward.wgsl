@@ -695,7 +695,9 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
     // the keys before its tiles (a window's) it measures in a loop of their own.
     let kv_block = block + 1u == seq_blocks;
     let sigmoid_bias = sigmoid_bias_of(nk);
-    //unroll_all r < ROW_BLOCK: init_slot(r, rl, seq, b, g, f0, split);
+    for (var once = 0u; once < p.one; once++) { // settled (common.wgsl)
+        //unroll_all r < ROW_BLOCK: init_slot(r, rl, seq, b, g, f0, split);
+    }
 
     k_best = ArgMax(-1.0, 0u);
     k_sum = 0.0;
@@ -751,7 +753,9 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
         }
         return;
     }
-    //unroll_all r < ROW_BLOCK: ends[r] = end_row(runs[r].m, runs[r].l, runs[r].poisoned, slots[r].sink_logit, slots[r].has_keys);
+    for (var once = 0u; once < p.one; once++) { // settled: the second pass reads them per key
+        //unroll_all r < ROW_BLOCK: ends[r] = end_row(runs[r].m, runs[r].l, runs[r].poisoned, slots[r].sink_logit, slots[r].has_keys);
+    }
 
     // ClippedSoftmax: weights clip((ζ − γ)·p + γ, 0, 1) need the row's normaliser first, so
     // a second pass over the same tiles applies them.

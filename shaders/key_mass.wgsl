@@ -138,8 +138,11 @@ fn key_mass(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: 
     let j0 = key_block * BLOCK_KEYS;
     // This lane's keys (key r is j0 + r · KEYS_BLOCK_LANES + t) in registers.
     var keys: array<u32, KEYS_PER_LANE>;
-    //unroll_all r < KEYS_PER_LANE: keys[r] = j0 + r * KEYS_BLOCK_LANES + t;
-    //unroll_all r < KEYS_PER_LANE: load_key(r, seq, b, g, keys[r]);
+    // Settled (common.wgsl): 16-bit K would otherwise be decoded again for every row.
+    for (var once = 0u; once < p.one; once++) {
+        //unroll_all r < KEYS_PER_LANE: keys[r] = j0 + r * KEYS_BLOCK_LANES + t;
+        //unroll_all r < KEYS_PER_LANE: load_key(r, seq, b, g, keys[r]);
+    }
     //unroll_all r < KEYS_PER_LANE: clear_parts(r);
     //unroll_all r < KEYS_PER_LANE: mass[r] = 0.0;
 

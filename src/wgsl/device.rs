@@ -108,10 +108,10 @@ pub struct WgslOptions {
     pub split_kv: SplitKv,
     /// Query rows each lane group of the forward kernel serves (register blocking; default
     /// `None`: the adapter's choice, [`CPU_ROW_BLOCK`] on a CPU adapter for a call of at least
-    /// [`CPU_ROW_BLOCK_MIN_ROWS`] folded rows per (sequence, kv head) but ClippedSoftmax in a
-    /// 16-bit dtype, else 1). `Some(n)`, n from 1 to [`MAX_ROW_BLOCK`], forces n for every
-    /// call but decode's short workgroups. Each row computes the same bits whatever n: it
-    /// changes which lanes compute a row, not what they compute.
+    /// [`CPU_ROW_BLOCK_MIN_ROWS`] folded rows per (sequence, kv head), else 1). `Some(n)`, n
+    /// from 1 to [`MAX_ROW_BLOCK`], forces n for every call but decode's short workgroups.
+    /// Each row computes the same bits whatever n: it changes which lanes compute a row, not
+    /// what they compute.
     pub row_block: Option<u32>,
 }
 
@@ -505,20 +505,13 @@ impl WgslAttention {
         })
     }
 
-    /// Rows per lane group (`ROW_BLOCK`) for `problem`, of `folded` rows per (sequence, kv
-    /// head), on `geometry`: the one place that chooses it.
-    fn row_block_for(&self, geometry: &ForwardGeometry, folded: usize, problem: &Problem) -> u32 {
-        // ClippedSoftmax in a 16-bit dtype gains nothing from two rows per lane group on
-        // lavapipe (0.7x to 1.0x, against 1.35x to 1.8x in f32: BENCHMARKS.md, "Register
-        // blocking"), so the adapter's choice keeps one there.
-        let clipped_16bit = matches!(problem.variant, Variant::ClippedSoftmax { .. })
-            && problem.dtype != DType::F32;
+    /// Rows per lane group (`ROW_BLOCK`) for a call of `folded` rows per (sequence, kv head) on
+    /// `geometry`: the one place that chooses it.
+    fn row_block_for(&self, geometry: &ForwardGeometry, folded: usize) -> u32 {
         match self.row_block {
             _ if geometry.short => 1,
             Some(n) => n,
-            None if self.cpu_adapter && folded >= CPU_ROW_BLOCK_MIN_ROWS && !clipped_16bit => {
-                CPU_ROW_BLOCK
-            }
+            None if self.cpu_adapter && folded >= CPU_ROW_BLOCK_MIN_ROWS => CPU_ROW_BLOCK,
             None => 1,
         }
     }
@@ -855,7 +848,7 @@ impl WgslAttention {
         let geometry = self
             .forward_geometry(d, folded as usize)
             .ok_or_else(no_tile)?;
-        let row_block = self.row_block_for(&geometry, folded as usize, problem);
+        let row_block = self.row_block_for(&geometry, folded as usize);
         // Folded rows per workgroup: `row_lanes` lanes per row, `row_block` rows per lane group.
         let q_blocks = folded.div_ceil(geometry.workgroup / row_lanes(d) * row_block);
         // Key-mass workgroups per (batch, head): BLOCK_M lanes of `KEYS_PER_LANE` keys each.
@@ -1225,6 +1218,8 @@ impl WgslAttention {
             splits: plan.splits,
             split_keys: plan.split_keys,
             split_offset: word("the scratch buffer", split_offset)?,
+            one: 1,
+            ..Params::default()
         };
 
         let seqs_pipeline = plan.seqs.map(|k| self.pipeline(&k));

@@ -560,6 +560,9 @@ fn replace_identifier(text: &str, name: &str, with: &str) -> String {
     out
 }
 
+/// Loop trips of one settling loop of the shaders (common.wgsl): its one trip and its exit.
+const SETTLE_TRIPS: u64 = 2;
+
 /// An upper bound on the loop iterations one invocation of each kernel of a call runs, all
 /// loops together: what lavapipe's budget ([`LAVAPIPE_LOOP_ITERATIONS`]) is checked against.
 /// It mirrors the loops of the shaders, each counted with one extra trip for its exit:
@@ -573,6 +576,9 @@ fn replace_identifier(text: &str, name: &str, with: &str) -> String {
 /// - key mass: per tile of query rows, the tile loop, the Q and row-state loads and the loop
 ///   over the rows; one loop over the channels of K.
 /// - combine: one trip per query row, and one per statistic (a bad sequence's NaN record).
+///
+/// Each settling loop (common.wgsl: two in the forward kernel, one in the key mass) adds
+/// [`SETTLE_TRIPS`].
 pub(crate) struct LoopTrips {
     pub forward: u64,
     pub key_mass: u64,
@@ -616,14 +622,15 @@ impl LoopTrips {
         let row_tiles = q_len.div_ceil(key_mass_tile);
         let row_state = (key_mass_tile * ROW_STATE_LEN as u64).div_ceil(keys_block) + 1;
         LoopTrips {
-            forward: first_pass + second_pass + tile + 1,
+            forward: first_pass + second_pass + tile + 1 + 2 * SETTLE_TRIPS,
             key_mass: row_tiles
                 * (1 + loads(key_mass_tile * head_dim, keys_block)
                     + row_state
                     + key_mass_tile * (1 + channels)
                     + 1)
                 + head_dim
-                + 1,
+                + 1
+                + SETTLE_TRIPS,
             combine: q_len + 1 + Stat::COUNT as u64 + 1,
         }
     }
@@ -709,6 +716,11 @@ pub(crate) struct Params {
     pub splits: u32,
     pub split_keys: u32,
     pub split_offset: u32,
+    /// 1: the trip count of the shaders' settling loops (common.wgsl).
+    pub one: u32,
+    pub reserved0: u32,
+    pub reserved1: u32,
+    pub reserved2: u32,
 }
 
 #[cfg(test)]
