@@ -7,10 +7,13 @@
 // lanes' loads and stores of each r are consecutive); their k rows are private arrays of
 // vec4 indexed by constants only (registers). Q rows stream through workgroup memory in
 // tiles of TILE_ROWS as [row][channel quad] vec4. The loop over a tile's rows has the same
-// trip count on every lane, and every lane reads the same quad of the same row at once: one
-// workgroup-memory load feeds 4 · KEYS_PER_LANE FMAs (register blocking; lavapipe turns each
-// workgroup-memory load inside a loop into a loop over its 8 lanes, which is what this pass
-// spends its time on, so the loads per FMA are what sets its speed).
+// trip count on every lane, and every lane needs the same quad of the same row at once: each
+// quad feeds 4 · KEYS_PER_LANE FMAs (register blocking). How a lane gets the quads is what the
+// two row files differ in (key_mass_subgroup.wgsl, key_mass_workgroup.wgsl): a chunk of
+// lanes loads a row between them and exchanges it by shuffles, or every lane reads every quad
+// from workgroup memory. lavapipe turns each workgroup-memory load inside a loop into a loop
+// over its 8 SIMD lanes, which is what this pass spent most of its time on, so the loads per
+// FMA set its speed there.
 //
 // The score is computed in exactly the forward pass's order (quads accumulated into a vec4,
 // then (x + y) + (z + w), the ROW_LANES parts added as `sum_parts` does), so that
@@ -120,7 +123,9 @@ fn clear_parts(r: u32) {
 var<workgroup> block_seq: Seq;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn key_mass(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+fn key_mass(lane: MassLane, @builtin(workgroup_id) wg: vec3<u32>) {
+    let t = lane.index;
+    init_mass_lane(lane);
     let key_block = wg.x;
     let h = wg.y;
     let b = wg.z;
@@ -178,7 +183,8 @@ fn key_mass(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: 
         let rows = min(TILE_ROWS, row_end - r0);
         for (var rr = 0u; rr < rows; rr++) {
             let q = rr * D4;
-            //unroll_all c < D4: weigh_quad(q_tile[q + c], c);
+            hold_row(q);
+            //unroll_all c < D4: weigh_quad(row_quad(q, c), c);
             let seen = key_range(r0 + rr, nq, nk);
             let m = row_state[rr * ROW_STATE_LEN];
             let l = row_state[rr * ROW_STATE_LEN + 1u];

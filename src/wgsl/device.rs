@@ -956,7 +956,13 @@ impl WgslAttention {
                 .stats
                 .heads()
                 .then(|| kernel(KernelKind::Combine, COMBINE_THREADS, 1, false)),
-            key_mass: key_mass_tile.map(|tile| kernel(KernelKind::KeyMass, BLOCK_M, tile, false)),
+            key_mass: key_mass_tile.map(|tile| {
+                // A Q row reaches the lanes by shuffles where chunks of the smallest subgroup
+                // divide the workgroup (key_mass_subgroup.wgsl).
+                let chunk = self.shuffle_lanes.filter(|&lanes| BLOCK_M % lanes == 0);
+                kernel(KernelKind::KeyMass, BLOCK_M, tile, chunk.is_some())
+                    .with_chunk(chunk.unwrap_or(1))
+            }),
             seqs: (!problem.seqs.is_dense())
                 .then(|| kernel(KernelKind::Seqs, SEQS_THREADS, 1, false)),
             split_combine: (splits > 1)

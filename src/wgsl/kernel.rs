@@ -18,7 +18,8 @@
 //!
 //! N is `HEAD_DIM`, `D4` (channel quads), `LANE_QUADS` (quads per lane of a forward row),
 //! `ROW_LANES`, `ROW_BLOCK` (rows per forward lane group), `LOAD_UNROLL`, `KEYS_PER_LANE`
-//! (keys per key-mass lane) or a literal. WGSL has no unroll attribute, and lavapipe needs
+//! (keys per key-mass lane), `ROW_QUADS_HELD` (quads of a Q row per key-mass lane on the
+//! shuffle path) or a literal. WGSL has no unroll attribute, and lavapipe needs
 //! one: gallivm ends a shader invocation after 65535 loop iterations in all
 //! (`LP_MAX_TGSI_LOOP_ITERATIONS`, shared by every loop of the shader), silently. The forward
 //! kernel's loop over keys costs one trip per key; a lane's channel work is written out in
@@ -34,6 +35,8 @@ const QK_LOADS: &str = include_str!("../../shaders/qk_loads.wgsl");
 const FORWARD: &str = include_str!("../../shaders/forward.wgsl");
 const COMBINE: &str = include_str!("../../shaders/combine.wgsl");
 const KEY_MASS: &str = include_str!("../../shaders/key_mass.wgsl");
+const KEY_MASS_SUBGROUP: &str = include_str!("../../shaders/key_mass_subgroup.wgsl");
+const KEY_MASS_WORKGROUP: &str = include_str!("../../shaders/key_mass_workgroup.wgsl");
 const SEQS: &str = include_str!("../../shaders/seqs.wgsl");
 const SPLIT_COMBINE: &str = include_str!("../../shaders/split_combine.wgsl");
 
@@ -323,6 +326,7 @@ impl Kernel {
                 Kernel {
                     dtype,
                     variant: variant_code(family),
+                    subgroups,
                     ..neutral
                 }
             }
@@ -346,11 +350,11 @@ impl Kernel {
         }
     }
 
-    /// The forward kernel on the shuffle path with chunks of `chunk` lanes (a divisor of its
-    /// tile); the other kernels are left as they are.
+    /// The forward kernel (a divisor of its tile) or the key-mass pass on the shuffle path
+    /// with chunks of `chunk` lanes; the other kernels are left as they are.
     pub(crate) fn with_chunk(self, chunk: u32) -> Kernel {
         match self.kind {
-            KernelKind::Forward => Kernel { chunk, ..self },
+            KernelKind::Forward | KernelKind::KeyMass => Kernel { chunk, ..self },
             _ => self,
         }
     }
@@ -445,6 +449,11 @@ impl Kernel {
             KernelKind::KeyMass => {
                 text.push_str(QK_LOADS);
                 text.push_str(KEY_MASS);
+                text.push_str(if self.subgroups {
+                    KEY_MASS_SUBGROUP
+                } else {
+                    KEY_MASS_WORKGROUP
+                });
             }
             KernelKind::Seqs => text.push_str(SEQS),
             // The forward file's bindings, loads and O stores, then the merge's entry point.
@@ -463,18 +472,20 @@ impl Kernel {
             self.head_dim,
             self.row_lanes,
             self.row_block,
+            self.chunk,
             all_chunk,
         )
     }
 }
 
 /// Expands every `//unroll` and `//unroll_all` line (see the module docs); `//unroll_all`
-/// writes at most `all_chunk` copies per loop trip.
+/// writes at most `all_chunk` copies per loop trip. `chunk` is the kernel's `CHUNK_LEN`.
 fn expand_unrolls(
     source: &str,
     head_dim: u32,
     row_lanes: u32,
     row_block: u32,
+    chunk: u32,
     all_chunk: u32,
 ) -> String {
     let mut out = String::with_capacity(source.len() * 2);
@@ -514,9 +525,10 @@ fn expand_unrolls(
             "LOAD_UNROLL" => LOAD_UNROLL,
             "STAGE_UNROLL" => STAGE_UNROLL,
             "KEYS_PER_LANE" => key_mass_keys_per_lane(head_dim as usize),
+            "ROW_QUADS_HELD" => (head_dim / 4).div_ceil(chunk.max(1)),
             n => n
                 .parse()
-                .expect("an unroll count is HEAD_DIM, D4, LANE_QUADS, ROW_LANES, ROW_BLOCK, LOAD_UNROLL, STAGE_UNROLL, KEYS_PER_LANE or a literal"),
+                .expect("an unroll count is HEAD_DIM, D4, LANE_QUADS, ROW_LANES, ROW_BLOCK, LOAD_UNROLL, STAGE_UNROLL, KEYS_PER_LANE, ROW_QUADS_HELD or a literal"),
         };
         let (var, statement) = (var.trim(), statement.trim());
         let chunk = unroll_chunk_at_most(count, max);
@@ -789,13 +801,13 @@ mod tests {
     #[test]
     fn unroll_writes_short_counts_out_and_chunks_long_ones() {
         let text = "a\n    //unroll c < HEAD_DIM: x += q[c] * k[base + c];\nb\n";
-        let short = expand_unrolls(text, 4, 1, 1, 64);
+        let short = expand_unrolls(text, 4, 1, 1, 1, 64);
         assert_eq!(
             short,
             "a\n    x += q[0u] * k[base + 0u];\n    x += q[1u] * k[base + 1u];\n    \
              x += q[2u] * k[base + 2u];\n    x += q[3u] * k[base + 3u];\nb\n"
         );
-        let long = expand_unrolls(text, 64, 1, 1, 64);
+        let long = expand_unrolls(text, 64, 1, 1, 1, 64);
         assert!(long.contains("for (var c_chunk = 0u; c_chunk < 64u; c_chunk += 32u) {"));
         assert!(long.contains("x += q[(c_chunk + 31u)] * k[base + (c_chunk + 31u)];"));
         assert!(!long.contains("(c_chunk + 32u)"));
