@@ -137,7 +137,9 @@ fn edge_cases_head_dim_256() {
 /// Register blocking (`WgslOptions::row_block`): a lane group serving 2 rows must give every
 /// row the bits it gets alone, and pass against the reference. Every variant in turn, across
 /// dtypes, masks (a window too) and statistics levels, at shapes with several blocks of rows
-/// either way (140 and 132 folded rows), on both key paths.
+/// either way (140 and 132 folded rows), on both key paths; 4 rows (what CPU adapters give
+/// large calls) for three variants whose pipelines build fastest at 4 rows, one of them with
+/// both key loops and one at d = 128, on the shuffle path.
 #[test]
 fn row_blocks_give_the_same_bits() {
     let levels = [StatsLevel::HeadsAndKeys, StatsLevel::Heads, StatsLevel::Off];
@@ -150,7 +152,7 @@ fn row_blocks_give_the_same_bits() {
                 ..WgslOptions::default()
             })
         };
-        let (Some(one), Some(two)) = (with(1), with(2)) else {
+        let (Some(one), Some(two), Some(four)) = (with(1), with(2), with(4)) else {
             return;
         };
         for (m, variant) in Variant::all_default().iter().enumerate() {
@@ -189,6 +191,18 @@ fn row_blocks_give_the_same_bits() {
                 "{}: rows differ between row blocks 1 and 2",
                 outlier_attn::cases::label(&case.problem)
             );
+            let four_rows = matches!(
+                variant,
+                Variant::Softmax | Variant::Softmax1 | Variant::ClippedSoftmax { .. }
+            );
+            if subgroups && four_rows {
+                let c = four.forward(&case.problem, &inputs).expect("row block 4");
+                assert!(
+                    common::output_bits(&a) == common::output_bits(&c),
+                    "{}: rows differ between row blocks 1 and 4",
+                    outlier_attn::cases::label(&case.problem)
+                );
+            }
         }
     }
     assert!(

@@ -107,9 +107,9 @@ pub struct WgslOptions {
     /// kernels split and what `Auto` chooses.
     pub split_kv: SplitKv,
     /// Query rows each lane group of the forward kernel serves (register blocking; default
-    /// `None`: the adapter's choice, [`CPU_ROW_BLOCK`] on a CPU adapter for a call of at least
-    /// [`CPU_ROW_BLOCK_MIN_ROWS`] folded rows per (sequence, kv head), else 1). `Some(n)`, n
-    /// from 1 to [`MAX_ROW_BLOCK`], forces n for every call but decode's short workgroups.
+    /// `None`: the adapter's choice, [`CPU_ROW_BLOCKS`] by the call's size on a CPU adapter,
+    /// else 1). `Some(n)`, n from 1 to [`MAX_ROW_BLOCK`], forces n for every call but
+    /// decode's short workgroups.
     /// Each row computes the same bits whatever n: it changes which lanes compute a row, not
     /// what they compute.
     pub row_block: Option<u32>,
@@ -131,16 +131,17 @@ impl Default for WgslOptions {
 pub const TYPICAL_COMPUTE_UNITS: u32 = 64;
 
 /// Query rows each forward lane group serves on a CPU adapter (register blocking,
-/// `ROW_BLOCK` of forward.wgsl). There every workgroup-memory load and store is a loop over
-/// the SIMD lanes (lavapipe's gallivm), so the loads of the K/V tile, not the FMAs, bound the
-/// kernel, and a key fetched once for two rows halves them; registers spill to the stack
-/// cheaply. GPUs keep one row per lane group, whose registers it already fills.
-pub const CPU_ROW_BLOCK: u32 = 2;
-
-/// The fewest folded query rows per (sequence, kv head) for which a CPU adapter's forward
-/// kernel serves [`CPU_ROW_BLOCK`] rows per lane group: smaller calls keep one, so that they
-/// keep their workgroups for the CPU's threads (and share pipelines with decode).
-pub const CPU_ROW_BLOCK_MIN_ROWS: usize = 256;
+/// `ROW_BLOCK` of forward.wgsl), by the size of the call: pairs of (the fewest folded query
+/// rows per (sequence, kv head), rows per lane group), the first pair a call reaches applies,
+/// and a smaller call keeps one row. On a CPU adapter every workgroup-memory load and store is
+/// a loop over the SIMD lanes (lavapipe's gallivm), so the loads of the K/V tile, not the
+/// FMAs, bound the kernel, and a key fetched once for n rows divides them by n; registers
+/// spill to the stack cheaply. Each pair leaves a call at least 2 (d <= 64) workgroups per
+/// (sequence, kv head) for the CPU's threads, keeps small calls (and decode) on the pipelines
+/// that build fastest, and gives four rows, whose pipelines build 2 to 4 times slower than
+/// one row's, only to calls whose run is long enough to repay it (BENCHMARKS.md, "Settling
+/// loops"). GPUs keep one row per lane group, whose registers it already fills.
+pub const CPU_ROW_BLOCKS: [(usize, u32); 2] = [(1024, 4), (256, 2)];
 
 /// The most rows per lane group [`WgslOptions::row_block`] may ask for (each doubles the code
 /// written out per key, and the pipeline's build time with it).
@@ -162,8 +163,7 @@ pub struct WgslAttention {
     shuffle_lanes: Option<u32>,
     subgroup_max: u32,
     /// Rows per forward lane group for a full block (`ROW_BLOCK`): forced by the options, or
-    /// `None` for [`CPU_ROW_BLOCK`] on a CPU adapter (for calls of at least
-    /// [`CPU_ROW_BLOCK_MIN_ROWS`] rows) and 1 on a GPU.
+    /// `None` for [`CPU_ROW_BLOCKS`] on a CPU adapter and 1 on a GPU.
     row_block: Option<u32>,
     /// The adapter runs on the CPU (lavapipe or another `DeviceType::Cpu`).
     cpu_adapter: bool,
@@ -511,7 +511,10 @@ impl WgslAttention {
         match self.row_block {
             _ if geometry.short => 1,
             Some(n) => n,
-            None if self.cpu_adapter && folded >= CPU_ROW_BLOCK_MIN_ROWS => CPU_ROW_BLOCK,
+            None if self.cpu_adapter => CPU_ROW_BLOCKS
+                .iter()
+                .find(|&&(rows, _)| folded >= rows)
+                .map_or(1, |&(_, n)| n),
             None => 1,
         }
     }

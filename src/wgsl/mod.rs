@@ -64,7 +64,7 @@ mod kernel;
 pub use ::wgpu;
 
 pub use device::{
-    CPU_ROW_BLOCK, CPU_ROW_BLOCK_MIN_ROWS, DeviceArgs, DeviceIndex, DeviceSlice, DeviceTensor,
-    MAX_ROW_BLOCK, TYPICAL_COMPUTE_UNITS, UNIFORM_SLOTS, WgslAttention, WgslOptions,
+    CPU_ROW_BLOCKS, DeviceArgs, DeviceIndex, DeviceSlice, DeviceTensor, MAX_ROW_BLOCK,
+    TYPICAL_COMPUTE_UNITS, UNIFORM_SLOTS, WgslAttention, WgslOptions,
 };
 pub use host::WgslBackend;
