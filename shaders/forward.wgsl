@@ -110,10 +110,16 @@ struct RowLane {
 // Every lane's v, as the lanes of its row hold it, in part order. Called in uniform control
 // flow by every invocation.
 fn row_parts(rl: RowLane, v: vec4<f32>) -> array<vec4<f32>, ROW_LANES> {
+    var parts: array<vec4<f32>, ROW_LANES>;
+    if ROW_LANES == 1u {
+        // A row of one lane has nothing to exchange, and no barrier to wait at (on lavapipe
+        // each is a coroutine suspension, per row slot).
+        parts[0] = v;
+        return parts;
+    }
     workgroupBarrier(); // row_share is free again
     row_share[rl.row * ROW_LANES + rl.part] = v;
     workgroupBarrier();
-    var parts: array<vec4<f32>, ROW_LANES>;
     //unroll_all r < ROW_LANES: parts[r] = row_share[rl.row * ROW_LANES + r];
     return parts;
 }
