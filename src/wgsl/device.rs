@@ -109,9 +109,8 @@ pub struct WgslOptions {
     /// Query rows each lane group of the forward kernel serves (register blocking; default
     /// `None`: the adapter's choice, [`CPU_ROW_BLOCKS`] by the call's size on a CPU adapter,
     /// else 1). `Some(n)`, n from 1 to [`MAX_ROW_BLOCK`], forces n for every call but
-    /// decode's short workgroups.
-    /// Each row computes the same bits whatever n: it changes which lanes compute a row, not
-    /// what they compute.
+    /// decode's short workgroups. Each row computes the same bits whatever n: it changes which
+    /// lanes compute a row, not what they compute.
     pub row_block: Option<u32>,
 }
 
