@@ -239,7 +239,7 @@ const TANH_SATURATES: f32 = 10.0;
 // The score from a dot product: σ·(q·k), then the softcap c·tanh(s/c) when one is set.
 fn finish_score(qk: f32) -> f32 {
     let s = p.scale * qk;
-    if p.softcap > 0.0 {
+    if SOFTCAP { // a constant: lavapipe would run a uniform branch anyway (kernel.rs)
         let x = s / p.softcap;
         let clamped = select(select(x, TANH_SATURATES, x > TANH_SATURATES), -TANH_SATURATES,
             x < -TANH_SATURATES);

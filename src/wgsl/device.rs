@@ -943,6 +943,7 @@ impl WgslAttention {
                 subgroups,
             )
             .with_sequences(problem.seqs.is_dense())
+            .with_softcap(problem.softcap.is_some())
         };
         Ok(Plan {
             forward: kernel(

@@ -212,6 +212,8 @@ pub(crate) struct Kernel {
     /// Split-KV (`SPLIT`): the forward kernel runs one split of each row's keys and leaves a
     /// partial result for the split combine (see [`Kernel::with_split`]).
     pub split: bool,
+    /// The scores are softcapped (`SOFTCAP`; see [`Kernel::with_softcap`]).
+    pub softcap: bool,
 }
 
 /// `UNBOUNDED` of common.wgsl: a side of the window without a bound.
@@ -280,6 +282,7 @@ impl Kernel {
             chunk: tile,
             seq_records: true,
             split: false,
+            softcap: false,
         };
         // The smaller kernels read only part of the specialisation; the rest is set to one
         // value so that they are built once for all the forward kernels that share them
@@ -378,6 +381,17 @@ impl Kernel {
         }
     }
 
+    /// The forward or key-mass kernel of a call with a softcap (`SOFTCAP`), the only kernels
+    /// that form scores; the other kernels are left as they are. A constant rather than a
+    /// test of the uniform `softcap`: lavapipe (Mesa 22.3) runs both sides of every branch,
+    /// uniform or not, so a test would still cost a division and a tanh per score.
+    pub(crate) fn with_softcap(self, softcap: bool) -> Kernel {
+        match self.kind {
+            KernelKind::Forward | KernelKind::KeyMass => Kernel { softcap, ..self },
+            _ => self,
+        }
+    }
+
     /// The WGSL module of this kernel: the specialisation header, then the shared files and
     /// the kernel.
     pub(crate) fn source(&self) -> String {
@@ -407,6 +421,7 @@ impl Kernel {
              const KEY_MASS: bool = {keys};\n\
              const SEQ_RECORDS: bool = {seq_records};\n\
              const SPLIT: bool = {split};\n\
+             const SOFTCAP: bool = {softcap};\n\
              const LOAD_UNROLL: u32 = {LOAD_UNROLL}u;\n\
              const STAGE_UNROLL: u32 = {STAGE_UNROLL}u;\n\
              const KEYS_PER_LANE: u32 = {keys_per_lane}u;\n",
@@ -423,6 +438,7 @@ impl Kernel {
             keys = self.stats.keys(),
             seq_records = self.seq_records,
             split = self.split,
+            softcap = self.softcap,
             keys_per_lane = key_mass_keys_per_lane(self.head_dim as usize),
         );
         // The statistics record's layout comes from the contract, not from a second copy.
