@@ -25,9 +25,9 @@
 // key u's quads is what the two key files differ in (keys_subgroup.wgsl, keys_workgroup.wgsl):
 // lanes exchange registers by subgroup shuffles, or every lane reads the quad from workgroup
 // memory. They also say how the lanes of a row are chosen and how `row_sum` adds across them.
-// Either way each quad feeds 4 FMAs per lane, and the loop over keys is one loop trip per key
-// (lavapipe's loop budget, kernel.rs); the subgroup path holds KEYS_HELD keys of the tile in
-// registers at a time.
+// Either way each quad feeds 4 FMAs per lane. Keys go in rounds of KEYS_HELD (the subgroup
+// path holds that many keys of the tile in registers at a time), each round two loops of one
+// trip per key (scores, then the weights of V: `score_key`; lavapipe's loop budget, kernel.rs).
 //
 // Split-KV (SPLIT, for decode): the grid's x is split · q_blocks + folded block, and a
 // workgroup visits only keys [split · split_keys, (split + 1) · split_keys) of its span
@@ -359,14 +359,15 @@ struct RowSlot {
 }
 
 // The online softmax over the row's logits x (the score s, or log sigmoid(s + β) for
-// Sigmoid): m the running max (up to RESCALE_SLACK stale), l = Σ e^(x − m) (sink included),
-// l_keys the same over real keys only, t_ent = Σ e^(x − m)·(x − m), so that the entropy is
-// ln l − t_ent / l without cancellation; the largest score, x of key 0 (when the row sees it),
-// whether a NaN poisoned the row, and Σ sigmoid(s + β).
+// Sigmoid): m the running max (up to RESCALE_SLACK stale), l_keys = Σ e^(x − m) over real keys
+// and l_sink the sink's term e^(s' − m), so that l = l_keys + l_sink (`run_l`); then what only
+// the statistics read (STATS; left at their start otherwise): t_ent = Σ e^(x − m)·(x − m) over
+// every outcome, so that the entropy is ln l − t_ent / l without cancellation, the largest
+// score, x of key 0 (when the row sees it) and Σ sigmoid(s + β); whether a NaN poisoned the row.
 struct RowRun {
     m: f32,
-    l: f32,
     l_keys: f32,
+    l_sink: f32,
     t_ent: f32,
     max_score: f32,
     logit0: f32,
@@ -374,7 +375,12 @@ struct RowRun {
     sigmoid_mass: f32,
 }
 
-// ClippedSoftmax's second pass: the weights' sum, Σ w ln w, key 0's weight, a NaN weight.
+fn run_l(run: RowRun) -> f32 {
+    return run.l_keys + run.l_sink;
+}
+
+// ClippedSoftmax's second pass, what the statistics and the key mass read of it (STATS; left
+// at their start otherwise): the weights' sum, Σ w ln w, key 0's weight, a NaN weight.
 struct ClipRun {
     mass: f32,
     w_log_w: f32,
@@ -446,7 +452,7 @@ fn init_slot(r: u32, rl: RowLane, seq: Seq, b: u32, g: u32, f0: u32, split: u32)
     let with_sink = SINK_IN_DENOMINATOR && split == 0u;
     if with_sink && !is_neg_inf(sink_logit) {
         run.m = sink_logit;
-        run.l = 1.0;
+        run.l_sink = 1.0;
         if VARIANT == VARIANT_KV_SINK {
             //unroll_all c < LANE_QUADS: acc[r][c] = param_b4(slot.h * HEAD_DIM + (c0 + c) * 4u);
         }
@@ -457,56 +463,109 @@ fn init_slot(r: u32, rl: RowLane, seq: Seq, b: u32, g: u32, f0: u32, split: u32)
     // row's max, and its own term e^(+inf − (+inf)) is NaN.
     run.poisoned = is_nan(run.m) || (with_sink && is_pos_inf(sink_logit));
     runs[r] = run;
+    round_max[r] = neg_inf();
 }
 
-// Key j (its quads in k_cur and v_cur) for row slot r: one step of the online softmax.
-// Called in uniform control flow (the score's parts are added over the row's lanes).
-fn visit_key(r: u32, rl: RowLane, j: u32, sigmoid_bias: f32) {
+// Keys are visited in rounds of the KEYS_HELD keys a lane group holds. A first loop over the
+// round's keys forms each row's logits (`score_key`) and keeps them in `round_x`; the row's
+// running max then moves once for the round (`lift_row`); a second loop weighs V by them
+// (`weigh_key`). One rescale of the accumulator per round rather than a test per key:
+// lavapipe (Mesa 22.3) runs both sides of every branch, uniform or not, so a rare branch per
+// key cost as much as taking it (BENCHMARKS.md). A round's logits live in private arrays that
+// the loop counter indexes (memory, not registers: one store and one load per row and key).
+var<private> round_x: array<array<f32, KEYS_HELD>, ROW_BLOCK>; // x of the round's key u
+var<private> round_w: array<array<f32, KEYS_HELD>, ROW_BLOCK>; // Sigmoid's weight of key u
+var<private> round_max: array<f32, ROW_BLOCK>; // the largest x of the round the row sees
+
+// Key j, the round's key u (its quads in k_cur), for row slot r: the score, the logit x (the
+// score, or log sigmoid(s + β) for Sigmoid) and what the statistics take from them. Called in
+// uniform control flow (the score's parts are added over the row's lanes).
+fn score_key(r: u32, rl: RowLane, j: u32, u: u32, sigmoid_bias: f32) {
     let keys = slots[r].keys;
     let seen = j >= keys.start && j < keys.end;
     var run = runs[r];
     var dot4 = vec4<f32>(0.0);
     //unroll_all c < LANE_QUADS: dot4 = fma(q_reg[r][c], k_cur[c], dot4);
     let s = finish_score(row_sum(rl, (dot4.x + dot4.y) + (dot4.z + dot4.w)));
-    if seen {
-        run.max_score = max_ignoring_nan(run.max_score, s);
-    }
     var x = s;
-    var w_sigmoid = 0.0;
     if VARIANT == VARIANT_SIGMOID {
+        // The other variants' largest score is the largest logit, taken once a round.
+        if STATS && seen {
+            run.max_score = max_ignoring_nan(run.max_score, s);
+        }
         let z = s + sigmoid_bias;
-        w_sigmoid = select(0.0, select(sigmoid(z), nan(), is_nan(z)), seen);
-        run.sigmoid_mass += w_sigmoid;
+        let w = select(0.0, select(sigmoid(z), nan(), is_nan(z)), seen);
+        if STATS {
+            run.sigmoid_mass += w;
+        }
+        round_w[r][u] = w;
         x = log_sigmoid(z);
     }
-    if j == 0u && seen {
-        run.logit0 = x;
+    round_x[r][u] = x;
+    if seen {
+        round_max[r] = max_ignoring_nan(round_max[r], x);
     }
-    // Move m up when x passes it by more than the slack: alpha = 0 while nothing was seen
-    // (m = −inf), and t_ent, still 0 then, must not become 0 · (−inf). Every lane of a row
-    // takes the same branch (they hold the same x and m).
-    let lift = seen && x > run.m + RESCALE_SLACK;
-    if any_lane(lift) {
-        if lift {
-            let alpha = exp(run.m - x);
-            run.t_ent = select(alpha * (run.t_ent + (run.m - x) * run.l), 0.0, run.l == 0.0);
-            run.l *= alpha;
-            run.l_keys *= alpha;
-            if VARIANT != VARIANT_SIGMOID && VARIANT != VARIANT_CLIPPED_SOFTMAX {
-                //unroll_all c < LANE_QUADS: acc[r][c] *= alpha;
-            }
-            run.m = x;
+    runs[r] = run;
+}
+
+// Row slot r after the scores of a round whose first key is j0: m moves to the round's largest
+// logit when that passes it by more than the slack, and what was summed so far is rescaled
+// (alpha = 0 while nothing was seen, m = −inf; t_ent, still 0 then, must not become
+// 0 · (−inf)). No branch: a row that does not move multiplies by alpha = 1, which leaves every
+// bit as it was. Key 0, when the row sees it, is key 0 of the first round (tiles start at
+// multiples of BLOCK_N).
+fn lift_row(r: u32, j0: u32) {
+    var run = runs[r];
+    let x = round_max[r];
+    round_max[r] = neg_inf();
+    if STATS {
+        if VARIANT != VARIANT_SIGMOID {
+            run.max_score = max_ignoring_nan(run.max_score, x);
+        }
+        let keys = slots[r].keys;
+        if j0 == 0u && keys.start == 0u && keys.end > 0u {
+            run.logit0 = round_x[r][0];
         }
     }
-    // A logit of −inf weighs 0 whatever m is (−inf − (−inf) would be NaN).
-    run.poisoned = run.poisoned || (seen && is_nan(x - run.m) && !is_neg_inf(x));
-    let e = select(0.0, exp(x - run.m), seen && !is_neg_inf(x));
-    run.l += e;
+    let lift = x > run.m + RESCALE_SLACK;
+    let alpha = select(1.0, exp(run.m - x), lift);
+    if STATS {
+        let l = run_l(run);
+        let lifted_t_ent = select(alpha * (run.t_ent + (run.m - x) * l), 0.0, l == 0.0);
+        run.t_ent = select(run.t_ent, lifted_t_ent, lift);
+    }
+    run.l_keys *= alpha;
+    run.l_sink *= alpha;
+    if VARIANT != VARIANT_SIGMOID && VARIANT != VARIANT_CLIPPED_SOFTMAX {
+        let a = vec4<f32>(alpha);
+        //unroll_all c < LANE_QUADS: acc[r][c] *= a;
+    }
+    run.m = select(run.m, x, lift);
+    runs[r] = run;
+}
+
+// Key j, the round's key u (its quads in v_cur), for row slot r: one step of the online
+// softmax at the round's m.
+fn weigh_key(r: u32, j: u32, u: u32) {
+    let keys = slots[r].keys;
+    let seen = j >= keys.start && j < keys.end;
+    var run = runs[r];
+    let x = round_x[r][u];
+    let d = x - run.m;
+    // A NaN among the row's logits (or x − m undefined: x = m = +inf) poisons it; a logit of
+    // −inf weighs 0 whatever m is (−inf − (−inf) would be NaN).
+    run.poisoned = run.poisoned || (seen && is_nan(d) && !is_neg_inf(x));
+    let e = select(0.0, exp(d), seen && !is_neg_inf(x));
     run.l_keys += e;
-    run.t_ent += select(0.0, e * (x - run.m), bitcast<u32>(e) != 0u);
+    if STATS {
+        run.t_ent += select(0.0, e * d, bitcast<u32>(e) != 0u);
+    }
     // Sigmoid weights are applied as they are; ClippedSoftmax weighs V in a second pass.
     if VARIANT != VARIANT_CLIPPED_SOFTMAX {
-        let w = vec4<f32>(select(e, w_sigmoid, VARIANT == VARIANT_SIGMOID));
+        var w = vec4<f32>(e);
+        if VARIANT == VARIANT_SIGMOID {
+            w = vec4<f32>(round_w[r][u]);
+        }
         let hide = vec4<bool>(!seen);
         //unroll_all c < LANE_QUADS: acc[r][c] = fma(w, select(v_cur[c], vec4<f32>(0.0), hide), acc[r][c]);
     }
@@ -529,17 +588,20 @@ fn clip_key(r: u32, rl: RowLane, j: u32) {
     // Clipped to [0, 1] as the reference does; a NaN weight stays NaN.
     let y = (p.zeta - p.gamma) * prob + p.gamma;
     let w = select(0.0, clip01(y), seen);
-    var clip = clips[r];
-    clip.poisoned = clip.poisoned || (seen && is_nan(y));
     let wv = vec4<f32>(w);
     let hide = vec4<bool>(!seen);
     //unroll_all c < LANE_QUADS: acc[r][c] = fma(wv, select(v_cur[c], vec4<f32>(0.0), hide), acc[r][c]);
-    clip.mass += w;
-    clip.w_log_w += select(0.0, w * log(w), w > 0.0);
-    if j == 0u {
-        clip.w0 = w;
+    // What only the statistics and the key mass read.
+    if STATS {
+        var clip = clips[r];
+        clip.poisoned = clip.poisoned || (seen && is_nan(y));
+        clip.mass += w;
+        clip.w_log_w += select(0.0, w * log(w), w > 0.0);
+        if j == 0u {
+            clip.w0 = w;
+        }
+        clips[r] = clip;
     }
-    clips[r] = clip;
 }
 
 // Split-KV: row slot r's partial, to be merged by split_combine.wgsl.
@@ -552,7 +614,7 @@ fn store_split_slot(r: u32, rl: RowLane, b: u32, split: u32) {
     let at = split_record(b, slot.h, slot.i, split);
     if rl.part == 0u {
         scratch[at + SPLIT_M] = run.m;
-        scratch[at + SPLIT_L] = run.l;
+        scratch[at + SPLIT_L] = run_l(run);
         scratch[at + SPLIT_FLAGS] = bitcast<f32>(select(0u, SPLIT_POISONED, run.poisoned));
         scratch[at + SPLIT_SINK_LOGIT] = slot.sink_logit;
         scratch[at + SPLIT_L_KEYS] = run.l_keys;
@@ -740,12 +802,17 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
         let tile_keys = min(BLOCK_N, key_end - tile);
         for (var u0 = 0u; u0 < tile_keys; u0 += KEYS_HELD) {
             hold_keys(u0, c0);
-            for (var u = 0u; u < min(KEYS_HELD, tile_keys - u0); u++) {
+            let round = min(KEYS_HELD, tile_keys - u0);
+            for (var u = 0u; u < round; u++) {
                 //unroll_all c < LANE_QUADS: k_cur[c] = key_quad(u0, u, c0, c);
+                //unroll_all r < ROW_BLOCK: score_key(r, rl, tile + u0 + u, u, sigmoid_bias);
+            }
+            //unroll_all r < ROW_BLOCK: lift_row(r, tile + u0);
+            for (var u = 0u; u < round; u++) {
                 if VARIANT != VARIANT_CLIPPED_SOFTMAX {
                     //unroll_all c < LANE_QUADS: v_cur[c] = value_quad(u0, u, c0, c);
                 }
-                //unroll_all r < ROW_BLOCK: visit_key(r, rl, tile + u0 + u, sigmoid_bias);
+                //unroll_all r < ROW_BLOCK: weigh_key(r, tile + u0 + u, u);
             }
         }
     }
@@ -760,7 +827,7 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
         return;
     }
     for (var once = 0u; once < p.one; once++) { // settled: the second pass reads them per key
-        //unroll_all r < ROW_BLOCK: ends[r] = end_row(runs[r].m, runs[r].l, runs[r].poisoned, slots[r].sink_logit, slots[r].has_keys);
+        //unroll_all r < ROW_BLOCK: ends[r] = end_row(runs[r].m, run_l(runs[r]), runs[r].poisoned, slots[r].sink_logit, slots[r].has_keys);
     }
 
     // ClippedSoftmax: weights clip((ζ − γ)·p + γ, 0, 1) need the row's normaliser first, so

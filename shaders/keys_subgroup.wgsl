@@ -82,8 +82,3 @@ fn row_sum(rl: RowLane, x: f32) -> f32 {
     }
     return s;
 }
-
-// Whether any lane of the subgroup needs a (rare) branch: a uniform test, so the others skip it.
-fn any_lane(x: bool) -> bool {
-    return subgroupAny(x);
-}

@@ -3,7 +3,9 @@
 // quads from workgroup memory (one address for all lanes of a part: a broadcast on GPUs), and
 // the lanes of a row add their partial dot products through workgroup memory.
 
-const KEYS_HELD: u32 = BLOCK_N; // no registers to hold keys in: the whole tile at once
+// No registers to hold keys in: a round is WORKGROUP_ROUND keys of the tile (its logits wait in
+// private arrays of that length, forward.wgsl).
+const KEYS_HELD: u32 = min(BLOCK_N, WORKGROUP_ROUND);
 
 struct Lane {
     @builtin(local_invocation_index) index: u32,
@@ -42,10 +44,4 @@ fn row_sum(rl: RowLane, x: f32) -> f32 {
     var parts: array<f32, 8>;
     //unroll_all r < ROW_LANES: parts[r] = row_red[base + r];
     return sum_parts(parts);
-}
-
-// Without subgroup operations a lane cannot know what the others need: it takes the branch
-// itself when it needs it.
-fn any_lane(x: bool) -> bool {
-    return true;
 }

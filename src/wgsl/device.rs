@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use super::kernel::{
     BLOCK_M, BLOCK_M_SHORT, COMBINE_THREADS, KV_DENSE, KV_LENS, KV_PACKED, KV_PAGED,
     KV_PARTIAL_LEN, Kernel, KernelKind, LAVAPIPE_LOOP_ITERATIONS, LoopTrips, PARTIAL_LEN, Params,
-    ROW_STATE_LEN, SEQ_LEN, SEQS_THREADS, SHUFFLE_TILE, SPLIT_HEAD_LEN, key_mass_keys_per_lane,
-    row_lanes, tile_rows, window_uniforms,
+    ROW_STATE_LEN, SEQ_LEN, SEQS_THREADS, SHUFFLE_TILE, SPLIT_HEAD_LEN, WORKGROUP_ROUND,
+    key_mass_keys_per_lane, row_lanes, tile_rows, window_uniforms,
 };
 use crate::contract::{
     Args, BufferArg, DType, EngineFeature, Error, KvSeqs, Layout, Params as VariantParams, Problem,
@@ -498,7 +498,7 @@ impl WgslAttention {
             workgroup,
             tile,
             chunk: tile,
-            keys_held: tile,
+            keys_held: tile.min(WORKGROUP_ROUND),
             shuffles: false,
             short,
         })

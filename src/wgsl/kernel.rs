@@ -109,6 +109,10 @@ pub(crate) const COMBINE_THREADS: u32 = 64;
 pub(crate) const SHUFFLE_TILE: u32 = 32;
 /// Largest K/V tile, in keys.
 const MAX_TILE: u32 = 64;
+/// Keys per round of the forward kernel's workgroup-memory path (at most a tile): a round's
+/// logits wait in private arrays of this length between its two loops (forward.wgsl). The
+/// shuffle path's round is the keys a chunk holds in registers.
+pub(crate) const WORKGROUP_ROUND: u32 = 8;
 /// Elements (key mass) or channel quads of K and V (forward) each invocation loads per trip of
 /// a tile-loading loop (written out).
 pub(crate) const LOAD_UNROLL: u32 = 8;
@@ -424,7 +428,8 @@ impl Kernel {
              const SOFTCAP: bool = {softcap};\n\
              const LOAD_UNROLL: u32 = {LOAD_UNROLL}u;\n\
              const STAGE_UNROLL: u32 = {STAGE_UNROLL}u;\n\
-             const KEYS_PER_LANE: u32 = {keys_per_lane}u;\n",
+             const KEYS_PER_LANE: u32 = {keys_per_lane}u;\n\
+             const WORKGROUP_ROUND: u32 = {WORKGROUP_ROUND}u;\n",
             entry = self.kind.entry_point(),
             head_dim = self.head_dim,
             row_lanes = self.row_lanes,
@@ -597,8 +602,8 @@ const SETTLE_TRIPS: u64 = 2;
 ///
 /// - forward: per K/V tile, the tile loop, the staging loop (`STAGE_UNROLL` quads of K and of
 ///   V a trip), the K/V measurement (`MEASURE_CHUNK` quads a trip), the loop over the rounds
-///   of `keys_held` keys and in each the loop over its keys (one trip per key: the work on the
-///   lane's quads is written out); the
+///   of `keys_held` keys and in each its two loops over its keys (scores, then weights: one
+///   trip per key each, the work on the lane's quads is written out); the
 ///   ClippedSoftmax second pass again without the measurement; the fold of the K/V records
 ///   (one trip per key of a tile).
 /// - key mass: per tile of query rows, the tile loop, the Q and row-state loads and the loop
@@ -638,10 +643,11 @@ impl LoopTrips {
         };
         let measure = chunked(quads, MEASURE_CHUNK);
         let rounds = tile.div_ceil(keys_held.max(1));
-        let keys = (rounds + 1) + (tile + rounds);
-        let first_pass = kv_tiles * (1 + stage + measure + keys) + 1;
+        // One loop over a round's keys (with its exit), then the rounds' loop.
+        let round_loop = tile + rounds;
+        let first_pass = kv_tiles * (1 + stage + measure + (rounds + 1) + 2 * round_loop) + 1;
         let second_pass = if clipped {
-            kv_tiles * (1 + stage + keys) + 1
+            kv_tiles * (1 + stage + (rounds + 1) + round_loop) + 1
         } else {
             0
         };
