@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::kernel::{
-    BLOCK_M, BLOCK_M_SHORT, COMBINE_THREADS, KV_DENSE, KV_LENS, KV_PACKED, KV_PAGED,
-    KV_PARTIAL_LEN, Kernel, KernelKind, LAVAPIPE_LOOP_ITERATIONS, LoopTrips, PARTIAL_LEN, Params,
-    ROW_STATE_LEN, SEQ_LEN, SEQS_THREADS, SHUFFLE_TILE, SPLIT_HEAD_LEN, WORKGROUP_ROUND,
-    key_mass_keys_per_lane, row_lanes, tile_rows, window_uniforms,
+    BLOCK_M, BLOCK_M_SHORT, COMBINE_THREADS, CPU_MAX_LANE_QUADS, KV_DENSE, KV_LENS, KV_PACKED,
+    KV_PAGED, KV_PARTIAL_LEN, Kernel, KernelKind, LAVAPIPE_LOOP_ITERATIONS, LoopTrips,
+    MAX_LANE_QUADS, PARTIAL_LEN, Params, ROW_STATE_LEN, SEQ_LEN, SEQS_THREADS, SHUFFLE_TILE,
+    SPLIT_HEAD_LEN, WORKGROUP_ROUND, key_mass_keys_per_lane, row_lanes, tile_rows, window_uniforms,
 };
 use crate::contract::{
     Args, BufferArg, DType, EngineFeature, Error, KvSeqs, Layout, Params as VariantParams, Problem,
@@ -453,7 +453,7 @@ impl WgslAttention {
     /// (batch, kv head).
     fn forward_geometry(&self, head_dim: usize, folded: usize) -> Option<ForwardGeometry> {
         let storage = self.limits.max_compute_workgroup_storage_size;
-        let row_lanes = row_lanes(head_dim);
+        let row_lanes = self.row_lanes(head_dim);
         // K and V tiles, plus the fold of the K/V statistics records (one per key of a tile);
         // per invocation, its vec4 of `row_share` (and two floats of `row_red` without
         // subgroups); the row counter.
@@ -502,6 +502,15 @@ impl WgslAttention {
             shuffles: false,
             short,
         })
+    }
+
+    /// Lanes per forward row at head dim `head_dim` on this adapter ([`row_lanes`]).
+    fn row_lanes(&self, head_dim: usize) -> u32 {
+        let max_quads = match self.cpu_adapter {
+            true => CPU_MAX_LANE_QUADS,
+            false => MAX_LANE_QUADS,
+        };
+        row_lanes(head_dim, max_quads)
     }
 
     /// Rows per lane group (`ROW_BLOCK`) for a call of `folded` rows per (sequence, kv head) on
@@ -852,7 +861,7 @@ impl WgslAttention {
             .ok_or_else(no_tile)?;
         let row_block = self.row_block_for(&geometry, folded as usize);
         // Folded rows per workgroup: `row_lanes` lanes per row, `row_block` rows per lane group.
-        let q_blocks = folded.div_ceil(geometry.workgroup / row_lanes(d) * row_block);
+        let q_blocks = folded.div_ceil(geometry.workgroup / self.row_lanes(d) * row_block);
         // Key-mass workgroups per (batch, head): BLOCK_M lanes of `KEYS_PER_LANE` keys each.
         let key_blocks = kv_len.div_ceil(BLOCK_M * key_mass_keys_per_lane(d));
         let key_mass_tile = match problem.stats.keys() {
@@ -944,6 +953,7 @@ impl WgslAttention {
             )
             .with_sequences(problem.seqs.is_dense())
             .with_softcap(problem.softcap.is_some())
+            .with_row_lanes(self.row_lanes(d))
         };
         Ok(Plan {
             forward: kernel(

@@ -24,7 +24,8 @@
 //! (`LP_MAX_TGSI_LOOP_ITERATIONS`, shared by every loop of the shader), silently. The forward
 //! kernel's loop over keys costs one trip per key; a lane's channel work is written out in
 //! quads, LANE_QUADS statements per key and phase: at most [`MAX_LANE_QUADS`] at every head
-//! dim, since larger rows are split over [`row_lanes`] lanes. LLVM's build time grows faster
+//! dim ([`CPU_MAX_LANE_QUADS`] on a CPU adapter), since larger rows are split over
+//! [`row_lanes`] lanes. LLVM's build time grows faster
 //! than linearly with the written-out length, so this is what keeps pipeline builds short.
 use crate::contract::{DType, Gate, GateGranularity, Mask, Stat, StatsLevel, Variant};
 
@@ -66,20 +67,28 @@ pub(crate) const BLOCK_M: u32 = 64;
 /// The forward workgroup for few folded rows (decode): fewer idle invocations. On the shuffle
 /// path the fewest whole subgroups (of the adapter's largest size) that hold the rows instead.
 pub(crate) const BLOCK_M_SHORT: u32 = 16;
-/// The most channel quads one lane of a forward row owns (`LANE_QUADS`): the length of the
-/// code written out per key, whatever the head dim. 16 quads (64 channels) keep d <= 64 at one
-/// lane per row; larger head dims split a row over 2 or 4 lanes.
+/// The most channel quads one lane of a forward row owns (`LANE_QUADS`) on a GPU: the length of
+/// the code written out per key, whatever the head dim, and the registers a row's q and
+/// accumulator take. 16 quads (64 channels) keep d <= 64 at one lane per row; larger head dims
+/// split a row over 2 or 4 lanes.
 pub(crate) const MAX_LANE_QUADS: u32 = 16;
+/// The same on a CPU adapter: 32 quads, so d <= 128 keeps one lane per row. There registers
+/// spill anyway, while a row split over lanes adds a shuffle per score and halves the rows
+/// each fetched key serves: d = 128 ran 1.3x faster at one lane per row on lavapipe, for
+/// pipeline builds 1.6x to 3x longer (BENCHMARKS.md).
+pub(crate) const CPU_MAX_LANE_QUADS: u32 = 32;
 /// The most lanes a forward row is split over (`sum_parts` in common.wgsl adds up to 8).
 const MAX_ROW_LANES: u32 = 8;
 
 /// Lanes per forward row at head dim `head_dim` (`ROW_LANES`): the fewest, a power of two
-/// dividing d / 4, that leave each lane at most [`MAX_LANE_QUADS`] quads (more when d / 4 has
-/// no such divisor: d = 136 splits over 2 lanes of 17 quads).
-pub(crate) fn row_lanes(head_dim: usize) -> u32 {
+/// dividing d / 4, that leave each lane at most `max_quads` quads ([`MAX_LANE_QUADS`] or
+/// [`CPU_MAX_LANE_QUADS`]; more when d / 4 has no such divisor: d = 136 splits over 2 lanes of
+/// 17 quads on a GPU). It depends on the adapter and the head dim alone, so that a row's bits
+/// do not depend on the call it is part of.
+pub(crate) fn row_lanes(head_dim: usize, max_quads: u32) -> u32 {
     let quads = (head_dim / 4).max(1) as u32;
     let mut lanes = 1;
-    while quads / lanes > MAX_LANE_QUADS && quads % (2 * lanes) == 0 && lanes < MAX_ROW_LANES {
+    while quads / lanes > max_quads && quads % (2 * lanes) == 0 && lanes < MAX_ROW_LANES {
         lanes *= 2;
     }
     lanes
@@ -273,7 +282,7 @@ impl Kernel {
         let full = Kernel {
             kind,
             head_dim: head_dim as u32,
-            row_lanes: row_lanes(head_dim),
+            row_lanes: row_lanes(head_dim, MAX_LANE_QUADS),
             row_block: 1,
             workgroup,
             tile,
@@ -381,6 +390,16 @@ impl Kernel {
     pub(crate) fn with_split(self, split: bool) -> Kernel {
         match self.kind {
             KernelKind::Forward => Kernel { split, ..self },
+            _ => self,
+        }
+    }
+
+    /// The forward and key-mass kernels with rows of `row_lanes` lanes ([`row_lanes`]; the
+    /// key-mass pass adds its scores' parts as those lanes do); the other kernels are left as
+    /// they are.
+    pub(crate) fn with_row_lanes(self, row_lanes: u32) -> Kernel {
+        match self.kind {
+            KernelKind::Forward | KernelKind::KeyMass => Kernel { row_lanes, ..self },
             _ => self,
         }
     }
