@@ -26,8 +26,9 @@
 // lanes exchange registers by subgroup shuffles, or every lane reads the quad from workgroup
 // memory. They also say how the lanes of a row are chosen and how `row_sum` adds across them.
 // Either way each quad feeds 4 FMAs per lane. Keys go in rounds of KEYS_HELD (the subgroup
-// path holds that many keys of the tile in registers at a time), each round two loops of one
-// trip per key (scores, then the weights of V: `score_key`; lavapipe's loop budget, kernel.rs).
+// path holds that many keys of the tile in registers at a time), each round two loops: the
+// scores, one trip per key, then the weights of V, two keys a trip (`score_key`; lavapipe's
+// loop budget, kernel.rs).
 //
 // Split-KV (SPLIT, for decode): the grid's x is split · q_blocks + folded block, and a
 // workgroup visits only keys [split · split_keys, (split + 1) · split_keys) of its span
@@ -398,6 +399,7 @@ var<private> acc: array<array<vec4<f32>, LANE_QUADS>, ROW_BLOCK>;
 // Registers: the current key's quads of this lane's channels, fetched once for the rows.
 var<private> k_cur: array<vec4<f32>, LANE_QUADS>;
 var<private> v_cur: array<vec4<f32>, LANE_QUADS>;
+var<private> v_next: array<vec4<f32>, LANE_QUADS>; // the next key's, when two go together
 
 // Row slot r of this lane group: its place, its slice of q, the q statistics, the sink's
 // logit s' = σ q·k' (softcapped like any score), θ_h or 0, and the start of its online
@@ -469,9 +471,9 @@ fn init_slot(r: u32, rl: RowLane, seq: Seq, b: u32, g: u32, f0: u32, split: u32)
 // Keys are visited in rounds of the KEYS_HELD keys a lane group holds. A first loop over the
 // round's keys forms each row's logits (`score_key`) and keeps them in `round_x`; the row's
 // running max then moves once for the round (`lift_row`); a second loop weighs V by them
-// (`weigh_key`). One rescale of the accumulator per round rather than a test per key:
-// lavapipe (Mesa 22.3) runs both sides of every branch, uniform or not, so a rare branch per
-// key cost as much as taking it (BENCHMARKS.md). A round's logits live in private arrays that
+// (`weigh_keys`, two keys a trip). One rescale of the accumulator per round rather than a test
+// per key: lavapipe (Mesa 22.3) runs both sides of every branch, uniform or not, so a rare
+// branch per key cost as much as taking it (BENCHMARKS.md). A round's logits live in private arrays that
 // the loop counter indexes (memory, not registers: one store and one load per row and key).
 var<private> round_x: array<array<f32, KEYS_HELD>, ROW_BLOCK>; // x of the round's key u
 var<private> round_w: array<array<f32, KEYS_HELD>, ROW_BLOCK>; // Sigmoid's weight of key u
@@ -544,30 +546,45 @@ fn lift_row(r: u32, j0: u32) {
     runs[r] = run;
 }
 
-// Key j, the round's key u (its quads in v_cur), for row slot r: one step of the online
-// softmax at the round's m.
-fn weigh_key(r: u32, j: u32, u: u32) {
-    let keys = slots[r].keys;
-    let seen = j >= keys.start && j < keys.end;
-    var run = runs[r];
-    let x = round_x[r][u];
-    let d = x - run.m;
+// One step of the online softmax at the round's m for logit x of a key the row sees (`seen`)
+// or not: its weight e^(x − m), added to the row's sums.
+fn weigh_logit(run: ptr<function, RowRun>, x: f32, seen: bool) -> f32 {
+    let d = x - (*run).m;
     // A NaN among the row's logits (or x − m undefined: x = m = +inf) poisons it; a logit of
     // −inf weighs 0 whatever m is (−inf − (−inf) would be NaN).
-    run.poisoned = run.poisoned || (seen && is_nan(d) && !is_neg_inf(x));
+    (*run).poisoned = (*run).poisoned || (seen && is_nan(d) && !is_neg_inf(x));
     let e = select(0.0, exp(d), seen && !is_neg_inf(x));
-    run.l_keys += e;
+    (*run).l_keys += e;
     if STATS {
-        run.t_ent += select(0.0, e * d, bitcast<u32>(e) != 0u);
+        (*run).t_ent += select(0.0, e * d, bitcast<u32>(e) != 0u);
     }
+    return e;
+}
+
+// Keys j and j + 1, the round's keys u and u1 = u + 1 (their quads in v_cur and v_next), for
+// row slot r, in key order; with `second` false the round has no key u + 1 (u1 is clamped into
+// the round's arrays, its key counts as unseen). Two keys a loop trip because lavapipe writes
+// a value carried around a loop through a blend with the loop's mask, one per component: the
+// accumulator is written once for both keys (the same operations in the same order as one
+// key a trip, so the same bits).
+fn weigh_keys(r: u32, j: u32, u: u32, u1: u32, second: bool) {
+    let keys = slots[r].keys;
+    let seen0 = j >= keys.start && j < keys.end;
+    let seen1 = second && j + 1u >= keys.start && j + 1u < keys.end;
+    var run = runs[r];
+    let e0 = weigh_logit(&run, round_x[r][u], seen0);
+    let e1 = weigh_logit(&run, round_x[r][u1], seen1);
     // Sigmoid weights are applied as they are; ClippedSoftmax weighs V in a second pass.
     if VARIANT != VARIANT_CLIPPED_SOFTMAX {
-        var w = vec4<f32>(e);
+        var w0 = vec4<f32>(e0);
+        var w1 = vec4<f32>(e1);
         if VARIANT == VARIANT_SIGMOID {
-            w = vec4<f32>(round_w[r][u]);
+            w0 = vec4<f32>(round_w[r][u]);
+            w1 = vec4<f32>(select(0.0, round_w[r][u1], seen1));
         }
-        let hide = vec4<bool>(!seen);
-        //unroll_all c < LANE_QUADS: acc[r][c] = fma(w, select(v_cur[c], vec4<f32>(0.0), hide), acc[r][c]);
+        let hide0 = vec4<bool>(!seen0);
+        let hide1 = vec4<bool>(!seen1);
+        //unroll_all c < LANE_QUADS: acc[r][c] = fma(w1, select(v_next[c], vec4<f32>(0.0), hide1), fma(w0, select(v_cur[c], vec4<f32>(0.0), hide0), acc[r][c]));
     }
     runs[r] = run;
 }
@@ -808,11 +825,13 @@ fn forward(lane: Lane, @builtin(workgroup_id) wg: vec3<u32>) {
                 //unroll_all r < ROW_BLOCK: score_key(r, rl, tile + u0 + u, u, sigmoid_bias);
             }
             //unroll_all r < ROW_BLOCK: lift_row(r, tile + u0);
-            for (var u = 0u; u < round; u++) {
+            for (var u = 0u; u < round; u += 2u) {
+                let u1 = min(u + 1u, KEYS_HELD - 1u);
                 if VARIANT != VARIANT_CLIPPED_SOFTMAX {
                     //unroll_all c < LANE_QUADS: v_cur[c] = value_quad(u0, u, c0, c);
+                    //unroll_all c < LANE_QUADS: v_next[c] = value_quad(u0, u1, c0, c);
                 }
-                //unroll_all r < ROW_BLOCK: weigh_key(r, tile + u0 + u, u);
+                //unroll_all r < ROW_BLOCK: weigh_keys(r, tile + u0 + u, u, u1, u + 1u < round);
             }
         }
     }

@@ -621,8 +621,8 @@ const SETTLE_TRIPS: u64 = 2;
 ///
 /// - forward: per K/V tile, the tile loop, the staging loop (`STAGE_UNROLL` quads of K and of
 ///   V a trip), the K/V measurement (`MEASURE_CHUNK` quads a trip), the loop over the rounds
-///   of `keys_held` keys and in each its two loops over its keys (scores, then weights: one
-///   trip per key each, the work on the lane's quads is written out); the
+///   of `keys_held` keys and in each its two loops over its keys (the scores one trip per key,
+///   the weights two keys a trip; the work on the lane's quads is written out); the
 ///   ClippedSoftmax second pass again without the measurement; the fold of the K/V records
 ///   (one trip per key of a tile).
 /// - key mass: per tile of query rows, the tile loop, the Q and row-state loads and the loop
@@ -662,11 +662,13 @@ impl LoopTrips {
         };
         let measure = chunked(quads, MEASURE_CHUNK);
         let rounds = tile.div_ceil(keys_held.max(1));
-        // One loop over a round's keys (with its exit), then the rounds' loop.
-        let round_loop = tile + rounds;
-        let first_pass = kv_tiles * (1 + stage + measure + (rounds + 1) + 2 * round_loop) + 1;
+        // The loops over each round's keys (with their exits): the scores one trip per key,
+        // the weights two keys a trip; the loop over the rounds.
+        let scores = tile + rounds;
+        let weights = (tile + rounds).div_ceil(2) + rounds;
+        let first_pass = kv_tiles * (1 + stage + measure + (rounds + 1) + scores + weights) + 1;
         let second_pass = if clipped {
-            kv_tiles * (1 + stage + (rounds + 1) + round_loop) + 1
+            kv_tiles * (1 + stage + (rounds + 1) + scores) + 1
         } else {
             0
         };
