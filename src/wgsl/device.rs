@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::kernel::{
-    BLOCK_M, BLOCK_M_SHORT, COMBINE_THREADS, CPU_MAX_LANE_QUADS, KV_DENSE, KV_LENS, KV_PACKED,
-    KV_PAGED, KV_PARTIAL_LEN, Kernel, KernelKind, LAVAPIPE_LOOP_ITERATIONS, LoopTrips,
+    BLOCK_M, BLOCK_M_SHORT, COMBINE_THREADS, CPU_BLOCK_M, CPU_MAX_LANE_QUADS, KV_DENSE, KV_LENS,
+    KV_PACKED, KV_PAGED, KV_PARTIAL_LEN, Kernel, KernelKind, LAVAPIPE_LOOP_ITERATIONS, LoopTrips,
     MAX_LANE_QUADS, PARTIAL_LEN, Params, ROW_STATE_LEN, SEQ_LEN, SEQS_THREADS, SHUFFLE_TILE,
     SPLIT_HEAD_LEN, WORKGROUP_ROUND, key_mass_keys_per_lane, row_lanes, tile_rows, window_uniforms,
 };
@@ -468,7 +468,7 @@ impl WgslAttention {
                 let lanes_needed = (folded as u32 * row_lanes).max(1);
                 lanes_needed.div_ceil(self.subgroup_max) * self.subgroup_max
             } else {
-                BLOCK_M
+                self.forward_workgroup()
             };
             // The largest tile of whole chunks (powers of two) up to SHUFFLE_TILE keys and one
             // key per invocation (the K/V measurement gives each key of a tile its own lane)
@@ -490,7 +490,10 @@ impl WgslAttention {
                 });
             }
         }
-        let workgroup = if short { BLOCK_M_SHORT } else { BLOCK_M };
+        let workgroup = match short {
+            true => BLOCK_M_SHORT,
+            false => self.forward_workgroup(),
+        };
         let per_lane = 16 + 2 * 4;
         let tile =
             tile_rows(head_dim, 2, workgroup * (kv_record + per_lane), storage)?.min(workgroup);
@@ -502,6 +505,14 @@ impl WgslAttention {
             shuffles: false,
             short,
         })
+    }
+
+    /// Invocations of a forward workgroup for a full block of rows on this adapter.
+    fn forward_workgroup(&self) -> u32 {
+        match self.cpu_adapter {
+            true => CPU_BLOCK_M,
+            false => BLOCK_M,
+        }
     }
 
     /// Lanes per forward row at head dim `head_dim` on this adapter ([`row_lanes`]).

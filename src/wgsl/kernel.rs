@@ -64,6 +64,10 @@ pub(crate) const SEQS_THREADS: u32 = 64;
 /// Invocations per forward workgroup (`ROW_LANES` per folded query row), and keys per key-mass
 /// workgroup. 64 keeps lavapipe's 8-wide SIMD busy and is a common GPU wavefront multiple.
 pub(crate) const BLOCK_M: u32 = 64;
+/// Invocations per forward workgroup on a CPU adapter: twice [`BLOCK_M`], so that each K/V
+/// tile a workgroup stages serves twice the rows (on lavapipe the staging is a loop over the
+/// SIMD lanes per word it loads and stores): 1.06x faster at d = 128 (BENCHMARKS.md).
+pub(crate) const CPU_BLOCK_M: u32 = 128;
 /// The forward workgroup for few folded rows (decode): fewer idle invocations. On the shuffle
 /// path the fewest whole subgroups (of the adapter's largest size) that hold the rows instead.
 pub(crate) const BLOCK_M_SHORT: u32 = 16;
