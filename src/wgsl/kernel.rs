@@ -621,7 +621,10 @@ const SETTLE_TRIPS: u64 = 2;
 
 /// An upper bound on the loop iterations one invocation of each kernel of a call runs, all
 /// loops together: what lavapipe's budget ([`LAVAPIPE_LOOP_ITERATIONS`]) is checked against.
-/// It mirrors the loops of the shaders, each counted with one extra trip for its exit:
+/// It mirrors the loops of the shaders, each counted with one extra trip for its exit. On its
+/// exit trip gallivm runs a loop's body once more with every lane masked off (it never skips
+/// code), so each loop nested in it runs one (exit) trip there too: in the forward kernel a
+/// decode at d = 128 lost its last keys to a count without them.
 ///
 /// - forward: per K/V tile, the tile loop, the staging loop (`STAGE_UNROLL` quads of K and of
 ///   V a trip), the K/V measurement (`MEASURE_CHUNK` quads a trip), the loop over the rounds
@@ -665,14 +668,22 @@ impl LoopTrips {
             if chunk >= count { 0 } else { count / chunk + 1 }
         };
         let measure = chunked(quads, MEASURE_CHUNK);
+        let measure_exit = u64::from(measure > 0);
         let rounds = tile.div_ceil(keys_held.max(1));
-        // The loops over each round's keys (with their exits): the scores one trip per key,
-        // the weights two keys a trip; the loop over the rounds.
+        // The loops over each round's keys, with their exits: the scores one trip per key, the
+        // weights two keys a trip. The rounds loop's own exit trip runs one trip of each.
         let scores = tile + rounds;
         let weights = (tile + rounds).div_ceil(2) + rounds;
-        let first_pass = kv_tiles * (1 + stage + measure + (rounds + 1) + scores + weights) + 1;
+        let first_rounds = rounds + scores + weights + 1 + 2;
+        let second_rounds = rounds + scores + 1 + 1;
+        // The tile loop's exit trip: one of its own, of the staging loop, of the measurement
+        // loop, and the rounds loop's exit trip.
+        let first_pass = kv_tiles * (1 + stage + measure + first_rounds) + 1 + 1 + measure_exit + 3;
+        // The loop over a window's tiles before the first that rows see (measured only): its
+        // tiles are among kv_tiles above, its exit trip is its own.
+        let measured_only = 1 + 1 + measure_exit;
         let second_pass = if clipped {
-            kv_tiles * (1 + stage + (rounds + 1) + scores) + 1
+            kv_tiles * (1 + stage + second_rounds) + 1 + 1 + 2
         } else {
             0
         };
@@ -681,7 +692,7 @@ impl LoopTrips {
         let row_tiles = q_len.div_ceil(key_mass_tile);
         let row_state = (key_mass_tile * ROW_STATE_LEN as u64).div_ceil(keys_block) + 1;
         LoopTrips {
-            forward: first_pass + second_pass + tile + 1 + 2 * SETTLE_TRIPS,
+            forward: first_pass + measured_only + second_pass + tile + 1 + 2 * SETTLE_TRIPS,
             key_mass: row_tiles
                 * (1 + loads(key_mass_tile * head_dim, keys_block)
                     + row_state
