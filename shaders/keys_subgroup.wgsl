@@ -7,7 +7,7 @@
 // ROW_LANES keys at a time in registers: the lane at chunk position κ · ROW_LANES + part holds
 // part `part` (its LANE_QUADS quads of K and of V) of key u0 + κ, and every lane reads key
 // u0 + u's quads from the lane at u · ROW_LANES + its own part. A shuffle is a register
-// exchange: on lavapipe about twenty times cheaper than a workgroup-memory load, and each feeds
+// exchange: on lavapipe about seven times cheaper than a workgroup-memory load, and each feeds
 // 4 FMAs. Lanes and chunks come from the subgroup builtins, so no mapping of invocations to
 // subgroups is assumed. Every invocation calls these in uniform control flow (the loops over a
 // tile's keys have uniform trip counts).

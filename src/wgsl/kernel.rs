@@ -22,11 +22,11 @@
 //! shuffle path) or a literal. WGSL has no unroll attribute, and lavapipe needs
 //! one: gallivm ends a shader invocation after 65535 loop iterations in all
 //! (`LP_MAX_TGSI_LOOP_ITERATIONS`, shared by every loop of the shader), silently. The forward
-//! kernel's loop over keys costs one trip per key; a lane's channel work is written out in
-//! quads, LANE_QUADS statements per key and phase: at most [`MAX_LANE_QUADS`] at every head
-//! dim ([`CPU_MAX_LANE_QUADS`] on a CPU adapter), since larger rows are split over
-//! [`row_lanes`] lanes. LLVM's build time grows faster
-//! than linearly with the written-out length, so this is what keeps pipeline builds short.
+//! kernel's loops over keys cost a trip and a half per key; a lane's channel work is written
+//! out in quads, LANE_QUADS statements per key and phase: at most [`MAX_LANE_QUADS`] at every
+//! head dim ([`CPU_MAX_LANE_QUADS`] on a CPU adapter), since larger rows are split over
+//! [`row_lanes`] lanes. LLVM's build time grows faster than linearly with the written-out
+//! length, so this is what keeps pipeline builds short.
 use crate::contract::{DType, Gate, GateGranularity, Mask, Stat, StatsLevel, Variant};
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
