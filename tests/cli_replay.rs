@@ -167,6 +167,22 @@ fn engine_replays_run_on_wgsl() {
     }
 }
 
+/// A file of the temporary directory, removed when the test is done with it.
+struct TempFile(PathBuf);
+
+impl std::ops::Deref for TempFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        std::fs::remove_file(&self.0).ok();
+    }
+}
+
 /// The fixture `name` with tensor `tensor` replaced by `dtype`, `dims`, `bytes` (or removed
 /// when `new` is `None`), written to a file of its own for the test `tag`.
 fn altered(
@@ -174,7 +190,7 @@ fn altered(
     name: &str,
     tensor: &str,
     new: Option<(Dtype, Vec<usize>, Vec<u8>)>,
-) -> PathBuf {
+) -> TempFile {
     let bytes = std::fs::read(fixture(name)).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
@@ -192,7 +208,7 @@ fn altered(
         .collect();
     let path = temp(&format!("{tag}-{name}-{tensor}.safetensors"));
     std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
-    path
+    TempFile(path)
 }
 
 fn i32_bytes(values: &[i32]) -> Vec<u8> {
