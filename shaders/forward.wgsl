@@ -473,8 +473,9 @@ fn init_slot(r: u32, rl: RowLane, seq: Seq, b: u32, g: u32, f0: u32, split: u32)
 // running max then moves once for the round (`lift_row`); a second loop weighs V by them
 // (`weigh_keys`, two keys a trip). One rescale of the accumulator per round rather than a test
 // per key: lavapipe (Mesa 22.3) runs both sides of every branch, uniform or not, so a rare
-// branch per key cost as much as taking it (BENCHMARKS.md). A round's logits live in private arrays that
-// the loop counter indexes (memory, not registers: one store and one load per row and key).
+// branch per key cost as much as taking it (BENCHMARKS.md). A round's logits live in private
+// arrays that the loop counter indexes (memory, not registers: one store and one load per row
+// and key).
 var<private> round_x: array<array<f32, KEYS_HELD>, ROW_BLOCK>; // x of the round's key u
 var<private> round_w: array<array<f32, KEYS_HELD>, ROW_BLOCK>; // Sigmoid's weight of key u
 var<private> round_max: array<f32, ROW_BLOCK>; // the largest x of the round the row sees
