@@ -578,17 +578,13 @@ fn cuda_emu_split_kv_runs_on_every_sequence_layout() {
     let Some(b) = split_backend(ONE_TILE_PER_SPLIT) else {
         return;
     };
-    for case in common::decode_engine_cases() {
-        let (problem, inputs) = case.build();
+    let cases = common::decode_engine_cases();
+    for case in &cases {
+        let (problem, _) = case.build();
         let label = format!("{} {}", cases::label(&problem), case.seqs.label());
         assert!(cut_of(&problem, ONE_TILE_PER_SPLIT).splits >= 2, "{label}");
-        let report = outlier_attn::parity::check_backend(b, &problem, &inputs)
-            .unwrap_or_else(|e| panic!("{label}: {e}"));
-        assert!(report.passed(), "{label}:\n{report}");
-        let again = b.forward(&problem, &inputs).expect("second run");
-        let first = b.forward(&problem, &inputs).expect("third run");
-        assert_eq!(again.o.as_bytes(), first.o.as_bytes(), "{label}: O differs");
     }
+    common::assert_engine_cases_pass_and_repeat(b, &cases);
 }
 
 /// Splits that see no key of a row (the causal rows above the diagonal of a later split, rows
@@ -628,66 +624,15 @@ fn cuda_emu_split_kv_merges_empty_splits_without_nan() {
     }
 }
 
-/// Batch invariance (FlashInfer's test): each sequence of a batch run alone gives bit for bit
-/// its rows of the full batch, with a fixed split size and without split-KV.
+/// Batch invariance (FlashInfer's test, tests/common `assert_batch_invariant`), with a fixed
+/// split size and without split-KV.
 #[test]
 fn cuda_emu_split_kv_is_batch_invariant() {
-    let problem = Problem::new(Shape::new(3, 2, 1, 2, 130, 64), DType::Bf16)
-        .with_variant(Variant::LogitSink)
-        .with_stats(StatsLevel::Heads);
-    let full_inputs = cases::random_inputs(&problem, &InputSpec::default());
-    let s = problem.shape;
-    let one = Problem::new(Shape { batch: 1, ..s }, problem.dtype)
-        .with_variant(problem.variant)
-        .with_stats(problem.stats);
-    let slice = |t: &outlier_attn::HostTensor, b: usize, per: usize| {
-        let bytes = per * problem.dtype.size_bytes();
-        outlier_attn::HostTensor::from_bytes(
-            problem.dtype,
-            &t.as_bytes()[b * bytes..(b + 1) * bytes],
-        )
-        .expect("whole elements")
-    };
-    let (q_per, kv_per) = (
-        s.q_len * s.q_heads * s.head_dim,
-        s.kv_len * s.kv_heads * s.head_dim,
-    );
     for setting in [ONE_TILE_PER_SPLIT, SplitKv::Off] {
         let Some(b) = split_backend(setting) else {
             return;
         };
-        let full = b.forward(&problem, &full_inputs).expect("full batch");
-        let o_full = full.o.as_bytes();
-        let stats_full = full.stats.as_deref().expect("stats");
-        for bb in [0, 2] {
-            let inputs = outlier_attn::HostInputs::dense(
-                &one,
-                slice(&full_inputs.q, bb, q_per),
-                slice(&full_inputs.k, bb, kv_per),
-                slice(&full_inputs.v, bb, kv_per),
-            )
-            .with_params(full_inputs.params.clone());
-            let alone = b.forward(&one, &inputs).expect("one sequence");
-            let o_bytes = q_per * problem.dtype.size_bytes();
-            assert_eq!(
-                alone.o.as_bytes(),
-                &o_full[bb * o_bytes..(bb + 1) * o_bytes],
-                "{setting:?}: O of sequence {bb}"
-            );
-            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-            let lse_per = s.q_heads * s.q_len;
-            assert_eq!(
-                bits(&alone.lse),
-                bits(&full.lse[bb * lse_per..(bb + 1) * lse_per]),
-                "{setting:?}: LSE of sequence {bb}"
-            );
-            let stats_per = s.q_heads * Stat::COUNT;
-            assert_eq!(
-                bits(alone.stats.as_deref().expect("stats")),
-                bits(&stats_full[bb * stats_per..(bb + 1) * stats_per]),
-                "{setting:?}: statistics of sequence {bb}"
-            );
-        }
+        common::assert_batch_invariant(b, &format!("{setting:?}"));
     }
 }
 
@@ -773,61 +718,13 @@ fn cuda_emu_windows_skip_tiles_and_keep_the_statistics() {
     }
 }
 
-/// Qwen3-Next's per-channel sigmoid gate, read as a view of the q projection: one buffer
-/// [B, N, Hq, 2d] holds q (channels 0..d) and the gate z (channels d..2d), each read through
-/// its own offset and strides; packed queries over a paged cache.
+/// Qwen3-Next's per-channel sigmoid gate read as a view of the q projection (tests/common
+/// `gate_view_case`).
 #[test]
 fn cuda_emu_reads_the_gate_as_a_view_of_the_q_projection() {
-    use outlier_attn::HostTensor;
     let Some(b) = backend() else { return };
     for dtype in [DType::Bf16, DType::F32] {
-        let template = Problem::new(Shape::new(1, 4, 2, 1, 1, 16), dtype)
-            .with_variant(Variant::ContextScale {
-                gate: Gate::Sigmoid,
-                granularity: GateGranularity::PerChannel,
-            })
-            .with_mask(Mask::Causal)
-            .with_stats(StatsLevel::HeadsAndKeys);
-        let seqs = cases::SeqCase {
-            q_lens: vec![5, 3],
-            kv_lens: vec![9, 21],
-            packed_q: true,
-            kv: cases::KvStorage::Paged {
-                page_size: 4,
-                spare_pages: 1,
-            },
-        };
-        let (problem, mut inputs) = cases::engine_inputs(&template, &seqs, &InputSpec::default());
-        let s = problem.shape;
-        let (hq, d) = (s.q_heads, s.head_dim);
-        let rows = problem.q_tokens();
-        let (q, z) = (
-            inputs.q.to_f64_vec(),
-            inputs.params.gate.take().expect("z").to_f64_vec(),
-        );
-        let mut fused = vec![0.0; rows * hq * 2 * d];
-        for r in 0..rows {
-            for h in 0..hq {
-                for c in 0..d {
-                    fused[(r * hq + h) * 2 * d + c] = q[(r * hq + h) * d + c];
-                    fused[(r * hq + h) * 2 * d + d + c] = z[(r * hq + h) * d + c];
-                }
-            }
-        }
-        let strides = Strides {
-            batch: (rows * hq * 2 * d) as u64,
-            seq: (hq * 2 * d) as u64,
-            head: (2 * d) as u64,
-            channel: 1,
-        };
-        let projection = HostTensor::from_f64(dtype, &fused);
-        inputs.q = projection.clone();
-        inputs.params.gate = Some(projection);
-        inputs.layouts.q = Layout { offset: 0, strides };
-        inputs.layouts.params.gate = Some(Layout {
-            offset: d as u64,
-            strides,
-        });
+        let (problem, inputs) = common::gate_view_case(dtype);
         let report = outlier_attn::parity::check_backend(b, &problem, &inputs).expect("runs");
         assert!(report.passed(), "{dtype:?}:\n{report}");
     }

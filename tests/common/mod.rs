@@ -1349,3 +1349,130 @@ pub fn check_bad_index_outputs(
         Err(format!("{}: {}", case.label, failed.join("; ")))
     }
 }
+
+/// Batch invariance (FlashInfer's test): sequences 0 and 2 of a three-sequence batch (GQA,
+/// learned sinks, 130 keys, `Heads` statistics), each run alone, give bit for bit their rows
+/// of the full batch: O, LSE and the statistics record. `label` names the backend's setting.
+pub fn assert_batch_invariant(backend: &dyn Backend, label: &str) {
+    use outlier_attn::{HostTensor, Stat};
+    let problem = Problem::new(Shape::new(3, 2, 1, 2, 130, 64), DType::Bf16)
+        .with_variant(Variant::LogitSink)
+        .with_stats(StatsLevel::Heads);
+    let full_inputs = cases::random_inputs(&problem, &InputSpec::default());
+    let s = problem.shape;
+    let one = Problem::new(Shape { batch: 1, ..s }, problem.dtype)
+        .with_variant(problem.variant)
+        .with_stats(problem.stats);
+    let slice = |t: &HostTensor, b: usize, per: usize| {
+        let bytes = per * problem.dtype.size_bytes();
+        HostTensor::from_bytes(problem.dtype, &t.as_bytes()[b * bytes..(b + 1) * bytes])
+            .expect("whole elements")
+    };
+    let (q_per, kv_per) = (
+        s.q_len * s.q_heads * s.head_dim,
+        s.kv_len * s.kv_heads * s.head_dim,
+    );
+    let full = backend.forward(&problem, &full_inputs).expect("full batch");
+    let o_full = full.o.as_bytes();
+    let stats_full = full.stats.as_deref().expect("stats");
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for bb in [0, 2] {
+        let inputs = HostInputs::dense(
+            &one,
+            slice(&full_inputs.q, bb, q_per),
+            slice(&full_inputs.k, bb, kv_per),
+            slice(&full_inputs.v, bb, kv_per),
+        )
+        .with_params(full_inputs.params.clone());
+        let alone = backend.forward(&one, &inputs).expect("one sequence");
+        let o_bytes = q_per * problem.dtype.size_bytes();
+        assert_eq!(
+            alone.o.as_bytes(),
+            &o_full[bb * o_bytes..(bb + 1) * o_bytes],
+            "{label}: O of sequence {bb}"
+        );
+        let lse_per = s.q_heads * s.q_len;
+        assert_eq!(
+            bits(&alone.lse),
+            bits(&full.lse[bb * lse_per..(bb + 1) * lse_per]),
+            "{label}: LSE of sequence {bb}"
+        );
+        let stats_per = s.q_heads * Stat::COUNT;
+        assert_eq!(
+            bits(alone.stats.as_deref().expect("stats")),
+            bits(&stats_full[bb * stats_per..(bb + 1) * stats_per]),
+            "{label}: statistics of sequence {bb}"
+        );
+    }
+}
+
+/// Qwen3-Next's per-channel sigmoid gate, read as a view of the q projection: one buffer
+/// [total_q, Hq, 2d] holds q (channels 0..d) and the gate z (channels d..2d), each read
+/// through its own offset and strides; packed queries over a paged cache, `HeadsAndKeys`.
+pub fn gate_view_case(dtype: DType) -> (Problem, HostInputs) {
+    use outlier_attn::{HostTensor, Layout, Strides};
+    let template = Problem::new(Shape::new(1, 4, 2, 1, 1, 16), dtype)
+        .with_variant(Variant::ContextScale {
+            gate: Gate::Sigmoid,
+            granularity: GateGranularity::PerChannel,
+        })
+        .with_mask(Mask::Causal)
+        .with_stats(StatsLevel::HeadsAndKeys);
+    let seqs = cases::SeqCase {
+        q_lens: vec![5, 3],
+        kv_lens: vec![9, 21],
+        packed_q: true,
+        kv: cases::KvStorage::Paged {
+            page_size: 4,
+            spare_pages: 1,
+        },
+    };
+    let (problem, mut inputs) = cases::engine_inputs(&template, &seqs, &InputSpec::default());
+    let s = problem.shape;
+    let (hq, d) = (s.q_heads, s.head_dim);
+    let rows = problem.q_tokens();
+    let (q, z) = (
+        inputs.q.to_f64_vec(),
+        inputs.params.gate.take().expect("z").to_f64_vec(),
+    );
+    let mut fused = vec![0.0; rows * hq * 2 * d];
+    for r in 0..rows {
+        for h in 0..hq {
+            for c in 0..d {
+                fused[(r * hq + h) * 2 * d + c] = q[(r * hq + h) * d + c];
+                fused[(r * hq + h) * 2 * d + d + c] = z[(r * hq + h) * d + c];
+            }
+        }
+    }
+    let strides = Strides {
+        batch: (rows * hq * 2 * d) as u64,
+        seq: (hq * 2 * d) as u64,
+        head: (2 * d) as u64,
+        channel: 1,
+    };
+    let projection = HostTensor::from_f64(dtype, &fused);
+    inputs.q = projection.clone();
+    inputs.params.gate = Some(projection);
+    inputs.layouts.q = Layout { offset: 0, strides };
+    inputs.layouts.params.gate = Some(Layout {
+        offset: d as u64,
+        strides,
+    });
+    (problem, inputs)
+}
+
+/// Engine-shaped cases that a backend runs with split-KV forced (each a decode or a short
+/// prefill over many keys, tests/common `decode_engine_cases`): each passes the parity rule
+/// against the reference, and a second and a third run give the same O bits.
+pub fn assert_engine_cases_pass_and_repeat(backend: &dyn Backend, cases: &[EngineCase]) {
+    for case in cases {
+        let (problem, inputs) = case.build();
+        let label = format!("{} {}", cases::label(&problem), case.seqs.label());
+        let report = parity::check_backend(backend, &problem, &inputs)
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert!(report.passed(), "{label}:\n{report}");
+        let again = backend.forward(&problem, &inputs).expect("second run");
+        let first = backend.forward(&problem, &inputs).expect("third run");
+        assert_eq!(again.o.as_bytes(), first.o.as_bytes(), "{label}: O differs");
+    }
+}
