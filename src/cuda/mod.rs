@@ -96,6 +96,7 @@ pub(crate) fn backend_error(message: String) -> Error {
 /// answers `true`: with cudarc linking libcuda (`dynamic-linking`, `static-linking`) it is there
 /// whenever the program runs; with cudarc's dynamic loading chosen by the engine alone, a
 /// missing libcuda panics inside cudarc, as the engine's own first call would.
+#[cfg(feature = "cuda")]
 pub fn driver_present() -> bool {
     #[cfg(feature = "cuda-dynamic-loading")]
     // SAFETY: only dlopens libcuda by name and reports whether it was found.
