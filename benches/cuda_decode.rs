@@ -14,7 +14,9 @@
 //! build) or that does not fit in memory prints a line with its reason and the run goes on, so
 //! a partial build still measures what it has. `OUTLIER_ATTN_DECODE_QUICK=1` keeps B <= 4 and
 //! Nk <= 32k (a smoke run); `OUTLIER_ATTN_DECODE_MAX_GB` caps the K/V bytes of one case
-//! (default 40). Without a GPU it prints why and measures nothing.
+//! (default 40); `OUTLIER_ATTN_DECODE_CASES` (comma-separated parts of case names) runs only
+//! the cases whose name contains one of them (to profile one kernel, e.g. under Nsight
+//! Compute). Without a GPU it prints why and measures nothing.
 
 use std::sync::Arc;
 
@@ -319,7 +321,18 @@ fn main() {
         attn.plan_options().multiprocessors,
         copy / 1e9
     ));
+    let wanted: Option<Vec<String>> = std::env::var("OUTLIER_ATTN_DECODE_CASES")
+        .ok()
+        .map(|v| v.split(',').map(str::to_string).collect());
+    let chosen = |label: &str| {
+        wanted
+            .as_ref()
+            .is_none_or(|parts| parts.iter().any(|part| label.contains(part.as_str())))
+    };
     for case in decode_cases(quick).iter().chain(&gpt_oss_cases()) {
+        if !chosen(&case.label) {
+            continue;
+        }
         let s = &case.problem.shape;
         let bytes = 2.0 * (s.batch * s.kv_len * s.kv_heads * s.head_dim * 2) as f64;
         if bytes > max_bytes {

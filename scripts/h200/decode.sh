@@ -12,7 +12,7 @@
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$HERE"
-RES="$HERE/results"
+RES=${RES:-$HERE/results}
 mkdir -p "$RES" "$HERE/lib"
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 if [ ! -e "$HERE/lib/libnvrtc.so" ]; then  # as run.sh: the toolkit's own NVRTC
