@@ -14,6 +14,11 @@
 //   mask (`KeyTiles`); the statistics are branch-free sums;
 // - the generic path, for softcap, Sigmoid and ClippedSoftmax (two passes over K): scores
 //   through score_of / logit_of / key_weight of common.cuh, every tile masked.
+// The fast path has two instantiations by how a K/V tile is addressed (kContiguous): evenly
+// strided (one lookup per tile: every layout but the one below), or key by key, for a paged
+// cache whose pages are not a multiple of the tile (vLLM's 16-token pages): each key's page
+// looked up as the tile is loaded. The lookup code would cost the strided kernel registers and
+// main-loop instructions (cuda_compile's bound), so it is compiled only into the latter.
 //
 // Fragment layout of mma.m16n8k16 (g = lane / 4, t = lane % 4), used throughout:
 //   A (16x16, row-major, 4 x b32 = 8 elements): a0 = (row g,   k 2t..2t+1)
@@ -225,7 +230,8 @@ DEVICE void load_q_tile(smem_ptr<elem_t> s_q, const AttnParams& p, const SeqSpan
     });
 }
 // K tile n (keys n·kBlockN ...) of kv head g, and the V tile with it when `with_v`.
-// kContiguous: the tile is evenly strided (the fast path: `takes_fast_path`).
+// kContiguous: the caller knows the tile is evenly strided (`attention_tc`), so the per-key
+// lookup is not compiled in; otherwise each tile says whether it is (`KvTile::contiguous`).
 template <bool kContiguous>
 DEVICE void load_kv_tile(smem_ptr<elem_t> s_k, smem_ptr<elem_t> s_v, const AttnParams& p, const SeqSpan& sp, int g,
                          int n, bool with_v) {
@@ -589,7 +595,7 @@ DEVICE void count_kv_tile(smem_ptr<float> s_stats, smem_ptr<const elem_t> k_tile
 // ---------------------------------------------------------------------------------------------
 // One block of the forward pass.
 // ---------------------------------------------------------------------------------------------
-template <bool kFast>
+template <bool kFast, bool kContiguous>
 DEVICE void forward_block(const AttnParams& p) {
     const smem_ptr<elem_t> s_q = dynamic_smem<elem_t>();   // [kBlockM][kHeadDimTile], swizzled
     const smem_ptr<elem_t> s_k = s_q + kQElems;            // [2][kBlockN][kHeadDimTile]
@@ -637,7 +643,7 @@ DEVICE void forward_block(const AttnParams& p) {
     load_q_tile(s_q, p, sp, hb, row0);
     cp_async_commit();
     if (kv0_in_flight) {
-        load_kv_tile<kFast>(s_k, s_v, p, sp, g_kv, kt.begin, true);
+        load_kv_tile<kContiguous>(s_k, s_v, p, sp, g_kv, kt.begin, true);
         cp_async_commit();
         cp_async_wait<1>();  // Q only
     } else {
@@ -736,7 +742,7 @@ DEVICE void forward_block(const AttnParams& p) {
         const bool clip_pass = clipped && pass == 1;
         const bool with_v = pass == 1;
         if (kt.end > kt.begin && !kv0_in_flight) {
-            load_kv_tile<kFast>(s_k, s_v, p, sp, g_kv, kt.begin, with_v);
+            load_kv_tile<kContiguous>(s_k, s_v, p, sp, g_kv, kt.begin, with_v);
             cp_async_commit();
         }
         for (int n = kt.begin; n < kt.end; ++n) {
@@ -744,7 +750,7 @@ DEVICE void forward_block(const AttnParams& p) {
             if (n + 1 < kt.end) {
                 // Prefetch the next tile into the other buffer, then wait for this one only.
                 const int nb = 1 - buf;
-                load_kv_tile<kFast>(s_k + nb * kTileElems, s_v + nb * kTileElems, p, sp, g_kv, n + 1, with_v);
+                load_kv_tile<kContiguous>(s_k + nb * kTileElems, s_v + nb * kTileElems, p, sp, g_kv, n + 1, with_v);
                 cp_async_commit();
                 cp_async_wait<1>();
             } else {
@@ -780,7 +786,7 @@ DEVICE void forward_block(const AttnParams& p) {
     if (kv_stats && blockIdx.x % p.splits == 0) {
         const int blocks = max(ceil_div(sp.q_len, kBlockM), 1);
         for (int n = m_block; n < orphan_tiles(p, sp, kBlockN); n += blocks) {
-            load_kv_tile<kFast>(s_k, s_v, p, sp, g_kv, n, true);
+            load_kv_tile<kContiguous>(s_k, s_v, p, sp, g_kv, n, true);
             cp_async_commit();
             cp_async_wait<0>();
             __syncthreads();
@@ -907,18 +913,25 @@ DEVICE void forward_block(const AttnParams& p) {
 
 }  // namespace tc
 
-// The two paths are two kernels, so that each gets the registers it needs (the generic path
+// The paths are three kernels, so that each gets the registers it needs (the generic path
 // needs more, and would push the fast one into spills). The host launches `attention_tc` for
-// the softmax family without softcap (`takes_fast_path`), `attention_tc_generic` otherwise.
+// the softmax family without softcap (`takes_fast_path`) on evenly strided tiles,
+// `attention_tc_paged` for it on a paged cache whose pages are not a multiple of the tile,
+// `attention_tc_generic` otherwise (src/cuda/spec.rs, `Specialization::forward_entry`).
 // grid: (m_blocks, Hq, B); block: tc::kThreads; dynamic shared memory: tc::kSmemBytes.
 extern "C" __global__ void __launch_bounds__(tc::kThreads)
 attention_tc(const AttnParams p) {
-    tc::forward_block<true>(p);
+    tc::forward_block<true, true>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(tc::kThreads)
+attention_tc_paged(const AttnParams p) {
+    tc::forward_block<true, false>(p);
 }
 
 extern "C" __global__ void __launch_bounds__(tc::kThreads)
 attention_tc_generic(const AttnParams p) {
-    tc::forward_block<false>(p);
+    tc::forward_block<false, false>(p);
 }
 
 // ---------------------------------------------------------------------------------------------

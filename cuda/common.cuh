@@ -331,8 +331,8 @@ DEVICE KvTile kv_tile(const AttnParams& p, const SeqSpan& s, int n0) {
     return t;
 }
 // Key n0 + r of tile t in K or V (layout l); kContiguous: the caller knows the tile is evenly
-// strided (the tensor-core fast path, which paged calls of other page sizes do not take), so
-// the per-key lookup is not even compiled in.
+// strided (the tensor-core kernel `attention_tc`), so the per-key lookup is not even compiled
+// in.
 template <bool kContiguous = false>
 DEVICE u64 kv_tile_row(const AttnParams& p, const TensorLayout& l, const SeqSpan& s, const KvTile& t, int n0, int r,
                        int g) {
@@ -518,13 +518,10 @@ DEVICE gmem_ptr<float> partial_record(const AttnParams& p, int bh, int index) {
     return p.partials + ((u64)bh * p.part_count + index) * p.part_record;
 }
 
-// The softmax family without softcap: the tensor-core fast path (src/cuda/spec.rs,
-// `Specialization::forward_entry`, makes the same choice).
-// Paged calls take it only when the page size is a multiple of the K/V tile (`paged_tiles`),
-// so that its tiles are evenly strided.
+// The softmax family without softcap: the tensor-core fast path, in every sequence layout
+// (src/cuda/spec.rs, `takes_fast_path`, makes the same choice).
 DEVICE bool takes_fast_path(const AttnParams& p) {
-    return !p.has_softcap && p.variant != kSigmoid && p.variant != kClippedSoftmax &&
-           (p.kv_seqs != kKvPaged || p.paged_tiles);
+    return !p.has_softcap && p.variant != kSigmoid && p.variant != kClippedSoftmax;
 }
 
 DEVICE bool has_sink(int variant) {

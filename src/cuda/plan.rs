@@ -6,7 +6,7 @@
 use super::params::{KernelParams, TensorLayout};
 use super::spec::{
     Arch, COMBINE_ENTRY, COMBINE_WARPS, FINALIZE_ENTRY, KEY_MASS_ENTRY, KernelPath, ROW_RECORD,
-    SPLIT_SCALARS, STATS_THREADS, Specialization, partial_record, takes_fast_path,
+    SPLIT_SCALARS, STATS_THREADS, Specialization, partial_record,
 };
 use crate::contract::heuristic_splits;
 use crate::contract::{
@@ -414,7 +414,7 @@ impl LaunchPlan {
         let workspace = WorkspaceLayout::of_cut(spec, s, problem.stats, &cut);
         let (heads, batch) = (s.q_heads as u32, s.batch as u32);
         let mut launches = vec![Launch {
-            entry: spec.forward_entry(takes_fast_path(problem, spec.block_n())),
+            entry: spec.forward_entry(problem),
             grid: [
                 to_u32(m_blocks * cut.splits)?,
                 to_u32(s.q_heads / cut.fold)?,
@@ -899,7 +899,8 @@ mod tests {
 
     /// The sequence layout, window and per-sequence β reach the kernel arguments as
     /// cuda/common.cuh reads them (`QuerySeqsCode`, `KvSeqsCode`, −1 for an unbounded side),
-    /// and paged calls take the fast path only with pages a multiple of the K/V tile.
+    /// and paged calls take the fast path's strided kernel with pages a multiple of the K/V
+    /// tile, its key-by-key kernel with other page sizes.
     #[test]
     fn sequence_layouts_and_windows_reach_the_kernel_arguments() {
         use crate::cases::{KvStorage, SeqCase, engine_inputs};
@@ -929,7 +930,7 @@ mod tests {
         let p = plan(&template, paged(24));
         assert_eq!(
             (p.scalars.paged_tiles, p.launches[0].entry),
-            (0, "attention_tc_generic")
+            (0, "attention_tc_paged")
         );
         let p = plan(&template, KvStorage::Packed).scalars;
         assert_eq!((p.kv_seqs, p.kv_total, p.sigmoid_bias_per_seq), (2, 79, 0));

@@ -20,8 +20,11 @@ const SIMT_SRC: &str = include_str!("../../cuda/attention_simt.cu");
 const STATS_SRC: &str = include_str!("../../cuda/stats.cu");
 const COMBINE_SRC: &str = include_str!("../../cuda/combine.cu");
 
-/// Entry point of the tensor-core forward kernel's fast path.
+/// Entry point of the tensor-core forward kernel's fast path on evenly strided K/V tiles.
 pub const TC_FAST_ENTRY: &str = "attention_tc";
+/// Entry point of the tensor-core forward kernel's fast path on a paged cache whose pages are
+/// not a multiple of the K/V tile (each key's page looked up as the tile is loaded).
+pub const TC_PAGED_ENTRY: &str = "attention_tc_paged";
 /// Entry point of the tensor-core forward kernel's generic path (softcap, Sigmoid,
 /// ClippedSoftmax).
 pub const TC_GENERIC_ENTRY: &str = "attention_tc_generic";
@@ -124,23 +127,26 @@ pub struct Specialization {
     pub path: KernelPath,
 }
 
-/// Whether `problem` takes the tensor-core kernel's fast path on K/V tiles of `block_n` keys:
-/// the softmax family (Softmax, ValueBias, ContextBias, KvSink, ContextScale, LogitSink,
-/// Softmax1) without softcap, whose scores need one FFMA and one exp2 each, and for a paged
-/// cache only a page size that is a multiple of the tile (its tiles are then evenly strided;
-/// other page sizes take the generic path, which looks each key up). `takes_fast_path` in
-/// cuda/common.cuh decides the same for the key-mass kernel.
-pub fn takes_fast_path(problem: &Problem, block_n: usize) -> bool {
-    let paged_tiles = match problem.seqs.kv {
-        KvSeqs::Paged { page_size, .. } => page_size % block_n == 0,
-        _ => true,
-    };
+/// Whether `problem` takes the tensor-core kernel's fast path: the softmax family (Softmax,
+/// ValueBias, ContextBias, KvSink, ContextScale, LogitSink, Softmax1) without softcap, whose
+/// scores need one FFMA and one exp2 each, in every sequence layout. `takes_fast_path` in
+/// cuda/common.cuh decides the same for the key-mass and combine kernels.
+pub fn takes_fast_path(problem: &Problem) -> bool {
     problem.softcap.is_none()
-        && paged_tiles
         && !matches!(
             problem.variant,
             Variant::Sigmoid { .. } | Variant::ClippedSoftmax { .. }
         )
+}
+
+/// Whether the K/V tiles of `block_n` keys of `problem` are evenly strided (one lookup per
+/// tile): in every layout but a paged cache whose page size is not a multiple of the tile,
+/// whose keys are looked up one by one.
+pub fn strided_tiles(problem: &Problem, block_n: usize) -> bool {
+    match problem.seqs.kv {
+        KvSeqs::Paged { page_size, .. } => page_size % block_n == 0,
+        _ => true,
+    }
 }
 
 /// The first compute capability with the tensor-core path (mma.sync bf16, ldmatrix, cp.async).
@@ -195,19 +201,25 @@ impl Specialization {
     }
 
     /// The forward kernels' entry points in the module: on tensor cores the fast path (the
-    /// softmax family without softcap) and the generic path, on SIMT one kernel.
+    /// softmax family without softcap) on strided tiles and on key-by-key paged ones, and the
+    /// generic path; on SIMT one kernel.
     pub fn forward_entries(&self) -> &'static [&'static str] {
         match self.path {
-            KernelPath::TensorCore(_) => &[TC_FAST_ENTRY, TC_GENERIC_ENTRY],
+            KernelPath::TensorCore(_) => &[TC_FAST_ENTRY, TC_PAGED_ENTRY, TC_GENERIC_ENTRY],
             KernelPath::Simt => &[SIMT_ENTRY],
         }
     }
 
-    /// The forward kernel that runs a problem: `fast` when it takes the fast path
-    /// ([`takes_fast_path`]).
-    pub fn forward_entry(&self, fast: bool) -> &'static str {
+    /// The forward kernel that runs `problem` ([`takes_fast_path`], [`strided_tiles`]).
+    pub fn forward_entry(&self, problem: &Problem) -> &'static str {
         match self.path {
-            KernelPath::TensorCore(_) if fast => TC_FAST_ENTRY,
+            KernelPath::TensorCore(t) if takes_fast_path(problem) => {
+                if strided_tiles(problem, t.block_n()) {
+                    TC_FAST_ENTRY
+                } else {
+                    TC_PAGED_ENTRY
+                }
+            }
             KernelPath::TensorCore(_) => TC_GENERIC_ENTRY,
             KernelPath::Simt => SIMT_ENTRY,
         }
