@@ -34,7 +34,7 @@ cp "$bench_bin" "$OUT/bin/cuda_bench"
 cp "$decode_bin" "$OUT/bin/cuda_decode"
 strip "$OUT"/bin/*
 cp scripts/h200/run.sh scripts/h200/compare.py scripts/h200/decode.sh scripts/h200/decode_compare.py \
-  scripts/h200/wgsl.sh scripts/h200/profile.sh "$OUT/"
+  scripts/h200/wgsl.sh scripts/h200/profile.sh scripts/h200/common.sh "$OUT/"
 chmod +x "$OUT"/*.sh
 
 bytes=$(du -cb "$OUT"/bin/* "$OUT"/lib/* 2>/dev/null | tail -1 | cut -f1)

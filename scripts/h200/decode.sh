@@ -13,24 +13,12 @@ set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$HERE"
 RES=${RES:-$HERE/results}
-mkdir -p "$RES" "$HERE/lib"
-CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-if [ ! -e "$HERE/lib/libnvrtc.so" ]; then  # as run.sh: the toolkit's own NVRTC
-  nvrtc=$(ls "$CUDA_HOME"/lib64/libnvrtc.so.* "$CUDA_HOME"/targets/*/lib/libnvrtc.so.* 2>/dev/null | grep -v builtins | head -1 || true)
-  if [ -z "$nvrtc" ]; then
-    site=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null || true)
-    nvrtc=$(ls "$site"/nvidia/cu13/lib/libnvrtc.so.* "$site"/nvidia/cuda_nvrtc/lib/libnvrtc.so.* 2>/dev/null | grep -v builtins | head -1 || true)
-  fi
-  [ -n "$nvrtc" ] && ln -sf "$nvrtc" "$HERE/lib/libnvrtc.so"
-fi
-if [ -e "$HERE/lib/libnvrtc.so" ]; then
-  export LD_LIBRARY_PATH="$HERE/lib:$(dirname "$(readlink -f "$HERE/lib/libnvrtc.so")"):${LD_LIBRARY_PATH:-}"
-fi
-export OUTLIER_ATTN_CACHE_DIR="$HERE/cache"
+mkdir -p "$RES"
+# shellcheck source=common.sh
+. "$HERE/common.sh"
 [ "${1:-}" = "--quick" ] && export OUTLIER_ATTN_DECODE_QUICK=1
 OUT="$RES/decode.jsonl"
 rm -f "$OUT"
-status=0
 if [ -x ./bin/cuda_decode ]; then
   OUTLIER_ATTN_BENCH_OUT="$OUT" timeout 200 ./bin/cuda_decode >"$RES/decode_bench.log" 2>&1
   rc=$?

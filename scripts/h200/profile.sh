@@ -10,13 +10,9 @@ set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$HERE"
 RES=${RES:-$HERE/results}
-mkdir -p "$RES" "$HERE/lib"
-CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-nvrtc=$(ls "$CUDA_HOME"/lib64/libnvrtc.so.* 2>/dev/null | grep -v builtins | head -1 || true)
-[ -n "$nvrtc" ] && ln -sf "$nvrtc" "$HERE/lib/libnvrtc.so"
-export LD_LIBRARY_PATH="$HERE/lib:$CUDA_HOME/lib64:${LD_LIBRARY_PATH:-}"
-export PATH="$CUDA_HOME/bin:$PATH"
-export OUTLIER_ATTN_CACHE_DIR="$HERE/cache"
+mkdir -p "$RES"
+# shellcheck source=common.sh
+. "$HERE/common.sh"
 ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu "$CUDA_HOME"/nsight-compute*/ncu 2>/dev/null | head -1)
 if [ -z "$ncu" ]; then
   echo "no ncu (Nsight Compute) on this host: nothing profiled"
@@ -24,7 +20,6 @@ if [ -z "$ncu" ]; then
 fi
 cases=("$@")
 [ ${#cases[@]} -eq 0 ] && cases=(decode/dense/h32-8/d128/b4/nk32768 decode/paged16/h32-8/d128/b4/nk32768)
-status=0
 for c in "${cases[@]}"; do
   out="$RES/profile_$(echo "$c" | tr '/' '_').txt"
   OUTLIER_ATTN_DECODE_CASES=$c timeout 45 "$ncu" --launch-count 2 -k 'regex:attention|combine' \

@@ -19,34 +19,11 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$HERE"
 RES=${RES:-$HERE/results}
 rm -rf "$RES" "$HERE/cache"
-mkdir -p "$RES" "$HERE/lib"
+mkdir -p "$RES"
 
-# NVRTC: cudarc (built for CUDA 12.x names) loads libnvrtc.so or libnvrtc.so.12. The toolkit's
-# own NVRTC matches the driver (a newer one makes code this driver may refuse); link it as
-# libnvrtc.so and keep its directory on the path for libnvrtc-builtins.
-CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-nvrtc=$(ls "$CUDA_HOME"/lib64/libnvrtc.so.* "$CUDA_HOME"/targets/*/lib/libnvrtc.so.* 2>/dev/null | grep -v builtins | head -1 || true)
-if [ -z "$nvrtc" ]; then  # else the NVRTC wheel PyTorch brought
-  site=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null || true)
-  nvrtc=$(ls "$site"/nvidia/cu13/lib/libnvrtc.so.* "$site"/nvidia/cuda_nvrtc/lib/libnvrtc.so.* 2>/dev/null | grep -v builtins | head -1 || true)
-fi
-if [ -n "$nvrtc" ]; then
-  ln -sf "$nvrtc" "$HERE/lib/libnvrtc.so"
-  export LD_LIBRARY_PATH="$HERE/lib:$(dirname "$nvrtc"):${LD_LIBRARY_PATH:-}"
-fi
-export PATH="$CUDA_HOME/bin:$PATH"
-export OUTLIER_ATTN_CACHE_DIR="$HERE/cache"
+# shellcheck source=common.sh
+. "$HERE/common.sh"
 export OUTLIER_ATTN_REQUIRE=cuda
-status=0
-step() {  # step NAME LIMIT_SECONDS COMMAND...
-  local name=$1 limit=$2
-  shift 2
-  local t0=$SECONDS
-  timeout "$limit" "$@" >"$RES/$name.log" 2>&1
-  local rc=$?
-  printf '%-22s rc=%-3s %4ss  (results/%s.log)\n' "$name" "$rc" "$((SECONDS - t0))" "$name"
-  [ $rc -eq 0 ] || status=1
-}
 
 echo "== $(date -u '+%Y-%m-%d %H:%M UTC'), $HERE/run.sh"
 echo "== device"

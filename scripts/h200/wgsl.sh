@@ -38,16 +38,8 @@ if [ -z "$icd" ]; then
 fi
 export VK_ICD_FILENAMES=$icd
 echo "ICD: $icd"
-status=0
-step() {  # step NAME LIMIT_SECONDS COMMAND...
-  local name=$1 limit=$2
-  shift 2
-  local t0=$SECONDS
-  timeout "$limit" "$@" >"$RES/$name.log" 2>&1
-  local rc=$?
-  printf '%-22s rc=%-3s %4ss  (results/%s.log)\n' "$name" "$rc" "$((SECONDS - t0))" "$name"
-  [ $rc -eq 0 ] || status=1
-}
+# shellcheck source=common.sh
+. "$HERE/common.sh"  # for `step`; the WGSL steps need no NVRTC
 step wgsl_info 15 ./bin/outlier-attn info
 grep -i "wgsl" "$RES/wgsl_info.log" | head -5
 if ! grep -qi "nvidia" "$RES/wgsl_info.log"; then
