@@ -163,7 +163,7 @@ struct AttnParams {
     int pages, page_size, max_pages;  // paged K/V
     int window_left, window_right;    // keys seen before / after the diagonal; −1: unbounded
     int sigmoid_bias_per_seq;  // 1: Sigmoid's β is −ln Nk_b of each sequence (no bias given)
-    int paged_tiles;           // 1: page_size is a multiple of the K/V tile (one lookup per tile)
+    int paged_tiles;           // 1: K/V tiles are evenly strided (spec.rs `strided_tiles`): one lookup per tile
     int pad;                   // a whole number of 8-byte words, as KernelParams spells it out
     // Decode (see "Split-KV decode" below).
     gmem_ptr<float> split_partials;  // workspace [B, Hq, Nq, splits, split_record]: each split's rows

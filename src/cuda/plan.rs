@@ -6,7 +6,7 @@
 use super::params::{KernelParams, TensorLayout};
 use super::spec::{
     Arch, COMBINE_ENTRY, COMBINE_WARPS, FINALIZE_ENTRY, KEY_MASS_ENTRY, KernelPath, ROW_RECORD,
-    SPLIT_SCALARS, STATS_THREADS, Specialization, partial_record,
+    SPLIT_SCALARS, STATS_THREADS, Specialization, partial_record, strided_tiles,
 };
 use crate::contract::heuristic_splits;
 use crate::contract::{
@@ -637,7 +637,7 @@ fn kernel_params(
         window_left: side(left, s.kv_len),
         window_right: side(right, s.q_len),
         sigmoid_bias_per_seq: per_seq_bias as i32,
-        paged_tiles: (page_size as usize % block_n == 0) as i32,
+        paged_tiles: strided_tiles(problem, block_n) as i32,
         fold: int(cut.fold),
         q_rows: int(cut.fold * s.q_len),
         splits: int(cut.splits),
